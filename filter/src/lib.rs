@@ -1,0 +1,1 @@
+//! Cell router proxy-wasm filter (skeleton; see issue 3).

@@ -1,0 +1,95 @@
+//! Errors that name the JSON path of the first problem, so an operator can
+//! find it in a snapshot of a million lines.
+
+use std::fmt;
+
+/// A refused snapshot or spec: where (a JSON path such as
+/// `$.cells[2].weight`) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathError {
+    pub path: String,
+    pub message: String,
+}
+
+impl PathError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        PathError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// Appends `.name` or `["name"]` (when `name` is not a plain identifier).
+pub fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !key.as_bytes().first().is_some_and(u8::is_ascii_digit);
+    if plain {
+        path.push('.');
+        path.push_str(key);
+    } else {
+        path.push('[');
+        path.push_str(&serde_json::Value::String(key.to_string()).to_string());
+        path.push(']');
+    }
+}
+
+/// `$.a.b["c d"]` for a key sequence.
+pub fn key_path<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    let mut path = String::from("$");
+    for key in keys {
+        push_key(&mut path, key);
+    }
+    path
+}
+
+/// `$.field[index]`.
+pub fn index_path(field: &str, index: usize) -> String {
+    format!("{}[{index}]", key_path([field]))
+}
+
+/// Parses JSON into `T`, turning a serde error into a [`PathError`] at the
+/// path where it happened.
+pub fn from_json_with_path<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PathError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let mut path = String::from("$");
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key } => push_key(&mut path, key),
+                serde_path_to_error::Segment::Enum { variant } => push_key(&mut path, variant),
+                serde_path_to_error::Segment::Unknown => path.push_str(".?"),
+            }
+        }
+        PathError::new(path, err.into_inner().to_string())
+    })?;
+    de.end()
+        .map_err(|err| PathError::new("$", format!("trailing data after the document: {err}")))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(key_path(["cells"]), "$.cells");
+        assert_eq!(
+            key_path(["overrides", "acme corp"]),
+            "$.overrides[\"acme corp\"]"
+        );
+        assert_eq!(key_path(["overrides", "9lives"]), "$.overrides[\"9lives\"]");
+        assert_eq!(index_path("cells", 3), "$.cells[3]");
+    }
+}

@@ -1,0 +1,15 @@
+//! The cell router's mapping engine: the snapshot contract (`SPEC.md`), its
+//! validation, the normative tenant → cell routing function, and the builder
+//! used by the control plane. No proxy-wasm dependency: the filter, the
+//! `cellmap` CLI and the sidecar all share this code.
+
+pub mod error;
+pub mod hash;
+pub mod resolve;
+pub mod snapshot;
+pub mod table;
+
+pub use error::PathError;
+pub use hash::HashKey;
+pub use resolve::{Outcome, Resolution, Source};
+pub use snapshot::{Cell, CellDoc, CellState, HashDoc, Move, MoveDoc, Snapshot, SnapshotDoc};

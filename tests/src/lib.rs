@@ -1,0 +1,1 @@
+//! Test hosts (skeleton; see issue 4).
