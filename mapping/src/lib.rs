@@ -13,3 +13,6 @@ pub use error::PathError;
 pub use hash::HashKey;
 pub use resolve::{Outcome, Resolution, Source};
 pub use snapshot::{Cell, CellDoc, CellState, HashDoc, Move, MoveDoc, Snapshot, SnapshotDoc};
+
+#[cfg(feature = "cli")]
+pub mod serve;
