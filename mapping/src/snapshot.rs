@@ -435,8 +435,9 @@ impl<'de> Visitor<'de> for TenantMapSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Reserve, never replace: `overrides` and `pins` share one table.
         if let Some(n) = map.size_hint() {
-            self.raw.tenants = TenantTable::with_capacity(n, n * 16);
+            self.raw.tenants.reserve(n, n.saturating_mul(16));
         }
         while let Some(tenant) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let cell = map.next_value::<std::borrow::Cow<'de, str>>()?;
@@ -664,25 +665,46 @@ pub fn validate_cells(docs: &[CellDoc]) -> Result<Vec<Cell>, PathError> {
             failover,
         });
     }
-    // A failover chain must end: following it from any cell may not come back.
+    // A failover chain must end: following it from any cell may not come
+    // back. Each cell is walked once (a cell already known to reach the end of
+    // its chain stops the walk), so a 65,535-cell chain costs O(n), not O(n²).
+    const UNSEEN: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const ENDS: u8 = 2;
+    let mut mark = vec![UNSEEN; cells.len()];
     for start in 0..cells.len() {
+        let mut chain: Vec<usize> = Vec::new();
         let mut current = start;
-        let mut chain = vec![start];
-        while let Some(next) = cells.get(current).and_then(|c| c.failover) {
-            let next = usize::from(next);
-            if chain.contains(&next) {
-                let names: Vec<&str> = chain
-                    .iter()
-                    .chain(std::iter::once(&next))
-                    .filter_map(|&i| cells.get(i).map(|c: &Cell| c.id.as_str()))
-                    .collect();
-                return Err(PathError::new(
-                    format!("{}.failover", index_path("cells", start)),
-                    format!("failover loop: {}", names.join(" → ")),
-                ));
+        loop {
+            match mark.get(current).copied() {
+                Some(UNSEEN) => {}
+                Some(ON_PATH) => {
+                    let names: Vec<&str> = chain
+                        .iter()
+                        .skip_while(|&&i| i != current)
+                        .chain(std::iter::once(&current))
+                        .filter_map(|&i| cells.get(i).map(|c: &Cell| c.id.as_str()))
+                        .collect();
+                    return Err(PathError::new(
+                        format!("{}.failover", index_path("cells", current)),
+                        format!("failover loop: {}", names.join(" → ")),
+                    ));
+                }
+                _ => break,
             }
-            chain.push(next);
-            current = next;
+            if let Some(m) = mark.get_mut(current) {
+                *m = ON_PATH;
+            }
+            chain.push(current);
+            match cells.get(current).and_then(|c| c.failover) {
+                Some(next) => current = usize::from(next),
+                None => break,
+            }
+        }
+        for i in chain {
+            if let Some(m) = mark.get_mut(i) {
+                *m = ENDS;
+            }
         }
     }
     Ok(cells)
