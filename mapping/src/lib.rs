@@ -3,12 +3,16 @@
 //! used by the control plane. No proxy-wasm dependency: the filter, the
 //! `cellmap` CLI and the sidecar all share this code.
 
+pub mod builder;
+pub mod diff;
 pub mod error;
 pub mod hash;
 pub mod resolve;
 pub mod snapshot;
 pub mod table;
 
+pub use builder::{Build, BuildOptions, BuildReport, Spec};
+pub use diff::SnapshotDiff;
 pub use error::PathError;
 pub use hash::HashKey;
 pub use resolve::{Outcome, Resolution, Source};
