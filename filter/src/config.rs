@@ -1,0 +1,692 @@
+//! Plugin configuration: parsed strictly (unknown fields refused), then
+//! validated into the form the filter runs with. Every error names the field,
+//! so `on_configure` can refuse the config with a message an operator can act
+//! on. `README.md` documents the fields; `config.schema.json` mirrors them.
+
+use crate::jwks::{Algorithm, KeySet};
+use crate::subscription::SidecarConfig;
+use cellmap::Snapshot;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::fmt;
+
+/// A refused configuration: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
+pub const DEFAULT_TOKEN_PREFIX: &str = "Bearer ";
+pub const DEFAULT_CELL_HEADER: &str = "x-cell-id";
+pub const DEFAULT_VERSION_HEADER: &str = "x-cell-snapshot";
+pub const DEFAULT_REALM: &str = "cell-router";
+pub const DEFAULT_CLOCK_SKEW_S: u64 = 60;
+pub const MAX_CLOCK_SKEW_S: u64 = 600;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+pub const MIN_MAX_TOKEN_BYTES: usize = 256;
+pub const MAX_MAX_TOKEN_BYTES: usize = 65536;
+pub const DEFAULT_MAX_TENANT_BYTES: usize = 256;
+pub const MAX_MAX_TENANT_BYTES: usize = 4096;
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
+pub const MAX_TOKEN_CACHE_ENTRIES: usize = 1_000_000;
+pub const MAX_CLAIM_PATH_SEGMENTS: usize = 8;
+const MAX_NAME_BYTES: usize = 256;
+
+/// Registered claims that cannot carry a tenant (not strings, or not ours).
+const NON_TENANT_CLAIMS: [&str; 4] = ["aud", "exp", "nbf", "iat"];
+/// Registered string claims usable as the tenant (leaf only).
+pub const STRING_REGISTERED_CLAIMS: [&str; 4] = ["sub", "iss", "jti", "nonce"];
+
+// ---------------------------------------------------------------------------
+// The JSON form.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    token: Option<RawTokenSource>,
+    jwks: Option<Value>,
+    algorithms: Option<Vec<String>>,
+    issuers: Option<Vec<String>>,
+    audiences: Option<Vec<String>>,
+    require_exp: Option<bool>,
+    clock_skew_s: Option<u64>,
+    max_token_bytes: Option<usize>,
+    tenant_claim: Option<RawClaimPath>,
+    token_cache_entries: Option<usize>,
+    trust_header: Option<String>,
+    max_tenant_bytes: Option<usize>,
+    cell_header: Option<String>,
+    version_header: Option<String>,
+    realm: Option<String>,
+    sidecar: Option<RawSidecar>,
+    fallback_snapshot: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokenSource {
+    header: Option<String>,
+    prefix: Option<String>,
+    query_param: Option<String>,
+    cookie: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawClaimPath {
+    Dotted(String),
+    Segments(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSidecar {
+    cluster: String,
+    authority: Option<String>,
+    path: Option<String>,
+    long_poll_s: Option<u64>,
+    timeout_ms: Option<u64>,
+    retry_min_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+    tick_ms: Option<u64>,
+    min_fetch_interval_ms: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------
+// The validated form.
+
+/// Where the token is looked for, in this order: header, query, cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSource {
+    /// Lowercase header name.
+    pub header: String,
+    /// Scheme prefix, matched case-insensitively (`Bearer `); may be empty.
+    pub prefix: String,
+    pub query_param: Option<String>,
+    pub cookie: Option<String>,
+}
+
+/// Path of the tenant claim inside the token's claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimPath {
+    pub segments: Vec<String>,
+}
+
+impl ClaimPath {
+    pub fn display(&self) -> String {
+        self.segments.join(".")
+    }
+}
+
+/// Token verification settings (JWT mode).
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub source: TokenSource,
+    pub keys: KeySet,
+    pub algorithms: Vec<Algorithm>,
+    pub issuers: Option<HashSet<String>>,
+    pub audiences: Option<HashSet<String>>,
+    pub require_exp: bool,
+    pub clock_skew_s: u64,
+    pub max_token_bytes: usize,
+    pub tenant_claim: ClaimPath,
+    pub token_cache_entries: usize,
+}
+
+/// How the tenant is found.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// Verify a JWT and read the tenant claim.
+    Jwt(Box<JwtSettings>),
+    /// Read the tenant from a header Envoy's `jwt_authn` set
+    /// (`claim_to_headers`); no token work here.
+    TrustHeader { header: String },
+}
+
+/// A validated plugin configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub auth: Auth,
+    pub max_tenant_bytes: usize,
+    pub cell_header: String,
+    pub version_header: String,
+    pub realm: String,
+    pub sidecar: Option<SidecarConfig>,
+    pub fallback_snapshot: Option<Snapshot>,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new(
+                "(config)",
+                "is empty; the filter needs at least `sidecar` or `fallback_snapshot` and a token setup",
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            let field = if path == "." {
+                "(config)".to_string()
+            } else {
+                path
+            };
+            ConfigError::new(field, err.into_inner().to_string())
+        })?;
+        de.end()
+            .map_err(|e| ConfigError::new("(config)", format!("trailing data: {e}")))?;
+        raw.validate()
+    }
+
+    pub fn jwt(&self) -> Option<&JwtSettings> {
+        match &self.auth {
+            Auth::Jwt(settings) => Some(settings),
+            Auth::TrustHeader { .. } => None,
+        }
+    }
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A header name as Envoy presents it: a lowercase RFC 9110 token.
+fn header_name(field: &str, value: &str) -> Result<String, ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::new(field, "must be a non-empty header name"));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(ConfigError::new(
+            field,
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if let Some(bad) = value.bytes().find(|b| !is_token_char(*b)) {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{value:?} is not a valid header name (byte {:?})",
+                bad as char
+            ),
+        ));
+    }
+    if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{value:?} must be lowercase (Envoy lowercases header names); use {:?}",
+                value.to_ascii_lowercase()
+            ),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A query parameter or cookie name.
+fn plain_name(field: &str, value: &str) -> Result<String, ConfigError> {
+    if value.is_empty() || value.len() > MAX_NAME_BYTES {
+        return Err(ConfigError::new(
+            field,
+            format!("must be a non-empty name of at most {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if let Some(bad) = value.bytes().find(|b| !is_token_char(*b) || *b == b'&') {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{value:?} has {:?}; use letters, digits and - _ .",
+                bad as char
+            ),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+fn string_set(
+    field: &str,
+    values: Option<Vec<String>>,
+) -> Result<Option<HashSet<String>>, ConfigError> {
+    let Some(values) = values else {
+        return Ok(None);
+    };
+    if values.is_empty() {
+        return Err(ConfigError::new(
+            field,
+            "must list at least one value (leave the field out to accept any)",
+        ));
+    }
+    let mut set = HashSet::with_capacity(values.len());
+    for (i, value) in values.into_iter().enumerate() {
+        if value.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                "must be a non-empty string",
+            ));
+        }
+        if !set.insert(value) {
+            return Err(ConfigError::new(format!("{field}[{i}]"), "duplicate value"));
+        }
+    }
+    Ok(Some(set))
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn claim_path(raw: RawClaimPath) -> Result<ClaimPath, ConfigError> {
+    const FIELD: &str = "tenant_claim";
+    let segments: Vec<String> = match raw {
+        RawClaimPath::Dotted(path) => path.split('.').map(str::to_string).collect(),
+        RawClaimPath::Segments(segments) => segments,
+    };
+    if segments.is_empty() {
+        return Err(ConfigError::new(FIELD, "must name a claim"));
+    }
+    if segments.len() > MAX_CLAIM_PATH_SEGMENTS {
+        return Err(ConfigError::new(
+            FIELD,
+            format!("at most {MAX_CLAIM_PATH_SEGMENTS} levels deep"),
+        ));
+    }
+    if segments.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            FIELD,
+            "has an empty segment (a dotted path like \"org.id\"; for claim names with dots use an array: [\"https://example.com/tenant\"])",
+        ));
+    }
+    if let Some(first) = segments.first() {
+        if NON_TENANT_CLAIMS.contains(&first.as_str()) {
+            return Err(ConfigError::new(
+                FIELD,
+                format!("{first:?} is a registered claim that cannot hold a tenant"),
+            ));
+        }
+        if STRING_REGISTERED_CLAIMS.contains(&first.as_str()) && segments.len() > 1 {
+            return Err(ConfigError::new(
+                FIELD,
+                format!("{first:?} is a string claim; it has no nested fields"),
+            ));
+        }
+    }
+    Ok(ClaimPath { segments })
+}
+
+const JWT_ONLY_FIELDS: [&str; 10] = [
+    "token",
+    "jwks",
+    "algorithms",
+    "issuers",
+    "audiences",
+    "require_exp",
+    "clock_skew_s",
+    "max_token_bytes",
+    "tenant_claim",
+    "token_cache_entries",
+];
+
+impl RawConfig {
+    fn jwt_fields_present(&self) -> Vec<&'static str> {
+        let present = [
+            self.token.is_some(),
+            self.jwks.is_some(),
+            self.algorithms.is_some(),
+            self.issuers.is_some(),
+            self.audiences.is_some(),
+            self.require_exp.is_some(),
+            self.clock_skew_s.is_some(),
+            self.max_token_bytes.is_some(),
+            self.tenant_claim.is_some(),
+            self.token_cache_entries.is_some(),
+        ];
+        JWT_ONLY_FIELDS
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| *p)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let cell_header = header_name(
+            "cell_header",
+            self.cell_header.as_deref().unwrap_or(DEFAULT_CELL_HEADER),
+        )?;
+        let version_header = header_name(
+            "version_header",
+            self.version_header
+                .as_deref()
+                .unwrap_or(DEFAULT_VERSION_HEADER),
+        )?;
+        if cell_header == version_header {
+            return Err(ConfigError::new(
+                "version_header",
+                "must differ from cell_header",
+            ));
+        }
+        for (field, name) in [
+            ("cell_header", &cell_header),
+            ("version_header", &version_header),
+        ] {
+            if name.starts_with(':') || name == "host" {
+                return Err(ConfigError::new(field, "cannot be a pseudo-header or host"));
+            }
+        }
+        let realm = self
+            .realm
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REALM.to_string());
+        if realm.is_empty()
+            || realm.len() > MAX_NAME_BYTES
+            || realm
+                .bytes()
+                .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+        {
+            return Err(ConfigError::new(
+                "realm",
+                "must be 1–256 printable ASCII characters without '\"' or '\\'",
+            ));
+        }
+        let max_tenant_bytes = in_range(
+            "max_tenant_bytes",
+            self.max_tenant_bytes.unwrap_or(DEFAULT_MAX_TENANT_BYTES),
+            1,
+            MAX_MAX_TENANT_BYTES,
+        )?;
+
+        let auth = match &self.trust_header {
+            Some(name) => {
+                let header = header_name("trust_header", name)?;
+                if let Some(field) = self.jwt_fields_present().first() {
+                    return Err(ConfigError::new(
+                        *field,
+                        "is not used with trust_header (the tenant comes from the header); remove it",
+                    ));
+                }
+                if header == cell_header || header == version_header {
+                    return Err(ConfigError::new(
+                        "trust_header",
+                        "must differ from cell_header and version_header",
+                    ));
+                }
+                Auth::TrustHeader { header }
+            }
+            None => Auth::Jwt(Box::new(self.jwt_settings(&cell_header, &version_header)?)),
+        };
+
+        let sidecar = match self.sidecar {
+            Some(raw) => Some(sidecar(raw)?),
+            None => None,
+        };
+        let fallback_snapshot = match self.fallback_snapshot {
+            None => None,
+            Some(value) => {
+                if !value.is_object() {
+                    return Err(ConfigError::new(
+                        "fallback_snapshot",
+                        "must be a snapshot object (see mapping/SPEC.md)",
+                    ));
+                }
+                let bytes = serde_json::to_vec(&value)
+                    .map_err(|e| ConfigError::new("fallback_snapshot", e.to_string()))?;
+                let snapshot = Snapshot::parse(&bytes).map_err(|e| {
+                    let inner = e.path.strip_prefix('$').unwrap_or(&e.path);
+                    ConfigError::new(format!("fallback_snapshot{inner}"), e.message)
+                })?;
+                Some(snapshot)
+            }
+        };
+        if sidecar.is_none() && fallback_snapshot.is_none() {
+            return Err(ConfigError::new(
+                "sidecar",
+                "missing: the filter needs `sidecar`, `fallback_snapshot`, or both, to have a mapping",
+            ));
+        }
+        Ok(Config {
+            auth,
+            max_tenant_bytes,
+            cell_header,
+            version_header,
+            realm,
+            sidecar,
+            fallback_snapshot,
+        })
+    }
+
+    fn jwt_settings(
+        &self,
+        cell_header: &str,
+        version_header: &str,
+    ) -> Result<JwtSettings, ConfigError> {
+        let raw_source = self.token.as_ref();
+        let header = header_name(
+            "token.header",
+            raw_source
+                .and_then(|t| t.header.as_deref())
+                .unwrap_or(DEFAULT_TOKEN_HEADER),
+        )?;
+        if header == cell_header || header == version_header {
+            return Err(ConfigError::new(
+                "token.header",
+                "must differ from cell_header and version_header",
+            ));
+        }
+        let prefix = raw_source
+            .and_then(|t| t.prefix.clone())
+            .unwrap_or_else(|| DEFAULT_TOKEN_PREFIX.to_string());
+        if prefix.len() > 64 || prefix.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(ConfigError::new(
+                "token.prefix",
+                "must be at most 64 printable ASCII characters",
+            ));
+        }
+        let query_param = match raw_source.and_then(|t| t.query_param.as_deref()) {
+            Some(name) => Some(plain_name("token.query_param", name)?),
+            None => None,
+        };
+        let cookie = match raw_source.and_then(|t| t.cookie.as_deref()) {
+            Some(name) => Some(plain_name("token.cookie", name)?),
+            None => None,
+        };
+
+        let Some(names) = &self.algorithms else {
+            return Err(ConfigError::new(
+                "algorithms",
+                "missing: list the JWS algorithms to accept, e.g. [\"RS256\"]",
+            ));
+        };
+        if names.is_empty() {
+            return Err(ConfigError::new(
+                "algorithms",
+                "must list at least one algorithm",
+            ));
+        }
+        let mut algorithms = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let field = format!("algorithms[{i}]");
+            if name.eq_ignore_ascii_case("none") {
+                return Err(ConfigError::new(
+                    field,
+                    "\"none\" (unsigned tokens) is never allowed",
+                ));
+            }
+            let Some(alg) = Algorithm::from_name(name) else {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "unknown algorithm {name:?}; one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                    ),
+                ));
+            };
+            if algorithms.contains(&alg) {
+                return Err(ConfigError::new(field, format!("duplicate {alg}")));
+            }
+            algorithms.push(alg);
+        }
+
+        let Some(jwks) = &self.jwks else {
+            return Err(ConfigError::new(
+                "jwks",
+                "missing: an inline JWKS document ({\"keys\": [...]}) with the verification keys",
+            ));
+        };
+        let keys = KeySet::from_jwks(jwks, &algorithms, "jwks")?;
+
+        let issuers = string_set("issuers", self.issuers.clone())?;
+        let audiences = string_set("audiences", self.audiences.clone())?;
+        let clock_skew_s = in_range(
+            "clock_skew_s",
+            self.clock_skew_s.unwrap_or(DEFAULT_CLOCK_SKEW_S),
+            0,
+            MAX_CLOCK_SKEW_S,
+        )?;
+        let max_token_bytes = in_range(
+            "max_token_bytes",
+            self.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
+            MIN_MAX_TOKEN_BYTES,
+            MAX_MAX_TOKEN_BYTES,
+        )?;
+        let token_cache_entries = in_range(
+            "token_cache_entries",
+            self.token_cache_entries
+                .unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES),
+            0,
+            MAX_TOKEN_CACHE_ENTRIES,
+        )?;
+        let tenant_claim = match &self.tenant_claim {
+            None => {
+                return Err(ConfigError::new(
+                    "tenant_claim",
+                    "missing: the claim that holds the tenant id, e.g. \"tenant_id\" or \"org.id\"",
+                ));
+            }
+            Some(RawClaimPath::Dotted(s)) => claim_path(RawClaimPath::Dotted(s.clone()))?,
+            Some(RawClaimPath::Segments(v)) => claim_path(RawClaimPath::Segments(v.clone()))?,
+        };
+
+        Ok(JwtSettings {
+            source: TokenSource {
+                header,
+                prefix,
+                query_param,
+                cookie,
+            },
+            keys,
+            algorithms,
+            issuers,
+            audiences,
+            require_exp: self.require_exp.unwrap_or(true),
+            clock_skew_s,
+            max_token_bytes,
+            tenant_claim,
+            token_cache_entries,
+        })
+    }
+}
+
+fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
+    if raw.cluster.is_empty() || raw.cluster.len() > MAX_NAME_BYTES {
+        return Err(ConfigError::new(
+            "sidecar.cluster",
+            "must be the non-empty name of an Envoy cluster",
+        ));
+    }
+    let authority = raw.authority.unwrap_or_else(|| "cellmap".to_string());
+    if authority.is_empty()
+        || authority.len() > MAX_NAME_BYTES
+        || authority
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
+    {
+        return Err(ConfigError::new(
+            "sidecar.authority",
+            "must be a host name (optionally with :port)",
+        ));
+    }
+    let path = raw.path.unwrap_or_else(|| "/snapshot".to_string());
+    if !path.starts_with('/')
+        || path.len() > MAX_NAME_BYTES
+        || path
+            .bytes()
+            .any(|b| !(0x21..0x7f).contains(&b) || b == b'?' || b == b'#')
+    {
+        return Err(ConfigError::new(
+            "sidecar.path",
+            "must start with '/' and hold no query, fragment, spaces or control characters",
+        ));
+    }
+    let long_poll_s = in_range("sidecar.long_poll_s", raw.long_poll_s.unwrap_or(30), 0, 300)?;
+    let timeout_ms = raw.timeout_ms.unwrap_or(long_poll_s * 1000 + 5000);
+    if timeout_ms <= long_poll_s * 1000 {
+        return Err(ConfigError::new(
+            "sidecar.timeout_ms",
+            format!(
+                "must be greater than long_poll_s × 1000 = {} (the sidecar may hold a request that long)",
+                long_poll_s * 1000
+            ),
+        ));
+    }
+    let timeout_ms = in_range("sidecar.timeout_ms", timeout_ms, 100, 600_000)?;
+    let retry_min_ms = in_range(
+        "sidecar.retry_min_ms",
+        raw.retry_min_ms.unwrap_or(200),
+        10,
+        60_000,
+    )?;
+    let retry_max_ms = in_range(
+        "sidecar.retry_max_ms",
+        raw.retry_max_ms.unwrap_or(5000),
+        retry_min_ms,
+        600_000,
+    )?;
+    let tick_ms = in_range("sidecar.tick_ms", raw.tick_ms.unwrap_or(100), 10, 10_000)?;
+    let min_fetch_interval_ms = in_range(
+        "sidecar.min_fetch_interval_ms",
+        raw.min_fetch_interval_ms.unwrap_or(100),
+        0,
+        600_000,
+    )?;
+    Ok(SidecarConfig {
+        cluster: raw.cluster,
+        authority,
+        path,
+        long_poll_s,
+        timeout_ms,
+        retry_min_ms,
+        retry_max_ms,
+        tick_ms,
+        min_fetch_interval_ms,
+    })
+}

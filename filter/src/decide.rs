@@ -1,0 +1,324 @@
+//! The per-request decision: request headers (as bytes), the clock and the
+//! snapshot in force in; headers to remove and set, or a local reply, out.
+//! No host calls: the glue in `glue.rs` applies the decision.
+
+use crate::cache::TokenCache;
+use crate::config::{Auth, Config};
+use crate::token::{self, Reason, Rejection};
+use cellmap::{Outcome as Resolved, Snapshot};
+
+/// A snapshot in force, with what every routed request needs precomputed.
+#[derive(Debug)]
+pub struct Installed {
+    snapshot: Snapshot,
+    version_value: String,
+}
+
+impl Installed {
+    pub fn new(snapshot: Snapshot) -> Self {
+        let version_value = snapshot.version().to_string();
+        Installed {
+            snapshot,
+            version_value,
+        }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn version(&self) -> u64 {
+        self.snapshot.version()
+    }
+}
+
+/// Per-VM mutable state used by requests.
+pub struct VmState {
+    pub cache: TokenCache,
+    request_counter: u64,
+}
+
+impl VmState {
+    /// `cache_key` must be random per VM (see [`TokenCache`]).
+    pub fn new(config: &Config, cache_key: [u8; 16]) -> Self {
+        let (entries, skew) = config
+            .jwt()
+            .map_or((0, 0), |jwt| (jwt.token_cache_entries, jwt.clock_skew_s));
+        VmState {
+            cache: TokenCache::new(entries, skew, cache_key),
+            request_counter: 0,
+        }
+    }
+}
+
+/// A response sent by the filter instead of forwarding the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    /// Envoy's response code details (`%RESPONSE_CODE_DETAILS%` in access
+    /// logs), e.g. `cell_router_expired`.
+    pub details: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `error` member of the JSON body.
+    pub fn error_code(&self) -> Option<String> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("error")?.as_str().map(str::to_string)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Forward the request with these headers set (replacing any copy).
+    Continue { set: Vec<(&'a str, &'a [u8])> },
+    /// Answer locally.
+    Respond(LocalReply),
+}
+
+/// What happened, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    Routed { cell: &'a str, reason: &'static str },
+    Shed { cell: &'a str },
+    Unavailable { cell: &'a str },
+    NoSnapshot,
+    Rejected(Reason),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// Client-sent headers to remove first (the cell and version headers).
+    pub remove: Vec<&'a str>,
+    pub action: Action<'a>,
+    pub outcome: Outcome<'a>,
+    /// Whether the token cache answered (None when it was not consulted).
+    pub cache_hit: Option<bool>,
+    /// The tenant, once known.
+    pub tenant: Option<String>,
+}
+
+fn json_body(error: &str, detail: &str) -> Vec<u8> {
+    serde_json::json!({ "error": error, "detail": detail })
+        .to_string()
+        .into_bytes()
+}
+
+fn json_reply(status: u32, details: &str, error: &str, detail: &str) -> LocalReply {
+    LocalReply {
+        status,
+        details: format!("cell_router_{details}"),
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("cache-control", "no-store".to_string()),
+        ],
+        body: json_body(error, detail),
+    }
+}
+
+/// The reply for a refused token or tenant.
+pub fn rejection_reply(realm: &str, rejection: &Rejection) -> LocalReply {
+    let reason = rejection.reason;
+    let mut reply = json_reply(
+        reason.status(),
+        reason.metric_name(),
+        reason.error_code(),
+        &rejection.detail,
+    );
+    if reason.challenges() {
+        let challenge = match reason.bearer_error() {
+            Some(error) => format!("Bearer realm=\"{realm}\", error=\"{error}\""),
+            None => format!("Bearer realm=\"{realm}\""),
+        };
+        reply.headers.push(("www-authenticate", challenge));
+    }
+    reply
+}
+
+fn header<'h, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    headers: &'h [(K, V)],
+    name: &str,
+) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v.as_ref())
+}
+
+/// Decides one request. `now_s` (unix seconds, host clock) is only called
+/// when a token needs checking.
+pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    config: &'a Config,
+    vm: &mut VmState,
+    headers: &[(K, V)],
+    now_s: &mut dyn FnMut() -> u64,
+    installed: Option<&'a Installed>,
+) -> Decision<'a> {
+    // 1. Client copies of our headers never reach a cell.
+    let mut remove = Vec::new();
+    for name in [config.cell_header.as_str(), config.version_header.as_str()] {
+        if header(headers, name).is_some() {
+            remove.push(name);
+        }
+    }
+
+    // 2. Who is this?
+    let mut cache_hit = None;
+    let tenant = match &config.auth {
+        Auth::TrustHeader { header } => {
+            token::tenant_from_header(headers, header, config.max_tenant_bytes)
+        }
+        Auth::Jwt(jwt) => token::extract(&jwt.source, headers).and_then(|token| {
+            let now = now_s();
+            if vm.cache.enabled() {
+                let key = vm.cache.key(&token);
+                if let Some(tenant) = vm.cache.get(key, now) {
+                    cache_hit = Some(true);
+                    return Ok(tenant.to_string());
+                }
+                cache_hit = Some(false);
+                let verified = token::verify(jwt, config.max_tenant_bytes, &token, now)?;
+                vm.cache.insert(key, &verified, now);
+                Ok(verified.tenant)
+            } else {
+                token::verify(jwt, config.max_tenant_bytes, &token, now).map(|v| v.tenant)
+            }
+        }),
+    };
+    let tenant = match tenant {
+        Ok(tenant) => tenant,
+        Err(rejection) => {
+            return Decision {
+                remove,
+                action: Action::Respond(rejection_reply(&config.realm, &rejection)),
+                outcome: Outcome::Rejected(rejection.reason),
+                cache_hit,
+                tenant: None,
+            };
+        }
+    };
+
+    // 3. Where does it go?
+    let Some(installed) = installed else {
+        let mut reply = json_reply(
+            503,
+            "no_snapshot",
+            "no_snapshot",
+            "the routing table is not loaded yet; retry shortly",
+        );
+        reply.headers.push(("retry-after", "1".to_string()));
+        return Decision {
+            remove,
+            action: Action::Respond(reply),
+            outcome: Outcome::NoSnapshot,
+            cache_hit,
+            tenant: Some(tenant),
+        };
+    };
+    let snapshot = installed.snapshot();
+    let counter;
+    let request_key: &[u8] = match header(headers, "x-request-id") {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            vm.request_counter = vm.request_counter.wrapping_add(1);
+            counter = vm.request_counter.to_string();
+            counter.as_bytes()
+        }
+    };
+    let resolution = snapshot.resolve(tenant.as_bytes(), request_key);
+    let cell_id = |index: u16| snapshot.cell(index).map_or("", |c| c.id.as_str());
+
+    let (action, outcome) = match resolution.outcome {
+        Resolved::Route { cell } => {
+            let id = cell_id(cell);
+            (
+                Action::Continue {
+                    set: vec![
+                        (config.cell_header.as_str(), id.as_bytes()),
+                        (
+                            config.version_header.as_str(),
+                            installed.version_value.as_bytes(),
+                        ),
+                    ],
+                },
+                Outcome::Routed {
+                    cell: id,
+                    reason: resolution.reason(),
+                },
+            )
+        }
+        Resolved::Shed {
+            cell,
+            retry_after_s,
+        } => {
+            let mut reply = json_reply(
+                503,
+                "shed",
+                "cell_draining",
+                &format!("the tenant's cell is draining; retry after {retry_after_s} seconds"),
+            );
+            reply
+                .headers
+                .push(("retry-after", retry_after_s.to_string()));
+            (
+                Action::Respond(reply),
+                Outcome::Shed {
+                    cell: cell_id(cell),
+                },
+            )
+        }
+        Resolved::Unavailable { cell } => (
+            Action::Respond(json_reply(
+                503,
+                "unavailable",
+                "cell_unavailable",
+                "the tenant's cell is disabled and has no failover",
+            )),
+            Outcome::Unavailable {
+                cell: cell_id(cell),
+            },
+        ),
+    };
+    Decision {
+        remove,
+        action,
+        outcome,
+        cache_hit,
+        tenant: Some(tenant),
+    }
+}
+
+impl<'a> Decision<'a> {
+    /// The local reply, if the request is answered by the filter.
+    pub fn reply(&self) -> Option<&LocalReply> {
+        match &self.action {
+            Action::Respond(reply) => Some(reply),
+            Action::Continue { .. } => None,
+        }
+    }
+
+    /// A header the decision sets on the forwarded request.
+    pub fn set_header(&self, name: &str) -> Option<&'a [u8]> {
+        match &self.action {
+            Action::Continue { set } => set.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
+            Action::Respond(_) => None,
+        }
+    }
+
+    /// The cell the request is routed to.
+    pub fn routed_cell(&self) -> Option<&'a str> {
+        match self.outcome {
+            Outcome::Routed { cell, .. } => Some(cell),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The filter's metrics, by name. Envoy shows proxy-wasm metrics with a
+//! `wasmcustom.` prefix, e.g. `wasmcustom.cell_router.routed.cell-a`; every
+//! worker VM defines the same names, so Envoy sums the counters.
+//!
+//! The host is behind [`MetricSink`] so the bookkeeping is tested natively.
+
+use crate::token::Reason;
+use std::collections::HashMap;
+
+pub const PREFIX: &str = "cell_router";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// Where metrics go: proxy-wasm in the filter, a map in tests.
+pub trait MetricSink {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    fn increment(&mut self, id: u32, delta: i64);
+    fn record(&mut self, id: u32, value: u64);
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct CellIds {
+    routed: Option<u32>,
+    shed: Option<u32>,
+    unavailable: Option<u32>,
+}
+
+/// Metric ids, defined once per VM (per cell on first use).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    rejected: HashMap<Reason, u32>,
+    cells: HashMap<String, CellIds>,
+    no_snapshot: Option<u32>,
+    cache_hit: Option<u32>,
+    cache_miss: Option<u32>,
+    snapshot_version: Option<u32>,
+    snapshot_age: Option<u32>,
+    fetch_failures: Option<u32>,
+    snapshots_refused: Option<u32>,
+    snapshots_applied: Option<u32>,
+}
+
+/// Metric names use cell ids; a `.` in an id would add a level to Envoy's
+/// stat tree, so it becomes `_` (as would `:`, which some sinks reject).
+pub fn stat_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| if c == '.' || c == ':' { '_' } else { c })
+        .collect()
+}
+
+pub fn name(parts: &[&str]) -> String {
+    let mut out = String::from(PREFIX);
+    for part in parts {
+        out.push('.');
+        out.push_str(part);
+    }
+    out
+}
+
+impl Metrics {
+    /// Defines the fixed metrics.
+    pub fn define(sink: &mut dyn MetricSink) -> Metrics {
+        let counter = |sink: &mut dyn MetricSink, parts: &[&str]| {
+            sink.define(MetricKind::Counter, &name(parts))
+        };
+        let mut metrics = Metrics {
+            no_snapshot: counter(sink, &["no_snapshot"]),
+            cache_hit: counter(sink, &["token_cache", "hit"]),
+            cache_miss: counter(sink, &["token_cache", "miss"]),
+            snapshot_version: sink.define(MetricKind::Gauge, &name(&["snapshot", "version"])),
+            snapshot_age: sink.define(MetricKind::Gauge, &name(&["snapshot", "age_s"])),
+            fetch_failures: counter(sink, &["snapshot", "fetch_failures"]),
+            snapshots_refused: counter(sink, &["snapshot", "refused"]),
+            snapshots_applied: counter(sink, &["snapshot", "applied"]),
+            ..Metrics::default()
+        };
+        for reason in Reason::ALL {
+            if let Some(id) = counter(sink, &["rejected", reason.metric_name()]) {
+                metrics.rejected.insert(reason, id);
+            }
+        }
+        metrics
+    }
+
+    fn bump(sink: &mut dyn MetricSink, id: Option<u32>) {
+        if let Some(id) = id {
+            sink.increment(id, 1);
+        }
+    }
+
+    fn cell(&mut self, sink: &mut dyn MetricSink, cell: &str) -> CellIds {
+        if let Some(ids) = self.cells.get(cell) {
+            return *ids;
+        }
+        let safe = stat_safe(cell);
+        let ids = CellIds {
+            routed: sink.define(MetricKind::Counter, &name(&["routed", &safe])),
+            shed: sink.define(MetricKind::Counter, &name(&["shed", &safe])),
+            unavailable: sink.define(MetricKind::Counter, &name(&["unavailable", &safe])),
+        };
+        self.cells.insert(cell.to_string(), ids);
+        ids
+    }
+
+    pub fn routed(&mut self, sink: &mut dyn MetricSink, cell: &str) {
+        let id = self.cell(sink, cell).routed;
+        Self::bump(sink, id);
+    }
+
+    pub fn shed(&mut self, sink: &mut dyn MetricSink, cell: &str) {
+        let id = self.cell(sink, cell).shed;
+        Self::bump(sink, id);
+    }
+
+    pub fn unavailable(&mut self, sink: &mut dyn MetricSink, cell: &str) {
+        let id = self.cell(sink, cell).unavailable;
+        Self::bump(sink, id);
+    }
+
+    pub fn rejected(&self, sink: &mut dyn MetricSink, reason: Reason) {
+        Self::bump(sink, self.rejected.get(&reason).copied());
+    }
+
+    pub fn no_snapshot(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.no_snapshot);
+    }
+
+    pub fn cache(&self, sink: &mut dyn MetricSink, hit: bool) {
+        Self::bump(sink, if hit { self.cache_hit } else { self.cache_miss });
+    }
+
+    pub fn fetch_failed(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.fetch_failures);
+    }
+
+    pub fn snapshot_refused(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.snapshots_refused);
+    }
+
+    pub fn snapshot_applied(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.snapshots_applied);
+    }
+
+    pub fn gauges(&self, sink: &mut dyn MetricSink, version: u64, age_s: u64) {
+        if let Some(id) = self.snapshot_version {
+            sink.record(id, version);
+        }
+        if let Some(id) = self.snapshot_age {
+            sink.record(id, age_s);
+        }
+    }
+}
+
+/// Every fixed metric name, for documentation and tests.
+pub fn fixed_names() -> Vec<String> {
+    let mut names = vec![
+        name(&["no_snapshot"]),
+        name(&["token_cache", "hit"]),
+        name(&["token_cache", "miss"]),
+        name(&["snapshot", "version"]),
+        name(&["snapshot", "age_s"]),
+        name(&["snapshot", "fetch_failures"]),
+        name(&["snapshot", "refused"]),
+        name(&["snapshot", "applied"]),
+    ];
+    names.extend(
+        Reason::ALL
+            .iter()
+            .map(|r| name(&["rejected", r.metric_name()])),
+    );
+    names
+}

@@ -1,0 +1,677 @@
+//! Token extraction, verification and the tenant claim.
+//!
+//! jwt-simple checks signatures and registered claims; around it, this module
+//! decides which key may verify a token (by `kid` and by the header `alg`,
+//! which must be allowed and must match the key), refuses `alg: none`,
+//! unknown `crit`, oversized and malformed tokens, and turns every failure
+//! into a [`Rejection`] with the status Envoy's `jwt_authn` would use.
+
+use crate::config::{ClaimPath, JwtSettings, STRING_REGISTERED_CLAIMS, TokenSource};
+use crate::jwks::Algorithm;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jwt_simple::JWTError;
+use jwt_simple::prelude::*;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a request was refused before routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingToken,
+    MultipleTokens,
+    TooLarge,
+    Malformed,
+    AlgNone,
+    AlgNotAllowed,
+    UnknownKid,
+    KeyAlgMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    MissingExp,
+    WrongIssuer,
+    UnsupportedCrit,
+    WrongAudience,
+    TenantMissing,
+    TenantInvalid,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::MissingToken,
+        Reason::MultipleTokens,
+        Reason::TooLarge,
+        Reason::Malformed,
+        Reason::AlgNone,
+        Reason::AlgNotAllowed,
+        Reason::UnknownKid,
+        Reason::KeyAlgMismatch,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::IssuedInFuture,
+        Reason::MissingExp,
+        Reason::WrongIssuer,
+        Reason::UnsupportedCrit,
+        Reason::WrongAudience,
+        Reason::TenantMissing,
+        Reason::TenantInvalid,
+    ];
+
+    /// HTTP status, as Envoy's `jwt_authn` answers: 401 for a missing or
+    /// invalid token, 403 for a valid token that may not pass.
+    pub fn status(self) -> u32 {
+        match self {
+            Reason::WrongAudience | Reason::TenantMissing | Reason::TenantInvalid => 403,
+            _ => 401,
+        }
+    }
+
+    /// The `error` member of the JSON body.
+    pub fn error_code(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::WrongAudience => "audience_not_allowed",
+            Reason::TenantMissing => "tenant_missing",
+            Reason::TenantInvalid => "tenant_invalid",
+            _ => "invalid_token",
+        }
+    }
+
+    /// The `error` parameter of `WWW-Authenticate` (RFC 6750 §3.1), if any.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Reason::MissingToken => None,
+            Reason::WrongAudience => Some("insufficient_scope"),
+            Reason::TenantMissing | Reason::TenantInvalid => None,
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// Whether the response carries `WWW-Authenticate`.
+    pub fn challenges(self) -> bool {
+        !matches!(self, Reason::TenantMissing | Reason::TenantInvalid)
+    }
+
+    /// Suffix of the `cell_router.rejected.<reason>` counter.
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::MultipleTokens => "multiple_tokens",
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::AlgNone => "alg_none",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::KeyAlgMismatch => "key_alg_mismatch",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::MissingExp => "missing_exp",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::UnsupportedCrit => "unsupported_crit",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::TenantMissing => "tenant_missing",
+            Reason::TenantInvalid => "tenant_invalid",
+        }
+    }
+}
+
+/// A refused request: the reason and a detail for the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.metric_name(), self.detail)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Extraction.
+
+fn values<'h, 'n, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    headers: &'h [(K, V)],
+    name: &'n str,
+) -> impl Iterator<Item = &'h [u8]> + use<'h, 'n, K, V> {
+    headers
+        .iter()
+        .filter(move |(k, _)| k.as_ref().eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v.as_ref())
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |p| p + 1);
+    bytes.get(start..end).unwrap_or_default()
+}
+
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut rest = input;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match tail {
+                [hi, lo, after @ ..] => {
+                    out.push(((hex(*hi)? << 4) | hex(*lo)?) as u8);
+                    rest = after;
+                }
+                _ => return None,
+            }
+        } else {
+            out.push(if b == b'+' { b' ' } else { b });
+            rest = tail;
+        }
+    }
+    Some(out)
+}
+
+/// Finds the token: the header first, then the query parameter, then the
+/// cookie. Several copies in one place are refused (which one would count?).
+pub fn extract<'h, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    source: &TokenSource,
+    headers: &'h [(K, V)],
+) -> Result<Cow<'h, [u8]>, Rejection> {
+    let mut wrong_scheme = false;
+    let mut found = values(headers, &source.header);
+    if let Some(first) = found.next() {
+        if found.next().is_some() {
+            return Err(Rejection::new(
+                Reason::MultipleTokens,
+                format!("more than one {} header", source.header),
+            ));
+        }
+        let prefix = source.prefix.as_bytes();
+        match first.get(..prefix.len()) {
+            Some(head) if head.eq_ignore_ascii_case(prefix) => {
+                let token = trim(first.get(prefix.len()..).unwrap_or_default());
+                if token.is_empty() {
+                    return Err(Rejection::new(Reason::Malformed, "the token is empty"));
+                }
+                return Ok(Cow::Borrowed(token));
+            }
+            _ => wrong_scheme = true,
+        }
+    }
+
+    if let Some(param) = &source.query_param
+        && let Some(path) = values(headers, ":path").next()
+    {
+        let query = path
+            .splitn(2, |b| *b == b'?')
+            .nth(1)
+            .and_then(|q| q.split(|b| *b == b'#').next())
+            .unwrap_or_default();
+        let mut tokens = query.split(|b| *b == b'&').filter_map(|pair| {
+            let mut kv = pair.splitn(2, |b| *b == b'=');
+            let name = kv.next()?;
+            (name == param.as_bytes()).then(|| kv.next().unwrap_or_default())
+        });
+        if let Some(raw) = tokens.next() {
+            if tokens.next().is_some() {
+                return Err(Rejection::new(
+                    Reason::MultipleTokens,
+                    format!("query parameter {param} appears more than once"),
+                ));
+            }
+            let token = percent_decode(raw).ok_or_else(|| {
+                Rejection::new(
+                    Reason::Malformed,
+                    format!("query parameter {param} is badly percent-encoded"),
+                )
+            })?;
+            if token.is_empty() {
+                return Err(Rejection::new(Reason::Malformed, "the token is empty"));
+            }
+            return Ok(Cow::Owned(token));
+        }
+    }
+
+    if let Some(cookie) = &source.cookie {
+        let mut tokens = values(headers, "cookie").flat_map(|header| {
+            header.split(|b| *b == b';').filter_map(|pair| {
+                let pair = trim(pair);
+                let mut kv = pair.splitn(2, |b| *b == b'=');
+                let name = kv.next()?;
+                (name == cookie.as_bytes()).then(|| kv.next().unwrap_or_default())
+            })
+        });
+        if let Some(raw) = tokens.next() {
+            if tokens.next().is_some() {
+                return Err(Rejection::new(
+                    Reason::MultipleTokens,
+                    format!("cookie {cookie} appears more than once"),
+                ));
+            }
+            let token = match raw {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => raw,
+            };
+            if token.is_empty() {
+                return Err(Rejection::new(Reason::Malformed, "the token is empty"));
+            }
+            return Ok(Cow::Borrowed(token));
+        }
+    }
+
+    let detail = if wrong_scheme {
+        format!(
+            "the {} header does not start with {:?}",
+            source.header,
+            source.prefix.trim_end()
+        )
+    } else {
+        format!("no token in the {} header", source.header)
+    };
+    Err(Rejection::new(Reason::MissingToken, detail))
+}
+
+// ---------------------------------------------------------------------------
+// Verification.
+
+/// What a verified token says, kept by the token cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub tenant: String,
+    /// Earliest time the token is valid (max of nbf and iat), unix seconds.
+    pub valid_from: Option<u64>,
+    /// exp, unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// The JOSE header members the filter looks at. Unknown members are ignored;
+/// `jku`, `x5u`, `jwk` and `x5c` are never used to find a key.
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+/// Claims beyond the registered ones, with duplicate names refused at every
+/// level: parsers that disagree on `{"tenant":"a","tenant":"b"}` must not
+/// disagree on where a request goes.
+#[derive(Debug, Default)]
+pub struct ExtraClaims(pub Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for ExtraClaims {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match deserializer.deserialize_map(UniqueVisitor)? {
+            Value::Object(map) => Ok(ExtraClaims(map)),
+            _ => Err(de::Error::custom("claims must be an object")),
+        }
+    }
+}
+
+struct UniqueValue(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor).map(UniqueValue)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(UniqueVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(UniqueValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueValue(value) = map.next_value()?;
+            if out.insert(key.clone(), value).is_some() {
+                return Err(de::Error::custom(format!("duplicate claim {key:?}")));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+fn is_b64url_or_dot(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+}
+
+/// Verifies a token at `now_s` (unix seconds, the host clock) and reads its
+/// tenant. `max_tenant_bytes` bounds the tenant id.
+pub fn verify(
+    settings: &JwtSettings,
+    max_tenant_bytes: usize,
+    token: &[u8],
+    now_s: u64,
+) -> Result<Verified, Rejection> {
+    if token.len() > settings.max_token_bytes {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!(
+                "the token is larger than {} bytes",
+                settings.max_token_bytes
+            ),
+        ));
+    }
+    if !token.iter().all(|b| is_b64url_or_dot(*b)) {
+        return Err(Rejection::new(
+            Reason::Malformed,
+            "the token has characters outside base64url",
+        ));
+    }
+    let Ok(token) = std::str::from_utf8(token) else {
+        return Err(Rejection::new(Reason::Malformed, "the token is not ASCII"));
+    };
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Rejection::new(
+            Reason::Malformed,
+            "not a compact JWS (three base64url parts separated by dots)",
+        ));
+    };
+    let header_json = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| Rejection::new(Reason::Malformed, "the header is not base64url"))?;
+    let header: JoseHeader = serde_json::from_slice(&header_json)
+        .map_err(|e| Rejection::new(Reason::Malformed, format!("the header is not valid: {e}")))?;
+
+    if header.alg.eq_ignore_ascii_case("none") {
+        return Err(Rejection::new(
+            Reason::AlgNone,
+            "unsigned tokens (alg none) are refused",
+        ));
+    }
+    let alg = Algorithm::from_name(&header.alg)
+        .filter(|alg| settings.algorithms.contains(alg))
+        .ok_or_else(|| {
+            Rejection::new(
+                Reason::AlgNotAllowed,
+                format!("algorithm {:?} is not allowed", truncate(&header.alg)),
+            )
+        })?;
+    if header.crit.is_some() {
+        return Err(Rejection::new(
+            Reason::UnsupportedCrit,
+            "the header lists critical extensions (crit) this filter does not understand",
+        ));
+    }
+    // After the alg check, so `alg: none` tokens (empty signature) are named.
+    if claims_b64.is_empty() || signature_b64.is_empty() {
+        return Err(Rejection::new(
+            Reason::Malformed,
+            "not a compact JWS (a part is empty)",
+        ));
+    }
+
+    let kid = header.kid.as_deref();
+    let candidates: Vec<_> = settings.keys.candidates(alg, kid).collect();
+    if candidates.is_empty() {
+        return Err(match kid {
+            Some(kid) if settings.keys.has_kid(kid) => Rejection::new(
+                Reason::KeyAlgMismatch,
+                format!("key {:?} is not a {alg} key", truncate(kid)),
+            ),
+            Some(kid) => Rejection::new(
+                Reason::UnknownKid,
+                format!("unknown kid {:?}", truncate(kid)),
+            ),
+            None => Rejection::new(
+                Reason::UnknownKid,
+                format!("no {alg} key for a token without kid"),
+            ),
+        });
+    }
+
+    let options = VerificationOptions {
+        time_tolerance: Some(Duration::from_secs(settings.clock_skew_s)),
+        artificial_time: Some(UnixTimeStamp::from_secs(now_s)),
+        max_token_length: Some(settings.max_token_bytes),
+        allowed_issuers: settings.issuers.clone(),
+        allowed_audiences: settings.audiences.clone(),
+        ..VerificationOptions::default()
+    };
+    let mut last = Rejection::new(Reason::BadSignature, "the signature does not verify");
+    let mut verified = None;
+    for entry in candidates {
+        match entry.key.verify::<ExtraClaims>(token, options.clone()) {
+            Ok(claims) => {
+                verified = Some(claims);
+                break;
+            }
+            Err(err) => {
+                last = map_error(&err);
+                // Only a bad signature may mean "another key of the same kid
+                // set"; any other error came after the signature verified.
+                if last.reason != Reason::BadSignature {
+                    return Err(last);
+                }
+            }
+        }
+    }
+    let Some(claims) = verified else {
+        return Err(last);
+    };
+
+    if settings.require_exp && claims.expires_at.is_none() {
+        return Err(Rejection::new(
+            Reason::MissingExp,
+            "the token has no exp claim",
+        ));
+    }
+    let tenant = tenant_from_claims(&claims, &settings.tenant_claim, max_tenant_bytes)?;
+    let valid_from = match (claims.invalid_before, claims.issued_at) {
+        (Some(a), Some(b)) => Some(a.max(b).as_secs()),
+        (a, b) => a.or(b).map(|t| t.as_secs()),
+    };
+    Ok(Verified {
+        tenant,
+        valid_from,
+        expires_at: claims.expires_at.map(|t| t.as_secs()),
+    })
+}
+
+/// Keeps client-controlled text in details short.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn map_error(err: &jwt_simple::Error) -> Rejection {
+    let Some(jwt) = err.downcast_ref::<JWTError>() else {
+        return Rejection::new(Reason::Malformed, "the token is not valid JSON/base64url");
+    };
+    match jwt {
+        JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag => {
+            Rejection::new(Reason::BadSignature, "the signature does not verify")
+        }
+        JWTError::TokenHasExpired => Rejection::new(Reason::Expired, "the token has expired"),
+        JWTError::TokenNotValidYet => {
+            Rejection::new(Reason::NotYetValid, "the token is not valid yet (nbf)")
+        }
+        JWTError::ClockDrift => Rejection::new(
+            Reason::IssuedInFuture,
+            "the token was issued in the future (iat)",
+        ),
+        JWTError::RequiredIssuerMismatch => {
+            Rejection::new(Reason::WrongIssuer, "the issuer is not allowed")
+        }
+        JWTError::RequiredIssuerMissing => {
+            Rejection::new(Reason::WrongIssuer, "the token has no iss claim")
+        }
+        JWTError::RequiredAudienceMismatch => {
+            Rejection::new(Reason::WrongAudience, "the audience is not allowed")
+        }
+        JWTError::RequiredAudienceMissing => {
+            Rejection::new(Reason::WrongAudience, "the token has no aud claim")
+        }
+        JWTError::TokenTooLong | JWTError::HeaderTooLarge => {
+            Rejection::new(Reason::TooLarge, "the token is too large")
+        }
+        JWTError::UnknownCriticalExtension => Rejection::new(
+            Reason::UnsupportedCrit,
+            "the header lists critical extensions (crit) this filter does not understand",
+        ),
+        JWTError::AlgorithmMismatch => Rejection::new(
+            Reason::AlgNotAllowed,
+            "the algorithm does not match the key",
+        ),
+        JWTError::NotJWT => Rejection::new(Reason::Malformed, "the typ header is not JWT"),
+        _ => Rejection::new(Reason::Malformed, format!("the token is not valid: {jwt}")),
+    }
+}
+
+/// Checks a tenant id: non-empty, bounded, no control characters.
+pub fn check_tenant(tenant: &str, max_bytes: usize, what: &str) -> Result<(), Rejection> {
+    if tenant.is_empty() {
+        return Err(Rejection::new(
+            Reason::TenantInvalid,
+            format!("{what} is empty"),
+        ));
+    }
+    if tenant.len() > max_bytes {
+        return Err(Rejection::new(
+            Reason::TenantInvalid,
+            format!("{what} is longer than {max_bytes} bytes"),
+        ));
+    }
+    if tenant.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            Reason::TenantInvalid,
+            format!("{what} has control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn tenant_from_claims(
+    claims: &JWTClaims<ExtraClaims>,
+    path: &ClaimPath,
+    max_bytes: usize,
+) -> Result<String, Rejection> {
+    let name = path.display();
+    let what = format!("claim {name}");
+    let missing = || {
+        Rejection::new(
+            Reason::TenantMissing,
+            format!("the token has no {name} claim"),
+        )
+    };
+    let (first, rest) = path.segments.split_first().ok_or_else(missing)?;
+
+    let tenant = if rest.is_empty() && STRING_REGISTERED_CLAIMS.contains(&first.as_str()) {
+        let value = match first.as_str() {
+            "sub" => claims.subject.as_ref(),
+            "iss" => claims.issuer.as_ref(),
+            "jti" => claims.jwt_id.as_ref(),
+            _ => claims.nonce.as_ref(),
+        };
+        value.cloned().ok_or_else(missing)?
+    } else {
+        let mut value = claims.custom.0.get(first.as_str()).ok_or_else(missing)?;
+        for segment in rest {
+            value = value
+                .as_object()
+                .and_then(|o| o.get(segment.as_str()))
+                .ok_or_else(missing)?;
+        }
+        match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+            Value::Null => return Err(missing()),
+            _ => {
+                return Err(Rejection::new(
+                    Reason::TenantInvalid,
+                    format!("{what} must be a string or an integer"),
+                ));
+            }
+        }
+    };
+    check_tenant(&tenant, max_bytes, &what)?;
+    Ok(tenant)
+}
+
+/// Trust-header mode: the tenant from a header `jwt_authn` set.
+pub fn tenant_from_header<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    headers: &[(K, V)],
+    name: &str,
+    max_bytes: usize,
+) -> Result<String, Rejection> {
+    let mut found = values(headers, name);
+    let Some(value) = found.next() else {
+        return Err(Rejection::new(
+            Reason::MissingToken,
+            format!("no {name} header (set by jwt_authn from a verified token)"),
+        ));
+    };
+    if found.next().is_some() {
+        return Err(Rejection::new(
+            Reason::TenantInvalid,
+            format!("the {name} header appears more than once"),
+        ));
+    }
+    let what = format!("header {name}");
+    let tenant = std::str::from_utf8(value)
+        .map_err(|_| Rejection::new(Reason::TenantInvalid, format!("{what} is not UTF-8")))?;
+    check_tenant(tenant, max_bytes, &what)?;
+    Ok(tenant.to_string())
+}

@@ -1,0 +1,353 @@
+//! Shared helpers: the throwaway test keys in `tests/keys`, JWKs built from
+//! them, token signing with a controlled clock, configs and snapshots.
+#![allow(dead_code)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use cell_router::config::Config;
+use cell_router::decide::{Decision, Installed, VmState, decide};
+use cellmap::snapshot::encode_slot_table;
+use cellmap::{CellDoc, CellState, HashDoc, MoveDoc, Snapshot, SnapshotDoc};
+use jwt_simple::prelude::*;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// The clock of every test: 2023-11-14.
+pub const NOW: u64 = 1_700_000_000;
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "cell-router";
+
+pub fn key_file(name: &str) -> String {
+    let path = format!("{}/../tests/keys/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+pub fn hs_secret() -> Vec<u8> {
+    STANDARD
+        .decode(key_file("hs256.secret.b64").trim())
+        .unwrap()
+}
+
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn rsa_components(pem: &str) -> (String, String) {
+    let c = RS256KeyPair::from_pem(pem)
+        .unwrap()
+        .public_key()
+        .to_components();
+    (b64url(&c.n), b64url(&c.e))
+}
+
+/// A public RSA JWK from a private PEM in tests/keys.
+pub fn rsa_jwk(file: &str, kid: &str, alg: Option<&str>) -> Value {
+    let (n, e) = rsa_components(&key_file(file));
+    let mut jwk = json!({"kty": "RSA", "kid": kid, "use": "sig", "n": n, "e": e});
+    if let Some(alg) = alg {
+        jwk["alg"] = json!(alg);
+    }
+    jwk
+}
+
+fn without_alg(mut jwk: Value, kid: &str) -> Value {
+    let object = jwk.as_object_mut().unwrap();
+    object.remove("alg");
+    object.insert("kid".into(), json!(kid));
+    jwk
+}
+
+pub fn ec256_jwk(kid: &str) -> Value {
+    let pk = ES256KeyPair::from_pem(&key_file("ec256.pem"))
+        .unwrap()
+        .public_key();
+    without_alg(serde_json::from_str(&pk.to_jwk()).unwrap(), kid)
+}
+
+pub fn ec384_jwk(kid: &str) -> Value {
+    let pk = ES384KeyPair::from_pem(&key_file("ec384.pem"))
+        .unwrap()
+        .public_key();
+    without_alg(serde_json::from_str(&pk.to_jwk()).unwrap(), kid)
+}
+
+pub fn ed25519_jwk(kid: &str) -> Value {
+    let pk = Ed25519KeyPair::from_pem(&key_file("ed25519.pem"))
+        .unwrap()
+        .public_key();
+    without_alg(serde_json::from_str(&pk.to_jwk()).unwrap(), kid)
+}
+
+pub fn oct_jwk(kid: &str) -> Value {
+    json!({"kty": "oct", "kid": kid, "k": b64url(&hs_secret())})
+}
+
+/// Every test key, each with its own kid and no `alg` (so it serves every
+/// allowed algorithm of its type).
+pub fn all_keys_jwks() -> Value {
+    json!({"keys": [
+        rsa_jwk("rsa2048.pem", "rsa-1", None),
+        ec256_jwk("ec256-1"),
+        ec384_jwk("ec384-1"),
+        ed25519_jwk("ed-1"),
+        oct_jwk("hs-1"),
+    ]})
+}
+
+pub const ALL_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// The kid of the test key that signs `alg`.
+pub fn kid_for(alg: &str) -> &'static str {
+    match alg {
+        a if a.starts_with("HS") => "hs-1",
+        a if a.starts_with("RS") || a.starts_with("PS") => "rsa-1",
+        "ES256" => "ec256-1",
+        "ES384" => "ec384-1",
+        _ => "ed-1",
+    }
+}
+
+/// Standard claims at [`NOW`], valid for an hour, plus `extra`.
+pub fn claims(extra: Value) -> JWTClaims<Map<String, Value>> {
+    JWTClaims {
+        issued_at: Some(UnixTimeStamp::from_secs(NOW)),
+        expires_at: Some(UnixTimeStamp::from_secs(NOW + 3600)),
+        invalid_before: None,
+        issuer: Some(ISSUER.to_string()),
+        subject: Some("user-1".to_string()),
+        audiences: Some(Audiences::AsString(AUDIENCE.to_string())),
+        jwt_id: None,
+        nonce: None,
+        custom: extra.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+pub fn tenant_claims(tenant: &str) -> JWTClaims<Map<String, Value>> {
+    claims(json!({ "tenant_id": tenant }))
+}
+
+/// Signs with the test key for `alg`, under `kid`.
+pub fn sign_as(alg: &str, kid: &str, claims: JWTClaims<Map<String, Value>>) -> String {
+    let rsa = key_file("rsa2048.pem");
+    match alg {
+        "HS256" => HS256Key::from_bytes(&hs_secret())
+            .with_key_id(kid)
+            .authenticate(claims),
+        "HS384" => HS384Key::from_bytes(&hs_secret())
+            .with_key_id(kid)
+            .authenticate(claims),
+        "HS512" => HS512Key::from_bytes(&hs_secret())
+            .with_key_id(kid)
+            .authenticate(claims),
+        "RS256" => RS256KeyPair::from_pem(&rsa)
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "RS384" => RS384KeyPair::from_pem(&rsa)
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "RS512" => RS512KeyPair::from_pem(&rsa)
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "PS256" => PS256KeyPair::from_pem(&rsa)
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "PS384" => PS384KeyPair::from_pem(&rsa)
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "PS512" => PS512KeyPair::from_pem(&rsa)
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "ES256" => ES256KeyPair::from_pem(&key_file("ec256.pem"))
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "ES384" => ES384KeyPair::from_pem(&key_file("ec384.pem"))
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        "EdDSA" => Ed25519KeyPair::from_pem(&key_file("ed25519.pem"))
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims),
+        other => panic!("no test key for {other}"),
+    }
+    .unwrap()
+}
+
+pub fn sign(alg: &str, claims: JWTClaims<Map<String, Value>>) -> String {
+    sign_as(alg, kid_for(alg), claims)
+}
+
+/// A token with a hand-made header and payload, MACed with HS256 under
+/// `secret` (for headers jwt-simple would never write).
+pub fn raw_hs256(secret: &[u8], header: &str, payload: &str) -> String {
+    let input = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(payload.as_bytes())
+    );
+    let tag = HS256Key::from_bytes(secret).authentication_tag(input.as_bytes());
+    format!("{input}.{}", b64url(&tag))
+}
+
+/// A standard payload JSON at NOW for tenant `tenant`.
+pub fn payload_json(tenant: &str) -> String {
+    json!({
+        "iat": NOW, "exp": NOW + 3600, "iss": ISSUER, "aud": AUDIENCE, "sub": "user-1",
+        "tenant_id": tenant
+    })
+    .to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots.
+
+pub const HASH_KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+fn cell(id: &str, state: CellState, shed_ratio: f64, failover: Option<&str>) -> CellDoc {
+    CellDoc {
+        id: id.to_string(),
+        state,
+        weight: 1.0,
+        shed_ratio,
+        retry_after_s: 7,
+        failover: failover.map(str::to_string),
+    }
+}
+
+/// Cells: a, b active; c draining (shed 0.25, retry 7 s); d disabled with
+/// failover a; e disabled without failover. Slots alternate a and b.
+/// Overrides pin t-b→b, t-draining→c, t-failover→d, t-down→e; t-moving moves
+/// from a to b at 30 %.
+pub fn snapshot_doc(version: u64) -> SnapshotDoc {
+    let slots: Vec<u16> = (0..64).map(|i| (i % 2) as u16).collect();
+    let mut overrides = BTreeMap::new();
+    overrides.insert("t-b".to_string(), "b".to_string());
+    overrides.insert("t-draining".to_string(), "c".to_string());
+    overrides.insert("t-failover".to_string(), "d".to_string());
+    overrides.insert("t-down".to_string(), "e".to_string());
+    SnapshotDoc {
+        version,
+        generated_at: "2023-11-14T22:13:20Z".to_string(),
+        hash: HashDoc {
+            algorithm: "siphash-1-3".to_string(),
+            key: HASH_KEY.to_string(),
+            slots: slots.len() as u32,
+        },
+        cells: vec![
+            cell("a", CellState::Active, 0.0, None),
+            cell("b", CellState::Active, 0.0, None),
+            cell("c", CellState::Draining, 0.25, None),
+            cell("d", CellState::Disabled, 0.0, Some("a")),
+            cell("e", CellState::Disabled, 0.0, None),
+        ],
+        slot_table: encode_slot_table(&slots),
+        overrides,
+        pins: BTreeMap::new(),
+        moves: vec![MoveDoc {
+            tenant: "t-moving".to_string(),
+            from: "a".to_string(),
+            to: "b".to_string(),
+            percent: 30.0,
+        }],
+    }
+}
+
+pub fn snapshot_json(version: u64) -> Value {
+    serde_json::from_str(&snapshot_doc(version).to_json()).unwrap()
+}
+
+pub fn snapshot(version: u64) -> Snapshot {
+    Snapshot::parse(snapshot_doc(version).to_json().as_bytes()).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Configs and requests.
+
+/// A full JWT-mode config with every test key and algorithm.
+pub fn base_config() -> Value {
+    json!({
+        "jwks": all_keys_jwks(),
+        "algorithms": ALL_ALGORITHMS,
+        "issuers": [ISSUER],
+        "audiences": [AUDIENCE],
+        "tenant_claim": "tenant_id",
+        "realm": "cells",
+        "sidecar": {"cluster": "cellmap_sidecar"},
+        "fallback_snapshot": snapshot_json(1),
+    })
+}
+
+pub fn config(value: &Value) -> Config {
+    Config::from_json(value.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("config refused: {e}"))
+}
+
+pub fn config_error(value: &Value) -> String {
+    match Config::from_json(value.to_string().as_bytes()) {
+        Ok(_) => panic!("config accepted: {value}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A router for tests: config, VM state and the snapshot in force.
+pub struct Router {
+    pub config: Config,
+    pub vm: VmState,
+    pub installed: Option<Installed>,
+    pub now: u64,
+}
+
+impl Router {
+    pub fn new(mut config: Config) -> Self {
+        let installed = config.fallback_snapshot.take().map(Installed::new);
+        let vm = VmState::new(&config, [7; 16]);
+        Router {
+            config,
+            vm,
+            installed,
+            now: NOW,
+        }
+    }
+
+    pub fn from_json(value: &Value) -> Self {
+        Router::new(config(value))
+    }
+
+    pub fn request(&mut self, headers: &[(&str, &str)]) -> Decision<'_> {
+        let now = self.now;
+        let mut clock = move || now;
+        decide(
+            &self.config,
+            &mut self.vm,
+            headers,
+            &mut clock,
+            self.installed.as_ref(),
+        )
+    }
+
+    pub fn request_bytes(&mut self, headers: &[(&[u8], &[u8])]) -> Decision<'_> {
+        let now = self.now;
+        let mut clock = move || now;
+        decide(
+            &self.config,
+            &mut self.vm,
+            headers,
+            &mut clock,
+            self.installed.as_ref(),
+        )
+    }
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}

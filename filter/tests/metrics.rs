@@ -1,0 +1,123 @@
+//! Metric bookkeeping against a recording sink.
+
+// Test code: panicking on a broken fixture is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use cell_router::decide::Outcome;
+use cell_router::metrics::{MetricKind, MetricSink, Metrics, fixed_names, stat_safe};
+use cell_router::token::Reason;
+use common::*;
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct Recorder {
+    names: Vec<(MetricKind, String)>,
+    values: HashMap<u32, i64>,
+}
+
+impl Recorder {
+    fn value(&self, name: &str) -> i64 {
+        let id = self
+            .names
+            .iter()
+            .position(|(_, n)| n == name)
+            .unwrap_or_else(|| panic!("{name} not defined"));
+        self.values.get(&(id as u32)).copied().unwrap_or(0)
+    }
+}
+
+impl MetricSink for Recorder {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        if let Some(id) = self.names.iter().position(|(_, n)| n == name) {
+            return Some(id as u32);
+        }
+        self.names.push((kind, name.to_string()));
+        Some(self.names.len() as u32 - 1)
+    }
+    fn increment(&mut self, id: u32, delta: i64) {
+        *self.values.entry(id).or_default() += delta;
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        self.values.insert(id, value as i64);
+    }
+}
+
+#[test]
+fn fixed_metrics_are_defined_with_their_kinds() {
+    let mut sink = Recorder::default();
+    Metrics::define(&mut sink);
+    let defined: Vec<&str> = sink.names.iter().map(|(_, n)| n.as_str()).collect();
+    for name in fixed_names() {
+        assert!(defined.contains(&name.as_str()), "{name}");
+    }
+    for (kind, name) in &sink.names {
+        let gauge = name == "cell_router.snapshot.version" || name == "cell_router.snapshot.age_s";
+        assert_eq!(*kind == MetricKind::Gauge, gauge, "{name}");
+    }
+    assert!(defined.contains(&"cell_router.rejected.expired"));
+    assert!(defined.contains(&"cell_router.token_cache.hit"));
+}
+
+#[test]
+fn decisions_are_counted_per_cell_and_reason() {
+    let mut sink = Recorder::default();
+    let mut metrics = Metrics::define(&mut sink);
+    let mut router = Router::from_json(&base_config());
+    let good = bearer(&sign("HS256", tenant_claims("t-b")));
+    let down = bearer(&sign("HS256", tenant_claims("t-down")));
+    for headers in [
+        vec![("authorization", good.as_str())],
+        vec![("authorization", good.as_str())],
+        vec![("authorization", down.as_str())],
+        vec![("authorization", "Bearer a.b.c")],
+        vec![],
+    ] {
+        let decision = router.request(&headers);
+        if let Some(hit) = decision.cache_hit {
+            metrics.cache(&mut sink, hit);
+        }
+        match decision.outcome {
+            Outcome::Routed { cell, .. } => metrics.routed(&mut sink, cell),
+            Outcome::Shed { cell } => metrics.shed(&mut sink, cell),
+            Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
+            Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
+            Outcome::Rejected(reason) => metrics.rejected(&mut sink, reason),
+        }
+    }
+    assert_eq!(sink.value("cell_router.routed.b"), 2);
+    assert_eq!(sink.value("cell_router.unavailable.e"), 1);
+    assert_eq!(sink.value("cell_router.rejected.malformed"), 1);
+    assert_eq!(sink.value("cell_router.rejected.missing_token"), 1);
+    assert_eq!(sink.value("cell_router.token_cache.hit"), 1);
+    assert_eq!(sink.value("cell_router.token_cache.miss"), 3);
+    metrics.rejected(&mut sink, Reason::WrongAudience);
+    assert_eq!(sink.value("cell_router.rejected.wrong_audience"), 1);
+
+    metrics.gauges(&mut sink, 17, 4);
+    assert_eq!(sink.value("cell_router.snapshot.version"), 17);
+    assert_eq!(sink.value("cell_router.snapshot.age_s"), 4);
+    metrics.snapshot_applied(&mut sink);
+    metrics.snapshot_refused(&mut sink);
+    metrics.fetch_failed(&mut sink);
+    metrics.fetch_failed(&mut sink);
+    assert_eq!(sink.value("cell_router.snapshot.applied"), 1);
+    assert_eq!(sink.value("cell_router.snapshot.refused"), 1);
+    assert_eq!(sink.value("cell_router.snapshot.fetch_failures"), 2);
+}
+
+#[test]
+fn cell_ids_are_made_stat_safe() {
+    assert_eq!(stat_safe("eu-west.cell:1"), "eu-west_cell_1");
+    let mut sink = Recorder::default();
+    let mut metrics = Metrics::define(&mut sink);
+    metrics.routed(&mut sink, "eu.1");
+    metrics.routed(&mut sink, "eu.1");
+    assert_eq!(sink.value("cell_router.routed.eu_1"), 2);
+}

@@ -1,0 +1,279 @@
+//! The snapshot subscription state machine.
+
+// Test code: panicking on a broken fixture is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use cell_router::subscription::{FetchOutcome, FetchResponse, SidecarConfig, Subscription};
+use common::*;
+
+fn sidecar() -> SidecarConfig {
+    SidecarConfig {
+        cluster: "cellmap_sidecar".into(),
+        authority: "cellmap".into(),
+        path: "/snapshot".into(),
+        long_poll_s: 30,
+        timeout_ms: 35_000,
+        retry_min_ms: 200,
+        retry_max_ms: 5_000,
+        tick_ms: 100,
+        min_fetch_interval_ms: 100,
+    }
+}
+
+const T0: u64 = NOW * 1000;
+
+fn body(version: u64) -> Vec<u8> {
+    snapshot_doc(version).to_json().into_bytes()
+}
+
+/// Dispatches whatever is due at `now` and returns its token.
+fn start(sub: &mut Subscription, now: u64, token: u32) -> cell_router::subscription::FetchRequest {
+    let request = sub.poll(now).expect("a fetch is due");
+    sub.dispatched(token, now);
+    request
+}
+
+fn respond(
+    sub: &mut Subscription,
+    token: u32,
+    now: u64,
+    status: Option<u16>,
+    body: &[u8],
+) -> FetchOutcome {
+    sub.on_response(token, now, FetchResponse { status, body })
+}
+
+#[test]
+fn first_request_asks_for_what_the_sidecar_has() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    let request = start(&mut sub, T0, 1);
+    assert_eq!(request.cluster, "cellmap_sidecar");
+    assert_eq!(request.header(":method"), Some("GET"));
+    assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=30"));
+    assert_eq!(request.header(":authority"), Some("cellmap"));
+    assert_eq!(request.header("if-none-match"), None);
+    assert_eq!(request.timeout.as_millis(), 35_000);
+    // One at a time.
+    assert!(sub.in_flight());
+    assert!(sub.poll(T0 + 10_000).is_none());
+}
+
+#[test]
+fn a_200_applies_and_the_next_long_poll_follows_at_once() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    match respond(&mut sub, 1, T0 + 150, Some(200), &body(5)) {
+        FetchOutcome::Applied(snapshot) => assert_eq!(snapshot.version(), 5),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(5));
+    // The previous fetch started more than min_fetch_interval ago: go now.
+    let request = start(&mut sub, T0 + 150, 2);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+    assert_eq!(request.header("if-none-match"), Some("\"5\""));
+}
+
+#[test]
+fn a_304_keeps_the_version() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    assert!(matches!(
+        respond(&mut sub, 1, T0 + 10, Some(200), &body(5)),
+        FetchOutcome::Applied(_)
+    ));
+    start(&mut sub, T0 + 200, 2);
+    assert!(matches!(
+        respond(&mut sub, 2, T0 + 30_200, Some(304), b""),
+        FetchOutcome::Unchanged
+    ));
+    assert_eq!(sub.version(), Some(5));
+    assert_eq!(sub.consecutive_failures(), 0);
+    assert!(sub.poll(T0 + 30_200).is_some());
+}
+
+#[test]
+fn a_sidecar_answering_at_once_is_not_hammered() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 2, Some(304), b"");
+    assert!(sub.poll(T0 + 2).is_none());
+    assert!(sub.poll(T0 + 99).is_none());
+    assert!(sub.poll(T0 + 100).is_some());
+}
+
+#[test]
+fn a_bad_snapshot_is_refused_and_the_last_good_kept() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0, Some(200), &body(5));
+    start(&mut sub, T0 + 100, 2);
+    let mut bad = snapshot_json(6);
+    bad["cells"][0]["shed_ratio"] = serde_json::json!(3.0);
+    match respond(&mut sub, 2, T0 + 200, Some(200), bad.to_string().as_bytes()) {
+        FetchOutcome::Refused(error) => assert_eq!(error.path, "$.cells[0].shed_ratio"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(5));
+    assert_eq!(sub.consecutive_failures(), 1);
+    // Backs off rather than asking again at once.
+    assert!(sub.poll(T0 + 200).is_none());
+    let request = sub
+        .poll(T0 + 200 + 200)
+        .expect("due after the first backoff");
+    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+
+    // Garbage and truncated bodies are refused the same way.
+    for garbage in [&b"not json"[..], b"", &body(7)[..100]] {
+        sub.dispatched(9, T0 + 1000);
+        assert!(matches!(
+            respond(&mut sub, 9, T0 + 1000, Some(200), garbage),
+            FetchOutcome::Refused(_)
+        ));
+        assert_eq!(sub.version(), Some(5));
+    }
+}
+
+#[test]
+fn a_version_not_newer_is_refused() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0, Some(200), &body(5));
+    for (token, version) in [(2, 5), (3, 4)] {
+        sub.dispatched(token, T0 + 1000);
+        match respond(&mut sub, token, T0 + 1000, Some(200), &body(version)) {
+            FetchOutcome::Refused(error) => {
+                assert_eq!(error.path, "$.version");
+                assert!(error.message.contains("not greater"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sub.version(), Some(5));
+    }
+}
+
+#[test]
+fn any_valid_sidecar_snapshot_replaces_the_fallback() {
+    // The fallback (say version 100) is not the sidecar's sequence: the first
+    // sidecar snapshot wins whatever its version.
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    assert!(matches!(
+        respond(&mut sub, 1, T0, Some(200), &body(3)),
+        FetchOutcome::Applied(_)
+    ));
+}
+
+#[test]
+fn errors_back_off_exponentially_with_jitter_up_to_the_cap() {
+    let mut sub = Subscription::new(sidecar(), T0, 42);
+    let mut now = T0;
+    let mut delays = Vec::new();
+    for token in 1..=10 {
+        start(&mut sub, now, token);
+        let status = if token % 2 == 0 { Some(503) } else { None };
+        assert!(matches!(
+            respond(&mut sub, token, now, status, b""),
+            FetchOutcome::Failed(_)
+        ));
+        let next = sub.next_fetch_at_ms().unwrap();
+        assert!(sub.poll(next - 1).is_none());
+        delays.push(next - now);
+        now = next;
+    }
+    for (i, delay) in delays.iter().enumerate() {
+        let full = (200u64 << i).min(5_000);
+        assert!(
+            *delay >= full / 2 && *delay <= full,
+            "failure {}: {delay} ms, full {full}",
+            i + 1
+        );
+    }
+    assert_eq!(sub.consecutive_failures(), 10);
+    // Success resets the backoff.
+    start(&mut sub, now, 99);
+    respond(&mut sub, 99, now, Some(304), b"");
+    assert_eq!(sub.consecutive_failures(), 0);
+}
+
+#[test]
+fn unexpected_statuses_and_refused_dispatches_back_off() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    for status in [404, 500, 302, 201] {
+        sub.dispatched(1, T0);
+        assert!(matches!(
+            respond(&mut sub, 1, T0, Some(status), b"{}"),
+            FetchOutcome::Failed(_)
+        ));
+    }
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    assert!(sub.poll(T0).is_some());
+    sub.dispatch_failed(T0);
+    assert_eq!(sub.consecutive_failures(), 1);
+    assert!(sub.poll(T0).is_none());
+}
+
+#[test]
+fn stale_responses_are_ignored() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    assert!(matches!(
+        respond(&mut sub, 7, T0, Some(200), &body(5)),
+        FetchOutcome::Stale
+    ));
+    start(&mut sub, T0, 1);
+    assert!(matches!(
+        respond(&mut sub, 2, T0, Some(200), &body(5)),
+        FetchOutcome::Stale
+    ));
+    assert_eq!(sub.version(), None);
+    assert!(sub.in_flight());
+}
+
+#[test]
+fn a_call_the_host_never_answers_is_given_up() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    assert!(sub.poll(T0 + 35_000 + 5_000).is_none());
+    assert!(sub.in_flight());
+    assert!(sub.poll(T0 + 35_000 + 5_001).is_none());
+    assert!(!sub.in_flight());
+    assert_eq!(sub.consecutive_failures(), 1);
+    // Its late answer no longer counts.
+    assert!(matches!(
+        respond(&mut sub, 1, T0 + 50_000, Some(200), &body(5)),
+        FetchOutcome::Stale
+    ));
+}
+
+#[test]
+fn age_counts_from_the_last_successful_contact() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    assert_eq!(sub.age_s(T0 + 2_500), 2);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 3_000, Some(304), b"");
+    assert_eq!(sub.age_s(T0 + 3_000), 0);
+    assert_eq!(sub.age_s(T0 + 13_999), 10);
+    start(&mut sub, T0 + 4_000, 2);
+    respond(&mut sub, 2, T0 + 5_000, None, b"");
+    assert_eq!(sub.age_s(T0 + 23_000), 20);
+}
+
+#[test]
+fn plain_polling_without_long_poll() {
+    let mut config = sidecar();
+    config.long_poll_s = 0;
+    config.timeout_ms = 2_000;
+    config.min_fetch_interval_ms = 1_000;
+    let mut sub = Subscription::new(config, T0, 1);
+    let request = start(&mut sub, T0, 1);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=0"));
+    respond(&mut sub, 1, T0 + 5, Some(304), b"");
+    assert!(sub.poll(T0 + 999).is_none());
+    assert!(sub.poll(T0 + 1_000).is_some());
+}
