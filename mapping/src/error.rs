@@ -71,7 +71,15 @@ pub fn from_json_with_path<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Resu
                 serde_path_to_error::Segment::Unknown => path.push_str(".?"),
             }
         }
-        PathError::new(path, err.into_inner().to_string())
+        let message = err.into_inner().to_string();
+        // serde reports a missing field at its parent; point at the field.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            push_key(&mut path, field);
+        }
+        PathError::new(path, message)
     })?;
     de.end()
         .map_err(|err| PathError::new("$", format!("trailing data after the document: {err}")))?;

@@ -374,12 +374,14 @@ impl<'de> Visitor<'de> for RawVisitor {
         let mut raw = RawSnapshot::default();
         let mut seen = [false; 8];
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            // Refusals go through `next_value_seed` so the error path names
+            // the field (`$.colour`), as it does for nested objects.
             let Some(pos) = FIELDS.iter().position(|f| *f == key.as_ref()) else {
-                return Err(de::Error::unknown_field(&key, FIELDS));
+                return map.next_value_seed(Refuse(RefuseReason::Unknown(&key)));
             };
             if let Some(flag) = seen.get_mut(pos) {
                 if *flag {
-                    return Err(de::Error::custom(format!("duplicate field `{key}`")));
+                    return map.next_value_seed(Refuse(RefuseReason::Duplicate(&key)));
                 }
                 *flag = true;
             }
@@ -410,6 +412,25 @@ impl<'de> Visitor<'de> for RawVisitor {
             }
         }
         Ok(raw)
+    }
+}
+
+enum RefuseReason<'a> {
+    Unknown(&'a str),
+    Duplicate(&'a str),
+}
+
+/// A value seed that fails without reading, with the reason.
+struct Refuse<'a>(RefuseReason<'a>);
+
+impl<'de> DeserializeSeed<'de> for Refuse<'_> {
+    type Value = RawSnapshot;
+
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<RawSnapshot, D::Error> {
+        Err(match self.0 {
+            RefuseReason::Unknown(key) => de::Error::unknown_field(key, FIELDS),
+            RefuseReason::Duplicate(key) => de::Error::custom(format!("duplicate field `{key}`")),
+        })
     }
 }
 
