@@ -10,7 +10,8 @@ mkdir -p dist
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 \
    || rustup target add wasm32-wasip1 >&2; then
   cargo build --locked --release --target wasm32-wasip1 -p cell-router-filter
-  cp target/wasm32-wasip1/release/cell_router.wasm "$out"
+  # Honour CARGO_TARGET_DIR: copying from ./target would ship a stale build.
+  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/cell_router.wasm" "$out"
 else
   echo "build-wasm: rustup has no wasm32-wasip1; using Debian's rust-web toolchain" >&2
   if ! command -v /usr/bin/cargo >/dev/null || [ ! -d /usr/lib/wasm32-wasi ]; then
