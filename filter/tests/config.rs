@@ -574,3 +574,43 @@ impl JwkEdit for Value {
         self
     }
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn arbitrary_config_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Config::from_json(&bytes);
+        }
+
+        /// Structurally plausible configs with random values: an answer, no
+        /// panic, and an error always names a field.
+        #[test]
+        fn random_values_in_known_fields(
+            field in proptest::sample::select(vec![
+                "algorithms", "issuers", "audiences", "clock_skew_s", "max_token_bytes",
+                "tenant_claim", "token_cache_entries", "cell_header", "realm", "jwks", "sidecar",
+                "token", "require_exp", "max_tenant_bytes", "fallback_snapshot",
+            ]),
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| json!(n)),
+                ".{0,12}".prop_map(|s| json!(s)),
+                proptest::collection::vec(".{0,6}", 0..4).prop_map(|v| json!(v)),
+                Just(json!(null)),
+                Just(json!({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]})),
+                Just(json!({"cluster": "", "long_poll_s": 0, "timeout_ms": 0})),
+            ],
+        ) {
+            let mut config = base_config();
+            config[field] = value;
+            if let Err(error) = Config::from_json(config.to_string().as_bytes()) {
+                prop_assert!(!error.field.is_empty());
+                prop_assert!(!error.message.is_empty());
+            }
+        }
+    }
+}

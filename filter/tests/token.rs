@@ -642,3 +642,59 @@ fn bearer_scheme_is_case_insensitive() {
         );
     }
 }
+
+mod never_panics {
+    use super::*;
+    use cell_router::token::verify;
+    use proptest::prelude::*;
+
+    fn settings() -> &'static cell_router::config::JwtSettings {
+        static CONFIG: std::sync::OnceLock<cell_router::Config> = std::sync::OnceLock::new();
+        CONFIG.get_or_init(|| config(&base_config())).jwt().unwrap()
+    }
+
+    fn header_payload(alg: &str) -> String {
+        let header = json!({"alg": alg, "kid": kid_for(alg)}).to_string();
+        format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(payload_json("t1").as_bytes())
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Random signatures of any length, for every algorithm: refused, no panic.
+        #[test]
+        fn random_signatures_are_refused(
+            alg in proptest::sample::select(ALL_ALGORITHMS.to_vec()),
+            signature in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let token = format!("{}.{}", header_payload(alg), b64url(&signature));
+            let result = verify(settings(), 256, token.as_bytes(), NOW);
+            prop_assert!(result.is_err());
+        }
+
+        /// Arbitrary bytes and arbitrary base64url/dot strings: no panic, no
+        /// acceptance.
+        #[test]
+        fn arbitrary_tokens_are_refused(
+            raw in proptest::collection::vec(any::<u8>(), 0..400),
+            text in "[A-Za-z0-9_.-]{0,400}",
+        ) {
+            prop_assert!(verify(settings(), 256, &raw, NOW).is_err());
+            prop_assert!(verify(settings(), 256, text.as_bytes(), NOW).is_err());
+        }
+
+        /// Any JSON in the header and payload (MACed correctly): no panic.
+        #[test]
+        fn arbitrary_json_in_a_correctly_signed_token(
+            header in "\\{(\"[a-z]{1,4}\":(\"[A-Za-z0-9]{0,6}\"|[0-9]{1,3}|null|\\[\\]),?){0,5}\"alg\":\"HS256\"\\}",
+            payload in "\\{(\"[a-z_]{1,9}\":(\"[A-Za-z0-9]{0,6}\"|-?[0-9]{1,12}|true|\\{\\}|\\[1\\]),?){0,8}\"x\":1\\}",
+        ) {
+            let token = raw_hs256(&hs_secret(), &header, &payload);
+            let _ = verify(settings(), 256, token.as_bytes(), NOW);
+        }
+    }
+}
