@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on (keep it on loopback: only the local Envoy needs it).
-    #[arg(long, default_value = "127.0.0.1:9901")]
+    #[arg(long, default_value = "127.0.0.1:18000")]
     pub listen: SocketAddr,
     /// Snapshot file to serve; polled, and reloaded when it changes.
     #[arg(
