@@ -21,9 +21,9 @@ pub const DEFAULT_SIDECAR_PORT: u16 = 18000;
 /// `cell-a`, `cell-b`, `cell-c` in `envoy/envoy.yaml`.
 pub const DEFAULT_CELL_PORTS: [(&str, u16); 3] =
     [("cell-a", 18001), ("cell-b", 18002), ("cell-c", 18003)];
-/// Lines around the filter's JSON configuration in `envoy/envoy.yaml`.
-pub const CONFIG_BEGIN: &str = "# BEGIN cell-router plugin configuration";
-pub const CONFIG_END: &str = "# END cell-router plugin configuration";
+/// The comment on the line before the filter's `value: |` block (its JSON
+/// configuration) in `envoy/envoy.yaml`.
+pub const CONFIG_MARKER: &str = "# cell-router plugin configuration";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -403,25 +403,29 @@ pub fn render_envoy_config(
     plugin_config: Option<&serde_json::Value>,
 ) -> Result<String> {
     let mut out = String::with_capacity(template.len());
-    let mut lines = template.lines();
+    let mut lines = template.lines().peekable();
     while let Some(line) = lines.next() {
-        if line.trim() == CONFIG_BEGIN
+        if line.trim_start().starts_with(CONFIG_MARKER)
             && let Some(config) = plugin_config
         {
-            let indent = &line[..line.len() - line.trim_start().len()];
+            // The marker, `value: |`, then the block: every line indented deeper.
             out.push_str(line);
             out.push('\n');
+            let value_line = lines.next().unwrap_or_default();
+            let indent = indent_of(value_line);
+            out.push_str(value_line);
+            out.push('\n');
+            while lines
+                .peek()
+                .is_some_and(|l| l.trim().is_empty() || indent_of(l) > indent)
+            {
+                lines.next();
+            }
+            let pad = " ".repeat(indent + 2);
             for json_line in serde_json::to_string_pretty(config)?.lines() {
-                out.push_str(indent);
+                out.push_str(&pad);
                 out.push_str(json_line);
                 out.push('\n');
-            }
-            for skipped in lines.by_ref() {
-                if skipped.trim() == CONFIG_END {
-                    out.push_str(skipped);
-                    out.push('\n');
-                    break;
-                }
             }
             continue;
         }
@@ -476,18 +480,26 @@ fn replace_wasm_filename(line: &str, wasm: &Path) -> String {
     format!("{head} {}{}", wasm.display(), &tail[spaces + path_len..])
 }
 
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
 /// The filter's JSON configuration as written in a config template.
 pub fn plugin_config_of(template: &str) -> Result<serde_json::Value> {
-    let begin = template
-        .find(CONFIG_BEGIN)
-        .ok_or_else(|| anyhow!("no `{CONFIG_BEGIN}` line"))?;
-    let end = template
-        .find(CONFIG_END)
-        .ok_or_else(|| anyhow!("no `{CONFIG_END}` line"))?;
-    let block = template
-        .get(begin + CONFIG_BEGIN.len()..end)
-        .ok_or_else(|| anyhow!("config markers out of order"))?;
-    Ok(serde_json::from_str(block.trim().trim_end_matches('#'))?)
+    let mut lines = template
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(CONFIG_MARKER));
+    lines
+        .next()
+        .ok_or_else(|| anyhow!("no `{CONFIG_MARKER}` line"))?;
+    let value_line = lines
+        .next()
+        .ok_or_else(|| anyhow!("nothing after `{CONFIG_MARKER}`"))?;
+    let indent = indent_of(value_line);
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || indent_of(l) > indent)
+        .collect();
+    Ok(serde_json::from_str(&block.join("\n"))?)
 }
 
 impl Envoy {
@@ -573,10 +585,11 @@ admin:
           vm_config:
             code: {local: {filename: dist/cell_router.wasm}}
           configuration:
+            # cell-router plugin configuration
             value: |
-              # BEGIN cell-router plugin configuration
-              {\"cell_header\": \"x-cell-id\"}
-              # END cell-router plugin configuration
+              {
+                \"cell_header\": \"x-cell-id\"
+              }
     port_value: 18001
 ";
 
