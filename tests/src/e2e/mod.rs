@@ -614,3 +614,132 @@ admin:
         );
     }
 }
+
+/// One gateway as deployed: cell backends, a sidecar watching a snapshot file,
+/// and Envoy running `envoy/envoy.yaml` with the filter.
+pub struct Gateway {
+    pub dir: PathBuf,
+    /// The file the sidecar watches (the control plane's output).
+    pub source: PathBuf,
+    pub backends: Backends,
+    pub sidecar: Sidecar,
+    pub envoy: Envoy,
+}
+
+impl Gateway {
+    /// Starts everything with `snapshot` published and waits until Envoy
+    /// routes by it.
+    pub fn start(name: &str, snapshot: &[u8], concurrency: u32) -> Result<Gateway> {
+        let dir = work_dir(name)?;
+        let source = dir.join("snapshot.json");
+        publish(&source, snapshot)?;
+        let backends = Backends::start(&dir, &["cell-a", "cell-b", "cell-c"])?;
+        let sidecar = Sidecar::start(&dir, &source)?;
+        let mut options = EnvoyOptions::new(&backends, sidecar.port);
+        options.concurrency = concurrency;
+        let envoy = Envoy::start(&dir, options)?;
+        let gateway = Gateway {
+            dir,
+            source,
+            backends,
+            sidecar,
+            envoy,
+        };
+        let version = snapshot_version(snapshot)?;
+        if !gateway.wait_for_version(version, Duration::from_secs(20)) {
+            bail!(
+                "Envoy never routed by snapshot {version}\n{}\n{}",
+                gateway.envoy.process.log_tail(30),
+                gateway.sidecar.process.log_tail(10)
+            );
+        }
+        Ok(gateway)
+    }
+
+    /// Sends a request for `tenant` with a fresh HS256 token.
+    pub fn call(&self, agent: &ureq::Agent, tenant: &str, extra: &[(&str, &str)]) -> Result<Reply> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let token = crate::fixtures::bearer(&crate::fixtures::token(
+            crate::tokens::Alg::HS256,
+            now,
+            tenant,
+        ));
+        let mut headers = vec![("authorization", token.as_str())];
+        headers.extend_from_slice(extra);
+        get(agent, &self.envoy.url("/"), &headers)
+    }
+
+    /// Waits until `probes` consecutive requests, each on a new connection
+    /// (so they spread over the workers), carry snapshot `version`.
+    pub fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
+        let want = version.to_string();
+        let mut streak = 0;
+        wait_until(timeout, || {
+            let agent = client();
+            let Ok(reply) = self.call(&agent, "probe-tenant", &[("connection", "close")]) else {
+                streak = 0;
+                return false;
+            };
+            let body = reply.json().ok();
+            let error = body.as_ref().and_then(|b| b["error"].as_str());
+            let routed_with = body.as_ref().and_then(|b| b["snapshot"].as_str());
+            if reply.status == 200 && routed_with == Some(want.as_str()) {
+                streak += 1;
+            } else if !(reply.status == 503 && error == Some("cell_draining")) {
+                // A shed answer says nothing of the version; anything else resets.
+                streak = 0;
+            }
+            streak >= 20
+        })
+    }
+}
+
+/// `version` of a snapshot document.
+pub fn snapshot_version(snapshot: &[u8]) -> Result<u64> {
+    let value: serde_json::Value = serde_json::from_slice(snapshot)?;
+    value["version"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("snapshot has no version"))
+}
+
+/// A copy of `snapshot` with its version raised by one and `edit` applied.
+pub fn next_snapshot(
+    snapshot: &[u8],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(snapshot)?;
+    let version = value["version"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("snapshot has no version"))?;
+    value["version"] = (version + 1).into();
+    edit(&mut value);
+    Ok(serde_json::to_vec_pretty(&value)?)
+}
+
+/// What `cellmap route --json` says for each tenant, in order.
+pub fn cellmap_route(snapshot: &Path, tenants: &[String]) -> Result<Vec<serde_json::Value>> {
+    let mut child = Command::new(cellmap_bin()?)
+        .args(["route", "--json", "--snapshot"])
+        .arg(snapshot)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+    let input = tenants.join("\n");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child.wait_with_output()?;
+    writer.join().map_err(|_| anyhow!("writer panicked"))??;
+    if !output.status.success() {
+        bail!(
+            "cellmap route failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
