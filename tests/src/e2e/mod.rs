@@ -575,46 +575,6 @@ impl Envoy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TEMPLATE: &str = "\
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 9901}}
-          vm_config:
-            code: {local: {filename: dist/cell_router.wasm}}
-          configuration:
-            # cell-router plugin configuration
-            value: |
-              {
-                \"cell_header\": \"x-cell-id\"
-              }
-    port_value: 18001
-";
-
-    #[test]
-    fn renders_ports_wasm_and_plugin_config() {
-        let ports = HashMap::from([(9901, 40001), (18001, 40002)]);
-        let config = serde_json::json!({"cell_header": "x-cell"});
-        let out = render_envoy_config(
-            TEMPLATE,
-            &ports,
-            Path::new("/abs/cell_router.wasm"),
-            Some(&config),
-        )
-        .unwrap();
-        assert!(out.contains("port_value: 40001}}"), "{out}");
-        assert!(out.contains("    port_value: 40002"), "{out}");
-        assert!(out.contains("filename: /abs/cell_router.wasm"), "{out}");
-        assert_eq!(plugin_config_of(&out).unwrap(), config);
-        assert_eq!(
-            plugin_config_of(TEMPLATE).unwrap()["cell_header"],
-            "x-cell-id"
-        );
-    }
-}
-
 /// One gateway as deployed: cell backends, a sidecar watching a snapshot file,
 /// and Envoy running `envoy/envoy.yaml` with the filter.
 pub struct Gateway {
@@ -742,4 +702,44 @@ pub fn cellmap_route(snapshot: &Path, tenants: &[String]) -> Result<Vec<serde_js
         .lines()
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = "\
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 9901}}
+          vm_config:
+            code: {local: {filename: dist/cell_router.wasm}}
+          configuration:
+            # cell-router plugin configuration
+            value: |
+              {
+                \"cell_header\": \"x-cell-id\"
+              }
+    port_value: 18001
+";
+
+    #[test]
+    fn renders_ports_wasm_and_plugin_config() {
+        let ports = HashMap::from([(9901, 40001), (18001, 40002)]);
+        let config = serde_json::json!({"cell_header": "x-cell"});
+        let out = render_envoy_config(
+            TEMPLATE,
+            &ports,
+            Path::new("/abs/cell_router.wasm"),
+            Some(&config),
+        )
+        .unwrap();
+        assert!(out.contains("port_value: 40001}}"), "{out}");
+        assert!(out.contains("    port_value: 40002"), "{out}");
+        assert!(out.contains("filename: /abs/cell_router.wasm"), "{out}");
+        assert_eq!(plugin_config_of(&out).unwrap(), config);
+        assert_eq!(
+            plugin_config_of(TEMPLATE).unwrap()["cell_header"],
+            "x-cell-id"
+        );
+    }
 }
