@@ -382,9 +382,13 @@ fn build_with_previous_and_tenants_then_diff() {
         .unwrap()
         .push(json!({"id": "cell-d", "weight": 1}));
     let spec_path = write_json(&dir, "spec2.json", &spec);
-    let known: Vec<String> = (0..2000).map(|i| format!("tenant-{i}")).collect();
-    let known_path = dir.join("known.txt");
-    std::fs::write(&known_path, known.join("\n")).unwrap();
+    let known_path = example("known-tenants.txt");
+    let known: Vec<String> = std::fs::read_to_string(&known_path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(known.len(), 2000);
     let new_path = dir.join("v2.json");
     let prev = example("snapshot.json");
     let out = run(&[
