@@ -75,7 +75,8 @@ removed; empty lines are skipped).\n\n\
 Text output: `TENANT -> CELL (slot N, REASON, OUTCOME)` per line. With --json, one \
 object per line: tenant, cell (the cell that decided the outcome), slot, slot_cell \
 (the slot's owner), reason, outcome, home (the cell chosen before cell states \
-applied), plus moved for a split and retry_after_s when shed.")]
+applied), plus moved for a split and retry_after_s when shed. Tenant bytes that are not \
+UTF-8 are routed as given and shown with U+FFFD in the output.")]
 struct RouteArgs {
     /// Snapshot file
     #[arg(long, short = 's')]
