@@ -191,6 +191,11 @@ impl Process {
         let _ = child.wait();
     }
 
+    /// Leaves the process running after this handle is dropped; its pid.
+    pub fn detach(mut self) -> Option<u32> {
+        self.child.take().map(|c| c.id())
+    }
+
     /// SIGKILL at once: a crash, as far as the others can tell.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -270,10 +275,18 @@ pub struct Backends {
 
 impl Backends {
     pub fn start(dir: &Path, cells: &[&str]) -> Result<Backends> {
+        let with_ports = cells
+            .iter()
+            .map(|c| Ok((*c, free_port()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Backends::start_on(dir, &with_ports)
+    }
+
+    /// Starts backends on the given ports.
+    pub fn start_on(dir: &Path, cells: &[(&str, u16)]) -> Result<Backends> {
         let mut command = Command::new(backend_bin()?);
         let mut ports = Vec::new();
-        for cell in cells {
-            let port = free_port()?;
+        for &(cell, port) in cells {
             command
                 .arg("--cell")
                 .arg(format!("{cell}=127.0.0.1:{port}"));
@@ -373,6 +386,8 @@ pub struct EnvoyOptions<'a> {
     pub concurrency: u32,
     /// Replaces the filter's JSON configuration, if given.
     pub plugin_config: Option<serde_json::Value>,
+    /// Listener and admin ports; free ones when `None`.
+    pub ports: Option<(u16, u16)>,
 }
 
 impl<'a> EnvoyOptions<'a> {
@@ -383,6 +398,7 @@ impl<'a> EnvoyOptions<'a> {
             sidecar_port,
             concurrency: 2,
             plugin_config: None,
+            ports: None,
         }
     }
 }
@@ -506,8 +522,10 @@ impl Envoy {
     pub fn start(dir: &Path, options: EnvoyOptions<'_>) -> Result<Envoy> {
         let template = std::fs::read_to_string(&options.template)
             .with_context(|| format!("reading {}", options.template.display()))?;
-        let port = free_port()?;
-        let admin_port = free_port()?;
+        let (port, admin_port) = match options.ports {
+            Some(ports) => ports,
+            None => (free_port()?, free_port()?),
+        };
         let mut ports = HashMap::from([
             (DEFAULT_LISTENER_PORT, port),
             (DEFAULT_ADMIN_PORT, admin_port),
@@ -590,13 +608,36 @@ impl Gateway {
     /// Starts everything with `snapshot` published and waits until Envoy
     /// routes by it.
     pub fn start(name: &str, snapshot: &[u8], concurrency: u32) -> Result<Gateway> {
-        let dir = work_dir(name)?;
+        Gateway::start_in(work_dir(name)?, snapshot, concurrency, false)
+    }
+
+    /// Starts in `dir`; with `default_ports`, on the ports `envoy/envoy.yaml`
+    /// names (10000, 9901, 18000, 18001-18003), as `make demo-up` does.
+    pub fn start_in(
+        dir: PathBuf,
+        snapshot: &[u8],
+        concurrency: u32,
+        default_ports: bool,
+    ) -> Result<Gateway> {
         let source = dir.join("snapshot.json");
         publish(&source, snapshot)?;
-        let backends = Backends::start(&dir, &["cell-a", "cell-b", "cell-c"])?;
-        let sidecar = Sidecar::start(&dir, &source)?;
+        let (backends, sidecar) = if default_ports {
+            (
+                Backends::start_on(&dir, &DEFAULT_CELL_PORTS)?,
+                Sidecar::start_on(&dir, &source, DEFAULT_SIDECAR_PORT)?,
+            )
+        } else {
+            let cells: Vec<&str> = DEFAULT_CELL_PORTS.iter().map(|(c, _)| *c).collect();
+            (
+                Backends::start(&dir, &cells)?,
+                Sidecar::start(&dir, &source)?,
+            )
+        };
         let mut options = EnvoyOptions::new(&backends, sidecar.port);
         options.concurrency = concurrency;
+        if default_ports {
+            options.ports = Some((DEFAULT_LISTENER_PORT, DEFAULT_ADMIN_PORT));
+        }
         let envoy = Envoy::start(&dir, options)?;
         let gateway = Gateway {
             dir,
@@ -614,6 +655,18 @@ impl Gateway {
             );
         }
         Ok(gateway)
+    }
+
+    /// Leaves every process running; their pids.
+    pub fn detach(self) -> Vec<u32> {
+        [
+            self.backends.process,
+            self.sidecar.process,
+            self.envoy.process,
+        ]
+        .into_iter()
+        .filter_map(Process::detach)
+        .collect()
     }
 
     /// Sends a request for `tenant` with a fresh HS256 token.
