@@ -6,7 +6,7 @@ WASM := dist/cell_router.wasm
 CELLMAP := target/release/cellmap
 ENVOY := .venv/bin/envoy
 
-.PHONY: all build wasm cellmap envoy tools test lint unit vectors validate-configs clean
+.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors validate-configs demo demo-up demo-down clean
 
 all: build
 
@@ -17,6 +17,10 @@ wasm:
 
 cellmap:
 	$(CARGO) build --locked --release -p cell-router-mapping --bin cellmap
+
+# The demo, the cell backends and demo-token (debug: they share the test build).
+demo-bins:
+	$(CARGO) build --locked -p cell-router-tests --bins
 
 envoy:
 	scripts/install-envoy.sh
@@ -36,14 +40,24 @@ vectors:
 	python3 mapping/tests/vectors_check.py mapping/tests/vectors.json
 
 unit:
-	CELL_ROUTER_WASM=$(CURDIR)/$(WASM) ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP) \
-		$(CARGO) test --locked --workspace
+	$(TEST_ENV) $(CARGO) test --locked --workspace
 
 validate-configs:
-	@for f in $$(find envoy -name 'envoy*.yaml' 2>/dev/null); do \
-		echo "validate $$f"; \
-		$(ENVOY) --mode validate -c $$f --log-level warn >/dev/null || exit 1; \
-	done
+	ENVOY_BIN=$(ENVOY) scripts/validate-envoy-configs.sh
+
+TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP)
+
+## The main job: the whole path on this machine, checked and summarised.
+demo: tools build envoy demo-bins
+	$(TEST_ENV) target/debug/cell-router-demo run
+
+## Leave the demo stack running on the default ports (gateway :10000).
+demo-up: tools build envoy demo-bins
+	$(TEST_ENV) target/debug/cell-router-demo up
+
+demo-down:
+	@if [ -x target/debug/cell-router-demo ]; then target/debug/cell-router-demo down; \
+	else echo "no demo built"; fi
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `envoy --mode validate` on every Envoy config in envoy/. Configs written for
+# containers name /etc/envoy/<file>; those paths are pointed at the local
+# files (the built filter, envoy/<file>) in a temporary copy first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+envoy=${ENVOY_BIN:-.venv/bin/envoy}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+status=0
+while IFS= read -r config; do
+  copy="$tmp/$(echo "$config" | tr / _)"
+  sed -e "s#/etc/envoy/cell_router.wasm#$PWD/dist/cell_router.wasm#g" \
+      -e "s#/etc/envoy/#$PWD/$(dirname "$config")/#g" "$config" > "$copy"
+  if "$envoy" --mode validate -c "$copy" --log-level error >"$tmp/out" 2>&1; then
+    echo "valid: $config"
+  else
+    echo "INVALID: $config" >&2
+    cat "$tmp/out" >&2
+    status=1
+  fi
+done < <(find envoy -name '*.yaml' -print0 | xargs -0 grep -l 'static_resources' | sort)
+exit $status
