@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(claims["nbf"], now() + 5);
         assert!(claims.get("exp").is_none());
         assert_eq!(claims["org"]["id"], 42);
-        let mut aud: Vec<_> = claims["aud"].as_array().unwrap().iter().cloned().collect();
+        let mut aud: Vec<_> = claims["aud"].as_array().unwrap().to_vec();
         aud.sort_by_key(|v| v.to_string());
         assert_eq!(aud, vec![json!("a"), json!("b")]);
         assert!(
