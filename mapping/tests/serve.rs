@@ -1,6 +1,14 @@
 //! The sidecar as the gateway sees it: the real `cellmap serve` binary over
 //! real HTTP on loopback.
 
+// clippy.toml allows these in #[test] fns only; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
