@@ -114,6 +114,9 @@ pub struct Exchange {
     pub host_calls: BTreeMap<&'static str, u64>,
     /// Tokens of HTTP calls this stream dispatched.
     pub http_calls: Vec<u32>,
+    /// Wall time spent in this stream's plugin callbacks (host functions
+    /// included, the test host's own bookkeeping excluded).
+    pub vm_time: std::time::Duration,
     /// Lines logged while this stream was active (for diagnosis only).
     pub logs: Vec<LogLine>,
 }

@@ -7,6 +7,7 @@ use super::headers::HeaderMap;
 use super::state::{Access, HostState, HttpCallResponse, LocalResponse, Phase, Stream, lock};
 use anyhow::{Result, anyhow};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// How an HTTP call can fail, and what Envoy then tells the plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +87,7 @@ impl Host {
                 properties: BTreeMap::new(),
                 first_log,
                 started_at,
+                vm_time: Duration::ZERO,
             },
         );
         let root = state.root_id;
@@ -492,6 +494,7 @@ pub(super) fn snapshot(state: &HostState, id: u32, s: &Stream) -> Exchange {
         route_cache_clears: s.route_cache_clears,
         host_calls: s.host_calls.clone(),
         http_calls: s.http_calls.clone(),
+        vm_time: s.vm_time,
         logs: state
             .logs
             .iter()

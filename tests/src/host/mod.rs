@@ -191,6 +191,7 @@ impl Host {
             host_calls: BTreeMap::new(),
             root_foreign_calls: Vec::new(),
             properties: BTreeMap::new(),
+            vm_time: Duration::ZERO,
             rng: options.seed ^ host_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         };
         let mut store = Store::new(plugin::engine(), state);
@@ -300,10 +301,16 @@ impl Host {
         let state = self.store.data_mut();
         state.current = context;
         state.effective = None;
+        let started = std::time::Instant::now();
         let result = func.call(&mut self.store, args);
+        let elapsed = started.elapsed();
         let state = self.store.data_mut();
         state.effective = None;
         state.current = state.root_id;
+        state.vm_time += elapsed;
+        if let Some(stream) = state.streams.get_mut(&context) {
+            stream.vm_time += elapsed;
+        }
         match result {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
@@ -502,6 +509,12 @@ impl Host {
             .map(|l| format!("[{:?}] {}", l.level, l.message))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Wall time spent inside plugin callbacks so far (host functions
+    /// included, the host's own bookkeeping excluded).
+    pub fn vm_time(&self) -> Duration {
+        self.store.data().vm_time
     }
 
     /// Host calls made by this VM so far, by name.

@@ -257,6 +257,8 @@ pub(crate) struct Stream {
     pub properties: BTreeMap<Vec<u8>, Vec<u8>>,
     pub first_log: usize,
     pub started_at: SystemTime,
+    /// Wall time spent in this stream's callbacks.
+    pub vm_time: Duration,
 }
 
 /// A map or buffer of a stream.
@@ -311,6 +313,7 @@ pub struct HostState {
     pub(crate) host_calls: BTreeMap<&'static str, u64>,
     pub(crate) root_foreign_calls: Vec<ForeignCall>,
     pub(crate) properties: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub(crate) vm_time: Duration,
     pub(crate) rng: u64,
 }
 
