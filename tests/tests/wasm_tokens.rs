@@ -521,3 +521,64 @@ fn the_jwks_fixes_which_key_verifies() {
     assert_eq!(r.json()["error"], "invalid_token");
     assert_eq!(host.metric(&metric::rejected("unknown_kid")), Some(1));
 }
+
+#[test]
+fn a_token_issued_in_the_future_is_refused() {
+    let mut host = router(Config::jwt(&[Alg::HS256]));
+    let now = host.now_unix();
+    let t = token_builder(Alg::HS256, now + 3600, "acme")
+        .expires_at(now + 7200)
+        .sign();
+    let r = with_token(&mut host, &t);
+    assert_rejected(&host, &r, 401, "invalid_token", "issued_in_future");
+}
+
+#[test]
+fn hostile_json_in_a_validly_signed_token_never_traps() {
+    use cell_router_tests::tokens::raw_token_from_parts;
+    let mut host = router(Config::jwt(&[Alg::HS256]).set("max_token_bytes", 65536));
+    let now = host.now_unix();
+    let secret = || RawSignature::Hs256(keys().hmac_secret.clone());
+    let header = br#"{"alg":"HS256","kid":"hs256"}"#;
+    let base = format!(
+        r#""iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{},"{TENANT_CLAIM}""#,
+        now + 600
+    );
+
+    // Nested far beyond any parser's recursion limit.
+    let deep = format!(
+        r#"{{{base}:"acme","x":{}{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let r = with_token(
+        &mut host,
+        &raw_token_from_parts(header, deep.as_bytes(), secret()),
+    );
+    assert_eq!(r.status(), Some(401));
+
+    // The tenant twice: parsers could disagree on which one wins.
+    let twice = format!(r#"{{{base}:"acme","{TENANT_CLAIM}":"victim"}}"#);
+    let r = with_token(
+        &mut host,
+        &raw_token_from_parts(header, twice.as_bytes(), secret()),
+    );
+    assert_eq!(r.status(), Some(401));
+    assert!(r.cell().is_none());
+
+    // Not UTF-8, and not even JSON.
+    let r = with_token(
+        &mut host,
+        &raw_token_from_parts(header, &[0xff, 0xfe, b'{'], secret()),
+    );
+    assert_eq!(r.status(), Some(401));
+    let r = with_token(
+        &mut host,
+        &raw_token_from_parts(b"\xff\x00", b"{}", secret()),
+    );
+    assert_eq!(r.status(), Some(401));
+
+    // Still alive and routing.
+    let t = token(Alg::HS256, now, "acme");
+    assert!(with_token(&mut host, &t).forwarded());
+}
