@@ -17,7 +17,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use cell_router_tests::e2e::{
-    self, Backends, Envoy, EnvoyOptions, Gateway, Process, Sidecar, client, publish,
+    self, Backends, Envoy, EnvoyOptions, Gateway, Process, Sidecar, client,
 };
 use cell_router_tests::fixtures::{self, bearer};
 use cell_router_tests::tokens::Alg;
@@ -279,6 +279,17 @@ impl Bad {
     }
 }
 
+/// Replaces `path` atomically (temporary file, then rename) as a control
+/// plane would. Unlike `e2e::publish` there is no fsync: readers see the
+/// rename at once, and on a busy machine an fsync every 100 ms stalls the
+/// timeline for seconds.
+fn publish(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// What the sidecar's `/healthz` says.
 #[derive(Clone, Copy, Debug, Default)]
 struct Health {
@@ -299,6 +310,13 @@ fn sidecar_health(port: u16) -> Option<Health> {
 fn checker_report(backends: &Backends) -> Result<Value> {
     let port = backends.cells.first().map(|(_, p)| *p).unwrap_or(0);
     e2e::get(&client(), &format!("http://127.0.0.1:{port}/__chaos"), &[])?.json()
+}
+
+fn newest_seen(backends: &Backends) -> u64 {
+    checker_report(backends)
+        .ok()
+        .and_then(|r| r["versions_seen"].as_array()?.last()?.as_u64())
+        .unwrap_or(0)
 }
 
 fn checked_so_far(backends: &Backends) -> u64 {
@@ -326,6 +344,8 @@ struct Kill {
     /// The newest version published before the restart: a version above it
     /// seen later means updates resumed.
     published_before_restart: u64,
+    /// From the restart until the backends first saw a newer version.
+    resumed_after_s: Option<f64>,
 }
 
 fn unix_now() -> u64 {
@@ -508,63 +528,53 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  snapshots    {} versions published (one per {} ms), {} distinct versions seen by the backends (v{}..v{})",
+            "  snapshots    {} versions published (one per {} ms; timeline at most {} ms late), {} distinct versions seen by the backends (v{}..v{})",
             j["versions_published"],
             j["flip_every_ms"],
+            j["timeline_max_lag_ms"],
             j["versions_seen"],
             j["first_version_seen"],
             j["last_version_seen"]
         );
-        let injections = j["bad_snapshots"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|i| {
-                        format!(
-                            "{} {}",
-                            i["kind"].as_str().unwrap_or("?"),
-                            if i["refused"] == true {
-                                "refused"
-                            } else {
-                                "NOT REFUSED"
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
+        let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for i in j["bad_snapshots"].as_array().into_iter().flatten() {
+            let entry = by_kind
+                .entry(i["kind"].as_str().unwrap_or("?"))
+                .or_default();
+            entry.0 += 1;
+            if i["refused"] == true {
+                entry.1 += 1;
+            }
+        }
+        let injections = by_kind
+            .iter()
+            .map(|(kind, (injected, refused))| format!("{kind} {refused}/{injected}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             out,
-            "  bad          {} injected, {} refused by the sidecar ({injections})",
+            "  bad          {} injected, {} refused by the sidecar (refused/injected: {injections})",
             j["bad_injected"], j["bad_refused"]
         );
-        let kills = j["sidecar_kills"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|k| {
-                        format!(
-                            "at {:.1} s, down {:.1} s, {} requests served meanwhile, updates {}",
-                            k["at_s"].as_f64().unwrap_or(0.0),
-                            k["down_s"].as_f64().unwrap_or(0.0),
-                            k["served_while_down"],
-                            if k["updates_resumed"] == true {
-                                "resumed"
-                            } else {
-                                "DID NOT RESUME"
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  sidecar      {} SIGKILLs, restarted on the same port ({kills})",
+            "  sidecar      {} SIGKILLs, each restarted on the same port",
             j["sidecar_kill_count"]
         );
+        for k in j["sidecar_kills"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    at {:4.1} s, down {:.1} s: {} requests served meanwhile; updates {}",
+                k["at_s"].as_f64().unwrap_or(0.0),
+                k["down_s"].as_f64().unwrap_or(0.0),
+                k["served_while_down"],
+                match (k["updates_resumed"] == true, k["resumed_after_s"].as_f64()) {
+                    (true, Some(s)) => format!("resumed {s:.2} s after the restart"),
+                    (true, None) => "resumed".to_string(),
+                    (false, _) => "DID NOT RESUME".to_string(),
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "  filter       snapshots applied {}, refused {}, fetch failures {} (Envoy stats, both workers)",
@@ -732,7 +742,8 @@ fn run(args: &Args) -> Result<Report> {
         .arg("-s")
         .arg(&script)
         .arg(gateway.envoy.url("/"));
-    let mut wrk = Process::spawn("wrk", wrk_command, &dir)?;
+    let mut wrk = Process::spawn("wrk", wrk_command, &dir)
+        .context("wrk is needed (apt-get install wrk, or scripts/install-tools.sh wrk)")?;
     let started = Instant::now();
     eprintln!(
         "chaos: load for {load_secs} s through Envoy on :{}",
@@ -754,6 +765,10 @@ fn run(args: &Args) -> Result<Report> {
             .ok_or_else(|| anyhow!("ran out of versions at {published}"))
     };
     let never = end + Duration::from_secs(3600);
+    // How late the timeline ran (a starved machine shows here).
+    let mut flip_lag = Duration::ZERO;
+    // (kill, restarted at, newest version published before the restart)
+    let mut awaiting_resume: Option<(usize, Instant, u64)> = None;
     while Instant::now() < end {
         if !wrk.is_running() {
             bail!("wrk stopped early\n{}", wrk.log_tail(30));
@@ -797,8 +812,11 @@ fn run(args: &Args) -> Result<Report> {
                 down_s,
                 served_while_down,
                 published_before_restart: published,
+                resumed_after_s: None,
             });
-            next_kill += args.kill_every;
+            awaiting_resume = Some((kills.len() - 1, Instant::now(), published));
+            // From now, not from the plan: a late event must not bunch the next ones.
+            next_kill = Instant::now() + args.kill_every;
             next_flip = Instant::now() + args.flip_every;
             continue;
         }
@@ -829,12 +847,21 @@ fn run(args: &Args) -> Result<Report> {
                 served_after: after.version,
                 refused,
             });
-            next_bad += args.bad_every;
+            next_bad = Instant::now() + args.bad_every;
             // The next good version replaces it at once.
             next_flip = Instant::now();
             continue;
         }
         if now >= next_flip {
+            flip_lag = flip_lag.max(now - next_flip);
+            if let Some((kill, restarted, before)) = awaiting_resume
+                && newest_seen(&gateway.backends) > before
+            {
+                if let Some(k) = kills.get_mut(kill) {
+                    k.resumed_after_s = Some(restarted.elapsed().as_secs_f64());
+                }
+                awaiting_resume = None;
+            }
             if published < count {
                 published += 1;
                 publish(&source, &bodies[published as usize - 1])?;
@@ -898,6 +925,7 @@ fn run(args: &Args) -> Result<Report> {
                 "served_while_down": k.served_while_down,
                 "published_before_restart": k.published_before_restart,
                 "updates_resumed": seen.iter().any(|v| *v > k.published_before_restart),
+                "resumed_after_s": k.resumed_after_s,
             })
         })
         .collect();
@@ -982,6 +1010,7 @@ fn run(args: &Args) -> Result<Report> {
         "wrk_threads": args.wrk_threads,
         "envoy_concurrency": args.concurrency,
         "flip_every_ms": args.flip_every.as_millis() as u64,
+        "timeline_max_lag_ms": flip_lag.as_millis() as u64,
         "versions_published": published,
         "versions_seen": seen.len(),
         "first_version_seen": seen.first().copied().unwrap_or(0),
