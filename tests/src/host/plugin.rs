@@ -129,8 +129,27 @@ fn compile_cached(name: &str, bytes: &[u8]) -> Result<Module> {
         if std::fs::write(&tmp, serialized).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
         }
+        prune_cache(&dir, 4);
     }
     Ok(module)
+}
+
+/// Keeps the `keep` newest artifacts: each filter build adds one.
+fn prune_cache(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut artifacts: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    artifacts.sort();
+    let excess = artifacts.len().saturating_sub(keep);
+    for (_, path) in artifacts.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn cache_dir() -> PathBuf {
