@@ -73,6 +73,7 @@ struct RawConfig {
     max_token_bytes: Option<usize>,
     tenant_claim: Option<RawClaimPath>,
     token_cache_entries: Option<usize>,
+    host_signatures: Option<bool>,
     trust_header: Option<String>,
     max_tenant_bytes: Option<usize>,
     cell_header: Option<String>,
@@ -151,6 +152,9 @@ pub struct JwtSettings {
     pub max_token_bytes: usize,
     pub tenant_claim: ClaimPath,
     pub token_cache_entries: usize,
+    /// Let Envoy's `verify_signature` (BoringSSL) check RS256/384/512 and
+    /// ES256/384 signatures when the host offers it.
+    pub host_signatures: bool,
 }
 
 /// How the tenant is found.
@@ -344,7 +348,7 @@ fn claim_path(raw: RawClaimPath) -> Result<ClaimPath, ConfigError> {
     Ok(ClaimPath { segments })
 }
 
-const JWT_ONLY_FIELDS: [&str; 10] = [
+const JWT_ONLY_FIELDS: [&str; 11] = [
     "token",
     "jwks",
     "algorithms",
@@ -355,6 +359,7 @@ const JWT_ONLY_FIELDS: [&str; 10] = [
     "max_token_bytes",
     "tenant_claim",
     "token_cache_entries",
+    "host_signatures",
 ];
 
 impl RawConfig {
@@ -370,6 +375,7 @@ impl RawConfig {
             self.max_token_bytes.is_some(),
             self.tenant_claim.is_some(),
             self.token_cache_entries.is_some(),
+            self.host_signatures.is_some(),
         ];
         JWT_ONLY_FIELDS
             .iter()
@@ -612,6 +618,7 @@ impl RawConfig {
             max_token_bytes,
             tenant_claim,
             token_cache_entries,
+            host_signatures: self.host_signatures.unwrap_or(true),
         })
     }
 }

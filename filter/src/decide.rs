@@ -4,6 +4,7 @@
 
 use crate::cache::TokenCache;
 use crate::config::{Auth, Config};
+use crate::host_verify::{NoHost, SignatureHost};
 use crate::token::{self, Reason, Rejection};
 use cellmap::{Outcome as Resolved, Snapshot};
 
@@ -103,6 +104,9 @@ pub struct Decision<'a> {
     pub outcome: Outcome<'a>,
     /// Whether the token cache answered (None when it was not consulted).
     pub cache_hit: Option<bool>,
+    /// Who checked the signature of a token verified for this request: the
+    /// host (`true`) or the VM (`false`); None when nothing was verified.
+    pub verified_by_host: Option<bool>,
     /// The tenant, once known.
     pub tenant: Option<String>,
 }
@@ -154,14 +158,26 @@ fn header<'h, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         .map(|(_, v)| v.as_ref())
 }
 
-/// Decides one request. `now_s` (unix seconds, host clock) is only called
-/// when a token needs checking.
+/// Decides one request, every signature checked in the VM. `now_s` (unix
+/// seconds, host clock) is only called when a token needs checking.
 pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
     config: &'a Config,
     vm: &mut VmState,
     headers: &[(K, V)],
     now_s: &mut dyn FnMut() -> u64,
     installed: Option<&'a Installed>,
+) -> Decision<'a> {
+    decide_with(config, vm, headers, now_s, installed, &mut NoHost)
+}
+
+/// Like [`decide`], with a host that may check RSA/ECDSA signatures.
+pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    config: &'a Config,
+    vm: &mut VmState,
+    headers: &[(K, V)],
+    now_s: &mut dyn FnMut() -> u64,
+    installed: Option<&'a Installed>,
+    host: &mut dyn SignatureHost,
 ) -> Decision<'a> {
     // 1. Client copies of our headers never reach a cell.
     let mut remove = Vec::new();
@@ -173,6 +189,7 @@ pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
 
     // 2. Who is this?
     let mut cache_hit = None;
+    let mut verified_by_host = None;
     let tenant = match &config.auth {
         Auth::TrustHeader { header } => {
             token::tenant_from_header(headers, header, config.max_tenant_bytes)
@@ -186,11 +203,14 @@ pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                     return Ok(tenant.to_string());
                 }
                 cache_hit = Some(false);
-                let verified = token::verify(jwt, config.max_tenant_bytes, &token, now)?;
+                let verified = token::verify_with(jwt, config.max_tenant_bytes, &token, now, host)?;
+                verified_by_host = Some(verified.by_host);
                 vm.cache.insert(key, &verified, now);
                 Ok(verified.tenant)
             } else {
-                token::verify(jwt, config.max_tenant_bytes, &token, now).map(|v| v.tenant)
+                let verified = token::verify_with(jwt, config.max_tenant_bytes, &token, now, host)?;
+                verified_by_host = Some(verified.by_host);
+                Ok(verified.tenant)
             }
         }),
     };
@@ -202,6 +222,7 @@ pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 action: Action::Respond(rejection_reply(&config.realm, &rejection)),
                 outcome: Outcome::Rejected(rejection.reason),
                 cache_hit,
+                verified_by_host,
                 tenant: None,
             };
         }
@@ -221,6 +242,7 @@ pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
             action: Action::Respond(reply),
             outcome: Outcome::NoSnapshot,
             cache_hit,
+            verified_by_host,
             tenant: Some(tenant),
         };
     };
@@ -293,6 +315,7 @@ pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         action,
         outcome,
         cache_hit,
+        verified_by_host,
         tenant: Some(tenant),
     }
 }

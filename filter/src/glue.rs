@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::decide::{self, Action, Installed, Outcome, VmState};
 use crate::host::{self, Map};
+use crate::host_verify::{self, HostVerdict, SignatureHost};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
 use crate::subscription::{FetchOutcome, FetchRequest, FetchResponse, Subscription};
 use proxy_wasm::hostcalls;
@@ -64,11 +65,56 @@ impl MetricSink for HostMetrics {
     }
 }
 
+/// Whether the host has a foreign function, learnt on first use.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum RouteCacheCall {
+enum ForeignCall {
     Unknown,
     Available,
     Missing,
+}
+
+/// Envoy's `verify_signature` foreign function (BoringSSL).
+struct EnvoyCrypto<'s> {
+    state: &'s mut ForeignCall,
+}
+
+impl SignatureHost for EnvoyCrypto<'_> {
+    fn verify_signature(
+        &mut self,
+        hash: &str,
+        public_key_der: &[u8],
+        signature: &[u8],
+        text: &[u8],
+    ) -> HostVerdict {
+        if *self.state == ForeignCall::Missing {
+            return HostVerdict::Unavailable;
+        }
+        let arguments = host_verify::encode_arguments(hash, public_key_der, signature, text);
+        match hostcalls::call_foreign_function("verify_signature", Some(&arguments)) {
+            Ok(Some(result)) => match host_verify::decode_result(&result) {
+                Some((valid, _)) => {
+                    *self.state = ForeignCall::Available;
+                    if valid {
+                        HostVerdict::Valid
+                    } else {
+                        HostVerdict::Invalid
+                    }
+                }
+                None => HostVerdict::Unavailable,
+            },
+            Ok(None) => HostVerdict::Unavailable,
+            Err(proxy_wasm::types::Status::NotFound) => {
+                *self.state = ForeignCall::Missing;
+                log(
+                    LogLevel::Info,
+                    "cell-router: host has no verify_signature; checking signatures in the VM",
+                );
+                HostVerdict::Unavailable
+            }
+            // The host refused the key or the arguments: the VM decides.
+            Err(_) => HostVerdict::Unavailable,
+        }
+    }
 }
 
 /// What the root context shares with its HTTP contexts (one VM, one thread).
@@ -77,7 +123,8 @@ struct Shared {
     vm: VmState,
     installed: Option<Rc<Installed>>,
     metrics: Metrics,
-    clear_route_cache: RouteCacheCall,
+    clear_route_cache: ForeignCall,
+    verify_signature: ForeignCall,
 }
 
 #[derive(Default)]
@@ -281,7 +328,8 @@ impl RootContext for Root {
             vm,
             installed,
             metrics,
-            clear_route_cache: RouteCacheCall::Unknown,
+            clear_route_cache: ForeignCall::Unknown,
+            verify_signature: ForeignCall::Unknown,
         })));
         let _ = hostcalls::set_tick_period(Duration::from_millis(tick_ms));
         self.update_gauges(now);
@@ -343,13 +391,27 @@ impl HttpContext for Filter {
             vm,
             metrics,
             clear_route_cache,
+            verify_signature,
             ..
         } = &mut *shared;
-        let decision = decide::decide(&config, vm, &headers, &mut clock, installed.as_deref());
+        let mut crypto = EnvoyCrypto {
+            state: verify_signature,
+        };
+        let decision = decide::decide_with(
+            &config,
+            vm,
+            &headers,
+            &mut clock,
+            installed.as_deref(),
+            &mut crypto,
+        );
 
         let sink = &mut HostMetrics;
         if let Some(hit) = decision.cache_hit {
             metrics.cache(sink, hit);
+        }
+        if let Some(by_host) = decision.verified_by_host {
+            metrics.verified(sink, by_host);
         }
         match decision.outcome {
             Outcome::Routed { cell, .. } => metrics.routed(sink, cell),
@@ -373,11 +435,11 @@ impl HttpContext for Filter {
                         );
                     }
                 }
-                if *clear_route_cache != RouteCacheCall::Missing {
+                if *clear_route_cache != ForeignCall::Missing {
                     match hostcalls::call_foreign_function("clear_route_cache", None) {
-                        Ok(_) => *clear_route_cache = RouteCacheCall::Available,
+                        Ok(_) => *clear_route_cache = ForeignCall::Available,
                         Err(proxy_wasm::types::Status::NotFound) => {
-                            *clear_route_cache = RouteCacheCall::Missing;
+                            *clear_route_cache = ForeignCall::Missing;
                             log(
                                 LogLevel::Info,
                                 "cell-router: host has no clear_route_cache; relying on its own route refresh",

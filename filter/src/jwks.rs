@@ -80,6 +80,26 @@ impl Algorithm {
         Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
     }
 
+    /// The digest name Envoy's `verify_signature` takes, for the algorithms
+    /// it can check (RSA PKCS#1 v1.5 and ECDSA).
+    pub fn host_hash(self) -> Option<&'static str> {
+        match self {
+            Algorithm::RS256 | Algorithm::ES256 => Some("sha256"),
+            Algorithm::RS384 | Algorithm::ES384 => Some("sha384"),
+            Algorithm::RS512 => Some("sha512"),
+            _ => None,
+        }
+    }
+
+    /// Size of each of r and s in a JWS ECDSA signature.
+    pub fn ecdsa_scalar_bytes(self) -> Option<usize> {
+        match self {
+            Algorithm::ES256 => Some(32),
+            Algorithm::ES384 => Some(48),
+            _ => None,
+        }
+    }
+
     /// The only key kind this algorithm may be used with.
     pub fn key_kind(self) -> KeyKind {
         match self {
@@ -186,6 +206,8 @@ impl VerifyingKey {
 pub struct KeyEntry {
     pub kid: Option<String>,
     pub key: VerifyingKey,
+    /// SubjectPublicKeyInfo DER, for keys the host can check signatures of.
+    pub spki_der: Option<Vec<u8>>,
 }
 
 impl KeyEntry {
@@ -450,9 +472,18 @@ fn parse_jwk(jwk: &Value, allowed: &[Algorithm], path: &str) -> Result<Vec<KeyEn
     let mut entries = Vec::with_capacity(algorithms.len());
     for alg in algorithms {
         let key = build_key(jwk, kind, alg, path)?;
+        let spki_der = match &key {
+            VerifyingKey::RS256(k) => k.to_der().ok(),
+            VerifyingKey::RS384(k) => k.to_der().ok(),
+            VerifyingKey::RS512(k) => k.to_der().ok(),
+            VerifyingKey::ES256(k) => k.to_der().ok(),
+            VerifyingKey::ES384(k) => k.to_der().ok(),
+            _ => None,
+        };
         entries.push(KeyEntry {
             kid: kid.clone(),
             key,
+            spki_der,
         });
     }
     Ok(entries)

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod config;
 pub mod decide;
+pub mod host_verify;
 pub mod hostmap;
 pub mod jwks;
 pub mod metrics;
@@ -20,4 +21,4 @@ mod glue;
 mod host;
 
 pub use config::{Config, ConfigError};
-pub use decide::{Action, Decision, Installed, LocalReply, Outcome, VmState, decide};
+pub use decide::{Action, Decision, Installed, LocalReply, Outcome, VmState, decide, decide_with};

@@ -37,6 +37,8 @@ pub struct Metrics {
     no_snapshot: Option<u32>,
     cache_hit: Option<u32>,
     cache_miss: Option<u32>,
+    signature_host: Option<u32>,
+    signature_wasm: Option<u32>,
     snapshot_version: Option<u32>,
     snapshot_age: Option<u32>,
     fetch_failures: Option<u32>,
@@ -71,6 +73,8 @@ impl Metrics {
             no_snapshot: counter(sink, &["no_snapshot"]),
             cache_hit: counter(sink, &["token_cache", "hit"]),
             cache_miss: counter(sink, &["token_cache", "miss"]),
+            signature_host: counter(sink, &["signature", "host"]),
+            signature_wasm: counter(sink, &["signature", "wasm"]),
             snapshot_version: sink.define(MetricKind::Gauge, &name(&["snapshot", "version"])),
             snapshot_age: sink.define(MetricKind::Gauge, &name(&["snapshot", "age_s"])),
             fetch_failures: counter(sink, &["snapshot", "fetch_failures"]),
@@ -133,6 +137,18 @@ impl Metrics {
         Self::bump(sink, if hit { self.cache_hit } else { self.cache_miss });
     }
 
+    /// A token verified, its signature checked by the host or in the VM.
+    pub fn verified(&self, sink: &mut dyn MetricSink, by_host: bool) {
+        Self::bump(
+            sink,
+            if by_host {
+                self.signature_host
+            } else {
+                self.signature_wasm
+            },
+        );
+    }
+
     pub fn fetch_failed(&self, sink: &mut dyn MetricSink) {
         Self::bump(sink, self.fetch_failures);
     }
@@ -161,6 +177,8 @@ pub fn fixed_names() -> Vec<String> {
         name(&["no_snapshot"]),
         name(&["token_cache", "hit"]),
         name(&["token_cache", "miss"]),
+        name(&["signature", "host"]),
+        name(&["signature", "wasm"]),
         name(&["snapshot", "version"]),
         name(&["snapshot", "age_s"]),
         name(&["snapshot", "fetch_failures"]),

@@ -7,6 +7,7 @@
 //! into a [`Rejection`] with the status Envoy's `jwt_authn` would use.
 
 use crate::config::{ClaimPath, JwtSettings, STRING_REGISTERED_CLAIMS, TokenSource};
+use crate::host_verify::{HostVerdict, NoHost, SignatureHost, ecdsa_jws_to_der};
 use crate::jwks::Algorithm;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -301,6 +302,8 @@ pub struct Verified {
     pub valid_from: Option<u64>,
     /// exp, unix seconds.
     pub expires_at: Option<u64>,
+    /// Whether the host (Envoy's `verify_signature`) checked the signature.
+    pub by_host: bool,
 }
 
 /// The JOSE header members the filter looks at. Unknown members are ignored;
@@ -396,12 +399,25 @@ fn is_b64url_or_dot(b: u8) -> bool {
 }
 
 /// Verifies a token at `now_s` (unix seconds, the host clock) and reads its
-/// tenant. `max_tenant_bytes` bounds the tenant id.
+/// tenant, all in the VM. `max_tenant_bytes` bounds the tenant id.
 pub fn verify(
     settings: &JwtSettings,
     max_tenant_bytes: usize,
     token: &[u8],
     now_s: u64,
+) -> Result<Verified, Rejection> {
+    verify_with(settings, max_tenant_bytes, token, now_s, &mut NoHost)
+}
+
+/// Like [`verify`], letting `host` check RSA PKCS#1 and ECDSA signatures
+/// when `settings.host_signatures` is on; whatever the host cannot check is
+/// verified in the VM.
+pub fn verify_with(
+    settings: &JwtSettings,
+    max_tenant_bytes: usize,
+    token: &[u8],
+    now_s: u64,
+    host: &mut dyn SignatureHost,
 ) -> Result<Verified, Rejection> {
     if token.len() > settings.max_token_bytes {
         return Err(Rejection::new(
@@ -491,12 +507,36 @@ pub fn verify(
         allowed_audiences: settings.audiences.clone(),
         ..VerificationOptions::default()
     };
+    let parts = Parts {
+        token,
+        header_b64,
+        claims_b64,
+        signature_b64,
+    };
     let mut last = Rejection::new(Reason::BadSignature, "the signature does not verify");
     let mut verified = None;
     for entry in candidates {
+        if settings.host_signatures
+            && let (Some(der), Some(hash)) = (&entry.spki_der, alg.host_hash())
+        {
+            match verify_on_host(host, alg, hash, der, &parts, settings, now_s) {
+                HostCheck::Done(claims) => {
+                    verified = Some((*claims, true));
+                    break;
+                }
+                HostCheck::Refused(rejection) => {
+                    last = rejection;
+                    if last.reason != Reason::BadSignature {
+                        return Err(last);
+                    }
+                    continue;
+                }
+                HostCheck::Unavailable => {}
+            }
+        }
         match entry.key.verify::<ExtraClaims>(token, options.clone()) {
             Ok(claims) => {
-                verified = Some(claims);
+                verified = Some((claims, false));
                 break;
             }
             Err(err) => {
@@ -509,7 +549,7 @@ pub fn verify(
             }
         }
     }
-    let Some(claims) = verified else {
+    let Some((claims, by_host)) = verified else {
         return Err(last);
     };
 
@@ -528,7 +568,122 @@ pub fn verify(
         tenant,
         valid_from,
         expires_at: claims.expires_at.map(|t| t.as_secs()),
+        by_host,
     })
+}
+
+struct Parts<'t> {
+    token: &'t str,
+    header_b64: &'t str,
+    claims_b64: &'t str,
+    signature_b64: &'t str,
+}
+
+enum HostCheck {
+    Done(Box<JWTClaims<ExtraClaims>>),
+    Refused(Rejection),
+    Unavailable,
+}
+
+/// The host checks the signature; the rest of jwt-simple's checks are
+/// repeated here, in its order, so both paths answer alike.
+fn verify_on_host(
+    host: &mut dyn SignatureHost,
+    alg: Algorithm,
+    hash: &str,
+    der: &[u8],
+    parts: &Parts<'_>,
+    settings: &JwtSettings,
+    now_s: u64,
+) -> HostCheck {
+    let refuse = |reason, detail: &str| HostCheck::Refused(Rejection::new(reason, detail));
+    // jwt-simple's header rules: size, its header struct, `typ`.
+    if parts.header_b64.len() > jwt_simple::token::MAX_HEADER_LENGTH {
+        return refuse(Reason::TooLarge, "the token is too large");
+    }
+    let metadata = match jwt_simple::token::Token::decode_metadata(parts.token) {
+        Ok(metadata) => metadata,
+        Err(err) => return HostCheck::Refused(map_error(&err)),
+    };
+    if let Some(typ) = metadata.signature_type() {
+        let typ = typ.to_uppercase();
+        if typ != "JWT" && !typ.ends_with("+JWT") {
+            return refuse(Reason::Malformed, "the typ header is not JWT");
+        }
+    }
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(parts.signature_b64) else {
+        return refuse(Reason::Malformed, "the signature is not base64url");
+    };
+    let signature = match alg.ecdsa_scalar_bytes() {
+        Some(size) => match ecdsa_jws_to_der(&signature, size) {
+            Some(der) => der,
+            None => return refuse(Reason::BadSignature, "the signature does not verify"),
+        },
+        None => signature,
+    };
+    let signed = parts.header_b64.len() + 1 + parts.claims_b64.len();
+    let Some(text) = parts.token.get(..signed) else {
+        return refuse(Reason::Malformed, "not a compact JWS");
+    };
+    match host.verify_signature(hash, der, &signature, text.as_bytes()) {
+        HostVerdict::Valid => {}
+        HostVerdict::Invalid => {
+            return refuse(Reason::BadSignature, "the signature does not verify");
+        }
+        HostVerdict::Unavailable => return HostCheck::Unavailable,
+    }
+    let claims: JWTClaims<ExtraClaims> = match URL_SAFE_NO_PAD
+        .decode(parts.claims_b64)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+    {
+        Some(claims) => claims,
+        None => return refuse(Reason::Malformed, "the token is not valid JSON/base64url"),
+    };
+    match validate_claims(&claims, settings, now_s) {
+        Ok(()) => HostCheck::Done(Box::new(claims)),
+        Err(rejection) => HostCheck::Refused(rejection),
+    }
+}
+
+/// jwt-simple's registered-claim checks (`JWTClaims::validate`, crate
+/// private there) for the options this filter uses, in the same order.
+pub fn validate_claims(
+    claims: &JWTClaims<ExtraClaims>,
+    settings: &JwtSettings,
+    now_s: u64,
+) -> Result<(), Rejection> {
+    let skew = settings.clock_skew_s;
+    if let Some(iat) = claims.issued_at
+        && iat.as_secs() > now_s.saturating_add(skew)
+    {
+        return Err(map_jwt(&JWTError::ClockDrift));
+    }
+    if let Some(nbf) = claims.invalid_before
+        && now_s.saturating_add(skew) < nbf.as_secs()
+    {
+        return Err(map_jwt(&JWTError::TokenNotValidYet));
+    }
+    if let Some(exp) = claims.expires_at
+        && (now_s < skew || now_s - skew > exp.as_secs())
+    {
+        return Err(map_jwt(&JWTError::TokenHasExpired));
+    }
+    if let Some(allowed) = &settings.issuers {
+        match &claims.issuer {
+            Some(issuer) if allowed.contains(issuer) => {}
+            Some(_) => return Err(map_jwt(&JWTError::RequiredIssuerMismatch)),
+            None => return Err(map_jwt(&JWTError::RequiredIssuerMissing)),
+        }
+    }
+    if let Some(allowed) = &settings.audiences {
+        match &claims.audiences {
+            Some(audiences) if audiences.contains(allowed) => {}
+            Some(_) => return Err(map_jwt(&JWTError::RequiredAudienceMismatch)),
+            None => return Err(map_jwt(&JWTError::RequiredAudienceMissing)),
+        }
+    }
+    Ok(())
 }
 
 /// Keeps client-controlled text in details short.
@@ -537,9 +692,13 @@ fn truncate(s: &str) -> String {
 }
 
 fn map_error(err: &jwt_simple::Error) -> Rejection {
-    let Some(jwt) = err.downcast_ref::<JWTError>() else {
-        return Rejection::new(Reason::Malformed, "the token is not valid JSON/base64url");
-    };
+    match err.downcast_ref::<JWTError>() {
+        Some(jwt) => map_jwt(jwt),
+        None => Rejection::new(Reason::Malformed, "the token is not valid JSON/base64url"),
+    }
+}
+
+fn map_jwt(jwt: &JWTError) -> Rejection {
     match jwt {
         JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag => {
             Rejection::new(Reason::BadSignature, "the signature does not verify")

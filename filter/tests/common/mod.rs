@@ -351,3 +351,132 @@ impl Router {
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+// ---------------------------------------------------------------------------
+// A stand-in for Envoy's verify_signature: an independent implementation
+// taking what BoringSSL takes (SubjectPublicKeyInfo DER, DER ECDSA
+// signatures, PKCS#1 v1.5 RSA).
+
+use cell_router::host_verify::{HostVerdict, SignatureHost};
+
+pub struct RustCryptoHost {
+    pub calls: usize,
+    /// Answer `Unavailable` (like a host without the function).
+    pub available: bool,
+    /// Answer this whatever the signature (a lying or broken host).
+    pub forced: Option<HostVerdict>,
+}
+
+impl RustCryptoHost {
+    pub fn new() -> Self {
+        RustCryptoHost {
+            calls: 0,
+            available: true,
+            forced: None,
+        }
+    }
+}
+
+fn rsa_verify(hash: &str, der: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
+    use rsa::pkcs8::DecodePublicKey;
+    let key = rsa::RsaPublicKey::from_public_key_der(der).ok()?;
+    // DigestInfo prefixes (RFC 8017 §9.2 note 1).
+    let (digest, prefix): (Vec<u8>, &[u8]) = match hash {
+        "sha256" => (
+            hmac_sha256::Hash::hash(text).to_vec(),
+            &[
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x01, 0x05, 0x00, 0x04, 0x20,
+            ],
+        ),
+        "sha384" => (
+            hmac_sha512::sha384::Hash::hash(text).to_vec(),
+            &[
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x02, 0x05, 0x00, 0x04, 0x30,
+            ],
+        ),
+        "sha512" => (
+            hmac_sha512::Hash::hash(text).to_vec(),
+            &[
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x03, 0x05, 0x00, 0x04, 0x40,
+            ],
+        ),
+        _ => return None,
+    };
+    let scheme = rsa::Pkcs1v15Sign {
+        hash_len: Some(digest.len()),
+        prefix: prefix.to_vec().into_boxed_slice(),
+    };
+    Some(key.verify(scheme, &digest, signature).is_ok())
+}
+
+fn ec_verify(hash: &str, der: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
+    use p256::pkcs8::DecodePublicKey;
+    if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+        use p256::ecdsa::signature::Verifier;
+        if hash != "sha256" {
+            return Some(false);
+        }
+        let Ok(signature) = p256::ecdsa::Signature::from_der(signature) else {
+            return Some(false);
+        };
+        return Some(key.verify(text, &signature).is_ok());
+    }
+    if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_der(der) {
+        use p384::ecdsa::signature::Verifier;
+        if hash != "sha384" {
+            return Some(false);
+        }
+        let Ok(signature) = p384::ecdsa::Signature::from_der(signature) else {
+            return Some(false);
+        };
+        return Some(key.verify(text, &signature).is_ok());
+    }
+    None
+}
+
+impl SignatureHost for RustCryptoHost {
+    fn verify_signature(
+        &mut self,
+        hash: &str,
+        der: &[u8],
+        signature: &[u8],
+        text: &[u8],
+    ) -> HostVerdict {
+        self.calls += 1;
+        if !self.available {
+            return HostVerdict::Unavailable;
+        }
+        if let Some(forced) = self.forced {
+            return forced;
+        }
+        match rsa_verify(hash, der, signature, text)
+            .or_else(|| ec_verify(hash, der, signature, text))
+        {
+            Some(true) => HostVerdict::Valid,
+            Some(false) => HostVerdict::Invalid,
+            None => HostVerdict::Unavailable,
+        }
+    }
+}
+
+impl Router {
+    pub fn request_with_host(
+        &mut self,
+        headers: &[(&str, &str)],
+        host: &mut RustCryptoHost,
+    ) -> Decision<'_> {
+        let now = self.now;
+        let mut clock = move || now;
+        cell_router::decide::decide_with(
+            &self.config,
+            &mut self.vm,
+            headers,
+            &mut clock,
+            self.installed.as_ref(),
+            host,
+        )
+    }
+}
