@@ -3,6 +3,7 @@
 //! for tests, benchmarks and the demo (`tokens`), and scenario building
 //! blocks that agree with each other (`fixtures`).
 
+pub mod bench;
 pub mod e2e;
 pub mod fixtures;
 pub mod host;

@@ -1,0 +1,70 @@
+-- wrk script for cell-router-bench: every request carries a bearer token from
+-- a file (one per line), each wrk thread rotating over its own share of the
+-- lines; optional fixed headers. Requests are formatted once in init(), so the
+-- client spends the same little per request whatever the configuration.
+--
+-- wrk -s wrk.lua URL -- <token file> <wrk threads> ["name: value"]...
+-- done() prints one line: BENCH_RESULT {json}
+
+local threads = {}
+local next_id = 0
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+local prepared = {}
+-- Globals, so done() can read them through thread:get().
+count = 0
+wraps = 0
+local at = 0
+
+function init(args)
+  local file, stride = args[1], tonumber(args[2])
+  local headers = {}
+  for i = 3, #args do
+    local name, value = args[i]:match("^([^:]+):%s*(.*)$")
+    headers[name] = value
+  end
+  local line = 0
+  for token in io.lines(file) do
+    if token ~= "" then
+      if line % stride == id then
+        headers["Authorization"] = "Bearer " .. token
+        count = count + 1
+        prepared[count] = wrk.format("GET", "/", headers)
+      end
+      line = line + 1
+    end
+  end
+  if count == 0 then
+    error("no tokens for thread " .. id .. " in " .. file)
+  end
+end
+
+function request()
+  at = at + 1
+  if at > count then
+    at = 1
+    wraps = wraps + 1
+  end
+  return prepared[at]
+end
+
+function done(summary, latency, requests)
+  local wrapped, tokens = 0, 0
+  for _, thread in ipairs(threads) do
+    wrapped = wrapped + (thread:get("wraps") or 0)
+    tokens = tokens + (thread:get("count") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,' ..
+    '"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,' ..
+    '"p99_us":%d,"p999_us":%d,"mean_us":%.1f,"max_us":%d,"wraps":%d,"tokens":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.mean, latency.max, wrapped, tokens))
+end
