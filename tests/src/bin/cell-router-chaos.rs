@@ -590,6 +590,17 @@ impl Report {
             j["checker"]["missing_headers"],
             j["unjudged_2xx"]
         );
+        let trouble = j["envoy_upstream_trouble"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|| "none".into());
+        let _ = writeln!(out, "  upstreams    {trouble} (Envoy cluster counters)");
         let _ = writeln!(
             out,
             "  self-test    {} of {} deliberately mislabelled requests caught as misroutes (counted apart)",
@@ -646,6 +657,20 @@ fn start_backends(dir: &Path, versions_dir: &Path) -> Result<Backends> {
     }
     Ok(backends)
 }
+
+/// Envoy cluster counters that explain a failed or slow upstream request.
+const UPSTREAM_TROUBLE: [&str; 10] = [
+    "upstream_rq_timeout",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_5xx",
+    "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout",
+    "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_rq_rx_reset",
+    "upstream_rq_tx_reset",
+    "upstream_rq_pending_overflow",
+    "upstream_rq_retry",
+];
 
 /// Deliberately mislabelled requests the checker must catch.
 const CANARIES: u64 = 20;
@@ -832,7 +857,12 @@ fn run(args: &Args) -> Result<Report> {
             let before = sidecar_health(port).unwrap_or_default();
             let at_s = started.elapsed().as_secs_f64();
             publish(&source, &kind.bytes(latest(published)?))?;
-            std::thread::sleep(args.bad_hold);
+            let injected = Instant::now();
+            // At least the hold; longer if a starved sidecar is slow to read it.
+            e2e::wait_until(Duration::from_secs(3), || {
+                sidecar_health(port).is_some_and(|h| h.refused > before.refused)
+            });
+            std::thread::sleep(args.bad_hold.saturating_sub(injected.elapsed()));
             let after = sidecar_health(port).unwrap_or_default();
             let refused = after.refused == before.refused + 1 && after.version == before.version;
             eprintln!(
@@ -884,6 +914,19 @@ fn run(args: &Args) -> Result<Report> {
     std::thread::sleep(Duration::from_millis(200));
     let checker = checker_report(&gateway.backends)?;
     let stats = gateway.envoy.stats("cell_router").unwrap_or_default();
+    // Where a stray 5xx or timeout came from, per upstream cluster.
+    let upstream: BTreeMap<String, i64> = gateway
+        .envoy
+        .stats("upstream_")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, value)| {
+            *value > 0
+                && UPSTREAM_TROUBLE
+                    .iter()
+                    .any(|t| name.ends_with(&format!(".{t}")))
+        })
+        .collect();
     let stat = |name: &str| {
         stats
             .get(&format!("wasmcustom.{name}"))
@@ -1026,6 +1069,7 @@ fn run(args: &Args) -> Result<Report> {
             "fetch_failures": stat(fixtures::metric::FETCH_FAILURES),
         },
         "checker": checker,
+        "envoy_upstream_trouble": upstream,
         "work_dir": dir.display().to_string(),
         "failures": failures,
     });
