@@ -75,6 +75,9 @@ fn main() {
             }
         };
         eprintln!("cell-backend: {name} on http://{addr}");
+        if checker.is_some() {
+            keep_accepting(addr);
+        }
         for _ in 0..args.threads.max(1) {
             let (server, name) = (Arc::clone(&server), name.to_string());
             let checker = checker.clone();
@@ -86,6 +89,26 @@ fn main() {
     for worker in workers {
         let _ = worker.join();
     }
+}
+
+/// Works around a lost wakeup in tiny_http 0.12's connection pool: when two
+/// connections arrive together while every pool thread holds a keep-alive
+/// connection, the second can sit unserved until the next connection comes
+/// (Envoy then answers 504 after its 15 s route timeout, about once per
+/// 100,000 requests under load). An empty connection every 50 ms makes the
+/// pool start a thread that also picks up any stranded one. Only with
+/// `--check-snapshots`, where every 5xx counts.
+fn keep_accepting(addr: &str) {
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return;
+    };
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let _ =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200));
+        }
+    });
 }
 
 fn serve(server: &tiny_http::Server, cell: &str, checker: Option<&Checker>) {
