@@ -582,3 +582,50 @@ fn hostile_json_in_a_validly_signed_token_never_traps() {
     let t = token(Alg::HS256, now, "acme");
     assert!(with_token(&mut host, &t).forwarded());
 }
+
+#[test]
+fn rsa_and_ecdsa_signatures_are_checked_by_the_hosts_verify_signature() {
+    use cell_router_tests::host::HostOptions;
+    let config = Config::jwt_all();
+    let mut host = router(config.clone());
+    let now = host.now_unix();
+    for alg in Alg::ALL {
+        let by_host = matches!(
+            alg,
+            Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::ES256 | Alg::ES384
+        );
+        let r = with_token(&mut host, &token(alg, now, "acme"));
+        assert!(r.forwarded(), "{alg:?}");
+        assert_eq!(
+            r.foreign_call_count("verify_signature"),
+            usize::from(by_host),
+            "{alg:?}"
+        );
+        // A forged signature is refused whoever checks it.
+        let forged = token_builder(alg, now, "acme").signed_by_other_key().sign();
+        assert_eq!(
+            with_token(&mut host, &forged).status(),
+            Some(401),
+            "{alg:?}"
+        );
+    }
+
+    // Without the foreign function (older Envoy) the VM verifies, and the
+    // filter stops asking after the first NotFound.
+    let options = HostOptions {
+        foreign_functions: ["clear_route_cache".to_string()].into(),
+        ..HostOptions::default()
+    };
+    let mut host = Host::with_options(options).unwrap();
+    host.configure(config.fallback(&snapshot(1)).json())
+        .unwrap();
+    let first = with_token(&mut host, &token(Alg::RS256, now, "a"));
+    let second = with_token(&mut host, &token(Alg::ES256, now, "b"));
+    assert!(first.forwarded() && second.forwarded());
+    assert_eq!(first.foreign_call_count("verify_signature"), 1);
+    assert_eq!(second.foreign_call_count("verify_signature"), 0);
+    let forged = token_builder(Alg::RS256, now, "a")
+        .signed_by_other_key()
+        .sign();
+    assert_eq!(with_token(&mut host, &forged).status(), Some(401));
+}

@@ -13,6 +13,7 @@
 //! ```
 
 mod abi;
+mod crypto;
 mod exchange;
 mod foreign;
 mod guest;
