@@ -70,15 +70,26 @@ fn main() {
         "fallback_snapshot": snapshot(),
     });
     let trust = json!({"trust_header": "x-tenant", "fallback_snapshot": snapshot()});
-    fs::write("fuzz_config.json", serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    fs::write("fuzz_config_trust.json", serde_json::to_string_pretty(&trust).unwrap()).unwrap();
+    fs::write(
+        "fuzz_config.json",
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    fs::write(
+        "fuzz_config_trust.json",
+        serde_json::to_string_pretty(&trust).unwrap(),
+    )
+    .unwrap();
 
     // Valid tokens of every algorithm, for tenants that route, shed, or hit
     // the disabled cell.
     let claims = |tenant: &str| {
-        Claims::with_custom_claims(json!({"org": {"tenant_id": tenant}}), Duration::from_hours(1))
-            .with_issuer(ISSUER)
-            .with_audience(AUDIENCE)
+        Claims::with_custom_claims(
+            json!({"org": {"tenant_id": tenant}}),
+            Duration::from_hours(1),
+        )
+        .with_issuer(ISSUER)
+        .with_audience(AUDIENCE)
     };
     let at_now = |mut c: JWTClaims<Value>| {
         c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
@@ -93,19 +104,49 @@ fn main() {
         let c = at_now(claims(tenant));
         let t = match i {
             0 => hs.authenticate(c).unwrap(),
-            1 => HS384Key::from_bytes(&secret).with_key_id("hs-1").authenticate(c).unwrap(),
-            2 => HS512Key::from_bytes(&secret).with_key_id("hs-1").authenticate(c).unwrap(),
+            1 => HS384Key::from_bytes(&secret)
+                .with_key_id("hs-1")
+                .authenticate(c)
+                .unwrap(),
+            2 => HS512Key::from_bytes(&secret)
+                .with_key_id("hs-1")
+                .authenticate(c)
+                .unwrap(),
             _ => hs.authenticate(c).unwrap(),
         };
         tokens.push((format!("hs-{tenant}"), t));
     }
     let c = || at_now(claims("acme"));
-    let rsa = || RS256KeyPair::from_pem(&key("rsa2048.pem")).unwrap().with_key_id("rsa-1");
+    let rsa = || {
+        RS256KeyPair::from_pem(&key("rsa2048.pem"))
+            .unwrap()
+            .with_key_id("rsa-1")
+    };
     tokens.push(("rs256".into(), rsa().sign(c()).unwrap()));
-    tokens.push(("rs384".into(), RS384KeyPair::from_pem(&key("rsa2048.pem")).unwrap().with_key_id("rsa-1").sign(c()).unwrap()));
-    tokens.push(("ps256".into(), PS256KeyPair::from_pem(&key("rsa2048.pem")).unwrap().with_key_id("rsa-1").sign(c()).unwrap()));
-    tokens.push(("es256".into(), es256.with_key_id("ec256-1").sign(c()).unwrap()));
-    tokens.push(("es384".into(), es384.with_key_id("ec384-1").sign(c()).unwrap()));
+    tokens.push((
+        "rs384".into(),
+        RS384KeyPair::from_pem(&key("rsa2048.pem"))
+            .unwrap()
+            .with_key_id("rsa-1")
+            .sign(c())
+            .unwrap(),
+    ));
+    tokens.push((
+        "ps256".into(),
+        PS256KeyPair::from_pem(&key("rsa2048.pem"))
+            .unwrap()
+            .with_key_id("rsa-1")
+            .sign(c())
+            .unwrap(),
+    ));
+    tokens.push((
+        "es256".into(),
+        es256.with_key_id("ec256-1").sign(c()).unwrap(),
+    ));
+    tokens.push((
+        "es384".into(),
+        es384.with_key_id("ec384-1").sign(c()).unwrap(),
+    ));
     tokens.push(("eddsa".into(), ed.with_key_id("ed-1").sign(c()).unwrap()));
 
     // Hand-built hostile tokens.
@@ -116,15 +157,56 @@ fn main() {
     };
     let payload = json!({"iss": ISSUER, "aud": AUDIENCE, "iat": NOW, "exp": NOW + 3600, "org": {"tenant_id": "victim"}}).to_string();
     let p = payload.as_bytes();
-    tokens.push(("alg-none".into(), format!("{}.{}.", b64(br#"{"alg":"nOnE"}"#), b64(p))));
-    tokens.push(("hs-rsa-pub".into(), raw(br#"{"alg":"HS256","kid":"rsa-1"}"#, p, key("rsa2048.pub.pem").as_bytes())));
-    tokens.push(("crit".into(), raw(br#"{"alg":"HS256","kid":"hs-1","crit":["exp"]}"#, p, &secret)));
-    tokens.push(("jku".into(), raw(br#"{"alg":"HS256","kid":"hs-1","jku":"https://evil/jwks","x5u":"https://evil/x5"}"#, p, &secret)));
+    tokens.push((
+        "alg-none".into(),
+        format!("{}.{}.", b64(br#"{"alg":"nOnE"}"#), b64(p)),
+    ));
+    tokens.push((
+        "hs-rsa-pub".into(),
+        raw(
+            br#"{"alg":"HS256","kid":"rsa-1"}"#,
+            p,
+            key("rsa2048.pub.pem").as_bytes(),
+        ),
+    ));
+    tokens.push((
+        "crit".into(),
+        raw(
+            br#"{"alg":"HS256","kid":"hs-1","crit":["exp"]}"#,
+            p,
+            &secret,
+        ),
+    ));
+    tokens.push((
+        "jku".into(),
+        raw(
+            br#"{"alg":"HS256","kid":"hs-1","jku":"https://evil/jwks","x5u":"https://evil/x5"}"#,
+            p,
+            &secret,
+        ),
+    ));
     tokens.push(("dup-tenant".into(), raw(br#"{"alg":"HS256","kid":"hs-1"}"#,
         format!(r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{},"org":{{"tenant_id":"a","tenant_id":"b"}}}}"#, NOW + 60).as_bytes(), &secret)));
-    tokens.push(("aud-array".into(), raw(br#"{"alg":"HS256","kid":"hs-1"}"#,
-        format!(r#"{{"iss":"{ISSUER}","aud":["x","{AUDIENCE}"],"exp":{},"org":{{"tenant_id":7}}}}"#, NOW + 60).as_bytes(), &secret)));
-    tokens.push(("kid-path".into(), raw(br#"{"alg":"HS256","kid":"../../etc/passwd\u0000"}"#, p, &secret)));
+    tokens.push((
+        "aud-array".into(),
+        raw(
+            br#"{"alg":"HS256","kid":"hs-1"}"#,
+            format!(
+                r#"{{"iss":"{ISSUER}","aud":["x","{AUDIENCE}"],"exp":{},"org":{{"tenant_id":7}}}}"#,
+                NOW + 60
+            )
+            .as_bytes(),
+            &secret,
+        ),
+    ));
+    tokens.push((
+        "kid-path".into(),
+        raw(
+            br#"{"alg":"HS256","kid":"../../etc/passwd\u0000"}"#,
+            p,
+            &secret,
+        ),
+    ));
 
     fs::create_dir_all("corpus/token").unwrap();
     fs::create_dir_all("corpus/decide").unwrap();
@@ -133,26 +215,64 @@ fn main() {
         // First byte: where the token travels (0 header, 1 query, 2 cookie,
         // 3 bare header; +4 checks several clocks).
         let place = (i % 8) as u8;
-        fs::write(format!("corpus/token/{name}"), [&[place][..], t.as_bytes()].concat()).unwrap();
-        let spoof = if i % 2 == 0 { "x-cell-id: cell-d\nX-Cell-Snapshot: 999\n" } else { "X-CELL-ID: evil\nx-cell-id: \u{0}\n" };
-        let request = format!(":path: /v1/sms\nx-request-id: req-{i}\nauthorization: Bearer {t}\n{spoof}");
-        fs::write(format!("corpus/decide/{name}"), [&[0u8][..], request.as_bytes()].concat()).unwrap();
+        fs::write(
+            format!("corpus/token/{name}"),
+            [&[place][..], t.as_bytes()].concat(),
+        )
+        .unwrap();
+        let spoof = if i % 2 == 0 {
+            "x-cell-id: cell-d\nX-Cell-Snapshot: 999\n"
+        } else {
+            "X-CELL-ID: evil\nx-cell-id: \u{0}\n"
+        };
+        let request =
+            format!(":path: /v1/sms\nx-request-id: req-{i}\nauthorization: Bearer {t}\n{spoof}");
+        fs::write(
+            format!("corpus/decide/{name}"),
+            [&[0u8][..], request.as_bytes()].concat(),
+        )
+        .unwrap();
     }
     for (name, request) in [
         ("trust-ok", ":path: /\nx-tenant: acme\n"),
-        ("trust-spoof", ":path: /\nx-tenant: globex\nx-cell-id: cell-d\nx-Cell-Id: cell-c\n"),
+        (
+            "trust-spoof",
+            ":path: /\nx-tenant: globex\nx-cell-id: cell-d\nx-Cell-Id: cell-c\n",
+        ),
         ("trust-two", ":path: /\nx-tenant: a\nx-tenant: b\n"),
-        ("trust-draining", ":path: /\nx-tenant: t-42\nx-request-id: r\n"),
+        (
+            "trust-draining",
+            ":path: /\nx-tenant: t-42\nx-request-id: r\n",
+        ),
         ("trust-ctl", ":path: /\nx-tenant: a\x01b\n"),
     ] {
-        fs::write(format!("corpus/decide/{name}"), [&[1u8][..], request.as_bytes()].concat()).unwrap();
+        fs::write(
+            format!("corpus/decide/{name}"),
+            [&[1u8][..], request.as_bytes()].concat(),
+        )
+        .unwrap();
     }
-    fs::write("corpus/decide/two-auth", format!("\0:path: /\nauthorization: Bearer {}\nAuthorization: Bearer x\n", tokens[0].1)).unwrap();
+    fs::write(
+        "corpus/decide/two-auth",
+        format!(
+            "\0:path: /\nauthorization: Bearer {}\nAuthorization: Bearer x\n",
+            tokens[0].1
+        ),
+    )
+    .unwrap();
     fs::write("corpus/decide/no-token", "\0:path: /\n").unwrap();
 
-    fs::write("corpus/config/jwt", serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    fs::write(
+        "corpus/config/jwt",
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
     fs::write("corpus/config/trust", trust.to_string()).unwrap();
-    fs::write("corpus/config/minimal", json!({"trust_header": "x-t", "sidecar": {"cluster": "c"}}).to_string()).unwrap();
+    fs::write(
+        "corpus/config/minimal",
+        json!({"trust_header": "x-t", "sidecar": {"cluster": "c"}}).to_string(),
+    )
+    .unwrap();
     fs::write("corpus/config/sidecar", json!({"jwks": {"keys": [{"kty": "oct", "kid": "k", "k": b64(&secret)}]},
         "algorithms": ["HS256"], "tenant_claim": ["https://x/tenant"], "sidecar": {"cluster": "c", "long_poll_s": 0, "timeout_ms": 10}}).to_string()).unwrap();
     println!("wrote {} tokens", tokens.len());

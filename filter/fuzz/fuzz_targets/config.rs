@@ -14,8 +14,18 @@ fuzz_target!(|data: &[u8]| {
     let installed = config.fallback_snapshot.take().map(Installed::new);
     let mut vm = VmState::new(&config, [1; 16]);
     let headers: [(&[u8], &[u8]); 2] = [(b":path", b"/"), (b"authorization", b"Bearer x.y.z")];
-    let decision = decide(&config, &mut vm, &headers, &mut || cell_router_filter_fuzz::NOW, installed.as_ref());
+    let decision = decide(
+        &config,
+        &mut vm,
+        &headers,
+        &mut || cell_router_filter_fuzz::NOW,
+        installed.as_ref(),
+    );
     if let Some(reply) = decision.reply() {
-        assert!(matches!(reply.status, 401 | 403 | 503), "status {}", reply.status);
+        assert!(
+            matches!(reply.status, 401 | 403 | 503),
+            "status {}",
+            reply.status
+        );
     }
 });

@@ -21,7 +21,11 @@ fn router(bytes: &[u8]) -> Router {
     let mut config = fixed_config(bytes);
     let installed = config.fallback_snapshot.take().map(Installed::new);
     let vm = Mutex::new(VmState::new(&config, [9; 16]));
-    Router { config, installed, vm }
+    Router {
+        config,
+        installed,
+        vm,
+    }
 }
 
 static JWT: OnceLock<Router> = OnceLock::new();
@@ -39,12 +43,24 @@ fuzz_target!(|data: &[u8]| {
     let headers = header_lines(rest);
     let Ok(mut vm) = router.vm.lock() else { return };
     // The VM's token cache persists across inputs, as in a real worker.
-    let decision = decide(&router.config, &mut vm, &headers, &mut || NOW, router.installed.as_ref());
+    let decision = decide(
+        &router.config,
+        &mut vm,
+        &headers,
+        &mut || NOW,
+        router.installed.as_ref(),
+    );
 
     let config = &router.config;
     for ours in [&config.cell_header, &config.version_header] {
-        let sent = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(ours.as_bytes()));
-        assert_eq!(sent, decision.remove.contains(&ours.as_str()), "client copy of {ours} not removed");
+        let sent = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(ours.as_bytes()));
+        assert_eq!(
+            sent,
+            decision.remove.contains(&ours.as_str()),
+            "client copy of {ours} not removed"
+        );
     }
     match &decision.action {
         Action::Continue { set } => {
@@ -52,14 +68,24 @@ fuzz_target!(|data: &[u8]| {
                 panic!("continued without a route: {:?}", decision.outcome);
             };
             let snapshot = router.installed.as_ref().map(Installed::snapshot);
-            assert!(snapshot.is_some_and(|s| s.cell_index(cell).is_some()), "unknown cell {cell}");
-            assert_eq!(decision.set_header(&config.cell_header), Some(cell.as_bytes()));
+            assert!(
+                snapshot.is_some_and(|s| s.cell_index(cell).is_some()),
+                "unknown cell {cell}"
+            );
+            assert_eq!(
+                decision.set_header(&config.cell_header),
+                Some(cell.as_bytes())
+            );
             assert!(decision.set_header(&config.version_header).is_some());
             assert_eq!(set.len(), 2);
             assert!(decision.tenant.as_ref().is_some_and(|t| !t.is_empty()));
         }
         Action::Respond(reply) => {
-            assert!(matches!(reply.status, 401 | 403 | 503), "status {}", reply.status);
+            assert!(
+                matches!(reply.status, 401 | 403 | 503),
+                "status {}",
+                reply.status
+            );
             assert!(reply.error_code().is_some(), "no JSON error body");
             assert!(decision.routed_cell().is_none());
         }

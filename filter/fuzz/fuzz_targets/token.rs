@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let value = [prefix, rest].concat();
     let headers: [(&[u8], &[u8]); 2] = [(b":path", b"/v1"), (name, &value)];
-    let headers = if place % 4 == 1 { &headers[1..] } else { &headers[..] };
+    let headers = if place % 4 == 1 {
+        &headers[1..]
+    } else {
+        &headers[..]
+    };
 
     let Ok(token) = token::extract(&jwt.source, headers) else {
         return;
@@ -41,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
             // Whatever was accepted is a usable tenant id.
             assert!(check_tenant(&verified.tenant, config.max_tenant_bytes, "tenant").is_ok());
             if let (Some(from), Some(exp)) = (verified.valid_from, verified.expires_at) {
-                assert!(from <= exp.saturating_add(2 * jwt.clock_skew_s), "valid window inverted");
+                assert!(
+                    from <= exp.saturating_add(2 * jwt.clock_skew_s),
+                    "valid window inverted"
+                );
             }
         }
     }

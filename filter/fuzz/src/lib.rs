@@ -30,11 +30,9 @@ pub fn fixed_config(bytes: &[u8]) -> Config {
 pub fn header_lines(data: &[u8]) -> Vec<(&[u8], &[u8])> {
     data.split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
-        .map(|line| {
-            match line.windows(2).position(|w| w == b": ") {
-                Some(at) => (&line[..at], &line[at + 2..]),
-                None => (line, &b""[..]),
-            }
+        .map(|line| match line.windows(2).position(|w| w == b": ") {
+            Some(at) => (&line[..at], &line[at + 2..]),
+            None => (line, &b""[..]),
         })
         .collect()
 }
