@@ -6,7 +6,7 @@ WASM := dist/cell_router.wasm
 CELLMAP := target/release/cellmap
 ENVOY := .venv/bin/envoy
 
-.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors validate-configs demo demo-up demo-down clean
+.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs demo demo-up demo-down chaos bench-mapping clean
 
 all: build
 
@@ -25,12 +25,13 @@ demo-bins:
 envoy:
 	scripts/install-envoy.sh
 
+# wrk drives the chaos test's load.
 tools:
-	scripts/install-tools.sh
+	scripts/install-tools.sh wrk
 
 ## The whole suite: lint, unit and property tests, the cross-language vectors,
 ## the real .wasm in the wasmtime host, and real Envoy end to end.
-test: tools build envoy lint vectors unit validate-configs
+test: tools build envoy lint vectors wasm-imports unit fuzz-smoke validate-configs
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -41,6 +42,15 @@ vectors:
 
 unit:
 	$(TEST_ENV) $(CARGO) test --locked --workspace
+
+# Envoy loads only modules whose imports it provides.
+wasm-imports:
+	python3 filter/scripts/check-wasm-imports.py $(WASM)
+
+# A few seconds per cargo-fuzz target (or the proptest equivalents without
+# cargo-fuzz); long runs: filter/fuzz and mapping/fuzz.
+fuzz-smoke:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-5} scripts/fuzz-smoke.sh
 
 validate-configs:
 	ENVOY_BIN=$(ENVOY) scripts/validate-envoy-configs.sh
@@ -54,6 +64,14 @@ demo: tools build envoy demo-bins
 ## Leave the demo stack running on the default ports (gateway :10000).
 demo-up: tools build envoy demo-bins
 	$(TEST_ENV) target/debug/cell-router-demo up
+
+## Load through Envoy while snapshots flip, bad ones are injected and the
+## sidecar is killed; fails on any misroute or unintended 5xx.
+chaos: tools build envoy demo-bins
+	$(TEST_ENV) target/debug/cell-router-chaos --duration 20s
+
+bench-mapping:
+	$(CARGO) bench --locked -p cell-router-mapping --bench resolve
 
 demo-down:
 	@if [ -x target/debug/cell-router-demo ]; then target/debug/cell-router-demo down; \
