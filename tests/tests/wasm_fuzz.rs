@@ -178,11 +178,13 @@ fn check(
             .get_bytes("x-request-id")
             .unwrap_or_default();
         let routed = cells[0];
+        // The tenant's cell; the request key only decides whether a
+        // draining cell sheds, and the filter may draw with its own counter
+        // (empty or duplicate x-request-id), so it is not compared.
         let matches = valid.iter().any(|(tenant, _)| {
+            let cell = snapshot.resolve(tenant.as_bytes(), request_id).final_cell();
             snapshot
-                .resolve(tenant.as_bytes(), request_id)
-                .routed_cell()
-                .and_then(|c| snapshot.cell(c))
+                .cell(cell)
                 .is_some_and(|c| c.id.as_bytes() == routed)
         });
         if !matches {
