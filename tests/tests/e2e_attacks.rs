@@ -120,3 +120,48 @@ fn attacks_through_envoy_get_their_status_and_never_steer_the_cell() -> Result<(
     assert_eq!(body["snapshot"], "1");
     Ok(())
 }
+
+/// A plugin configuration the filter refuses makes `on_configure` fail, i.e.
+/// the VM never becomes usable. With FAIL_CLOSED (envoy/envoy.yaml) Envoy 1.40
+/// must not serve a single request past the filter: it refuses the config
+/// and never becomes ready. (A trap at run time cannot be provoked: the
+/// fuzzing found none.)
+#[test]
+fn a_plugin_that_fails_to_configure_never_lets_a_request_through() -> Result<()> {
+    let dir = e2e::work_dir("vm-failure")?;
+    let backends = e2e::Backends::start(&dir, &["cell-a", "cell-b", "cell-c"])?;
+    let mut options = e2e::EnvoyOptions::new(&backends, e2e::free_port()?);
+    options.plugin_config = Some(json!({"trust_header": "x-tenant", "no_such_field": true}));
+    let (port, admin) = (e2e::free_port()?, e2e::free_port()?);
+    options.ports = Some((port, admin));
+    match e2e::Envoy::start(&dir, options) {
+        Err(e) => {
+            // Refused outright; nothing listens for clients.
+            let reply = e2e::get(
+                &client(),
+                &format!("http://127.0.0.1:{port}/"),
+                &[("x-tenant", "acme-corp")],
+            );
+            assert!(
+                reply.is_err() || reply.is_ok_and(|r| r.status >= 500),
+                "{e:#}"
+            );
+        }
+        Ok(envoy) => {
+            // If Envoy ever started, the filter must fail closed.
+            let reply = e2e::get(
+                &client(),
+                &envoy.url("/"),
+                &[("x-tenant", "acme-corp"), ("x-cell-id", "cell-a")],
+            )?;
+            assert!(
+                reply.status >= 500,
+                "passed through: {} {}",
+                reply.status,
+                reply.body
+            );
+            assert!(reply.header("x-served-by").is_none());
+        }
+    }
+    Ok(())
+}
