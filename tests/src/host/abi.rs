@@ -193,12 +193,14 @@ fn define_general(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let name = mem!(&mut c, name_ptr, name_len);
             let arguments = mem!(&mut c, args_ptr, args_len);
             let name = String::from_utf8_lossy(&name).into_owned();
+            let started = std::time::Instant::now();
             let status =
                 super::foreign::call(&mut c, &name, &arguments, results_ptr, results_size_ptr)?;
             let record = ForeignCall {
                 name,
                 arguments,
                 status: status.code(),
+                elapsed: started.elapsed(),
             };
             // Envoy runs foreign functions against the current context, not
             // the effective one.

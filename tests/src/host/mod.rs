@@ -11,6 +11,33 @@
 //! assert_eq!(r.cell(), Some("cell-b"));
 //! # Ok(()) }
 //! ```
+//!
+//! What is modelled on Envoy (1.40, proxy-wasm-cpp-host), because filters
+//! get it wrong in exactly these places:
+//! * start: `_initialize` (only WASI calls allowed there), root context
+//!   create, `proxy_on_vm_start`, then `proxy_on_configure` with the plugin
+//!   configuration readable only during that call;
+//! * a stream's header maps and bodies exist only in their callbacks (and
+//!   request/response headers again for `proxy_on_log`); after `Continue` or
+//!   `proxy_continue_stream` the request map is gone (`BadArgument`, which
+//!   the SDK's getters turn into a trap);
+//! * `proxy_send_local_response` takes effect after the callback returns and
+//!   the reply passes back through the filter's response callbacks;
+//! * `dispatch_http_call` belongs to the root context: unknown cluster or
+//!   missing `:path`/`:method`/`:authority` is `BadArgument`; answers,
+//!   resets (no headers, status "reset"), 503s and timeouts (504, fired by
+//!   [`Host::advance`]) go to `proxy_on_http_call_response`;
+//! * names are lower-cased, values are bytes, `replace` removes every copy,
+//!   request-header changes clear the route cache;
+//! * metrics ids carry their type, counters refuse negative increments,
+//!   stats/shared data/queues/clock are shared by the workers of one Envoy
+//!   ([`Host::worker`]);
+//! * foreign functions `clear_route_cache` and `verify_signature`; unknown
+//!   names are `NotFound`;
+//! * a trap fails the VM: that call and every later one is an error.
+//!
+//! Anything the module imports that Envoy does not provide makes
+//! [`Plugin::from_bytes`] fail, as Envoy would refuse to load it.
 
 mod abi;
 mod crypto;

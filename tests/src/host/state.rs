@@ -48,6 +48,9 @@ pub struct ForeignCall {
     pub arguments: Vec<u8>,
     /// The status the host answered with (`NotFound` for unknown functions).
     pub status: i32,
+    /// Time the host spent in the function (signature checks: BoringSSL in
+    /// Envoy, RustCrypto here).
+    pub elapsed: Duration,
 }
 
 /// A local response (`proxy_send_local_response`), as the plugin asked for it.
