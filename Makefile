@@ -80,3 +80,32 @@ demo-down:
 clean:
 	$(CARGO) clean
 	rm -rf dist
+
+## Benchmarks (issue 6, not part of `make test`): real Envoy with the cell
+## router against plain Envoy and jwt_authn + Lua, plus the mapping and Wasm
+## benches; writes BENCHMARKS.md and BENCHMARKS.svg. About 10 minutes once
+## built (the first run also mints ~30,000 RS256 tokens, kept for 3 days).
+BENCH_TARGET = $${CARGO_TARGET_DIR:-target}
+BENCH_OUT := target/cell-router-bench
+
+.PHONY: bench bench-smoke
+
+bench: build envoy
+	scripts/install-tools.sh wrk
+	$(CARGO) build --locked --release -p cell-router-tests --bin cell-router-bench
+	mkdir -p $(BENCH_OUT)
+	rm -f $(BENCH_OUT)/mapping.txt $(BENCH_OUT)/wasm.txt
+	$(CARGO) bench --locked -p cell-router-mapping --bench resolve > $(BENCH_OUT)/mapping.txt 2>&1 \
+	  || { echo "mapping bench failed (see above)"; cat $(BENCH_OUT)/mapping.txt; rm -f $(BENCH_OUT)/mapping.txt; }
+	$(CARGO) bench --locked -p cell-router-tests --bench wasm_request > $(BENCH_OUT)/wasm.txt 2>&1 \
+	  || { echo "wasm_request bench failed (see above)"; cat $(BENCH_OUT)/wasm.txt; rm -f $(BENCH_OUT)/wasm.txt; }
+	$(TEST_ENV) CELL_ROUTER_BENCH_COMMAND="make bench" $(BENCH_TARGET)/release/cell-router-bench run \
+	  --mapping-output $(BENCH_OUT)/mapping.txt --wasm-output $(BENCH_OUT)/wasm.txt
+
+## A ~1-minute run of the same benchmark (one round of 2 s per case at 16
+## connections, small pools); fails unless every case produced a clean row.
+## The debug binary: `make test` has already built it.
+bench-smoke: build envoy
+	scripts/install-tools.sh wrk
+	$(CARGO) build --locked -p cell-router-tests --bin cell-router-bench
+	$(TEST_ENV) $(BENCH_TARGET)/debug/cell-router-bench run --smoke

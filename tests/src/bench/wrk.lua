@@ -3,7 +3,10 @@
 -- lines; optional fixed headers. Requests are formatted once in init(), so the
 -- client spends the same little per request whatever the configuration.
 --
--- wrk -s wrk.lua URL -- <token file> <wrk threads> ["name: value"]...
+-- wrk -s wrk.lua URL -- <token file> <wrk threads> <start> ["name: value"]...
+--
+-- <start>: the line each thread starts at (rounded to its share), so
+-- successive runs over one pool of unique tokens start in different places.
 -- done() prints one line: BENCH_RESULT {json}
 
 local threads = {}
@@ -22,9 +25,9 @@ wraps = 0
 local at = 0
 
 function init(args)
-  local file, stride = args[1], tonumber(args[2])
+  local file, stride, start = args[1], tonumber(args[2]), tonumber(args[3])
   local headers = {}
-  for i = 3, #args do
+  for i = 4, #args do
     local name, value = args[i]:match("^([^:]+):%s*(.*)$")
     headers[name] = value
   end
@@ -42,6 +45,7 @@ function init(args)
   if count == 0 then
     error("no tokens for thread " .. id .. " in " .. file)
   end
+  at = math.floor(start / stride) % count
 end
 
 function request()

@@ -73,6 +73,8 @@ pub struct WrkRun<'a> {
     pub duration: Duration,
     pub script: &'a Path,
     pub token_file: &'a Path,
+    /// The token line the run starts at (it wraps round the file).
+    pub start: usize,
     /// Extra `name: value` headers.
     pub headers: &'a [String],
 }
@@ -96,6 +98,7 @@ impl WrkRun<'_> {
             .arg("--")
             .arg(self.token_file)
             .arg(threads.to_string())
+            .arg(self.start.to_string())
             .args(self.headers)
             .output()
             .context("running wrk (is it installed? `make tools`)")?;
@@ -187,6 +190,7 @@ mod tests {
             duration: Duration::from_secs(1),
             script: &script,
             token_file: &tokens,
+            start: 0,
             headers: &["x-cell-id: cell-a".to_string()],
         }
         .run()
