@@ -20,16 +20,22 @@ pub enum Gateway {
     JwtLuaNoCache,
     /// (5) jwt_authn + the cell router in trust_header mode.
     TrustHeader,
+    /// Where the time goes: plain + the probe filter doing nothing.
+    ProbeEmpty,
+    /// plain + the probe filter making the router's host calls.
+    ProbeCalls,
 }
 
 impl Gateway {
-    pub const ALL: [Gateway; 6] = [
+    pub const ALL: [Gateway; 8] = [
         Gateway::Plain,
         Gateway::Router,
         Gateway::RouterUnique,
         Gateway::JwtLua,
         Gateway::JwtLuaNoCache,
         Gateway::TrustHeader,
+        Gateway::ProbeEmpty,
+        Gateway::ProbeCalls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,13 +46,21 @@ impl Gateway {
             Gateway::JwtLua => "jwt-lua",
             Gateway::JwtLuaNoCache => "jwt-lua-nocache",
             Gateway::TrustHeader => "trust-header",
+            Gateway::ProbeEmpty => "probe-empty",
+            Gateway::ProbeCalls => "probe-calls",
         }
+    }
+
+    /// The probe gateways (plain + `envoy/bench/probe`), which route on the
+    /// client's header like plain.
+    pub fn is_probe(self) -> bool {
+        matches!(self, Gateway::ProbeEmpty | Gateway::ProbeCalls)
     }
 
     /// The config template in `envoy/bench/`.
     pub fn template(self) -> &'static str {
         match self {
-            Gateway::Plain => "plain.yaml",
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => "plain.yaml",
             Gateway::Router | Gateway::RouterUnique => "cell-router.yaml",
             Gateway::JwtLua | Gateway::JwtLuaNoCache => "jwt-lua.yaml",
             Gateway::TrustHeader => "trust-header.yaml",
@@ -103,7 +117,7 @@ pub struct Case {
     /// Stable id, e.g. `router-cached-rs256`.
     pub id: String,
     /// The numbering: 1 plain, 2 cached, 3 unique, 4 jwt_authn+Lua,
-    /// 5 trust_header.
+    /// 5 trust_header; 0 for the probes.
     pub group: u8,
     pub gateway: Gateway,
     pub tokens: Tokens,
@@ -116,9 +130,11 @@ impl Case {
             Gateway::Router | Gateway::RouterUnique => "router",
             Gateway::JwtLua | Gateway::JwtLuaNoCache => "jwtlua",
             Gateway::TrustHeader => "trust",
+            Gateway::ProbeEmpty => "probe-empty",
+            Gateway::ProbeCalls => "probe-calls",
         };
         let id = match gateway {
-            Gateway::Plain => prefix.to_string(),
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => prefix.to_string(),
             _ => {
                 let kind = if tokens.is_unique() {
                     "unique"
@@ -155,21 +171,26 @@ impl Case {
                     self.tokens.describe()
                 )
             }
+            Gateway::ProbeEmpty => "plain + a Wasm filter doing nothing (probe)".into(),
+            Gateway::ProbeCalls => {
+                "plain + a Wasm filter making the router's host calls (probe)".into()
+            }
         }
     }
 
     /// Extra request headers (the plain gateway routes on the client's header).
     pub fn headers(&self) -> Vec<String> {
-        match self.gateway {
-            Gateway::Plain => vec!["x-cell-id: cell-a".to_string()],
-            _ => Vec::new(),
+        if self.gateway == Gateway::Plain || self.gateway.is_probe() {
+            vec!["x-cell-id: cell-a".to_string()]
+        } else {
+            Vec::new()
         }
     }
 
     /// The id of the (4) case this one is compared with: jwt_authn + Lua with
     /// the same kind of tokens, or `None` for the plain case.
     pub fn baseline_jwt_lua(&self) -> Option<String> {
-        if self.gateway == Gateway::Plain {
+        if self.gateway == Gateway::Plain || self.gateway.is_probe() {
             return None;
         }
         let kind = if self.tokens.is_unique() {
@@ -185,7 +206,8 @@ impl Case {
 }
 
 /// Every case, in table order. The plain case sends the cached RS256 tokens
-/// too (Envoy ignores them), so every request has the same size.
+/// too (Envoy ignores them), so every request has the same size. The probes
+/// (group 0) send the HS256 tokens of the case they dissect.
 pub fn all_cases() -> Vec<Case> {
     use Alg::{ES256, HS256, RS256};
     vec![
@@ -201,6 +223,8 @@ pub fn all_cases() -> Vec<Case> {
         Case::new(4, Gateway::JwtLuaNoCache, Tokens::Unique(RS256)),
         Case::new(4, Gateway::JwtLuaNoCache, Tokens::Unique(ES256)),
         Case::new(5, Gateway::TrustHeader, Tokens::Cached(RS256)),
+        Case::new(0, Gateway::ProbeEmpty, Tokens::Cached(HS256)),
+        Case::new(0, Gateway::ProbeCalls, Tokens::Cached(HS256)),
     ]
 }
 
@@ -216,14 +240,24 @@ mod tests {
         unique_ids.sort();
         unique_ids.dedup();
         assert_eq!(unique_ids.len(), ids.len(), "{ids:?}");
-        for case in &cases {
-            if let Some(base) = case.baseline_jwt_lua() {
+        for case in cases
+            .iter()
+            .filter(|c| !c.gateway.is_probe() && c.group != 1)
+        {
+            let base = case.baseline_jwt_lua().unwrap();
+            {
                 assert!(ids.contains(&base.as_str()), "{} → {base}", case.id);
             }
         }
         assert_eq!(
             cases[4].baseline_jwt_lua().as_deref(),
             Some("jwtlua-unique-rs256")
+        );
+        assert!(
+            cases
+                .iter()
+                .filter(|c| c.gateway.is_probe())
+                .all(|c| c.baseline_jwt_lua().is_none())
         );
     }
 }

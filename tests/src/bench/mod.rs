@@ -4,6 +4,7 @@
 //! propagation and memory from inside. `cell-router-bench` drives it and
 //! writes BENCHMARKS.md; the Envoy configurations are in `envoy/bench/`.
 
+pub mod anatomy;
 pub mod cases;
 pub mod inner;
 pub mod pools;

@@ -1,6 +1,7 @@
 //! The whole benchmark: pools, processes, routing checks, warm-up, the
 //! interleaved rounds, memory, propagation, and the report.
 
+use super::anatomy;
 use super::cases::{Case, Gateway, Tokens, all_cases};
 use super::inner::InnerBenches;
 use super::pools::{PoolStore, TokenFile};
@@ -39,6 +40,8 @@ pub struct Options {
     pub wasm_output: Option<PathBuf>,
     pub work_dir: PathBuf,
     pub token_dir: PathBuf,
+    /// Where the probe filter is built (`None`: no probe cases).
+    pub probe_target_dir: Option<PathBuf>,
     pub command: String,
 }
 
@@ -70,6 +73,13 @@ fn selected_cases(only: &Option<Vec<String>>) -> Vec<Case> {
     let Some(only) = only else { return all };
     let mut keep: Vec<String> = only.clone();
     keep.push("plain".into());
+    if only.iter().any(|id| id.starts_with("probe")) {
+        keep.extend([
+            "probe-empty".into(),
+            "probe-calls".into(),
+            "router-cached-hs256".into(),
+        ]);
+    }
     for case in all.iter().filter(|c| only.contains(&c.id)) {
         keep.extend(case.baseline_jwt_lua());
     }
@@ -270,7 +280,10 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let dir = options.work_dir.clone();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cases = selected_cases(&options.only);
+    let mut cases = selected_cases(&options.only);
+    if options.probe_target_dir.is_none() {
+        cases.retain(|c| !c.gateway.is_probe());
+    }
     let max_conns = options.connections.iter().copied().max().unwrap_or(16);
 
     // Tokens: the cached pools first (the routing check uses them).
@@ -297,7 +310,26 @@ pub fn run(options: &Options) -> Result<Outcome> {
     // Processes.
     let doc = stack::bench_snapshot(1, options.tenants, 0)?;
     let expected = stack::expected_cells(&doc, options.tenants)?;
-    let files = Files::write(&dir, &doc)?;
+    let mut files = Files::write(&dir, &doc)?;
+    let mut host_calls = None;
+    if let (Some(target), true) = (
+        &options.probe_target_dir,
+        cases.iter().any(|c| c.gateway.is_probe()),
+    ) {
+        log("building the probe filter and counting the router's host calls");
+        let probe = anatomy::build_probe(target)
+            .and_then(|wasm| Ok((wasm, anatomy::count_router_host_calls(&doc)?)));
+        match probe {
+            Ok((wasm, calls)) => {
+                files.probe = Some((wasm, calls.probe_config()));
+                host_calls = Some(calls);
+            }
+            Err(err) => {
+                log(format!("no probe cases: {err:#}"));
+                cases.retain(|c| !c.gateway.is_probe());
+            }
+        }
+    }
     let source = dir.join("snapshot.json");
     e2e::publish(&source, doc.to_json().as_bytes())?;
     log("starting the backend Envoy, the sidecar and the gateways");
@@ -474,6 +506,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
         goals: &goals,
         memory: &memory,
         propagation: propagation.as_ref(),
+        host_calls: host_calls.as_ref(),
         inner: &inner,
         svg_name,
     };
@@ -492,6 +525,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
         "goals": goals,
         "memory": memory,
         "propagation": propagation,
+        "router_host_calls": host_calls.as_ref().map(|h| &h.per_request),
     });
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&json)?)?;
 

@@ -199,6 +199,8 @@ pub fn plugin_config(gateway: Gateway) -> Option<Value> {
 pub struct Files {
     pub jwks: PathBuf,
     pub lua: PathBuf,
+    /// The probe filter's `.wasm` and the host calls it is to make.
+    pub probe: Option<(PathBuf, String)>,
 }
 
 impl Files {
@@ -208,7 +210,11 @@ impl Files {
         let lua_template = std::fs::read_to_string(bench_dir().join("cell_lookup.lua"))?;
         let lua = dir.join("cell_lookup.lua");
         std::fs::write(&lua, render_lua(&lua_template, doc)?)?;
-        Ok(Files { jwks, lua })
+        Ok(Files {
+            jwks,
+            lua,
+            probe: None,
+        })
     }
 }
 
@@ -226,6 +232,25 @@ pub fn gateway_template(gateway: Gateway, files: &Files) -> Result<String> {
             "/etc/envoy/cell_lookup.lua",
             &files.lua.display().to_string(),
         );
+    if gateway.is_probe() {
+        let (wasm, calls) = files
+            .probe
+            .as_ref()
+            .context("the probe filter was not built")?;
+        let calls = if gateway == Gateway::ProbeCalls {
+            calls.as_str()
+        } else {
+            ""
+        };
+        let block = PROBE_FILTER
+            .replace("PROBE_WASM", &wasm.display().to_string())
+            .replace("PROBE_CALLS", calls);
+        let marker = "          http_filters:\n";
+        if !text.contains(marker) {
+            bail!("{}: no http_filters", path.display());
+        }
+        text = text.replacen(marker, &format!("{marker}{block}"), 1);
+    }
     if gateway == Gateway::JwtLuaNoCache {
         let before = text.lines().count();
         text = text
@@ -239,6 +264,24 @@ pub fn gateway_template(gateway: Gateway, files: &Files) -> Result<String> {
     }
     Ok(text)
 }
+
+/// The probe filter, inserted first in plain.yaml's filter chain (a
+/// measuring instrument, so it has no config file of its own).
+const PROBE_FILTER: &str = r#"          - name: probe
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: probe
+                root_id: probe
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: probe
+                  runtime: envoy.wasm.runtime.v8
+                  code: {local: {filename: PROBE_WASM}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "PROBE_CALLS"
+"#;
 
 /// Starts the backend Envoy from `envoy/bench/backend.yaml` on free ports;
 /// it stands in for [`Backends`] so gateways route to it.
@@ -338,7 +381,9 @@ pub fn check_routing(
     let version = version.to_string();
     for (i, token) in tokens.iter().enumerate() {
         let (want, headers): (&str, &[(&str, &str)]) = match gateway {
-            Gateway::Plain => ("cell-a", &[("x-cell-id", "cell-a")]),
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => {
+                ("cell-a", &[("x-cell-id", "cell-a")])
+            }
             // A spoofed header must make no difference.
             _ => (
                 expected
@@ -349,7 +394,7 @@ pub fn check_routing(
             ),
         };
         let routed = send(&agent, envoy, token, headers)?;
-        let snapshot_ok = gateway == Gateway::Plain || routed.snapshot.as_deref() == Some(&version);
+        let snapshot_ok = !gateway.has_filter() || routed.snapshot.as_deref() == Some(&version);
         if routed.status != 200 || routed.served_by.as_deref() != Some(want) || !snapshot_ok {
             bail!(
                 "gateway {}: {} went to {:?} (status {}, snapshot {:?}), expected {want} under {version}\n{}",

@@ -92,6 +92,9 @@ struct RunArgs {
     /// Where token pools are kept between runs.
     #[arg(long)]
     token_dir: Option<PathBuf>,
+    /// Skip the probe filter (the "where the time goes" cases).
+    #[arg(long)]
+    no_probe: bool,
     /// A short run that checks everything works: one round of 2 s at 16
     /// connections, 100 tenants, small fixed token pools, a 20,000-override
     /// big snapshot; report under target/cell-router-bench/smoke/.
@@ -174,6 +177,12 @@ fn main_run(mut args: RunArgs) -> Result<i32> {
             .token_dir
             .clone()
             .unwrap_or_else(|| base.join("tokens")),
+        probe_target_dir: (!args.no_probe).then(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("bench-probe")
+        }),
         command,
     };
     let outcome = run(&options)?;
