@@ -30,8 +30,9 @@ tools:
 	scripts/install-tools.sh wrk
 
 ## The whole suite: lint, unit and property tests, the cross-language vectors,
-## the real .wasm in the wasmtime host, and real Envoy end to end.
-test: tools build envoy lint vectors wasm-imports unit fuzz-smoke validate-configs
+## the real .wasm in the wasmtime host, real Envoy end to end, and a
+## one-minute smoke run of the benchmark.
+test: tools build envoy lint vectors wasm-imports unit fuzz-smoke validate-configs bench-smoke
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -81,7 +82,7 @@ clean:
 	$(CARGO) clean
 	rm -rf dist
 
-## Benchmarks (issue 6, not part of `make test`): real Envoy with the cell
+## Benchmarks (not part of `make test`; bench-smoke is): real Envoy with the cell
 ## router against plain Envoy and jwt_authn + Lua, plus the mapping and Wasm
 ## benches; writes BENCHMARKS.md and BENCHMARKS.svg. About 10 minutes once
 ## built (the first run also mints ~30,000 RS256 tokens, kept for 3 days).

@@ -430,11 +430,11 @@ impl Report<'_> {
             let _ = writeln!(w, "### {conns} connections\n");
             let _ = writeln!(
                 w,
-                "| # | configuration | req/s | spread | p50 ms | p99 ms | ×(1) | ×(4) | p99 ×(1) | gw CPU µs/req | cache | errors |"
+                "| # | configuration | req/s | spread | p50 ms | p99 ms | ×(1) | ×(4) | p99 ×(1) | gw CPU µs/req | CPU ×(1) | CPU ×(4) | cache | errors |"
             );
             let _ = writeln!(
                 w,
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             for s in self.summaries.iter().filter(|s| s.connections == *conns) {
                 let cache = s
