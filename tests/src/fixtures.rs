@@ -199,6 +199,15 @@ impl Config {
     }
 }
 
+/// The wall clock in unix seconds, what tokens for real Envoy are issued at
+/// (the wasmtime host has its own clock: [`crate::host::Host::now_unix`]).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A valid token for `tenant`: our issuer and audience, issued at `now`.
 pub fn token(alg: Alg, now: u64, tenant: &str) -> String {
     token_builder(alg, now, tenant).sign()

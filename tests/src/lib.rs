@@ -7,4 +7,5 @@ pub mod bench;
 pub mod e2e;
 pub mod fixtures;
 pub mod host;
+pub mod rng;
 pub mod tokens;

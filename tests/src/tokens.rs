@@ -530,13 +530,7 @@ fn ec_jwk(crv: &str, exported: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
+    use crate::fixtures::unix_now as now;
 
     #[test]
     fn every_algorithm_signs_and_verifies_against_its_jwk() {

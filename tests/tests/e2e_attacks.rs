@@ -5,19 +5,11 @@
 
 use anyhow::Result;
 use cell_router_tests::e2e::{self, Gateway, client};
-use cell_router_tests::fixtures::{AUDIENCE, ISSUER, TENANT_CLAIM, bearer};
+use cell_router_tests::fixtures::{AUDIENCE, ISSUER, TENANT_CLAIM, bearer, unix_now};
 use cell_router_tests::tokens::{
     RawSignature, alg_none_token, hs256_signed_with_rsa_public_key, keys, raw_token,
 };
 use serde_json::json;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 #[test]
 fn attacks_through_envoy_get_their_status_and_never_steer_the_cell() -> Result<()> {
@@ -25,7 +17,7 @@ fn attacks_through_envoy_get_their_status_and_never_steer_the_cell() -> Result<(
     let gateway = Gateway::start("attacks", &snapshot, 2)?;
     let agent = client();
     let url = gateway.envoy.url("/");
-    let now = now();
+    let now = unix_now();
     let claims = |tenant: &str| json!({"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600, TENANT_CLAIM: tenant});
     let spoof = [("x-cell-id", "cell-a"), ("X-Cell-Snapshot", "999")];
     let hs = |header: serde_json::Value, tenant: &str| {

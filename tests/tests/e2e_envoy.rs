@@ -5,21 +5,14 @@
 
 use anyhow::Result;
 use cell_router_tests::e2e::{self, Gateway, Sidecar, client, next_snapshot, publish};
-use cell_router_tests::fixtures::{bearer, metric, token_builder};
+use cell_router_tests::fixtures::{bearer, metric, token_builder, unix_now};
 use cell_router_tests::tokens::Alg;
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 fn example_snapshot() -> Vec<u8> {
     std::fs::read(e2e::repo_root().join("mapping/examples/snapshot.json"))
         .expect("example snapshot")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn tenants(n: usize, prefix: &str) -> Vec<String> {
@@ -98,7 +91,7 @@ fn tokens_are_checked_and_spoofed_cell_headers_ignored() -> Result<()> {
     assert_eq!(missing.json()?["error"], "missing_token");
 
     let forged = bearer(
-        &token_builder(Alg::RS256, now(), "acme-corp")
+        &token_builder(Alg::RS256, unix_now(), "acme-corp")
             .signed_by_other_key()
             .sign(),
     );
@@ -115,8 +108,8 @@ fn tokens_are_checked_and_spoofed_cell_headers_ignored() -> Result<()> {
     );
 
     let expired = bearer(
-        &token_builder(Alg::ES256, now() - 7200, "acme-corp")
-            .expires_at(now() - 3600)
+        &token_builder(Alg::ES256, unix_now() - 7200, "acme-corp")
+            .expires_at(unix_now() - 3600)
             .sign(),
     );
     assert_eq!(
@@ -125,7 +118,7 @@ fn tokens_are_checked_and_spoofed_cell_headers_ignored() -> Result<()> {
     );
 
     let wrong_aud = bearer(
-        &token_builder(Alg::EdDSA, now(), "acme-corp")
+        &token_builder(Alg::EdDSA, unix_now(), "acme-corp")
             .audience("someone-else")
             .sign(),
     );
@@ -340,7 +333,13 @@ fn three_gateways_on_one_source_route_every_tenant_alike() -> Result<()> {
     let reference = served(&first, &names);
     let agent = client();
     for (_, envoy) in &others {
-        let token_for = |t: &str| bearer(&cell_router_tests::fixtures::token(Alg::HS256, now(), t));
+        let token_for = |t: &str| {
+            bearer(&cell_router_tests::fixtures::token(
+                Alg::HS256,
+                unix_now(),
+                t,
+            ))
+        };
         assert!(e2e::wait_until(Duration::from_secs(20), || {
             e2e::get(
                 &agent,

@@ -12,40 +12,18 @@
 
 use cell_router_tests::fixtures::{Config, bearer, cell, draining, parsed, snapshot_with, token};
 use cell_router_tests::host::{Exchange, Host, Request};
+use cell_router_tests::rng::SplitMix64 as Rng;
 use cell_router_tests::tokens::Alg;
 
 const DEFAULT_CASES: u64 = 20_000;
 
-/// splitmix64: tiny, seedable, good enough to spread inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-    fn len(&mut self) -> usize {
-        match self.below(100) {
-            0..=59 => self.below(16) as usize,
-            60..=89 => self.below(200) as usize,
-            90..=98 => self.below(9000) as usize,
-            _ => 60_000 + self.below(10_000) as usize,
-        }
+/// A value length: mostly short, sometimes long, now and then over 60 KB.
+fn random_len(rng: &mut Rng) -> usize {
+    match rng.below(100) {
+        0..=59 => rng.below(16) as usize,
+        60..=89 => rng.below(200) as usize,
+        90..=98 => rng.below(9000) as usize,
+        _ => 60_000 + rng.below(10_000) as usize,
     }
 }
 
@@ -90,22 +68,22 @@ fn token_value(rng: &mut Rng, valid: &[(String, String)]) -> Vec<u8> {
     match rng.below(6) {
         0 => {}
         1 => {
-            let at = rng.below(bytes.len() as u64) as usize;
+            let at = rng.index(bytes.len());
             bytes[at] = *rng.pick(B64URL);
         }
-        2 => bytes.truncate(rng.below(bytes.len() as u64) as usize),
+        2 => bytes.truncate(rng.index(bytes.len())),
         3 => {
-            let at = rng.below(bytes.len() as u64) as usize;
+            let at = rng.index(bytes.len());
             let n = 1 + rng.below(4) as usize;
             let junk = rng.bytes(n);
             bytes.splice(at..at, junk);
         }
         4 => {
-            let len = rng.len();
+            let len = random_len(rng);
             bytes = (0..len).map(|_| *rng.pick(B64URL)).collect();
         }
         _ => {
-            let len = rng.len();
+            let len = random_len(rng);
             bytes = rng.bytes(len);
         }
     }
@@ -117,7 +95,7 @@ fn token_value(rng: &mut Rng, valid: &[(String, String)]) -> Vec<u8> {
         b"Basic ",
         b"Bearer  ",
     ];
-    let scheme = SCHEMES[rng.below(SCHEMES.len() as u64) as usize];
+    let scheme = *rng.pick(&SCHEMES);
     [scheme, &bytes].concat()
 }
 
@@ -127,7 +105,7 @@ fn random_request(rng: &mut Rng, valid: &[(String, String)]) -> Request {
         let path: Vec<u8> = if rng.chance(80) {
             b"/v1/sms".to_vec()
         } else {
-            let len = rng.len();
+            let len = random_len(rng);
             rng.bytes(len)
         };
         request = request.header_bytes(":path", &path);
@@ -147,7 +125,7 @@ fn random_request(rng: &mut Rng, valid: &[(String, String)]) -> Request {
         let value = if rng.chance(20) {
             token_value(rng, valid)
         } else {
-            let len = rng.len();
+            let len = random_len(rng);
             rng.bytes(len)
         };
         request = request.header_bytes(&name, &value);
@@ -239,7 +217,7 @@ fn random_header_bytes_never_trap_or_forward_a_forged_identity() {
         })
         .collect();
 
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut forwarded, mut refused) = (0u64, 0u64);
     for case in 0..cases {
         let request = random_request(&mut rng, &valid);
@@ -275,7 +253,6 @@ fn random_header_bytes_never_trap_or_forward_a_forged_identity() {
     eprintln!(
         "wasm_fuzz: seed {seed}: {cases} inputs, {forwarded} forwarded, {refused} refused, 0 traps"
     );
-    assert_eq!(forwarded + refused, cases);
     assert!(
         forwarded > 0 && refused > 0,
         "forwarded {forwarded}, refused {refused}"

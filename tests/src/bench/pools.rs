@@ -11,13 +11,13 @@
 //! tokens stay valid for long enough (every Envoy starts with empty caches, so
 //! a pool reused by a later `make bench` is still unseen by the gateway).
 
-use crate::fixtures::token_builder;
+use crate::fixtures::{token_builder, unix_now};
 use crate::tokens::Alg;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Tokens are valid this long after minting; a pool is reused while at least
 /// [`MIN_REMAINING_S`] of that is left.
@@ -66,13 +66,6 @@ pub struct PoolStore {
     pub mint_seconds: f64,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl PoolStore {
     pub fn new(dir: &Path, tenants: usize) -> Result<PoolStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -109,7 +102,7 @@ impl PoolStore {
     ) -> Result<TokenFile> {
         let path = self.dir.join(format!("{name}.txt"));
         let meta_path = self.dir.join(format!("{name}.json"));
-        let now = now_unix();
+        let now = unix_now();
         let existing = std::fs::read(&meta_path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Meta>(&bytes).ok())

@@ -20,6 +20,7 @@ use cell_router_tests::e2e::{
     self, Backends, Envoy, EnvoyOptions, Gateway, Process, Sidecar, client,
 };
 use cell_router_tests::fixtures::{self, bearer};
+use cell_router_tests::rng::SplitMix64;
 use cell_router_tests::tokens::Alg;
 use cellmap::SnapshotDoc;
 use cellmap::snapshot::encode_slot_table;
@@ -29,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -125,23 +126,6 @@ fn main() {
     }
 }
 
-/// splitmix64: small, seeded, the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn tenant_name(i: usize) -> String {
     format!("chaos-{i:04}")
 }
@@ -151,23 +135,23 @@ fn tenant_name(i: usize) -> String {
 /// now and then cell-a or cell-b is disabled and fails over. Never a draining
 /// cell or a gradual move: each version gives each tenant exactly one cell.
 fn generate_versions(count: u64, tenants: usize, seed: u64) -> Vec<SnapshotDoc> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let slots = fixtures::SLOTS as usize;
     let mut table: Vec<u16> = (0..slots).map(|i| (i % CELLS.len()) as u16).collect();
     let mut overrides: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::new();
     for version in 1..=count {
         if version > 1 {
-            for _ in 0..1 + rng.below(3) {
-                let len = 16 + rng.below(240);
-                let start = rng.below(slots);
-                let cell = rng.below(CELLS.len()) as u16;
+            for _ in 0..1 + rng.index(3) {
+                let len = 16 + rng.index(240);
+                let start = rng.index(slots);
+                let cell = rng.index(CELLS.len()) as u16;
                 let end = (start + len).min(slots);
                 table[start..end].fill(cell);
             }
             if version % 10 == 0 {
                 // A reweighting: contiguous blocks in proportion to new weights.
-                let weights: Vec<usize> = (0..CELLS.len()).map(|_| 1 + rng.below(4)).collect();
+                let weights: Vec<usize> = (0..CELLS.len()).map(|_| 1 + rng.index(4)).collect();
                 let total: usize = weights.iter().sum();
                 let mut at = 0;
                 for (cell, w) in weights.iter().enumerate() {
@@ -184,13 +168,13 @@ fn generate_versions(count: u64, tenants: usize, seed: u64) -> Vec<SnapshotDoc> 
             }
             let keys: Vec<String> = overrides.keys().cloned().collect();
             for _ in 0..keys.len().min(15) {
-                if let Some(key) = keys.get(rng.below(keys.len())) {
+                if let Some(key) = keys.get(rng.index(keys.len())) {
                     overrides.remove(key);
                 }
             }
             for _ in 0..20 {
-                let tenant = tenant_name(rng.below(tenants));
-                let cell = CELLS[rng.below(CELLS.len())];
+                let tenant = tenant_name(rng.index(tenants));
+                let cell = CELLS[rng.index(CELLS.len())];
                 overrides.insert(tenant, cell.to_string());
             }
         }
@@ -346,13 +330,6 @@ struct Kill {
     published_before_restart: u64,
     /// From the restart until the backends first saw a newer version.
     resumed_after_s: Option<f64>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The wrk script: each request takes the next of the pre-minted tokens (a
@@ -744,7 +721,7 @@ fn run(args: &Args) -> Result<Report> {
 
     let tenants: Vec<String> = (0..args.tenants).map(tenant_name).collect();
     send_canaries(&gateway, &docs[0], &tenants)?;
-    let now = unix_now();
+    let now = fixtures::unix_now();
     let tokens: Vec<String> = tenants
         .iter()
         .map(|t| fixtures::token(Alg::HS256, now, t))

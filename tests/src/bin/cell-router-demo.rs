@@ -11,11 +11,13 @@
 
 use anyhow::{Context, Result, bail};
 use cell_router_tests::e2e::{self, Gateway, Reply, client, next_snapshot, publish};
-use cell_router_tests::fixtures::{AUDIENCE, ISSUER, TENANT_CLAIM, bearer, token_builder};
+use cell_router_tests::fixtures::{
+    AUDIENCE, ISSUER, TENANT_CLAIM, bearer, token_builder, unix_now,
+};
 use cell_router_tests::tokens::{Alg, TokenBuilder};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(about = "The cell-router demo: a gateway, its sidecar and three cells on this machine")]
@@ -72,16 +74,9 @@ fn example_snapshot() -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// A real RS256 token for `tenant`, as an identity provider would issue.
 fn token(tenant: &str) -> String {
-    bearer(&token_builder(Alg::RS256, now(), tenant).sign())
+    bearer(&token_builder(Alg::RS256, unix_now(), tenant).sign())
 }
 
 fn call(
@@ -202,21 +197,21 @@ fn run() -> Result<()> {
     let none = e2e::get(&agent, &url, &[])?;
     println!("  no token          → {} {}", none.status, none.body);
     let forged = bearer(
-        &token_builder(Alg::RS256, now(), "acme-corp")
+        &token_builder(Alg::RS256, unix_now(), "acme-corp")
             .signed_by_other_key()
             .sign(),
     );
     let bad = e2e::get(&agent, &url, &[("authorization", &forged)])?;
     println!("  wrong signature   → {} {}", bad.status, bad.body);
     let expired = bearer(
-        &token_builder(Alg::RS256, now() - 7200, "acme-corp")
-            .expires_at(now() - 3600)
+        &token_builder(Alg::RS256, unix_now() - 7200, "acme-corp")
+            .expires_at(unix_now() - 3600)
             .sign(),
     );
     let old = e2e::get(&agent, &url, &[("authorization", &expired)])?;
     println!("  expired           → {} {}", old.status, old.body);
     let other_aud = bearer(
-        &TokenBuilder::new(Alg::RS256, now())
+        &TokenBuilder::new(Alg::RS256, unix_now())
             .issuer(ISSUER)
             .audience("billing")
             .claim(TENANT_CLAIM, "acme-corp")
