@@ -109,6 +109,11 @@ fn count(host: &Host, reason: &str) -> i64 {
     host.metric(&metric::rejected(reason)).unwrap_or(0)
 }
 
+/// The common refusal: 401 `invalid_token` for `reason`.
+fn expect_invalid_token(host: &mut Host, token: &str, reason: &str) {
+    expect_refused(host, token, 401, "invalid_token", reason);
+}
+
 fn expect_refused(host: &mut Host, token: &str, status: u16, error: &str, reason: &str) {
     let before = count(host, reason);
     let r = send_token(host, token);
@@ -225,8 +230,9 @@ fn known_attacks_with_spoofed_headers_are_refused_and_never_forwarded() {
     for (what, t, status, error, reason) in cases {
         let before = count(&host, reason);
         let r = send_token(&mut host, &t);
+        // Shown with a failure: which of the cases it was.
+        eprintln!("case: {what}");
         assert_refused(&host, before, &r, status, error, reason);
-        assert!(!what.is_empty());
     }
     // The same spoofed request with a good token: routed by the router.
     let r = send_token(&mut host, &token(Alg::HS256, now, "victim"));
@@ -253,25 +259,13 @@ fn kids_with_paths_or_odd_bytes_name_no_key() {
         long.as_str(),
     ] {
         let header = json!({"alg": "HS256", "kid": kid});
-        expect_refused(
-            &mut host,
-            &hs256(&header, &c),
-            401,
-            "invalid_token",
-            "unknown_kid",
-        );
+        expect_invalid_token(&mut host, &hs256(&header, &c), "unknown_kid");
     }
     // A kid that is not a string is a malformed header (`"kid": null` is
     // the same as no kid).
     for kid in [json!(1), json!(["hs256"]), json!({"kid": "hs256"})] {
         let header = json!({"alg": "HS256", "kid": kid});
-        expect_refused(
-            &mut host,
-            &hs256(&header, &c),
-            401,
-            "invalid_token",
-            "malformed",
-        );
+        expect_invalid_token(&mut host, &hs256(&header, &c), "malformed");
     }
 }
 
@@ -292,13 +286,7 @@ fn key_urls_and_embedded_keys_in_the_header_are_never_trusted() {
         json!({"alg": "HS256", "kid": "hs256", "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]}),
         json!({"alg": "HS256", "jku": "https://evil.example/jwks.json"}),
     ] {
-        expect_refused(
-            &mut host,
-            &signed_by_attacker(header),
-            401,
-            "invalid_token",
-            "bad_signature",
-        );
+        expect_invalid_token(&mut host, &signed_by_attacker(header), "bad_signature");
     }
     // An embedded jwk (the attacker's key) with or without a kid.
     for header in [
@@ -337,16 +325,10 @@ fn time_claims_are_exact_at_the_skew_edge() {
     // exp: now - 60 is still inside the skew, now - 61 is not.
     let at_edge = with(now - 3600, now - 60, None);
     assert_routed(&send_token(&mut host, &at_edge), "edge");
-    expect_refused(
-        &mut host,
-        &with(now - 3600, now - 61, None),
-        401,
-        "invalid_token",
-        "expired",
-    );
+    expect_invalid_token(&mut host, &with(now - 3600, now - 61, None), "expired");
     // One second later the cached verification must not serve it.
     host.advance_clock(Duration::from_secs(1));
-    expect_refused(&mut host, &at_edge, 401, "invalid_token", "expired");
+    expect_invalid_token(&mut host, &at_edge, "expired");
 
     let now = host.now_unix();
     // nbf: now + 60 is accepted, now + 61 is not yet valid.
@@ -355,7 +337,7 @@ fn time_claims_are_exact_at_the_skew_edge() {
         "edge",
     );
     let early = with(now, now + 600, Some(now + 61));
-    expect_refused(&mut host, &early, 401, "invalid_token", "not_yet_valid");
+    expect_invalid_token(&mut host, &early, "not_yet_valid");
     // ... and becomes valid when the clock reaches it.
     host.advance_clock(Duration::from_secs(1));
     assert_routed(&send_token(&mut host, &early), "edge");
@@ -366,18 +348,14 @@ fn time_claims_are_exact_at_the_skew_edge() {
         &send_token(&mut host, &with(now + 60, now + 600, None)),
         "edge",
     );
-    expect_refused(
+    expect_invalid_token(
         &mut host,
         &with(now + 61, now + 600, None),
-        401,
-        "invalid_token",
         "issued_in_future",
     );
-    expect_refused(
+    expect_invalid_token(
         &mut host,
         &with(now + 86_400 * 365, now + 86_400 * 366, None),
-        401,
-        "invalid_token",
         "issued_in_future",
     );
 
@@ -385,25 +363,15 @@ fn time_claims_are_exact_at_the_skew_edge() {
     let mut host = router(Config::jwt(&[Alg::HS256]).set("clock_skew_s", 0));
     let now = host.now_unix();
     assert_routed(&send_token(&mut host, &with(now - 10, now, None)), "edge");
-    expect_refused(
-        &mut host,
-        &with(now - 10, now - 1, None),
-        401,
-        "invalid_token",
-        "expired",
-    );
-    expect_refused(
+    expect_invalid_token(&mut host, &with(now - 10, now - 1, None), "expired");
+    expect_invalid_token(
         &mut host,
         &with(now, now + 60, Some(now + 1)),
-        401,
-        "invalid_token",
         "not_yet_valid",
     );
-    expect_refused(
+    expect_invalid_token(
         &mut host,
         &with(now + 1, now + 60, None),
-        401,
-        "invalid_token",
         "issued_in_future",
     );
 }
@@ -482,7 +450,7 @@ fn audience_arrays_need_one_allowed_member() {
             &hs_header(),
             &json!({"iss": iss, "aud": AUDIENCE, "exp": now + 60, TENANT_CLAIM: "acme"}),
         );
-        expect_refused(&mut host, &t, 401, "invalid_token", "wrong_issuer");
+        expect_invalid_token(&mut host, &t, "wrong_issuer");
     }
 }
 
@@ -535,13 +503,7 @@ fn huge_and_deeply_nested_tokens_do_not_trap() {
 
     // Huge: just over the default limit, and a megabyte.
     for size in [8193, 65_536, 1 << 20] {
-        expect_refused(
-            &mut host,
-            &"a".repeat(size),
-            401,
-            "invalid_token",
-            "too_large",
-        );
+        expect_invalid_token(&mut host, &"a".repeat(size), "too_large");
     }
 }
 
