@@ -6,7 +6,7 @@ WASM := dist/cell_router.wasm
 CELLMAP := target/release/cellmap
 ENVOY := .venv/bin/envoy
 
-.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs demo demo-up demo-down chaos bench-mapping clean
+.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs demo demo-up demo-down chaos bench bench-smoke bench-mapping clean
 
 all: build
 
@@ -25,7 +25,7 @@ demo-bins:
 envoy:
 	scripts/install-envoy.sh
 
-# wrk drives the chaos test's load.
+# wrk drives the chaos test's and the benchmark's load.
 tools:
 	scripts/install-tools.sh wrk
 
@@ -89,10 +89,7 @@ clean:
 BENCH_TARGET = $${CARGO_TARGET_DIR:-target}
 BENCH_OUT := target/cell-router-bench
 
-.PHONY: bench bench-smoke
-
-bench: build envoy
-	scripts/install-tools.sh wrk
+bench: tools build envoy
 	$(CARGO) build --locked --release -p cell-router-tests --bin cell-router-bench
 	mkdir -p $(BENCH_OUT)
 	rm -f $(BENCH_OUT)/mapping.txt $(BENCH_OUT)/wasm.txt
@@ -106,7 +103,6 @@ bench: build envoy
 ## A ~1-minute run of the same benchmark (one round of 2 s per case at 16
 ## connections, small pools); fails unless every case produced a clean row.
 ## The debug binary: `make test` has already built it.
-bench-smoke: build envoy
-	scripts/install-tools.sh wrk
+bench-smoke: tools build envoy
 	$(CARGO) build --locked -p cell-router-tests --bin cell-router-bench
 	$(TEST_ENV) $(BENCH_TARGET)/debug/cell-router-bench run --smoke
