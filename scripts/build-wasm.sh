@@ -11,7 +11,7 @@ if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 \
    || rustup target add wasm32-wasip1 >&2; then
   cargo build --locked --release --target wasm32-wasip1 -p cell-router-filter
   # Honour CARGO_TARGET_DIR: copying from ./target would ship a stale build.
-  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/cell_router.wasm" "$out"
+  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/cell_router_filter.wasm" "$out"
 else
   echo "build-wasm: rustup has no wasm32-wasip1; using Debian's rust-web toolchain" >&2
   if ! command -v /usr/bin/cargo >/dev/null || [ ! -d /usr/lib/wasm32-wasi ]; then
@@ -20,6 +20,6 @@ else
   RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi" CARGO_TARGET_DIR=target/debian-wasm \
     /usr/bin/cargo build --release --target wasm32-wasip1 -p cell-router-filter \
     -Zbuild-std=std,panic_abort
-  cp target/debian-wasm/wasm32-wasip1/release/cell_router.wasm "$out"
+  cp target/debian-wasm/wasm32-wasip1/release/cell_router_filter.wasm "$out"
 fi
 echo "built $out ($(stat -c %s "$out") bytes)" >&2

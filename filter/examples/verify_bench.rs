@@ -4,9 +4,9 @@
 //! The wasmtime host measures the same inside the Wasm VM.
 
 use base64::Engine as _;
-use cell_router::config::Config;
-use cell_router::decide::{Installed, VmState, decide};
-use cell_router::token;
+use cell_router_filter::config::Config;
+use cell_router_filter::decide::{Installed, VmState, decide};
+use cell_router_filter::token;
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value, json};
 use std::error::Error;
@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let mut uncached = VmState::new(&config, [1; 16]);
         let start = Instant::now();
         for _ in 0..n {
-            uncached.cache = cell_router::cache::TokenCache::new(0, 60, [1; 16]);
+            uncached.cache = cell_router_filter::cache::TokenCache::new(0, 60, [1; 16]);
             let decision = decide(
                 &config,
                 &mut uncached,

@@ -5,7 +5,7 @@
 
 use crate::jwks::{Algorithm, KeySet};
 use crate::subscription::SidecarConfig;
-use cellmap::Snapshot;
+use cell_router_mapping::Snapshot;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashSet;

@@ -6,7 +6,7 @@ use crate::cache::TokenCache;
 use crate::config::{Auth, Config};
 use crate::host_verify::{NoHost, SignatureHost};
 use crate::token::{self, Reason, Rejection};
-use cellmap::{Outcome as Resolved, Snapshot};
+use cell_router_mapping::{Outcome as Resolved, Snapshot};
 
 /// A snapshot in force, with what every routed request needs precomputed.
 #[derive(Debug)]

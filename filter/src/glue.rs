@@ -134,7 +134,7 @@ struct Root {
 }
 
 impl Root {
-    fn install(&self, snapshot: cellmap::Snapshot) {
+    fn install(&self, snapshot: cell_router_mapping::Snapshot) {
         if let Some(shared) = &self.shared
             && let Ok(mut shared) = shared.try_borrow_mut()
         {

@@ -7,7 +7,7 @@
 //! newer one within `wait` seconds. `after=0` (nothing held yet) answers what
 //! the sidecar has at once.
 
-use cellmap::{PathError, Snapshot};
+use cell_router_mapping::{PathError, Snapshot};
 use std::time::Duration;
 
 /// `sidecar` in the plugin config.

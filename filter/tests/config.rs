@@ -10,8 +10,8 @@
 
 mod common;
 
-use cell_router::config::{Auth, Config};
-use cell_router::jwks::Algorithm;
+use cell_router_filter::config::{Auth, Config};
+use cell_router_filter::jwks::Algorithm;
 use common::*;
 use serde_json::{Value, json};
 

@@ -11,9 +11,9 @@
 
 mod common;
 
-use cell_router::decide::{Action, Outcome};
-use cell_router::token::Reason;
-use cellmap::Source;
+use cell_router_filter::decide::{Action, Outcome};
+use cell_router_filter::token::Reason;
+use cell_router_mapping::Source;
 use common::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -366,8 +366,8 @@ fn every_rejection_body_is_json_with_error_and_detail() {
 }
 
 /// Parsing the config (RSA keys, snapshot) once keeps the property tests fast.
-fn shared_config() -> cell_router::Config {
-    static CONFIG: std::sync::OnceLock<cell_router::Config> = std::sync::OnceLock::new();
+fn shared_config() -> cell_router_filter::Config {
+    static CONFIG: std::sync::OnceLock<cell_router_filter::Config> = std::sync::OnceLock::new();
     CONFIG.get_or_init(|| config(&base_config())).clone()
 }
 

@@ -10,8 +10,8 @@
     clippy::indexing_slicing
 )]
 
-use cell_router::config::{self, Config};
-use cell_router::jwks::Algorithm;
+use cell_router_filter::config::{self, Config};
+use cell_router_filter::jwks::Algorithm;
 use serde_json::Value;
 use std::collections::BTreeSet;
 

@@ -12,9 +12,9 @@
 
 mod common;
 
-use cell_router::decide::Outcome;
-use cell_router::host_verify::HostVerdict;
-use cell_router::token::Reason;
+use cell_router_filter::decide::Outcome;
+use cell_router_filter::host_verify::HostVerdict;
+use cell_router_filter::token::Reason;
 use common::*;
 use jwt_simple::prelude::*;
 use proptest::prelude::*;
@@ -186,7 +186,7 @@ fn at(offset: i64) -> UnixTimeStamp {
 }
 
 fn shared_router() -> Router {
-    static CONFIG: std::sync::OnceLock<cell_router::Config> = std::sync::OnceLock::new();
+    static CONFIG: std::sync::OnceLock<cell_router_filter::Config> = std::sync::OnceLock::new();
     Router::new(CONFIG.get_or_init(|| config(&no_cache())).clone())
 }
 

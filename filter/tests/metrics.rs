@@ -10,9 +10,9 @@
 
 mod common;
 
-use cell_router::decide::Outcome;
-use cell_router::metrics::{MetricKind, MetricSink, Metrics, fixed_names, stat_safe};
-use cell_router::token::Reason;
+use cell_router_filter::decide::Outcome;
+use cell_router_filter::metrics::{MetricKind, MetricSink, Metrics, fixed_names, stat_safe};
+use cell_router_filter::token::Reason;
 use common::*;
 use std::collections::HashMap;
 

@@ -11,8 +11,8 @@
 
 mod common;
 
-use cell_router::decide::Outcome;
-use cell_router::token::Reason;
+use cell_router_filter::decide::Outcome;
+use cell_router_filter::token::Reason;
 use common::*;
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
@@ -645,11 +645,11 @@ fn bearer_scheme_is_case_insensitive() {
 
 mod never_panics {
     use super::*;
-    use cell_router::token::verify;
+    use cell_router_filter::token::verify;
     use proptest::prelude::*;
 
-    fn settings() -> &'static cell_router::config::JwtSettings {
-        static CONFIG: std::sync::OnceLock<cell_router::Config> = std::sync::OnceLock::new();
+    fn settings() -> &'static cell_router_filter::config::JwtSettings {
+        static CONFIG: std::sync::OnceLock<cell_router_filter::Config> = std::sync::OnceLock::new();
         CONFIG.get_or_init(|| config(&base_config())).jwt().unwrap()
     }
 

@@ -24,9 +24,9 @@
     clippy::indexing_slicing
 )]
 
-use cellmap::builder::allocate_slots;
-use cellmap::snapshot::{CellDoc, CellState, HashDoc, SnapshotDoc, encode_slot_table};
-use cellmap::{Outcome, Snapshot};
+use cell_router_mapping::builder::allocate_slots;
+use cell_router_mapping::snapshot::{CellDoc, CellState, HashDoc, SnapshotDoc, encode_slot_table};
+use cell_router_mapping::{Outcome, Snapshot};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -10,8 +10,8 @@
     clippy::indexing_slicing
 )]
 
-use cellmap::builder::{self, Build, BuildOptions, Spec};
-use cellmap::{CellState, Snapshot, Source};
+use cell_router_mapping::builder::{self, Build, BuildOptions, Spec};
+use cell_router_mapping::{CellState, Snapshot, Source};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

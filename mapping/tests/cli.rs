@@ -10,7 +10,7 @@
     clippy::indexing_slicing
 )]
 
-use cellmap::{Outcome, Snapshot};
+use cell_router_mapping::{Outcome, Snapshot};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};

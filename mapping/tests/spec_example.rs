@@ -10,8 +10,8 @@
     clippy::indexing_slicing
 )]
 
-use cellmap::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
-use cellmap::{CellState, Outcome, Snapshot, Source};
+use cell_router_mapping::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
+use cell_router_mapping::{CellState, Outcome, Snapshot, Source};
 
 fn example() -> Snapshot {
     Snapshot::parse(

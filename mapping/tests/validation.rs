@@ -11,7 +11,7 @@
 )]
 
 use base64::Engine as _;
-use cellmap::Snapshot;
+use cell_router_mapping::Snapshot;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -38,7 +38,7 @@ fn valid() -> Value {
     })
 }
 
-fn parse(doc: &Value) -> Result<Snapshot, cellmap::PathError> {
+fn parse(doc: &Value) -> Result<Snapshot, cell_router_mapping::PathError> {
     Snapshot::parse(doc.to_string().as_bytes())
 }
 

@@ -20,9 +20,9 @@
     clippy::indexing_slicing
 )]
 
-use cellmap::builder::{self, BuildOptions, Spec};
-use cellmap::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
-use cellmap::{Snapshot, Source};
+use cell_router_mapping::builder::{self, BuildOptions, Spec};
+use cell_router_mapping::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
+use cell_router_mapping::{Snapshot, Source};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 

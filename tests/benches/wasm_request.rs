@@ -10,7 +10,7 @@
 use cell_router_tests::fixtures::{Config, bearer, cell, snapshot, snapshot_with, token};
 use cell_router_tests::host::{Exchange, Host, HostOptions, Plugin, Request};
 use cell_router_tests::tokens::Alg;
-use cellmap::SnapshotDoc;
+use cell_router_mapping::SnapshotDoc;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -15,8 +15,8 @@
 //! ```
 
 use crate::tokens::{Alg, Jwks, TokenBuilder};
-use cellmap::snapshot::encode_slot_table;
-use cellmap::{CellDoc, CellState, HashDoc, MoveDoc, SnapshotDoc};
+use cell_router_mapping::snapshot::encode_slot_table;
+use cell_router_mapping::{CellDoc, CellState, HashDoc, MoveDoc, SnapshotDoc};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -118,8 +118,8 @@ pub fn snapshot_json(doc: &SnapshotDoc) -> String {
 }
 
 /// The mapping library's own view of a snapshot, for expected results.
-pub fn parsed(doc: &SnapshotDoc) -> cellmap::Snapshot {
-    cellmap::Snapshot::parse(doc.to_json().as_bytes())
+pub fn parsed(doc: &SnapshotDoc) -> cell_router_mapping::Snapshot {
+    cell_router_mapping::Snapshot::parse(doc.to_json().as_bytes())
         .unwrap_or_else(|e| panic!("test snapshot is invalid: {e:?}"))
 }
 

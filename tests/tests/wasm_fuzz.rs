@@ -136,7 +136,7 @@ fn random_request(rng: &mut Rng, valid: &[(String, String)]) -> Request {
 fn check(
     r: &Exchange,
     valid: &[(String, String)],
-    snapshot: &cellmap::Snapshot,
+    snapshot: &cell_router_mapping::Snapshot,
 ) -> Result<(), String> {
     if r.forwarded() {
         let cells = r.header_all("x-cell-id");

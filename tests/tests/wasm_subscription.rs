@@ -6,7 +6,7 @@ use cell_router_tests::fixtures::{
 };
 use cell_router_tests::host::{Exchange, Host, HostOptions, HttpCall, HttpCallFailure};
 use cell_router_tests::tokens::Alg;
-use cellmap::SnapshotDoc;
+use cell_router_mapping::SnapshotDoc;
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use cell_router_filter_fuzz::NOW;
-use cellmap::snapshot::encode_slot_table;
+use cell_router_mapping::snapshot::encode_slot_table;
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 use std::fs;

@@ -3,8 +3,8 @@
 //! config must also be usable: build the VM state and decide one request.
 #![no_main]
 
-use cell_router::decide::{VmState, decide};
-use cell_router::{Config, Installed};
+use cell_router_filter::decide::{VmState, decide};
+use cell_router_filter::{Config, Installed};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

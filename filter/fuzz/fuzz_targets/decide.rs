@@ -5,8 +5,8 @@
 //! local 401/403/503 with a JSON body.
 #![no_main]
 
-use cell_router::decide::{Action, Outcome, VmState, decide};
-use cell_router::{Config, Installed};
+use cell_router_filter::decide::{Action, Outcome, VmState, decide};
+use cell_router_filter::{Config, Installed};
 use cell_router_filter_fuzz::{JWT_CONFIG, NOW, TRUST_CONFIG, fixed_config, header_lines};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Mutex, OnceLock};

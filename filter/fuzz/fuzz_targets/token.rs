@@ -3,13 +3,13 @@
 //! byte picks where the token is carried; the rest is the token.
 #![no_main]
 
-use cell_router::config::Auth;
-use cell_router::token::{self, check_tenant};
+use cell_router_filter::config::Auth;
+use cell_router_filter::token::{self, check_tenant};
 use cell_router_filter_fuzz::{JWT_CONFIG, NOW, fixed_config};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-static CONFIG: OnceLock<cell_router::Config> = OnceLock::new();
+static CONFIG: OnceLock<cell_router_filter::Config> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let config = CONFIG.get_or_init(|| fixed_config(JWT_CONFIG));

@@ -2,7 +2,7 @@
 //! keys from `tests/keys`, written by `examples/make_seeds.rs`), the clock,
 //! and how an input becomes request headers.
 
-use cell_router::Config;
+use cell_router_filter::Config;
 
 /// The clock of every target and of the seed tokens (2023-11-14).
 pub const NOW: u64 = 1_700_000_000;

@@ -4,10 +4,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use cell_router::config::Config;
-use cell_router::decide::{Decision, Installed, VmState, decide};
-use cellmap::snapshot::encode_slot_table;
-use cellmap::{CellDoc, CellState, HashDoc, MoveDoc, Snapshot, SnapshotDoc};
+use cell_router_filter::config::Config;
+use cell_router_filter::decide::{Decision, Installed, VmState, decide};
+use cell_router_mapping::snapshot::encode_slot_table;
+use cell_router_mapping::{CellDoc, CellState, HashDoc, MoveDoc, Snapshot, SnapshotDoc};
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -357,7 +357,7 @@ pub fn bearer(token: &str) -> String {
 // taking what BoringSSL takes (SubjectPublicKeyInfo DER, DER ECDSA
 // signatures, PKCS#1 v1.5 RSA).
 
-use cell_router::host_verify::{HostVerdict, SignatureHost};
+use cell_router_filter::host_verify::{HostVerdict, SignatureHost};
 
 pub struct RustCryptoHost {
     pub calls: usize,
@@ -470,7 +470,7 @@ impl Router {
     ) -> Decision<'_> {
         let now = self.now;
         let mut clock = move || now;
-        cell_router::decide::decide_with(
+        cell_router_filter::decide::decide_with(
             &self.config,
             &mut self.vm,
             headers,

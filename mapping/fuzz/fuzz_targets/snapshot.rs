@@ -4,7 +4,7 @@
 //! gateway's VM at once.
 #![no_main]
 
-use cellmap::{Outcome, Snapshot};
+use cell_router_mapping::{Outcome, Snapshot};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

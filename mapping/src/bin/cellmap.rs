@@ -3,8 +3,8 @@
 //! Exit codes: 0 ok, 1 invalid input (a refused snapshot or spec, an
 //! unreadable file), 2 usage (clap's own code for bad arguments).
 
-use cellmap::builder::{self, BuildOptions, Spec};
-use cellmap::{Outcome, PathError, Snapshot, SnapshotDiff};
+use cell_router_mapping::builder::{self, BuildOptions, Spec};
+use cell_router_mapping::{Outcome, PathError, Snapshot, SnapshotDiff};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::ffi::OsString;
@@ -44,7 +44,7 @@ and &wait=<s> long-polls) and GET /healthz. Every new snapshot from the source i
 validated and must carry a greater version; a bad one is refused and logged while the \
 last good one stays served."
     )]
-    Serve(cellmap::serve::ServeArgs),
+    Serve(cell_router_mapping::serve::ServeArgs),
 }
 
 /// Check a snapshot file
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
         Command::Route(args) => route(args),
         Command::Diff(args) => diff(args),
         Command::Build(args) => build(args),
-        Command::Serve(args) => cellmap::serve::run(args).map_err(Failure::invalid),
+        Command::Serve(args) => cell_router_mapping::serve::run(args).map_err(Failure::invalid),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,21 +224,21 @@ fn validate(args: ValidateArgs) -> Result<(), Failure> {
     let overrides = snapshot
         .tenant_table()
         .iter()
-        .filter(|(_, k, _)| *k == cellmap::table::EntryKind::Override)
+        .filter(|(_, k, _)| *k == cell_router_mapping::table::EntryKind::Override)
         .count();
     let pins = snapshot
         .tenant_table()
         .iter()
-        .filter(|(_, k, _)| *k == cellmap::table::EntryKind::Pin)
+        .filter(|(_, k, _)| *k == cell_router_mapping::table::EntryKind::Pin)
         .count();
     println!(
         "ok: version {}, generated_at {}, {} ({} active, {} draining, {} disabled), {} slots, {}, {}, {}",
         snapshot.version(),
         snapshot.generated_at(),
         plural(snapshot.cells().len(), "cell", "cells"),
-        count(cellmap::CellState::Active),
-        count(cellmap::CellState::Draining),
-        count(cellmap::CellState::Disabled),
+        count(cell_router_mapping::CellState::Active),
+        count(cell_router_mapping::CellState::Draining),
+        count(cell_router_mapping::CellState::Disabled),
         snapshot.slot_table().len(),
         plural(overrides, "override", "overrides"),
         plural(pins, "pin", "pins"),
@@ -282,7 +282,7 @@ fn route(args: RouteArgs) -> Result<(), Failure> {
             Outcome::Unavailable { .. } => ("unavailable", None),
         };
         let moved = match r.source {
-            cellmap::Source::Split { moved } => Some(moved),
+            cell_router_mapping::Source::Split { moved } => Some(moved),
             _ => None,
         };
         let tenant = String::from_utf8_lossy(tenant);
@@ -369,9 +369,9 @@ fn generated_at() -> Result<String, Failure> {
                     "SOURCE_DATE_EPOCH={value:?} is not a whole number of seconds"
                 ))
             })?;
-            Ok(cellmap::serve::rfc3339_from_unix(secs))
+            Ok(cell_router_mapping::serve::rfc3339_from_unix(secs))
         }
-        Err(_) => Ok(cellmap::serve::utc_now_rfc3339()),
+        Err(_) => Ok(cell_router_mapping::serve::utc_now_rfc3339()),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::fixtures::{Config, bearer, token};
 use crate::host::{Host, Request};
 use crate::tokens::Alg;
 use anyhow::{Context, Result};
-use cellmap::SnapshotDoc;
+use cell_router_mapping::SnapshotDoc;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

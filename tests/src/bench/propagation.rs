@@ -14,7 +14,7 @@ use super::cases::Gateway;
 use super::stack::{self, Files};
 use crate::e2e::{self, Backends, Envoy, Sidecar};
 use anyhow::{Context, Result, bail};
-use cellmap::SnapshotDoc;
+use cell_router_mapping::SnapshotDoc;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;

@@ -10,9 +10,9 @@ use crate::e2e::{
 use crate::fixtures::Config;
 use crate::tokens::{Alg, Jwks};
 use anyhow::{Context, Result, anyhow, bail};
-use cellmap::builder::allocate_slots;
-use cellmap::snapshot::encode_slot_table;
-use cellmap::{CellDoc, CellState, HashDoc, Outcome, Snapshot, SnapshotDoc};
+use cell_router_mapping::builder::allocate_slots;
+use cell_router_mapping::snapshot::encode_slot_table;
+use cell_router_mapping::{CellDoc, CellState, HashDoc, Outcome, Snapshot, SnapshotDoc};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -11,7 +11,7 @@
 //! must be one of DIR's snapshots, and that snapshot must send the tenant to
 //! this cell. `GET /__chaos` on any cell answers the counters as JSON.
 
-use cellmap::Snapshot;
+use cell_router_mapping::Snapshot;
 use clap::Parser;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn judges_each_request_by_the_version_it_carried() {
-        let v1 = cellmap::Snapshot::parse(snapshot_json(&snapshot(1)).as_bytes()).unwrap();
+        let v1 = cell_router_mapping::Snapshot::parse(snapshot_json(&snapshot(1)).as_bytes()).unwrap();
         let home = v1.resolve(b"t", b"").routed_cell().unwrap();
         let home = v1.cell(home).unwrap().id.clone();
         let moved = if home == "cell-a" { "cell-b" } else { "cell-a" };

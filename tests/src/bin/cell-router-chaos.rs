@@ -22,8 +22,8 @@ use cell_router_tests::e2e::{
 use cell_router_tests::fixtures::{self, bearer};
 use cell_router_tests::rng::SplitMix64;
 use cell_router_tests::tokens::Alg;
-use cellmap::SnapshotDoc;
-use cellmap::snapshot::encode_slot_table;
+use cell_router_mapping::SnapshotDoc;
+use cell_router_mapping::snapshot::encode_slot_table;
 use clap::Parser;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
