@@ -20,7 +20,7 @@ cellmap:
 
 # The demo, the cell backends and demo-token (debug: they share the test build).
 demo-bins:
-	$(CARGO) build --locked -p cell-router-tests --bins
+	$(CARGO) build --locked -p cell-router-harness -p cell-router-kit -p cell-router-cell-backend --bins
 
 envoy:
 	scripts/install-envoy.sh
@@ -90,12 +90,12 @@ BENCH_TARGET = $${CARGO_TARGET_DIR:-target}
 BENCH_OUT := target/cell-router-bench
 
 bench: tools build envoy
-	$(CARGO) build --locked --release -p cell-router-tests --bin cell-router-bench
+	$(CARGO) build --locked --release -p cell-router-harness --bin cell-router-bench
 	mkdir -p $(BENCH_OUT)
 	rm -f $(BENCH_OUT)/mapping.txt $(BENCH_OUT)/wasm.txt
 	$(CARGO) bench --locked -p cell-router-mapping --bench resolve > $(BENCH_OUT)/mapping.txt 2>&1 \
 	  || { echo "mapping bench failed (see above)"; cat $(BENCH_OUT)/mapping.txt; rm -f $(BENCH_OUT)/mapping.txt; }
-	$(CARGO) bench --locked -p cell-router-tests --bench wasm_request > $(BENCH_OUT)/wasm.txt 2>&1 \
+	$(CARGO) bench --locked -p cell-router-wasm-host --bench wasm_request > $(BENCH_OUT)/wasm.txt 2>&1 \
 	  || { echo "wasm_request bench failed (see above)"; cat $(BENCH_OUT)/wasm.txt; rm -f $(BENCH_OUT)/wasm.txt; }
 	$(TEST_ENV) CELL_ROUTER_BENCH_COMMAND="make bench" $(BENCH_TARGET)/release/cell-router-bench run \
 	  --mapping-output $(BENCH_OUT)/mapping.txt --wasm-output $(BENCH_OUT)/wasm.txt
@@ -104,5 +104,5 @@ bench: tools build envoy
 ## connections, small pools); fails unless every case produced a clean row.
 ## The debug binary: `make test` has already built it.
 bench-smoke: tools build envoy
-	$(CARGO) build --locked -p cell-router-tests --bin cell-router-bench
+	$(CARGO) build --locked -p cell-router-harness --bin cell-router-bench
 	$(TEST_ENV) $(BENCH_TARGET)/debug/cell-router-bench run --smoke

@@ -1,0 +1,263 @@
+//! What is measured: the gateway configurations (one Envoy each) and the
+//! cases (a gateway plus the tokens sent to it).
+
+use cell_router_kit::tokens::Alg;
+
+/// One running Envoy configuration (`envoy/bench/<template>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Gateway {
+    /// (1) routes on the header the client sends; no filter.
+    Plain,
+    /// (2) the cell router verifying tokens, fed cached tokens only.
+    Router,
+    /// (3) the same configuration in its own Envoy, fed unique tokens only
+    /// (so the cached runs never find their cache emptied by them).
+    RouterUnique,
+    /// (4) jwt_authn (with its JWT cache) + the Lua lookup, cached tokens.
+    JwtLua,
+    /// (4) jwt_authn without its JWT cache + the Lua lookup: every request
+    /// is verified, whatever the token, which is what unique tokens cost it.
+    JwtLuaNoCache,
+    /// (5) jwt_authn + the cell router in trust_header mode.
+    TrustHeader,
+    /// Where the time goes: plain + the probe filter doing nothing.
+    ProbeEmpty,
+    /// plain + the probe filter making the router's host calls.
+    ProbeCalls,
+}
+
+impl Gateway {
+    pub const ALL: [Gateway; 8] = [
+        Gateway::Plain,
+        Gateway::Router,
+        Gateway::RouterUnique,
+        Gateway::JwtLua,
+        Gateway::JwtLuaNoCache,
+        Gateway::TrustHeader,
+        Gateway::ProbeEmpty,
+        Gateway::ProbeCalls,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gateway::Plain => "plain",
+            Gateway::Router => "cell-router",
+            Gateway::RouterUnique => "cell-router-unique",
+            Gateway::JwtLua => "jwt-lua",
+            Gateway::JwtLuaNoCache => "jwt-lua-nocache",
+            Gateway::TrustHeader => "trust-header",
+            Gateway::ProbeEmpty => "probe-empty",
+            Gateway::ProbeCalls => "probe-calls",
+        }
+    }
+
+    /// The probe gateways (plain + `envoy/bench/probe`), which route on the
+    /// client's header like plain.
+    pub fn is_probe(self) -> bool {
+        matches!(self, Gateway::ProbeEmpty | Gateway::ProbeCalls)
+    }
+
+    /// The config template in `envoy/bench/`.
+    pub fn template(self) -> &'static str {
+        match self {
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => "plain.yaml",
+            Gateway::Router | Gateway::RouterUnique => "cell-router.yaml",
+            Gateway::JwtLua | Gateway::JwtLuaNoCache => "jwt-lua.yaml",
+            Gateway::TrustHeader => "trust-header.yaml",
+        }
+    }
+
+    /// Whether the cell router's Wasm filter runs in this gateway.
+    pub fn has_filter(self) -> bool {
+        matches!(
+            self,
+            Gateway::Router | Gateway::RouterUnique | Gateway::TrustHeader
+        )
+    }
+
+    pub fn has_jwt_authn(self) -> bool {
+        matches!(
+            self,
+            Gateway::JwtLua | Gateway::JwtLuaNoCache | Gateway::TrustHeader
+        )
+    }
+}
+
+/// What the client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tokens {
+    /// 1,000 tokens, one per tenant, rotated: the verified-token cache answers.
+    Cached(Alg),
+    /// A different token on every request.
+    Unique(Alg),
+}
+
+impl Tokens {
+    pub fn alg(self) -> Alg {
+        match self {
+            Tokens::Cached(alg) | Tokens::Unique(alg) => alg,
+        }
+    }
+
+    pub fn is_unique(self) -> bool {
+        matches!(self, Tokens::Unique(_))
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Tokens::Cached(alg) => format!("cached {}", alg.name()),
+            Tokens::Unique(alg) => format!("unique {}", alg.name()),
+        }
+    }
+}
+
+/// One measured configuration.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// Stable id, e.g. `router-cached-rs256`.
+    pub id: String,
+    /// The numbering: 1 plain, 2 cached, 3 unique, 4 jwt_authn+Lua,
+    /// 5 trust_header; 0 for the probes.
+    pub group: u8,
+    pub gateway: Gateway,
+    pub tokens: Tokens,
+}
+
+impl Case {
+    fn new(group: u8, gateway: Gateway, tokens: Tokens) -> Case {
+        let prefix = match gateway {
+            Gateway::Plain => "plain",
+            Gateway::Router | Gateway::RouterUnique => "router",
+            Gateway::JwtLua | Gateway::JwtLuaNoCache => "jwtlua",
+            Gateway::TrustHeader => "trust",
+            Gateway::ProbeEmpty => "probe-empty",
+            Gateway::ProbeCalls => "probe-calls",
+        };
+        let id = match gateway {
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => prefix.to_string(),
+            _ => {
+                let kind = if tokens.is_unique() {
+                    "unique"
+                } else {
+                    "cached"
+                };
+                format!(
+                    "{prefix}-{kind}-{}",
+                    tokens.alg().name().to_ascii_lowercase()
+                )
+            }
+        };
+        Case {
+            id,
+            group,
+            gateway,
+            tokens,
+        }
+    }
+
+    /// A readable label for tables.
+    pub fn label(&self) -> String {
+        match self.gateway {
+            Gateway::Plain => "plain Envoy, route on client header".into(),
+            Gateway::Router | Gateway::RouterUnique => {
+                format!("cell-router, {}", self.tokens.describe())
+            }
+            Gateway::JwtLua | Gateway::JwtLuaNoCache => {
+                format!("jwt_authn + Lua, {}", self.tokens.describe())
+            }
+            Gateway::TrustHeader => {
+                format!(
+                    "jwt_authn + cell-router trust_header, {}",
+                    self.tokens.describe()
+                )
+            }
+            Gateway::ProbeEmpty => "plain + a Wasm filter doing nothing (probe)".into(),
+            Gateway::ProbeCalls => {
+                "plain + a Wasm filter making the router's host calls (probe)".into()
+            }
+        }
+    }
+
+    /// Extra request headers (the plain gateway routes on the client's header).
+    pub fn headers(&self) -> Vec<String> {
+        if self.gateway == Gateway::Plain || self.gateway.is_probe() {
+            vec!["x-cell-id: cell-a".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The id of the (4) case this one is compared with: jwt_authn + Lua with
+    /// the same kind of tokens, or `None` for the plain case.
+    pub fn baseline_jwt_lua(&self) -> Option<String> {
+        if self.gateway == Gateway::Plain || self.gateway.is_probe() {
+            return None;
+        }
+        let kind = if self.tokens.is_unique() {
+            "unique"
+        } else {
+            "cached"
+        };
+        Some(format!(
+            "jwtlua-{kind}-{}",
+            self.tokens.alg().name().to_ascii_lowercase()
+        ))
+    }
+}
+
+/// Every case, in table order. The plain case sends the cached RS256 tokens
+/// too (Envoy ignores them), so every request has the same size. The probes
+/// (group 0) send the HS256 tokens of the case they dissect.
+pub fn all_cases() -> Vec<Case> {
+    use Alg::{ES256, HS256, RS256};
+    vec![
+        Case::new(1, Gateway::Plain, Tokens::Cached(RS256)),
+        Case::new(2, Gateway::Router, Tokens::Cached(HS256)),
+        Case::new(2, Gateway::Router, Tokens::Cached(RS256)),
+        Case::new(3, Gateway::RouterUnique, Tokens::Unique(HS256)),
+        Case::new(3, Gateway::RouterUnique, Tokens::Unique(RS256)),
+        Case::new(3, Gateway::RouterUnique, Tokens::Unique(ES256)),
+        Case::new(4, Gateway::JwtLua, Tokens::Cached(HS256)),
+        Case::new(4, Gateway::JwtLua, Tokens::Cached(RS256)),
+        Case::new(4, Gateway::JwtLuaNoCache, Tokens::Unique(HS256)),
+        Case::new(4, Gateway::JwtLuaNoCache, Tokens::Unique(RS256)),
+        Case::new(4, Gateway::JwtLuaNoCache, Tokens::Unique(ES256)),
+        Case::new(5, Gateway::TrustHeader, Tokens::Cached(RS256)),
+        Case::new(0, Gateway::ProbeEmpty, Tokens::Cached(HS256)),
+        Case::new(0, Gateway::ProbeCalls, Tokens::Cached(HS256)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_has_its_jwt_lua_baseline() {
+        let cases = all_cases();
+        let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        let mut unique_ids = ids.clone();
+        unique_ids.sort();
+        unique_ids.dedup();
+        assert_eq!(unique_ids.len(), ids.len(), "{ids:?}");
+        for case in cases
+            .iter()
+            .filter(|c| !c.gateway.is_probe() && c.group != 1)
+        {
+            let base = case.baseline_jwt_lua().unwrap();
+            {
+                assert!(ids.contains(&base.as_str()), "{} → {base}", case.id);
+            }
+        }
+        assert_eq!(
+            cases[4].baseline_jwt_lua().as_deref(),
+            Some("jwtlua-unique-rs256")
+        );
+        assert!(
+            cases
+                .iter()
+                .filter(|c| c.gateway.is_probe())
+                .all(|c| c.baseline_jwt_lua().is_none())
+        );
+    }
+}

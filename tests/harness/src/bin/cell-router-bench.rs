@@ -1,0 +1,218 @@
+//! `make bench`: real Envoy with the cell router against plain Envoy and
+//! against jwt_authn + Lua, measured with wrk, interleaved over rounds; writes
+//! BENCHMARKS.md (and a ratio plot). See `tests/harness/src/bench/`.
+//!
+//! ```sh
+//! cell-router-bench run                       # what `make bench` runs
+//! cell-router-bench run --smoke               # ~1 minute, one round, checks it works
+//! ```
+
+use anyhow::Result;
+use cell_router_harness::bench::propagation::PropagationOptions;
+use cell_router_harness::bench::run::{Options, run};
+use cell_router_harness::e2e::repo_root;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Benchmark the cell router in real Envoy and write BENCHMARKS.md")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the benchmark and write the report.
+    Run(RunArgs),
+}
+
+#[derive(Parser, Debug)]
+struct RunArgs {
+    /// Rounds: every case is measured once per round and connection count.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per measured run (wrk takes whole seconds).
+    #[arg(long, default_value_t = 3.0)]
+    duration_s: f64,
+    /// Seconds of warm-up per case before the rounds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_s: f64,
+    /// Connection counts (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    connections: Vec<u32>,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    wrk_threads: u32,
+    /// Worker threads of each gateway Envoy.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// Worker threads of the backend Envoy.
+    #[arg(long, default_value_t = 1)]
+    backend_concurrency: u32,
+    /// Tenants (one cached token each).
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+    /// Only these cases (comma-separated ids, e.g. router-cached-rs256); the
+    /// cases they are compared with run too.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Unique tokens per algorithm (default: 200,000 HS256, 60,000 ES256,
+    /// 30,000 RS256; minted once and kept for three days).
+    #[arg(long)]
+    unique_pool: Option<usize>,
+    /// Skip the snapshot propagation and 1 M-override measurements.
+    #[arg(long)]
+    no_propagation: bool,
+    /// Overrides in the big snapshot.
+    #[arg(long, default_value_t = 1_000_000)]
+    big_overrides: usize,
+    /// Small snapshot changes timed.
+    #[arg(long, default_value_t = 5)]
+    small_changes: usize,
+    /// Big snapshot changes timed.
+    #[arg(long, default_value_t = 2)]
+    big_changes: usize,
+    /// The report (Markdown).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The ratio plot (SVG); `none` for no plot.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Captured output of `cargo bench -p cell-router-mapping --bench resolve`.
+    #[arg(long)]
+    mapping_output: Option<PathBuf>,
+    /// Captured output of `cargo bench -p cell-router-wasm-host --bench wasm_request`.
+    #[arg(long)]
+    wasm_output: Option<PathBuf>,
+    /// Where processes keep their files and logs.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Where token pools are kept between runs.
+    #[arg(long)]
+    token_dir: Option<PathBuf>,
+    /// Skip the probe filter (the "where the time goes" cases).
+    #[arg(long)]
+    no_probe: bool,
+    /// A short run that checks everything works: one round of 2 s at 16
+    /// connections, 100 tenants, small fixed token pools, a 20,000-override
+    /// big snapshot; report under target/cell-router-bench/smoke/.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let Commands::Run(args) = cli.command;
+    match main_run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("cell-router-bench: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main_run(mut args: RunArgs) -> Result<i32> {
+    let command = std::env::var("CELL_ROUTER_BENCH_COMMAND").unwrap_or_else(|_| {
+        std::env::args()
+            .map(|a| a.rsplit('/').next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let base = repo_root().join("target/cell-router-bench");
+    if args.smoke {
+        args.rounds = 1;
+        args.duration_s = 2.0;
+        args.warmup_s = 1.0;
+        args.connections = vec![16];
+        args.tenants = 100;
+        args.unique_pool = Some(300);
+        args.big_overrides = 20_000;
+        args.small_changes = 1;
+        args.big_changes = 1;
+    }
+    let run_dir = if args.smoke {
+        base.join("smoke")
+    } else {
+        base.clone()
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.smoke {
+            run_dir.join("BENCHMARKS.md")
+        } else {
+            repo_root().join("BENCHMARKS.md")
+        }
+    });
+    let svg = match &args.svg {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => out.parent().map(|d| d.join("BENCHMARKS.svg")),
+    };
+    let options = Options {
+        rounds: args.rounds.max(1),
+        duration: Duration::from_secs_f64(args.duration_s),
+        warmup: Duration::from_secs_f64(args.warmup_s),
+        connections: args.connections.clone(),
+        wrk_threads: args.wrk_threads,
+        concurrency: args.concurrency,
+        backend_concurrency: args.backend_concurrency,
+        tenants: args.tenants,
+        only: args.only.clone(),
+        fixed_unique_pool: args.unique_pool,
+        propagation: (!args.no_propagation).then_some(PropagationOptions {
+            tenants: args.tenants,
+            small_changes: args.small_changes,
+            big_overrides: args.big_overrides,
+            big_changes: args.big_changes,
+            concurrency: args.concurrency,
+        }),
+        out: out.clone(),
+        svg,
+        mapping_output: args.mapping_output.clone(),
+        wasm_output: args.wasm_output.clone(),
+        work_dir: args.work_dir.clone().unwrap_or_else(|| run_dir.join("run")),
+        token_dir: args
+            .token_dir
+            .clone()
+            .unwrap_or_else(|| base.join("tokens")),
+        probe_target_dir: (!args.no_probe).then(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("bench-probe")
+        }),
+        command,
+    };
+    let outcome = run(&options)?;
+    println!("cell-router-bench: wrote {}", out.display());
+    for goal in &outcome.goals {
+        let verdict = match goal.met() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        let by_cpu = match goal.met_by_cpu() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        let fmt = |v: Option<f64>| v.map(|m| format!("{m:.2}")).unwrap_or_else(|| "–".into());
+        println!(
+            "  {:<70} @{:>3}: {:>6} → {verdict:<7} by gateway CPU {:>6} {by_cpu}",
+            goal.goal,
+            goal.connections,
+            fmt(goal.measured),
+            fmt(goal.measured_cpu)
+        );
+    }
+    if outcome.problems.is_empty() {
+        Ok(0)
+    } else {
+        for problem in &outcome.problems {
+            eprintln!("cell-router-bench: problem: {problem}");
+        }
+        Ok(1)
+    }
+}

@@ -1,0 +1,362 @@
+//! End to end through real processes: Envoy 1.40 running `envoy/envoy.yaml`
+//! with the built filter, the `cellmap serve` sidecar, and cell backends that
+//! echo where each request landed. Run by `make test` (which builds the
+//! filter, `cellmap` and installs Envoy first).
+
+use anyhow::Result;
+use cell_router_harness::e2e::{self, Gateway, Sidecar, client, next_snapshot, publish};
+use cell_router_kit::fixtures::{bearer, metric, token_builder, unix_now};
+use cell_router_kit::tokens::Alg;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn example_snapshot() -> Vec<u8> {
+    std::fs::read(e2e::repo_root().join("mapping/examples/snapshot.json"))
+        .expect("example snapshot")
+}
+
+fn tenants(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The cell each tenant is served by, and the snapshot version it was routed with.
+fn served(gateway: &Gateway, tenants: &[String]) -> Vec<(String, String)> {
+    let agent = client();
+    tenants
+        .iter()
+        .map(|tenant| {
+            let reply = gateway.call(&agent, tenant, &[]).unwrap();
+            assert_eq!(reply.status, 200, "{tenant}: {}", reply.body);
+            let body = reply.json().unwrap();
+            (
+                body["cell"].as_str().unwrap().to_string(),
+                body["snapshot"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_thousand_tenants_are_served_by_the_cell_cellmap_route_gives() -> Result<()> {
+    let gateway = Gateway::start("thousand", &example_snapshot(), 2)?;
+    let mut names = tenants(1000, "tenant");
+    names.push("acme-corp".into()); // an override
+    let expected = e2e::cellmap_route(&gateway.source, &names)?;
+    let served = served(&gateway, &names);
+
+    let mut per_cell: HashMap<String, i64> = HashMap::new();
+    for ((tenant, (cell, version)), want) in names.iter().zip(&served).zip(&expected) {
+        assert_eq!(want["tenant"], tenant.as_str());
+        assert_eq!(version, "1", "{tenant} routed with snapshot {version}");
+        assert_eq!(
+            want["cell"].as_str(),
+            Some(cell.as_str()),
+            "{tenant}: {want}"
+        );
+        *per_cell.entry(cell.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        served.last().map(|(c, _)| c.as_str()),
+        Some("cell-c"),
+        "acme-corp is pinned to cell-c"
+    );
+    // Every cell got traffic, and Envoy's stats count it per cell.
+    assert_eq!(per_cell.len(), 3, "{per_cell:?}");
+    let stats = gateway.envoy.stats("cell_router")?;
+    for (cell, count) in &per_cell {
+        let name = format!("wasmcustom.{}", metric::routed(cell));
+        // Readiness probes were routed too, so at least as many as we sent.
+        assert!(
+            stats.get(&name).copied().unwrap_or(0) >= *count,
+            "{name}: {stats:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn tokens_are_checked_and_spoofed_cell_headers_ignored() -> Result<()> {
+    let gateway = Gateway::start("tokens", &example_snapshot(), 2)?;
+    let agent = client();
+    let url = gateway.envoy.url("/");
+
+    let missing = e2e::get(&agent, &url, &[("x-cell-id", "cell-a")])?;
+    assert_eq!(missing.status, 401);
+    assert!(
+        missing
+            .header("www-authenticate")
+            .unwrap_or("")
+            .starts_with("Bearer realm=")
+    );
+    assert_eq!(missing.json()?["error"], "missing_token");
+
+    let forged = bearer(
+        &token_builder(Alg::RS256, unix_now(), "acme-corp")
+            .signed_by_other_key()
+            .sign(),
+    );
+    let bad = e2e::get(
+        &agent,
+        &url,
+        &[("authorization", &forged), ("x-cell-id", "cell-a")],
+    )?;
+    assert_eq!(bad.status, 401);
+    assert!(
+        bad.header("www-authenticate")
+            .unwrap_or("")
+            .contains("error=\"invalid_token\"")
+    );
+
+    let expired = bearer(
+        &token_builder(Alg::ES256, unix_now() - 7200, "acme-corp")
+            .expires_at(unix_now() - 3600)
+            .sign(),
+    );
+    assert_eq!(
+        e2e::get(&agent, &url, &[("authorization", &expired)])?.status,
+        401
+    );
+
+    let wrong_aud = bearer(
+        &token_builder(Alg::EdDSA, unix_now(), "acme-corp")
+            .audience("someone-else")
+            .sign(),
+    );
+    let reply = e2e::get(&agent, &url, &[("authorization", &wrong_aud)])?;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+
+    // acme-corp lives in cell-c (override); a client-sent header in any case
+    // variant, and a spoofed version header, change nothing.
+    for spoof in ["x-cell-id", "X-Cell-Id", "X-CELL-ID"] {
+        let reply = gateway.call(
+            &agent,
+            "acme-corp",
+            &[(spoof, "cell-a"), ("x-cell-snapshot", "999")],
+        )?;
+        assert_eq!(reply.status, 200);
+        let body = reply.json()?;
+        assert_eq!(body["cell"], "cell-c", "{spoof}");
+        assert_eq!(body["routed_cell"], "cell-c");
+        assert_eq!(body["snapshot"], "1");
+    }
+    let stats = gateway.envoy.stats("cell_router.rejected")?;
+    assert!(
+        stats
+            .get("wasmcustom.cell_router.rejected.missing_token")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{stats:?}"
+    );
+    assert!(
+        stats
+            .get("wasmcustom.cell_router.rejected.wrong_audience")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn draining_sheds_its_share_and_disabled_fails_over() -> Result<()> {
+    let base = example_snapshot();
+    let gateway = Gateway::start("drain", &base, 2)?;
+    let names = tenants(300, "t");
+    let before = e2e::cellmap_route(&gateway.source, &names)?;
+    let in_cell = |cell: &str| {
+        before
+            .iter()
+            .find(|r| r["cell"] == cell && r["reason"] == "slot")
+            .map(|r| r["tenant"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (in_b, in_c) = (in_cell("cell-b"), in_cell("cell-c"));
+
+    // cell-b drains with half its requests shed; cell-c is disabled and fails
+    // over to cell-a (whose own failover goes, or the chain would loop).
+    let next = next_snapshot(&base, |s| {
+        s["cells"][0].as_object_mut().unwrap().remove("failover");
+        s["cells"][1]["state"] = "draining".into();
+        s["cells"][1]["shed_ratio"] = 0.5.into();
+        s["cells"][1]["retry_after_s"] = 7.into();
+        s["cells"][2]["state"] = "disabled".into();
+        s["cells"][2]["failover"] = "cell-a".into();
+    })?;
+    publish(&gateway.source, &next)?;
+    assert!(
+        gateway.wait_for_version(2, Duration::from_secs(10)),
+        "snapshot 2 never applied"
+    );
+
+    let agent = client();
+    let (mut shed, total) = (0, 400);
+    for _ in 0..total {
+        let reply = gateway.call(&agent, &in_b, &[])?;
+        match reply.status {
+            200 => assert_eq!(reply.json()?["cell"], "cell-b"),
+            503 => {
+                shed += 1;
+                assert_eq!(reply.header("retry-after"), Some("7"));
+                assert_eq!(reply.json()?["error"], "cell_draining");
+            }
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    let share = f64::from(shed) / f64::from(total);
+    // Binomial(400, 0.5): ±0.1 is 4 standard deviations.
+    assert!((0.4..=0.6).contains(&share), "shed share {share}");
+
+    for _ in 0..20 {
+        let reply = gateway.call(&agent, &in_c, &[])?;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.json()?["cell"],
+            "cell-a",
+            "disabled cell-c fails over to cell-a"
+        );
+    }
+    let stats = gateway.envoy.stats("cell_router.shed")?;
+    assert_eq!(
+        stats.get("wasmcustom.cell_router.shed.cell-b").copied(),
+        Some(shed.into())
+    );
+    Ok(())
+}
+
+#[test]
+fn a_new_snapshot_reaches_every_worker_within_a_second() -> Result<()> {
+    let base = example_snapshot();
+    let gateway = Gateway::start("propagation", &base, 2)?;
+    // Move a slot tenant to another cell by override in version 2.
+    let tenant = "mover";
+    let first = e2e::cellmap_route(&gateway.source, &[tenant.to_string()])?;
+    let old_cell = first[0]["cell"].as_str().unwrap().to_string();
+    let new_cell = if old_cell == "cell-a" {
+        "cell-b"
+    } else {
+        "cell-a"
+    };
+    let next = next_snapshot(&base, |s| s["overrides"][tenant] = new_cell.into())?;
+
+    let published = Instant::now();
+    publish(&gateway.source, &next)?;
+    // From now on, every request on a fresh connection (spread over both
+    // workers) must soon carry version 2; note when that first holds for 40
+    // requests in a row.
+    let deadline = published + Duration::from_secs(5);
+    let mut streak = 0;
+    let mut converged = None;
+    while Instant::now() < deadline && converged.is_none() {
+        let agent = client();
+        let reply = gateway.call(&agent, tenant, &[("connection", "close")])?;
+        let body = reply.json()?;
+        if body["snapshot"] == "2" {
+            assert_eq!(body["cell"], new_cell);
+            streak += 1;
+            if streak == 40 {
+                converged = Some(published.elapsed());
+            }
+        } else {
+            assert_eq!(body["cell"], old_cell.as_str());
+            streak = 0;
+        }
+    }
+    let took = converged.expect("workers never all routed by version 2");
+    // The issue's requirement (a deadline, not a speed goal): within 1 s.
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    Ok(())
+}
+
+#[test]
+fn routing_survives_the_sidecar_and_bad_snapshots() -> Result<()> {
+    let base = example_snapshot();
+    let mut gateway = Gateway::start("static-stability", &base, 2)?;
+    let names = tenants(50, "s");
+    let reference = served(&gateway, &names);
+
+    // Sidecar killed: routing continues on the last good snapshot.
+    gateway.sidecar.process.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(served(&gateway, &names), reference);
+
+    // A bad snapshot at the source while the sidecar is down, then back up:
+    // the sidecar refuses it and routing is unchanged.
+    publish(&gateway.source, br#"{"version": 5, "cells": []}"#)?;
+    gateway.sidecar.restart()?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        gateway.sidecar.version(),
+        None,
+        "the sidecar must not serve an invalid snapshot"
+    );
+    assert_eq!(served(&gateway, &names), reference);
+
+    // A valid snapshot with a broken invariant (unknown failover) is refused too.
+    let broken = next_snapshot(&base, |s| s["cells"][0]["failover"] = "cell-zz".into())?;
+    publish(&gateway.source, &broken)?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(served(&gateway, &names), reference);
+
+    // A good one: updates resume.
+    let good = next_snapshot(&base, |s| {
+        s["version"] = 3.into();
+        s["overrides"]["s-0"] = "cell-a".into();
+        s["overrides"]["s-1"] = "cell-b".into();
+    })?;
+    publish(&gateway.source, &good)?;
+    assert!(
+        gateway.wait_for_version(3, Duration::from_secs(10)),
+        "updates did not resume"
+    );
+    let after = served(&gateway, &names[..2]);
+    assert_eq!(after[0], ("cell-a".to_string(), "3".to_string()));
+    assert_eq!(after[1], ("cell-b".to_string(), "3".to_string()));
+    Ok(())
+}
+
+#[test]
+fn three_gateways_on_one_source_route_every_tenant_alike() -> Result<()> {
+    let base = example_snapshot();
+    let first = Gateway::start("fleet", &base, 2)?;
+    // Two more Envoys, each with its own sidecar watching the same file.
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let sidecar = Sidecar::start(&first.dir, &first.source)?;
+        let mut options = e2e::EnvoyOptions::new(&first.backends, sidecar.port);
+        options.concurrency = 2;
+        let envoy = e2e::Envoy::start(&first.dir, options)?;
+        others.push((sidecar, envoy));
+    }
+    let names = tenants(200, "fleet");
+    let reference = served(&first, &names);
+    let agent = client();
+    for (_, envoy) in &others {
+        let token_for =
+            |t: &str| bearer(&cell_router_kit::fixtures::token(Alg::HS256, unix_now(), t));
+        assert!(e2e::wait_until(Duration::from_secs(20), || {
+            e2e::get(
+                &agent,
+                &envoy.url("/"),
+                &[("authorization", &token_for("x"))],
+            )
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+        }));
+        for (tenant, (cell, _)) in names.iter().zip(&reference) {
+            let reply = e2e::get(
+                &agent,
+                &envoy.url("/"),
+                &[("authorization", &token_for(tenant))],
+            )?;
+            assert_eq!(reply.status, 200);
+            assert_eq!(
+                reply.json()?["cell"].as_str(),
+                Some(cell.as_str()),
+                "{tenant}"
+            );
+        }
+    }
+    Ok(())
+}

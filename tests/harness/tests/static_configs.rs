@@ -1,0 +1,138 @@
+//! The container and Istio artifacts cannot run here (no Docker engine, no
+//! cluster), so they are checked statically: the files they reference exist,
+//! they carry the same gateway as the local demo, and the real filter accepts
+//! their plugin configuration. (`make test` also runs `envoy --mode validate`
+//! on every Envoy config.)
+
+use cell_router_harness::e2e::{plugin_config_of, repo_root};
+use cell_router_wasm_host::Host;
+use serde_json::Value;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Lines that define what the gateway does, independent of addresses.
+fn gateway_shape(config: &str) -> Vec<String> {
+    config
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("- name:")
+                || l.starts_with("string_match:")
+                || l.starts_with("route: {cluster:")
+                || l.starts_with("failure_policy:")
+                || l.starts_with("runtime:")
+                || l.starts_with("root_id:")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_compose_gateway_is_the_local_gateway() {
+    let local = read("envoy/envoy.yaml");
+    let docker = read("envoy/docker/envoy.yaml");
+    assert_eq!(
+        plugin_config_of(&docker).unwrap(),
+        plugin_config_of(&local).unwrap()
+    );
+    let shape = gateway_shape(&local);
+    assert!(shape.len() >= 10, "{shape:?}");
+    assert_eq!(gateway_shape(&docker), shape);
+    assert!(docker.contains("filename: /etc/envoy/cell_router.wasm"));
+}
+
+#[test]
+fn compose_references_files_that_exist() {
+    let compose = read("envoy/docker-compose.yaml");
+    let envoy_dir = repo_root().join("envoy");
+    let mut checked = 0;
+    for line in compose.lines().map(str::trim) {
+        // Volume sources (`- ../dist/x:/etc/...`) and build contexts are
+        // relative to envoy/; dockerfiles to the context (the repo root).
+        if let Some(volume) = line.strip_prefix("- ")
+            && volume.starts_with('.')
+            && let Some((source, _)) = volume.split_once(':')
+        {
+            let path = envoy_dir.join(source);
+            // dist/ holds the built filter: `make test` builds it first.
+            assert!(
+                path.exists(),
+                "compose volume source {} is missing",
+                path.display()
+            );
+            checked += 1;
+        }
+        if let Some(context) = line.strip_prefix("context: ") {
+            assert!(envoy_dir.join(context).is_dir(), "build context {context}");
+            checked += 1;
+        }
+        if let Some(dockerfile) = line.strip_prefix("dockerfile: ") {
+            let dockerfile = repo_root().join(dockerfile);
+            let text = std::fs::read_to_string(&dockerfile).unwrap();
+            checked += 1;
+            // Every build target compose asks for is a stage of that file.
+            for target in ["sidecar", "cell"] {
+                assert!(
+                    text.contains(&format!(" AS {target}\n")),
+                    "no stage {target}"
+                );
+            }
+        }
+    }
+    // 3 volumes, and the sidecar's and the cells' build (cell-b and cell-c
+    // reuse cell-a's through a YAML anchor).
+    assert_eq!(checked, 7, "references found: is the parser still right?");
+    // The image the issue names, at the version the tests run.
+    assert!(compose.contains("image: envoyproxy/envoy:v1.40.0"));
+    // The snapshot the sidecar is pointed at exists in the mounted folder.
+    assert!(read("envoy/Dockerfile").contains("/snapshots/snapshot.json"));
+    assert!(repo_root().join("mapping/examples/snapshot.json").exists());
+}
+
+fn istio_plugin_config() -> Value {
+    let manifest = read("envoy/istio/wasmplugin.yaml");
+    let (_, after) = manifest
+        .split_once("  pluginConfig:\n")
+        .expect("pluginConfig");
+    serde_json::from_str(after).expect("pluginConfig is JSON (valid YAML)")
+}
+
+#[test]
+fn istio_plugin_config_is_the_local_one_with_the_istio_sidecar_cluster() {
+    let istio = istio_plugin_config();
+    let mut local = plugin_config_of(&read("envoy/envoy.yaml")).unwrap();
+    assert_eq!(
+        istio["sidecar"]["cluster"],
+        "outbound|18000||cellmap.cell-router.local"
+    );
+    local["sidecar"]["cluster"] = istio["sidecar"]["cluster"].clone();
+    local["sidecar"]["authority"] = istio["sidecar"]["authority"].clone();
+    assert_eq!(istio, local);
+    let manifest = read("envoy/istio/wasmplugin.yaml");
+    assert!(manifest.contains("failStrategy: FAIL_CLOSE"));
+    // The ServiceEntry host is the one the cluster name is built from.
+    assert!(read("envoy/istio/sidecar.yaml").contains("hosts: [\"cellmap.cell-router.local\"]"));
+    assert!(read("envoy/istio/Dockerfile").contains("COPY dist/cell_router.wasm ./plugin.wasm"));
+}
+
+#[test]
+fn the_real_filter_accepts_every_shipped_plugin_config() {
+    let configs = [
+        (
+            "envoy/envoy.yaml",
+            plugin_config_of(&read("envoy/envoy.yaml")).unwrap(),
+        ),
+        (
+            "envoy/docker/envoy.yaml",
+            plugin_config_of(&read("envoy/docker/envoy.yaml")).unwrap(),
+        ),
+        ("envoy/istio/wasmplugin.yaml", istio_plugin_config()),
+    ];
+    for (name, config) in configs {
+        let mut host = Host::new().unwrap();
+        host.configure(config.to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
