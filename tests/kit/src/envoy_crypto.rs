@@ -123,14 +123,13 @@ fn import(der: &[u8]) -> Option<PublicKey> {
         .map(PublicKey::P384)
 }
 
-/// Runs `verify_signature`: the serialized result, or the status Envoy
-/// returns without one (unparsable arguments, no key or two keys).
 /// Envoy refuses arguments it cannot parse with `WasmResult::BadArgument`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadArgument;
 
 /// Envoy's `verify_signature`: the serialized result, or `BadArgument` when
-/// the arguments are not a `VerifySignatureArguments` it can use.
+/// the arguments are not a `VerifySignatureArguments` it can use (no key, or
+/// both a DER and a PEM key).
 pub fn verify_signature(arguments: &[u8]) -> Result<Vec<u8>, BadArgument> {
     let args = parse(arguments).ok_or(BadArgument)?;
     let der = match (args.der.is_empty(), args.pem.is_empty()) {
@@ -138,48 +137,55 @@ pub fn verify_signature(arguments: &[u8]) -> Result<Vec<u8>, BadArgument> {
         (true, false) => pem_to_der(&args.pem).unwrap_or_default(),
         _ => return Err(BadArgument),
     };
-    let hash = args.hash.to_ascii_lowercase();
-    let digest: Vec<u8> = match hash.as_str() {
-        "sha224" => Sha224::digest(&args.text).to_vec(),
-        "sha256" => Sha256::digest(&args.text).to_vec(),
-        "sha384" => Sha384::digest(&args.text).to_vec(),
-        "sha512" => Sha512::digest(&args.text).to_vec(),
-        _ => {
-            return Ok(encode_result(
-                false,
-                &format!("{} is not supported.", args.hash),
-            ));
-        }
+    Ok(
+        match verify(&args.hash, &der, &args.signature, &args.text) {
+            Ok(()) => encode_result(true, ""),
+            Err(error) => encode_result(false, &error),
+        },
+    )
+}
+
+/// The check itself, as BoringSSL's `EVP_DigestVerify` does it: `Ok` when
+/// `signature` is valid for `text` under the SubjectPublicKeyInfo `der`,
+/// else the error text Envoy puts in its result.
+pub fn verify(hash: &str, der: &[u8], signature: &[u8], text: &[u8]) -> Result<(), String> {
+    let lower = hash.to_ascii_lowercase();
+    let digest: Vec<u8> = match lower.as_str() {
+        "sha224" => Sha224::digest(text).to_vec(),
+        "sha256" => Sha256::digest(text).to_vec(),
+        "sha384" => Sha384::digest(text).to_vec(),
+        "sha512" => Sha512::digest(text).to_vec(),
+        _ => return Err(format!("{hash} is not supported.")),
     };
-    let Some(key) = import(&der) else {
-        return Ok(encode_result(false, "Failed to initialize digest verify."));
+    let Some(key) = import(der) else {
+        return Err("Failed to initialize digest verify.".to_string());
     };
     let valid = match key {
         PublicKey::Rsa(key) => {
-            let scheme = match hash.as_str() {
+            let scheme = match lower.as_str() {
                 "sha224" => rsa::Pkcs1v15Sign::new::<Sha224>(),
                 "sha256" => rsa::Pkcs1v15Sign::new::<Sha256>(),
                 "sha384" => rsa::Pkcs1v15Sign::new::<Sha384>(),
                 _ => rsa::Pkcs1v15Sign::new::<Sha512>(),
             };
-            key.verify(scheme, &digest, &args.signature).is_ok()
+            key.verify(scheme, &digest, signature).is_ok()
         }
         PublicKey::P256(key) => {
             use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
-            p256::ecdsa::Signature::from_der(&args.signature)
+            p256::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|sig| key.verify_prehash(&digest, &sig).is_ok())
         }
         PublicKey::P384(key) => {
             use p384::ecdsa::signature::hazmat::PrehashVerifier as _;
-            p384::ecdsa::Signature::from_der(&args.signature)
+            p384::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|sig| key.verify_prehash(&digest, &sig).is_ok())
         }
     };
-    Ok(if valid {
-        encode_result(true, "")
+    if valid {
+        Ok(())
     } else {
-        encode_result(false, "Failed to verify digest. Error code: 0")
-    })
+        Err("Failed to verify digest. Error code: 0".to_string())
+    }
 }
 
 #[cfg(test)]
