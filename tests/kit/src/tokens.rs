@@ -81,6 +81,11 @@ impl Alg {
         }
     }
 
+    /// The algorithm named `name` (`"RS256"`, …), if the filter supports it.
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|alg| alg.name() == name)
+    }
+
     /// The `kid` this algorithm's key has in [`Jwks::all`].
     pub fn default_kid(self) -> String {
         self.name().to_ascii_lowercase()
@@ -293,62 +298,76 @@ impl TokenBuilder {
     }
 
     fn try_sign(&self) -> Result<String, jwt_simple::Error> {
-        let keys = keys();
-        let claims = self.claims();
-        let kid = self.kid.as_deref();
-        macro_rules! with_kid {
-            ($key:expr) => {{
-                let key = $key;
-                match kid {
-                    Some(kid) => key.with_key_id(kid),
-                    None => key,
-                }
-            }};
+        sign_with(self.alg, self.kid.as_deref(), self.other_key, self.claims())
+    }
+}
+
+/// Signs `claims` with the test key of `alg` under `kid` (the one signing
+/// routine of the kit: [`TokenBuilder`] and the filter's native tests use it).
+pub fn sign_claims(alg: Alg, kid: Option<&str>, claims: JWTClaims<Map<String, Value>>) -> String {
+    sign_with(alg, kid, false, claims)
+        .unwrap_or_else(|e| panic!("signing a {} token: {e}", alg.name()))
+}
+
+fn sign_with(
+    alg: Alg,
+    kid: Option<&str>,
+    other_key: bool,
+    claims: JWTClaims<Map<String, Value>>,
+) -> Result<String, jwt_simple::Error> {
+    let keys = keys();
+    macro_rules! with_kid {
+        ($key:expr) => {{
+            let key = $key;
+            match kid {
+                Some(kid) => key.with_key_id(kid),
+                None => key,
+            }
+        }};
+    }
+    let rsa_pem = if other_key {
+        &keys.rsa_other_private_pem
+    } else {
+        &keys.rsa_private_pem
+    };
+    let secret: Vec<u8> = if other_key {
+        keys.hmac_secret.iter().map(|b| b ^ 0x5a).collect()
+    } else {
+        keys.hmac_secret.clone()
+    };
+    match alg {
+        Alg::HS256 => with_kid!(HS256Key::from_bytes(&secret)).authenticate(claims),
+        Alg::HS384 => with_kid!(HS384Key::from_bytes(&secret)).authenticate(claims),
+        Alg::HS512 => with_kid!(HS512Key::from_bytes(&secret)).authenticate(claims),
+        Alg::RS256 => with_kid!(RS256KeyPair::from_pem(rsa_pem)?).sign(claims),
+        Alg::RS384 => with_kid!(RS384KeyPair::from_pem(rsa_pem)?).sign(claims),
+        Alg::RS512 => with_kid!(RS512KeyPair::from_pem(rsa_pem)?).sign(claims),
+        Alg::PS256 => with_kid!(PS256KeyPair::from_pem(rsa_pem)?).sign(claims),
+        Alg::PS384 => with_kid!(PS384KeyPair::from_pem(rsa_pem)?).sign(claims),
+        Alg::PS512 => with_kid!(PS512KeyPair::from_pem(rsa_pem)?).sign(claims),
+        Alg::ES256 => {
+            let key = if other_key {
+                ES256KeyPair::generate()
+            } else {
+                ES256KeyPair::from_pem(&keys.ec256_private_pem)?
+            };
+            with_kid!(key).sign(claims)
         }
-        let rsa_pem = if self.other_key {
-            &keys.rsa_other_private_pem
-        } else {
-            &keys.rsa_private_pem
-        };
-        let secret: Vec<u8> = if self.other_key {
-            keys.hmac_secret.iter().map(|b| b ^ 0x5a).collect()
-        } else {
-            keys.hmac_secret.clone()
-        };
-        match self.alg {
-            Alg::HS256 => with_kid!(HS256Key::from_bytes(&secret)).authenticate(claims),
-            Alg::HS384 => with_kid!(HS384Key::from_bytes(&secret)).authenticate(claims),
-            Alg::HS512 => with_kid!(HS512Key::from_bytes(&secret)).authenticate(claims),
-            Alg::RS256 => with_kid!(RS256KeyPair::from_pem(rsa_pem)?).sign(claims),
-            Alg::RS384 => with_kid!(RS384KeyPair::from_pem(rsa_pem)?).sign(claims),
-            Alg::RS512 => with_kid!(RS512KeyPair::from_pem(rsa_pem)?).sign(claims),
-            Alg::PS256 => with_kid!(PS256KeyPair::from_pem(rsa_pem)?).sign(claims),
-            Alg::PS384 => with_kid!(PS384KeyPair::from_pem(rsa_pem)?).sign(claims),
-            Alg::PS512 => with_kid!(PS512KeyPair::from_pem(rsa_pem)?).sign(claims),
-            Alg::ES256 => {
-                let key = if self.other_key {
-                    ES256KeyPair::generate()
-                } else {
-                    ES256KeyPair::from_pem(&keys.ec256_private_pem)?
-                };
-                with_kid!(key).sign(claims)
-            }
-            Alg::ES384 => {
-                let key = if self.other_key {
-                    ES384KeyPair::generate()
-                } else {
-                    ES384KeyPair::from_pem(&keys.ec384_private_pem)?
-                };
-                with_kid!(key).sign(claims)
-            }
-            Alg::EdDSA => {
-                let key = if self.other_key {
-                    Ed25519KeyPair::generate()
-                } else {
-                    Ed25519KeyPair::from_pem(&keys.ed25519_private_pem)?
-                };
-                with_kid!(key).sign(claims)
-            }
+        Alg::ES384 => {
+            let key = if other_key {
+                ES384KeyPair::generate()
+            } else {
+                ES384KeyPair::from_pem(&keys.ec384_private_pem)?
+            };
+            with_kid!(key).sign(claims)
+        }
+        Alg::EdDSA => {
+            let key = if other_key {
+                Ed25519KeyPair::generate()
+            } else {
+                Ed25519KeyPair::from_pem(&keys.ed25519_private_pem)?
+            };
+            with_kid!(key).sign(claims)
         }
     }
 }
