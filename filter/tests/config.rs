@@ -432,7 +432,7 @@ fn duplicate_config_fields_are_refused() {
 fn jwks_errors_name_the_key_and_member() {
     let base = base_config();
     let bad = |jwk: Value| set(base.clone(), "jwks", json!({"keys": [jwk]}));
-    let rsa = rsa_jwk("rsa2048.pem", "r", None);
+    let rsa = rsa_jwk("r", None);
     let cases: Vec<(Value, &str, &str)> = vec![
         (set(base.clone(), "jwks", json!([])), "jwks", "JWKS object"),
         (set(base.clone(), "jwks", json!({})), "jwks.keys", "missing"),

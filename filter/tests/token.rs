@@ -87,7 +87,7 @@ fn every_algorithm_verifies_and_routes() {
 #[test]
 fn keys_with_an_alg_only_serve_that_alg() {
     let mut value = base_config();
-    value["jwks"] = json!({"keys": [rsa_jwk("rsa2048.pem", "rsa-1", Some("PS256"))]});
+    value["jwks"] = json!({"keys": [rsa_jwk("rsa-1", Some("PS256"))]});
     let mut router = Router::from_json(&value);
     routed(&mut router, &sign("PS256", tenant_claims("t1")));
     rejected_token(
@@ -286,7 +286,7 @@ fn alg_none_in_any_case_is_refused() {
 fn algorithms_outside_the_allow_list_are_refused() {
     let mut value = base_config();
     value["algorithms"] = json!(["RS256"]);
-    value["jwks"] = json!({"keys": [rsa_jwk("rsa2048.pem", "rsa-1", None)]});
+    value["jwks"] = json!({"keys": [rsa_jwk("rsa-1", None)]});
     let mut router = Router::from_json(&value);
     routed(&mut router, &sign("RS256", tenant_claims("t1")));
     for alg in ["HS256", "ES256", "PS256", "RS512"] {
@@ -328,7 +328,7 @@ fn hs256_signed_with_the_rsa_public_key_is_refused() {
         // Only RSA keys configured, HS256 allowed: no HS256 key exists.
         let mut value = base_config();
         value["algorithms"] = json!(["RS256", "HS256"]);
-        value["jwks"] = json!({"keys": [rsa_jwk("rsa2048.pem", "rsa-1", Some("RS256"))]});
+        value["jwks"] = json!({"keys": [rsa_jwk("rsa-1", Some("RS256"))]});
         let mut router = Router::from_json(&value);
         let token = HS256Key::from_bytes(&secret)
             .authenticate(tenant_claims("t1"))

@@ -1,14 +1,15 @@
-//! Shared helpers: the throwaway test keys in `tests/keys`, JWKs built from
-//! them, token signing with a controlled clock, configs and snapshots.
+//! Shared helpers over the test kit (`cell-router-kit`: the throwaway keys,
+//! their JWKs, the one signer and the one verify_signature stand-in): claims
+//! at a fixed clock, this crate's scenario snapshot, configs and a router.
 #![allow(dead_code)]
 
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use cell_router_filter::config::Config;
 use cell_router_filter::decide::{Decision, Installed, VmState, decide};
+use cell_router_kit as kit;
 use cell_router_mapping::snapshot::encode_slot_table;
 use cell_router_mapping::{CellDoc, CellState, HashDoc, MoveDoc, Snapshot, SnapshotDoc};
 use jwt_simple::prelude::*;
+use kit::tokens::Alg;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -17,76 +18,60 @@ pub const NOW: u64 = 1_700_000_000;
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "cell-router";
 
+/// A file of the kit's throwaway keys (`tests/keys`).
 pub fn key_file(name: &str) -> String {
-    let path = format!("{}/../tests/keys/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let path = kit::tokens::keys_dir().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn hs_secret() -> Vec<u8> {
-    STANDARD
-        .decode(key_file("hs256.secret.b64").trim())
-        .unwrap()
+    kit::tokens::keys().hmac_secret.clone()
 }
 
 pub fn b64url(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
+    kit::tokens::b64url(bytes)
 }
 
-fn rsa_components(pem: &str) -> (String, String) {
-    let c = RS256KeyPair::from_pem(pem)
-        .unwrap()
-        .public_key()
-        .to_components();
-    (b64url(&c.n), b64url(&c.e))
+/// The kit's public JWK of `alg`'s test key under `kid`, without `alg`.
+fn jwk(alg: Alg, kid: &str) -> Value {
+    let mut jwk = kit::tokens::public_jwk(alg);
+    if let Some(object) = jwk.as_object_mut() {
+        object.insert("kid".into(), json!(kid));
+    }
+    jwk
 }
 
-/// A public RSA JWK from a private PEM in tests/keys.
-pub fn rsa_jwk(file: &str, kid: &str, alg: Option<&str>) -> Value {
-    let (n, e) = rsa_components(&key_file(file));
-    let mut jwk = json!({"kty": "RSA", "kid": kid, "use": "sig", "n": n, "e": e});
+/// The public RSA test key as a JWK, with `alg` when given.
+pub fn rsa_jwk(kid: &str, alg: Option<&str>) -> Value {
+    let mut jwk = jwk(Alg::RS256, kid);
+    jwk["use"] = json!("sig");
     if let Some(alg) = alg {
         jwk["alg"] = json!(alg);
     }
     jwk
 }
 
-fn without_alg(mut jwk: Value, kid: &str) -> Value {
-    let object = jwk.as_object_mut().unwrap();
-    object.remove("alg");
-    object.insert("kid".into(), json!(kid));
-    jwk
-}
-
 pub fn ec256_jwk(kid: &str) -> Value {
-    let pk = ES256KeyPair::from_pem(&key_file("ec256.pem"))
-        .unwrap()
-        .public_key();
-    without_alg(serde_json::from_str(&pk.to_jwk()).unwrap(), kid)
+    jwk(Alg::ES256, kid)
 }
 
 pub fn ec384_jwk(kid: &str) -> Value {
-    let pk = ES384KeyPair::from_pem(&key_file("ec384.pem"))
-        .unwrap()
-        .public_key();
-    without_alg(serde_json::from_str(&pk.to_jwk()).unwrap(), kid)
+    jwk(Alg::ES384, kid)
 }
 
 pub fn ed25519_jwk(kid: &str) -> Value {
-    let pk = Ed25519KeyPair::from_pem(&key_file("ed25519.pem"))
-        .unwrap()
-        .public_key();
-    without_alg(serde_json::from_str(&pk.to_jwk()).unwrap(), kid)
+    jwk(Alg::EdDSA, kid)
 }
 
 pub fn oct_jwk(kid: &str) -> Value {
-    json!({"kty": "oct", "kid": kid, "k": b64url(&hs_secret())})
+    jwk(Alg::HS256, kid)
 }
 
 /// Every test key, each with its own kid and no `alg` (so it serves every
 /// allowed algorithm of its type).
 pub fn all_keys_jwks() -> Value {
     json!({"keys": [
-        rsa_jwk("rsa2048.pem", "rsa-1", None),
+        rsa_jwk("rsa-1", None),
         ec256_jwk("ec256-1"),
         ec384_jwk("ec384-1"),
         ed25519_jwk("ed-1"),
@@ -129,58 +114,10 @@ pub fn tenant_claims(tenant: &str) -> JWTClaims<Map<String, Value>> {
     claims(json!({ "tenant_id": tenant }))
 }
 
-/// Signs with the test key for `alg`, under `kid`.
+/// Signs with the test key for `alg`, under `kid` (the kit's signer).
 pub fn sign_as(alg: &str, kid: &str, claims: JWTClaims<Map<String, Value>>) -> String {
-    let rsa = key_file("rsa2048.pem");
-    match alg {
-        "HS256" => HS256Key::from_bytes(&hs_secret())
-            .with_key_id(kid)
-            .authenticate(claims),
-        "HS384" => HS384Key::from_bytes(&hs_secret())
-            .with_key_id(kid)
-            .authenticate(claims),
-        "HS512" => HS512Key::from_bytes(&hs_secret())
-            .with_key_id(kid)
-            .authenticate(claims),
-        "RS256" => RS256KeyPair::from_pem(&rsa)
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "RS384" => RS384KeyPair::from_pem(&rsa)
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "RS512" => RS512KeyPair::from_pem(&rsa)
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "PS256" => PS256KeyPair::from_pem(&rsa)
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "PS384" => PS384KeyPair::from_pem(&rsa)
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "PS512" => PS512KeyPair::from_pem(&rsa)
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "ES256" => ES256KeyPair::from_pem(&key_file("ec256.pem"))
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "ES384" => ES384KeyPair::from_pem(&key_file("ec384.pem"))
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        "EdDSA" => Ed25519KeyPair::from_pem(&key_file("ed25519.pem"))
-            .unwrap()
-            .with_key_id(kid)
-            .sign(claims),
-        other => panic!("no test key for {other}"),
-    }
-    .unwrap()
+    let alg = Alg::from_name(alg).unwrap_or_else(|| panic!("no test key for {alg}"));
+    kit::tokens::sign_claims(alg, Some(kid), claims)
 }
 
 pub fn sign(alg: &str, claims: JWTClaims<Map<String, Value>>) -> String {
@@ -353,9 +290,9 @@ pub fn bearer(token: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// A stand-in for Envoy's verify_signature: an independent implementation
-// taking what BoringSSL takes (SubjectPublicKeyInfo DER, DER ECDSA
-// signatures, PKCS#1 v1.5 RSA).
+// Envoy's verify_signature, answered by the test kit's one stand-in for it
+// (SubjectPublicKeyInfo DER, DER ECDSA signatures, PKCS#1 v1.5 RSA, as
+// BoringSSL takes them).
 
 use cell_router_filter::host_verify::{HostVerdict, SignatureHost};
 
@@ -377,66 +314,6 @@ impl RustCryptoHost {
     }
 }
 
-fn rsa_verify(hash: &str, der: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
-    use rsa::pkcs8::DecodePublicKey;
-    let key = rsa::RsaPublicKey::from_public_key_der(der).ok()?;
-    // DigestInfo prefixes (RFC 8017 §9.2 note 1).
-    let (digest, prefix): (Vec<u8>, &[u8]) = match hash {
-        "sha256" => (
-            hmac_sha256::Hash::hash(text).to_vec(),
-            &[
-                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x01, 0x05, 0x00, 0x04, 0x20,
-            ],
-        ),
-        "sha384" => (
-            hmac_sha512::sha384::Hash::hash(text).to_vec(),
-            &[
-                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x02, 0x05, 0x00, 0x04, 0x30,
-            ],
-        ),
-        "sha512" => (
-            hmac_sha512::Hash::hash(text).to_vec(),
-            &[
-                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x03, 0x05, 0x00, 0x04, 0x40,
-            ],
-        ),
-        _ => return None,
-    };
-    let scheme = rsa::Pkcs1v15Sign {
-        hash_len: Some(digest.len()),
-        prefix: prefix.to_vec().into_boxed_slice(),
-    };
-    Some(key.verify(scheme, &digest, signature).is_ok())
-}
-
-fn ec_verify(hash: &str, der: &[u8], signature: &[u8], text: &[u8]) -> Option<bool> {
-    use p256::pkcs8::DecodePublicKey;
-    if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
-        use p256::ecdsa::signature::Verifier;
-        if hash != "sha256" {
-            return Some(false);
-        }
-        let Ok(signature) = p256::ecdsa::Signature::from_der(signature) else {
-            return Some(false);
-        };
-        return Some(key.verify(text, &signature).is_ok());
-    }
-    if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_der(der) {
-        use p384::ecdsa::signature::Verifier;
-        if hash != "sha384" {
-            return Some(false);
-        }
-        let Ok(signature) = p384::ecdsa::Signature::from_der(signature) else {
-            return Some(false);
-        };
-        return Some(key.verify(text, &signature).is_ok());
-    }
-    None
-}
-
 impl SignatureHost for RustCryptoHost {
     fn verify_signature(
         &mut self,
@@ -452,12 +329,9 @@ impl SignatureHost for RustCryptoHost {
         if let Some(forced) = self.forced {
             return forced;
         }
-        match rsa_verify(hash, der, signature, text)
-            .or_else(|| ec_verify(hash, der, signature, text))
-        {
-            Some(true) => HostVerdict::Valid,
-            Some(false) => HostVerdict::Invalid,
-            None => HostVerdict::Unavailable,
+        match kit::envoy_crypto::verify(hash, der, signature, text) {
+            Ok(()) => HostVerdict::Valid,
+            Err(_) => HostVerdict::Invalid,
         }
     }
 }
