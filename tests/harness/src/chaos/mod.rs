@@ -15,10 +15,10 @@
 //! `cellmap` and the filter as the end-to-end tests do (`ENVOY_BIN`,
 //! `CELLMAP_BIN`, `CELL_ROUTER_WASM`, or their `make` locations).
 //!
-//! [`run`] reads top-down: the [`snapshots`] are generated, the gateway
-//! starts with [`judge`]'s checking backends, the [`load`] starts, the
-//! [`timeline`] of flips, bad snapshots and kills runs against it, and
-//! [`judge`] gives the verdict, which [`report`] prints.
+//! [`run`] reads top-down: the `snapshots` are generated, the gateway
+//! starts with `judge`'s checking backends, the `load` starts, the
+//! `timeline` of flips, bad snapshots and kills runs against it, and
+//! `judge` gives the verdict, which `report` prints.
 
 mod judge;
 mod load;
