@@ -1,0 +1,43 @@
+//! How the benchmark measures, printed under "Method".
+
+pub const METHOD: &str = r#"
+- **What runs.** Eight gateway Envoys from `envoy/bench/` (the same binary, each with
+  its own process and the same listener, routes and clusters; they differ only in
+  their HTTP filters), one backend Envoy whose three listeners (one per cell) answer
+  from `direct_response` and echo the routing headers, and the `cellmap serve`
+  sidecar. Only the gateway being measured gets load; the others sit idle. Every
+  gateway's routing is checked first: each tenant's request (with a spoofed
+  `x-cell-id`) must reach the cell `cellmap` resolves for it.
+- **Configurations.** (1) `plain.yaml`: routes on the `x-cell-id` the client sends.
+  (2) `cell-router.yaml` with 1,000 tokens, one per tenant, rotated (cache hits).
+  (3) the same configuration in a separate Envoy fed only unique tokens (a `jti`
+  numbers them; a new slice of the pool for every run, so no token repeats).
+  (4) `jwt-lua.yaml`: `jwt_authn` (same keys, `claim_to_headers`, `forward: true`
+  like the cell router, `jwt_cache_config` of 4,096 like the router's token cache)
+  and the Lua lookup in `envoy/bench/cell_lookup.lua` (override table, else
+  SipHash-1-3 → slot → cell, then failover — the routing function of
+  `mapping/SPEC.md` minus moves and shedding, computed per request, not a
+  precomputed tenant table, because users route tenants they have never seen).
+  Its unique-token rows run the same file without `jwt_cache_config`: jwt_authn
+  then verifies every request whatever the token, which is what unique tokens cost
+  it, so its pool need not be unique. (5) `trust-header.yaml`: `jwt_authn` + the
+  cell router in `trust_header` mode. Every request carries a bearer token (plain
+  Envoy ignores it), so request sizes match.
+- **Where the time goes.** `envoy/bench/probe` is a tiny proxy-wasm filter (a
+  measuring instrument, not shipped) that makes exactly the host calls its
+  configuration lists. The benchmark counts the real `.wasm`'s host calls for a
+  cached token in the wasmtime host and runs the probe twice next to plain Envoy:
+  with no calls (Envoy's cost for any Wasm filter: a context per request and the
+  callbacks into V8) and with the router's calls; the router's own work is what
+  remains.
+- **Client.** wrk with `tests/harness/src/bench/wrk.lua`: requests are formatted once
+  in `init()` and rotated, so the client costs the same in every case. Latency is
+  wrk's (closed loop: at a fixed connection count, p99 is mostly queueing).
+- **Machine sharing.** Client, gateway and backend share the same cores, so
+  throughput here is "requests per CPU-second of the whole box", and the ratios
+  show the gateway's extra CPU cost diluted by the client's and the backend's.
+  The gateway's own CPU time per request (*gw CPU*) is the undiluted figure.
+  Runs of different cases are interleaved round by round; ratios pair runs of the
+  same round. *Other CPU* is the machine's busy time not spent by the processes
+  under test (other builds or tests on the box) — the noise.
+"#;
