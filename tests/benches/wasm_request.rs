@@ -7,10 +7,10 @@
 //! mean), the time inside the plugin's callbacks (what Envoy would spend in
 //! the filter, host functions included), and host calls per request.
 
+use cell_router_mapping::SnapshotDoc;
 use cell_router_tests::fixtures::{Config, bearer, cell, snapshot, snapshot_with, token};
 use cell_router_tests::host::{Exchange, Host, HostOptions, Plugin, Request};
 use cell_router_tests::tokens::Alg;
-use cell_router_mapping::SnapshotDoc;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -2,13 +2,13 @@
 //! client copies removed, overrides, failover, gradual moves, shedding,
 //! metrics, and agreement with `cellmap route` for 10,000 tenants.
 
+use cell_router_mapping::SnapshotDoc;
 use cell_router_tests::fixtures::{
     self, Config, bearer, cell, disabled, draining, metric, parsed, snapshot, snapshot_with, token,
     with_move, with_override,
 };
 use cell_router_tests::host::{Exchange, Host, HostOptions, Request};
 use cell_router_tests::tokens::Alg;
-use cell_router_mapping::SnapshotDoc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -292,7 +292,8 @@ fn rejections_and_local_replies_pass_nothing_upstream() {
 fn ten_thousand_tenants_route_as_cellmap_route_says() {
     let path = fixtures::example_snapshot_path();
     let text = std::fs::read_to_string(&path).expect("the example snapshot");
-    let library = cell_router_mapping::Snapshot::parse(text.as_bytes()).expect("a valid example snapshot");
+    let library =
+        cell_router_mapping::Snapshot::parse(text.as_bytes()).expect("a valid example snapshot");
     let doc = library.to_doc();
     let mut host = Host::new().unwrap();
     host.configure(Config::trust_header("x-tenant").fallback(&doc).json())

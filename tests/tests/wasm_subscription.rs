@@ -1,12 +1,12 @@
 //! The snapshot subscription of the real filter `.wasm`: fetch from the
 //! sidecar cluster, swap, refuse bad snapshots, survive sidecar failures.
 
+use cell_router_mapping::SnapshotDoc;
 use cell_router_tests::fixtures::{
     Config, SIDECAR_CLUSTER, bearer, metric, parsed, snapshot, snapshot_json, token, with_override,
 };
 use cell_router_tests::host::{Exchange, Host, HostOptions, HttpCall, HttpCallFailure};
 use cell_router_tests::tokens::Alg;
-use cell_router_mapping::SnapshotDoc;
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -423,7 +423,8 @@ mod tests {
 
     #[test]
     fn judges_each_request_by_the_version_it_carried() {
-        let v1 = cell_router_mapping::Snapshot::parse(snapshot_json(&snapshot(1)).as_bytes()).unwrap();
+        let v1 =
+            cell_router_mapping::Snapshot::parse(snapshot_json(&snapshot(1)).as_bytes()).unwrap();
         let home = v1.resolve(b"t", b"").routed_cell().unwrap();
         let home = v1.cell(home).unwrap().id.clone();
         let moved = if home == "cell-a" { "cell-b" } else { "cell-a" };

@@ -16,14 +16,14 @@
 //! `CELLMAP_BIN`, `CELL_ROUTER_WASM`, or their `make` locations).
 
 use anyhow::{Context, Result, anyhow, bail};
+use cell_router_mapping::SnapshotDoc;
+use cell_router_mapping::snapshot::encode_slot_table;
 use cell_router_tests::e2e::{
     self, Backends, Envoy, EnvoyOptions, Gateway, Process, Sidecar, client,
 };
 use cell_router_tests::fixtures::{self, bearer};
 use cell_router_tests::rng::SplitMix64;
 use cell_router_tests::tokens::Alg;
-use cell_router_mapping::SnapshotDoc;
-use cell_router_mapping::snapshot::encode_slot_table;
 use clap::Parser;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
