@@ -278,7 +278,7 @@ pub fn cellmap_bin() -> anyhow::Result<std::path::PathBuf> {
                 "--locked",
                 "--release",
                 "-p",
-                "cell-router-mapping",
+                "cellmap",
                 "--bin",
                 "cellmap",
             ])

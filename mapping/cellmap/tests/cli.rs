@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const EXAMPLE_EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
 
 fn example(name: &str) -> PathBuf {
+    // The examples belong to the mapping crate, one folder up.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
+        .join("../examples")
         .join(name)
 }
 

@@ -1,27 +1,57 @@
 //! `cellmap serve`: the sidecar next to each gateway.
 //!
-//! It holds the last good snapshot and serves it to the local Envoy:
-//! - `GET /snapshot` answers the snapshot (`ETag: "<version>"`);
-//!   `If-None-Match: "<v>"` or `?after=<v>` answers 304 unless a newer one
-//!   exists; `&wait=<s>` holds the request (a long-poll) until a newer version
-//!   arrives or `s` seconds pass, so every worker hears of a change at once.
-//! - `GET /healthz` answers 200 with the version served, 503 before the first.
-//! - `GET /jwks` answers the `--jwks` file, re-read on each request.
+//! It holds the last good snapshot and serves it to the local Envoy (the
+//! protocol is in `http`). Sources: a file or an upstream URL (`source`);
+//! every candidate is validated and must carry a greater version, and a
+//! refused one is logged while the last good one stays served (`store`).
+//! With `--persist`, every snapshot taken is also written to a file that the
+//! next start serves first, so a restart while the control plane is down
+//! keeps the last good mapping.
 //!
-//! Sources: a file (polled; a file that changes while being read is read
-//! again later, so a half-written file is never taken) or an upstream URL
-//! (polled with `If-None-Match`). Every candidate is validated and must carry
-//! a greater version; a refused one is logged while the last good stays served.
+//! One current-thread tokio runtime serves HTTP/1.1 with hyper; long-polls
+//! are futures parked on a `watch` channel. Sources run on their own threads
+//! (blocking file reads, parsing, the upstream client) so a large snapshot
+//! never stalls an answer.
 
-use crate::snapshot::Snapshot;
+mod http;
+mod source;
+mod store;
+
+use http::Context;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use source::{FileSource, Wake};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use store::{Save, Store};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-/// Options of `cellmap serve`.
+/// Run the sidecar that serves snapshots to the local gateway
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    long_about = "Run the sidecar that serves snapshots to the local gateway.\n\n\
+It serves the last good snapshot at GET /snapshot (ETag, If-None-Match, ?after=<version> \
+and &wait=<s> long-polls), GET /healthz, and GET /jwks with --jwks. Every new snapshot \
+from the source is validated and must carry a greater version; a bad one is refused and \
+logged while the last good one stays served.\n\n\
+The file source is looked at every --watch-interval-ms: a change of size, mtime, ctime or \
+inode makes it read, and it is taken only if its content differs from the last read, so \
+a copy that keeps size and mtime (cp -p, rsync -t) is seen too. A file that changes while \
+being read is read again later; still, write it atomically (write, then rename).\n\n\
+With --persist FILE, every snapshot taken from the source is also written to FILE \
+(a temporary file in the same directory, fsync, rename: FILE is always a whole, valid \
+snapshot). At start, FILE is served first if it validates, so a restart while the control \
+plane is down or its snapshot is bad keeps serving the last good mapping; the source then \
+replaces it only with a greater version, as without the restart. A source that is \
+invalid never overwrites FILE. Delete FILE to start over with lower versions.\n\n\
+Signals: SIGTERM and SIGINT answer waiting long-polls at once (304), let open requests \
+finish (at most 2 s) and exit 0. SIGHUP does not stop the sidecar: it looks at the \
+source at once (the file is read even if it looks unchanged; the upstream is polled)."
+)]
 pub struct ServeArgs {
     /// Address to listen on (keep it on loopback: only the local Envoy needs it).
     #[arg(long, default_value = "127.0.0.1:18000")]
@@ -37,6 +67,10 @@ pub struct ServeArgs {
     /// control plane); polled with If-None-Match.
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Keep the last good snapshot in this file (written atomically on every
+    /// change, served first at start)
+    #[arg(long, value_name = "PATH")]
+    pub persist: Option<PathBuf>,
     /// How often to check the file for changes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub watch_interval_ms: u64,
@@ -55,473 +89,319 @@ pub struct ServeArgs {
     /// Most requests handled at once (long-polls included); more get 503.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Most open connections (idle keep-alive ones included); more are
+    /// closed as soon as they are accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
-/// A snapshot that passed validation, as served.
-struct Served {
-    version: u64,
-    body: Arc<Vec<u8>>,
-    cells: usize,
-    tenant_entries: usize,
-    since: Instant,
-}
-
-#[derive(Default)]
-struct State {
-    current: Option<Served>,
-}
-
-/// The last good snapshot and the long-polls waiting for the next one.
-struct Store {
-    state: Mutex<State>,
-    changed: Condvar,
-    shutting_down: AtomicBool,
-    refused: AtomicU64,
-    applied: AtomicU64,
-}
-
-/// What became of a snapshot offered by a source.
-#[derive(Debug, PartialEq, Eq)]
-enum Offer {
-    Applied(u64),
-    Unchanged(u64),
-}
-
-impl Store {
-    fn new() -> Self {
-        Store {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-            shutting_down: AtomicBool::new(false),
-            refused: AtomicU64::new(0),
-            applied: AtomicU64::new(0),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated (every
-        // update is one assignment), so a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Validates `bytes` and serves them if their version is greater.
-    fn offer(&self, bytes: Vec<u8>) -> Result<Offer, String> {
-        let snapshot = Snapshot::parse(&bytes).map_err(|e| e.to_string())?;
-        let mut state = self.lock();
-        if let Some(current) = &state.current {
-            if snapshot.version() == current.version && bytes == *current.body {
-                return Ok(Offer::Unchanged(current.version));
-            }
-            if snapshot.version() <= current.version {
-                return Err(format!(
-                    "$.version: version {} is not greater than the served version {}",
-                    snapshot.version(),
-                    current.version
-                ));
-            }
-        }
-        let version = snapshot.version();
-        state.current = Some(Served {
-            version,
-            cells: snapshot.cells().len(),
-            tenant_entries: snapshot.tenant_entries(),
-            body: Arc::new(bytes),
-            since: Instant::now(),
-        });
-        drop(state);
-        self.applied.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_all();
-        Ok(Offer::Applied(version))
-    }
-
-    /// Offers and logs the result; counts refusals.
-    fn offer_and_log(&self, bytes: Vec<u8>, origin: &str) {
-        match self.offer(bytes) {
-            Ok(Offer::Applied(version)) => {
-                let state = self.lock();
-                let (cells, entries) = state
-                    .current
-                    .as_ref()
-                    .map(|s| (s.cells, s.tenant_entries))
-                    .unwrap_or_default();
-                log(
-                    "info",
-                    &format!(
-                        "serving snapshot version {version} from {origin} ({cells} cells, {entries} overrides/pins/moves)"
-                    ),
-                );
-            }
-            Ok(Offer::Unchanged(_)) => {}
-            Err(err) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                log(
-                    "error",
-                    &format!(
-                        "refused snapshot from {origin}, still serving the last good one: {err}"
-                    ),
-                );
-            }
-        }
-    }
-
-    /// The served snapshot if its version is greater than `after`, waiting
-    /// until `deadline` for one. `None`: nothing newer (or shutting down).
-    fn newer_than(&self, after: Option<u64>, deadline: Instant) -> Option<(u64, Arc<Vec<u8>>)> {
-        let mut state = self.lock();
-        loop {
-            if let Some(current) = &state.current
-                && after.is_none_or(|after| current.version > after)
-            {
-                return Some((current.version, Arc::clone(&current.body)));
-            }
-            let now = Instant::now();
-            if now >= deadline || self.shutting_down.load(Ordering::Relaxed) {
-                return None;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-        }
-    }
-
-    fn current_version(&self) -> Option<u64> {
-        self.lock().current.as_ref().map(|s| s.version)
-    }
-}
+/// How long shutdown waits for open requests before exiting anyway.
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long connections accepted just before shutdown get to send their
+/// request before idle connections are closed.
+const GRACE: Duration = Duration::from_millis(100);
+/// Pending connections the kernel queues before the sidecar accepts them
+/// (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+/// A connection that sends no complete request head for this long is closed
+/// (idle keep-alive connections included: Envoy opens a new one).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let store = Arc::new(Store::new());
-    let server = Arc::new(
-        tiny_http::Server::http(args.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?,
-    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let result = runtime.block_on(serve(args));
+    // A /jwks read still running must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Before anything else: a SIGHUP or SIGTERM from now on is handled, never
+    // the default action.
+    let mut signals = Signals::install()?;
     let max_bytes = args.max_snapshot_mib.saturating_mul(1024 * 1024);
-
-    if let Some(path) = args.file.clone() {
-        let store = Arc::clone(&store);
-        let interval = Duration::from_millis(args.watch_interval_ms.max(10));
-        std::thread::Builder::new()
-            .name("watch-file".into())
-            .spawn(move || watch_file(&store, &path, interval, max_bytes))
-            .map_err(|e| format!("cannot start the file watcher: {e}"))?;
-    }
-    if let Some(url) = args.upstream.clone() {
-        let store = Arc::clone(&store);
-        let interval = Duration::from_millis(args.poll_interval_ms.max(10));
-        std::thread::Builder::new()
-            .name("poll-upstream".into())
-            .spawn(move || poll_upstream(&store, &url, interval, max_bytes))
-            .map_err(|e| format!("cannot start the upstream poller: {e}"))?;
+    let store = Arc::new(Store::new(args.persist.clone()));
+    if let Some(path) = &args.persist {
+        restore(&store, path, max_bytes);
     }
 
-    {
-        let store = Arc::clone(&store);
-        let server = Arc::clone(&server);
-        ctrlc::set_handler(move || {
-            store.shutting_down.store(true, Ordering::SeqCst);
-            store.changed.notify_all();
-            server.unblock();
-        })
-        .map_err(|e| format!("cannot install the signal handler: {e}"))?;
-    }
+    let listener =
+        listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
 
-    let source = match (&args.file, &args.upstream) {
-        (Some(file), _) => format!("file {}", file.display()),
-        (None, Some(url)) => format!("upstream {url}"),
-        (None, None) => "nothing".to_string(),
-    };
+    let (wake, wake_rx) = std::sync::mpsc::channel::<Wake>();
+    let source = start_source(&args, &store, wake_rx, max_bytes)?;
     log(
         "info",
         &format!("listening on http://{} (source: {source})", args.listen),
     );
 
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let config = Arc::new(args);
-    while !store.shutting_down.load(Ordering::SeqCst) {
-        let request = match server.recv() {
-            Ok(request) => request,
-            Err(err) => {
-                if !store.shutting_down.load(Ordering::SeqCst) {
-                    log("warn", &format!("accept failed: {err}"));
-                }
-                continue;
-            }
-        };
-        if in_flight.fetch_add(1, Ordering::SeqCst) >= config.max_in_flight {
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            respond_json(
-                request,
-                503,
-                r#"{"error":"busy","detail":"too many requests in flight"}"#,
-                &[],
-            );
-            continue;
-        }
-        let (store, config, in_flight) = (
-            Arc::clone(&store),
-            Arc::clone(&config),
-            Arc::clone(&in_flight),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("request".into())
-            .spawn(move || {
-                handle(&store, &config, request);
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(err) = spawned {
-            log("error", &format!("cannot start a request thread: {err}"));
-        }
-    }
+    let (stop, shutdown) = watch::channel(false);
+    let context = Arc::new(Context {
+        store: Arc::clone(&store),
+        jwks: args.jwks.clone(),
+        max_wait_s: args.max_wait_s,
+        in_flight: Arc::new(Semaphore::new(
+            args.max_in_flight.min(Semaphore::MAX_PERMITS),
+        )),
+        shutdown,
+    });
+    let server = Server {
+        context,
+        connections: Arc::new(Semaphore::new(
+            args.max_connections.min(Semaphore::MAX_PERMITS),
+        )),
+        graceful: GracefulShutdown::new(),
+        refused_connections: AtomicU64::new(0),
+    };
 
-    // Long-polls were woken by the handler; give them a moment to answer.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    let reason = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => server.connection(stream),
+                Err(err) => {
+                    // Out of file descriptors and the like: do not spin.
+                    log("warn", &format!("accept failed: {err}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => break name,
+                Signal::Hangup => {
+                    log("info", &format!("SIGHUP: looking at the {source} now"));
+                    let _ = wake.send(Wake::Check);
+                }
+            },
+        }
+    };
+
+    log(
+        "info",
+        &format!("{reason}: answering waiting long-polls, then stopping"),
+    );
+    stop.send_replace(true);
+    // Connections the kernel completed before the listener closes are
+    // served too (their long-polls answer at once), not reset.
+    match listener.into_std() {
+        Ok(listener) => {
+            while let Ok((stream, _)) = listener.accept() {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream));
+                if let Ok(stream) = stream {
+                    server.connection(stream);
+                }
+            }
+        }
+        Err(err) => log("warn", &format!("closing the listener: {err}")),
+    }
+    let _ = wake.send(Wake::Stop);
+    // hyper's graceful shutdown closes a connection that has not read its
+    // request yet without an answer. Let the connections just accepted read
+    // theirs first: they are answered at once (304 for a long-poll) with
+    // `Connection: close`.
+    tokio::time::sleep(GRACE).await;
+    if tokio::time::timeout(DRAIN, server.graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log(
+            "warn",
+            &format!("requests still open after {DRAIN:?}; closing them"),
+        );
     }
     log("info", "stopped");
     Ok(())
 }
 
-fn handle(store: &Store, config: &ServeArgs, request: tiny_http::Request) {
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let get_or_head = matches!(
-        request.method(),
-        tiny_http::Method::Get | tiny_http::Method::Head
-    );
-    match path {
-        _ if !get_or_head => respond_json(
-            request,
-            405,
-            r#"{"error":"method_not_allowed","detail":"only GET and HEAD"}"#,
-            &[("Allow", "GET, HEAD")],
-        ),
-        "/snapshot" => serve_snapshot(store, config, request, query),
-        "/healthz" => {
-            let state = store.lock();
-            let body = match &state.current {
-                Some(s) => serde_json::json!({
-                    "status": "ok",
-                    "version": s.version,
-                    "served_for_s": s.since.elapsed().as_secs(),
-                    "applied": store.applied.load(Ordering::Relaxed),
-                    "refused": store.refused.load(Ordering::Relaxed),
-                }),
-                None => serde_json::json!({
-                    "status": "no_snapshot",
-                    "refused": store.refused.load(Ordering::Relaxed),
-                }),
-            };
-            let status = if state.current.is_some() { 200 } else { 503 };
-            drop(state);
-            respond_json(request, status, &body.to_string(), &[]);
-        }
-        "/jwks" => match &config.jwks {
-            None => respond_json(
-                request,
-                404,
-                r#"{"error":"not_found","detail":"no --jwks file configured"}"#,
-                &[],
-            ),
-            Some(file) => match std::fs::read(file) {
-                Ok(bytes) => {
-                    respond_bytes(request, 200, bytes, &[("Content-Type", "application/json")])
-                }
-                Err(err) => respond_json(
-                    request,
-                    503,
-                    &serde_json::json!({"error": "jwks_unavailable", "detail": err.to_string()})
-                        .to_string(),
-                    &[],
-                ),
-            },
-        },
-        _ => respond_json(
-            request,
-            404,
-            r#"{"error":"not_found","detail":"try /snapshot or /healthz"}"#,
-            &[],
-        ),
-    }
+/// The listening socket. The accept queue is longer than the default 128
+/// (`TcpListener::bind`): after a restart every worker of the gateway (and
+/// every gateway sharing an upstream sidecar) reconnects at once, and a full
+/// queue drops connection attempts, which clients retry only after a second.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restart may bind the port at once, even
+    // with connections of the previous process in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
-fn serve_snapshot(store: &Store, config: &ServeArgs, request: tiny_http::Request, query: &str) {
-    let mut after = None;
-    let mut wait_s = 0u64;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let parsed = value.parse::<u64>();
-        match (name, parsed) {
-            ("after", Ok(v)) => after = (v > 0).then_some(v),
-            ("wait", Ok(v)) => wait_s = v.min(config.max_wait_s),
-            ("after" | "wait", Err(_)) => {
-                let body = serde_json::json!({
-                    "error": "bad_request",
-                    "detail": format!("query parameter `{name}` must be a whole number, got {value:?}"),
-                });
-                return respond_json(request, 400, &body.to_string(), &[]);
-            }
-            _ => {}
-        }
-    }
-    // A conditional GET names the version it has, like `after`.
-    if after.is_none() {
-        after = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("If-None-Match"))
-            .and_then(|h| {
-                h.value
-                    .as_str()
-                    .trim()
-                    .trim_start_matches("W/")
-                    .trim_matches('"')
-                    .parse()
-                    .ok()
-            });
-    }
-    let deadline = Instant::now() + Duration::from_secs(wait_s);
-    match store.newer_than(after, deadline) {
-        Some((version, body)) => {
-            let etag = format!("\"{version}\"");
-            let version = version.to_string();
-            let headers = [
-                ("Content-Type", "application/json"),
-                ("ETag", etag.as_str()),
-                ("X-Cell-Snapshot-Version", version.as_str()),
-            ];
-            respond_bytes(request, 200, body.to_vec(), &headers);
-        }
-        None => match store.current_version() {
-            Some(version) => {
-                let etag = format!("\"{version}\"");
-                respond_bytes(request, 304, Vec::new(), &[("ETag", etag.as_str())]);
-            }
-            None => respond_json(
-                request,
-                503,
-                r#"{"error":"no_snapshot","detail":"the sidecar has no valid snapshot yet"}"#,
-                &[],
-            ),
-        },
-    }
-}
-
-fn respond_json(request: tiny_http::Request, status: u16, body: &str, extra: &[(&str, &str)]) {
-    let mut headers = vec![("Content-Type", "application/json")];
-    headers.extend_from_slice(extra);
-    respond_bytes(request, status, body.as_bytes().to_vec(), &headers);
-}
-
-fn respond_bytes(
-    request: tiny_http::Request,
-    status: u16,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) {
-    let mut response = tiny_http::Response::from_data(body).with_status_code(status);
-    for (name, value) in headers {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    // The client may have gone away (e.g. Envoy timed the long-poll out).
-    let _ = request.respond(response);
-}
-
-/// Polls `path`; a file is taken only when it did not change while it was read.
-fn watch_file(store: &Store, path: &std::path::Path, interval: Duration, max_bytes: u64) {
-    let stamp =
-        |path: &std::path::Path| std::fs::metadata(path).map(|m| (m.modified().ok(), m.len()));
-    let mut last_taken = None;
-    let mut last_error = String::new();
-    while !store.shutting_down.load(Ordering::Relaxed) {
-        match stamp(path) {
-            Ok(before) if Some(before) != last_taken => {
-                if before.1 > max_bytes {
-                    report_once(
-                        &mut last_error,
-                        format!("{} is {} bytes, over the limit", path.display(), before.1),
-                    );
-                } else if let Ok(bytes) = std::fs::read(path) {
-                    // Changed under us: a writer is still at it; read it next time.
-                    if stamp(path).ok() == Some(before) {
-                        last_taken = Some(before);
-                        last_error.clear();
-                        store.offer_and_log(bytes, &format!("file {}", path.display()));
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(err) => report_once(
-                &mut last_error,
-                format!("cannot read {}: {err}", path.display()),
-            ),
-        }
-        std::thread::sleep(interval);
-    }
-}
-
-/// Polls an upstream URL with If-None-Match.
-fn poll_upstream(store: &Store, url: &str, interval: Duration, max_bytes: u64) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut last_error = String::new();
-    while !store.shutting_down.load(Ordering::Relaxed) {
-        let mut request = agent.get(url);
-        if let Some(version) = store.current_version() {
-            request = request.header("If-None-Match", format!("\"{version}\""));
-        }
-        match request.call() {
-            Ok(mut response) if response.status() == 200 => {
-                match response
-                    .body_mut()
-                    .with_config()
-                    .limit(max_bytes)
-                    .read_to_vec()
-                {
-                    Ok(bytes) => {
-                        if !last_error.is_empty() {
-                            log("info", &format!("upstream {url} is reachable again"));
-                            last_error.clear();
-                        }
-                        store.offer_and_log(bytes, &format!("upstream {url}"));
-                    }
-                    Err(err) => report_once(&mut last_error, format!("reading {url}: {err}")),
-                }
-            }
-            Ok(response) if response.status() == 304 => {
-                if !last_error.is_empty() {
-                    log("info", &format!("upstream {url} is reachable again"));
-                    last_error.clear();
-                }
-            }
-            Ok(response) => report_once(
-                &mut last_error,
-                format!("{url} answered {}", response.status()),
-            ),
-            Err(err) => report_once(&mut last_error, format!("{url}: {err}")),
-        }
-        std::thread::sleep(interval);
-    }
-}
-
-/// Logs a problem when it first appears, not on every poll while it lasts.
-fn report_once(last: &mut String, message: String) {
-    if *last != message {
+/// Serves the `--persist` copy if it validates (before the source is read),
+/// and makes sure its directory exists for the next write. Problems with the
+/// copy are logged, never fatal: serving matters more than persisting.
+fn restore(store: &Store, path: &Path, max_bytes: u64) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(err) = std::fs::create_dir_all(dir)
+    {
         log(
-            "warn",
-            &format!("{message}; still serving the last good snapshot"),
+            "error",
+            &format!("cannot create {} for --persist: {err}", dir.display()),
         );
-        *last = message;
+    }
+    match source::read_limited(path, max_bytes) {
+        Ok(Some(bytes)) => store.offer_and_log(
+            bytes,
+            &format!("persisted copy {}", path.display()),
+            Save::No,
+        ),
+        Ok(None) => log(
+            "warn",
+            &format!(
+                "persisted copy {} is over the limit of {max_bytes} bytes; not used",
+                path.display()
+            ),
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => log(
+            "info",
+            &format!(
+                "no persisted copy at {} yet; it is written when a snapshot is taken",
+                path.display()
+            ),
+        ),
+        Err(err) => log(
+            "warn",
+            &format!("cannot read persisted copy {}: {err}", path.display()),
+        ),
+    }
+}
+
+/// Reads the file once now (so a restarted sidecar serves it from its first
+/// answer), then starts the source's thread. Returns its name for the logs.
+fn start_source(
+    args: &ServeArgs,
+    store: &Arc<Store>,
+    wake: std::sync::mpsc::Receiver<Wake>,
+    max_bytes: u64,
+) -> Result<String, String> {
+    if let Some(path) = args.file.clone() {
+        let name = format!("file {}", path.display());
+        let interval = Duration::from_millis(args.watch_interval_ms.max(10));
+        let mut file = FileSource::new(path, max_bytes);
+        file.look(store, true);
+        let store = Arc::clone(store);
+        std::thread::Builder::new()
+            .name("watch-file".into())
+            .spawn(move || file.run(&store, &wake, interval))
+            .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+        return Ok(name);
+    }
+    if let Some(url) = args.upstream.clone() {
+        let name = format!("upstream {url}");
+        let interval = Duration::from_millis(args.poll_interval_ms.max(10));
+        let store = Arc::clone(store);
+        std::thread::Builder::new()
+            .name("poll-upstream".into())
+            .spawn(move || source::poll_upstream(&store, &url, &wake, interval, max_bytes))
+            .map_err(|e| format!("cannot start the upstream poller: {e}"))?;
+        return Ok(name);
+    }
+    Ok("nothing".to_string())
+}
+
+struct Server {
+    context: Arc<Context>,
+    /// One permit per open connection.
+    connections: Arc<Semaphore>,
+    graceful: GracefulShutdown,
+    refused_connections: AtomicU64,
+}
+
+impl Server {
+    /// Serves one accepted connection on its own task, or closes it at once
+    /// when `--max-connections` are open.
+    fn connection(&self, stream: TcpStream) {
+        let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+            let refused = self
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            // The 1st, 2nd, 4th, 8th…: visible, but no flood under attack.
+            if refused.is_power_of_two() {
+                log(
+                    "warn",
+                    &format!(
+                        "{refused} connection(s) closed at once so far: --max-connections are open"
+                    ),
+                );
+            }
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let context = Arc::clone(&self.context);
+        let service =
+            hyper::service::service_fn(move |request| http::handle(Arc::clone(&context), request));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = self.graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            // An error here is a client that went away or spoke bad HTTP;
+            // hyper already answered what it could.
+            let _ = connection.await;
+        });
+    }
+}
+
+enum Signal {
+    Stop(&'static str),
+    Hangup,
+}
+
+#[cfg(unix)]
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|e| format!("cannot install the signal handler: {e}"))
+        };
+        Ok(Signals {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
+            _ = self.interrupt.recv() => Signal::Stop("SIGINT"),
+            _ = self.hangup.recv() => Signal::Hangup,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Result<Self, String> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) -> Signal {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => Signal::Stop("Ctrl-C"),
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -529,104 +409,9 @@ fn log(level: &str, message: &str) {
     let mut out = std::io::stderr().lock();
     let _ = std::io::Write::write_fmt(
         &mut out,
-        format_args!("{} {level} cellmap-serve: {message}\n", utc_now_rfc3339()),
+        format_args!(
+            "{} {level} cellmap-serve: {message}\n",
+            crate::clock::utc_now_rfc3339()
+        ),
     );
-}
-
-/// `2026-11-22T05:01:23Z` from the system clock.
-pub fn utc_now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339_from_unix(secs)
-}
-
-/// Formats Unix seconds as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
-pub fn rfc3339_from_unix(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339_from_unix(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_from_unix(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_from_unix(1_795_323_683), "2026-11-22T05:01:23Z");
-    }
-
-    fn snapshot(version: u64) -> Vec<u8> {
-        serde_json::json!({
-            "version": version,
-            "generated_at": "2026-11-22T00:00:00Z",
-            "hash": {"algorithm": "siphash-1-3", "key": "000102030405060708090a0b0c0d0e0f", "slots": 2},
-            "cells": [{"id": "cell-a"}, {"id": "cell-b"}],
-            "slot_table": "AAABAA==",
-            "overrides": {},
-        })
-        .to_string()
-        .into_bytes()
-    }
-
-    #[test]
-    fn store_applies_newer_and_refuses_older_or_invalid() {
-        let store = Store::new();
-        assert_eq!(store.offer(snapshot(3)), Ok(Offer::Applied(3)));
-        assert_eq!(store.offer(snapshot(3)), Ok(Offer::Unchanged(3)));
-        assert!(
-            store
-                .offer(snapshot(2))
-                .unwrap_err()
-                .starts_with("$.version")
-        );
-        assert!(store.offer(b"{\"version\": 9".to_vec()).is_err());
-        assert_eq!(store.current_version(), Some(3));
-        assert_eq!(store.offer(snapshot(4)), Ok(Offer::Applied(4)));
-    }
-
-    #[test]
-    fn long_poll_wakes_on_a_newer_version() {
-        let store = Arc::new(Store::new());
-        store.offer(snapshot(1)).unwrap();
-        let waiter = {
-            let store = Arc::clone(&store);
-            std::thread::spawn(move || {
-                store.newer_than(Some(1), Instant::now() + Duration::from_secs(10))
-            })
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        store.offer(snapshot(2)).unwrap();
-        let (version, _) = waiter.join().unwrap().expect("woken with a snapshot");
-        assert_eq!(version, 2);
-        // Nothing newer than 2: the wait times out.
-        assert!(
-            store
-                .newer_than(Some(2), Instant::now() + Duration::from_millis(20))
-                .is_none()
-        );
-        // No version named: the current one at once.
-        assert_eq!(
-            store.newer_than(None, Instant::now()).map(|(v, _)| v),
-            Some(2)
-        );
-    }
 }
