@@ -102,6 +102,11 @@ fn every_command_has_help() {
         assert!(top.contains(command), "{command} missing from --help");
     }
     assert!(stdout(&run(&["route", "--help"])).contains("--request-id"));
+    // The sidecar documents its persisted copy and what SIGHUP does.
+    let serve = stdout(&run(&["serve", "--help"]));
+    for needle in ["--persist", "SIGHUP", "SIGTERM", "--max-connections"] {
+        assert!(serve.contains(needle), "{needle} missing from serve --help");
+    }
 }
 
 #[test]
