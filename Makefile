@@ -16,7 +16,7 @@ wasm:
 	scripts/build-wasm.sh
 
 cellmap:
-	$(CARGO) build --locked --release -p cell-router-mapping --bin cellmap
+	$(CARGO) build --locked --release -p cellmap --bin cellmap
 
 # The demo, the cell backends and demo-token (debug: they share the test build).
 demo-bins:

@@ -1,7 +1,7 @@
 //! The cell router's mapping engine: the snapshot contract (`SPEC.md`), its
 //! validation, the normative tenant → cell routing function, and the builder
-//! used by the control plane. No proxy-wasm dependency: the filter, the
-//! `cellmap` CLI and the sidecar all share this code.
+//! used by the control plane. No proxy-wasm dependency and no I/O: the filter, the
+//! `cellmap` CLI and the sidecar (the `cellmap` crate) all share this code.
 
 pub mod builder;
 pub mod diff;
@@ -17,6 +17,3 @@ pub use error::PathError;
 pub use hash::HashKey;
 pub use resolve::{Outcome, Resolution, Source};
 pub use snapshot::{Cell, CellDoc, CellState, HashDoc, Move, MoveDoc, Snapshot, SnapshotDoc};
-
-#[cfg(feature = "cli")]
-pub mod serve;

@@ -277,7 +277,7 @@ pub fn cellmap_bin() -> anyhow::Result<std::path::PathBuf> {
                 "--locked",
                 "--release",
                 "-p",
-                "cell-router-mapping",
+                "cellmap",
                 "--bin",
                 "cellmap",
             ])

@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const EXAMPLE_EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
 
 fn example(name: &str) -> PathBuf {
+    // The examples belong to the mapping crate, one folder up.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
+        .join("../examples")
         .join(name)
 }
 
@@ -101,6 +102,11 @@ fn every_command_has_help() {
         assert!(top.contains(command), "{command} missing from --help");
     }
     assert!(stdout(&run(&["route", "--help"])).contains("--request-id"));
+    // The sidecar documents its persisted copy and what SIGHUP does.
+    let serve = stdout(&run(&["serve", "--help"]));
+    for needle in ["--persist", "SIGHUP", "SIGTERM", "--max-connections"] {
+        assert!(serve.contains(needle), "{needle} missing from serve --help");
+    }
 }
 
 #[test]

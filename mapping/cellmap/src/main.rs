@@ -1,0 +1,5 @@
+//! `cellmap`: the operator's tool for mapping snapshots, and the sidecar.
+
+fn main() -> std::process::ExitCode {
+    cellmap::cli::main()
+}

@@ -1,0 +1,226 @@
+//! The sidecar's HTTP protocol, as the filter and operators see it:
+//!
+//! - `GET /snapshot` answers the snapshot (`ETag: "<version>"`,
+//!   `X-Cell-Snapshot-Version`); `If-None-Match: "<v>"` or `?after=<v>`
+//!   answers 304 unless a newer one exists; `&wait=<s>` holds the request (a
+//!   long-poll, at most `--max-wait-s`) until a newer version arrives or `s`
+//!   seconds pass, so every worker hears of a change at once. While the
+//!   sidecar stops, waiting long-polls are answered 304 at once.
+//! - `GET /healthz` answers 200 with the version served, 503 before the first.
+//! - `GET /jwks` answers the `--jwks` file, re-read on each request.
+//! - Other methods 405, other paths 404, a bad query 400, more than
+//!   `--max-in-flight` requests at once 503 `busy`; every error has a JSON
+//!   body `{"error": …, "detail": …}`.
+
+use super::store::Store;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+pub(crate) type Body = Full<Bytes>;
+
+/// What every request handler shares.
+pub(crate) struct Context {
+    pub(crate) store: Arc<Store>,
+    pub(crate) jwks: Option<PathBuf>,
+    pub(crate) max_wait_s: u64,
+    /// One permit per request being handled (long-polls included).
+    pub(crate) in_flight: Arc<Semaphore>,
+    /// Becomes true when the sidecar stops.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+const X_CELL_SNAPSHOT_VERSION: HeaderName = HeaderName::from_static("x-cell-snapshot-version");
+
+/// Handles one request. The in-flight permit is held until the answer is
+/// ready, and released by drop on every path, also when hyper drops this
+/// future because the client went away mid long-poll.
+pub(crate) async fn handle<B>(
+    context: Arc<Context>,
+    request: Request<B>,
+) -> Result<Response<Body>, Infallible> {
+    let mut response = match Arc::clone(&context.in_flight).try_acquire_owned() {
+        Ok(_permit) => route(&context, &request).await,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many requests in flight",
+        ),
+    };
+    if *context.shutdown.borrow() {
+        // Stopping: the client must not send its next request here.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+async fn route<B>(context: &Context, request: &Request<B>) -> Response<Body> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET and HEAD",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match request.uri().path() {
+        "/snapshot" => snapshot(context, request).await,
+        "/healthz" => healthz(&context.store),
+        "/jwks" => jwks(context.jwks.clone()).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "try /snapshot or /healthz",
+        ),
+    }
+}
+
+async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> {
+    let mut after = None;
+    let mut wait_s = 0u64;
+    for pair in request.uri().query().unwrap_or("").split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (name, value.parse::<u64>()) {
+            ("after", Ok(v)) => after = (v > 0).then_some(v),
+            ("wait", Ok(v)) => wait_s = v.min(context.max_wait_s),
+            ("after" | "wait", Err(_)) => {
+                let detail =
+                    format!("query parameter `{name}` must be a whole number, got {value:?}");
+                return error(StatusCode::BAD_REQUEST, "bad_request", &detail);
+            }
+            _ => {}
+        }
+    }
+    // A conditional GET names the version it has, like `after`.
+    if after.is_none() {
+        after = request
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.trim()
+                    .trim_start_matches("W/")
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            });
+    }
+    let mut shutdown = context.shutdown.clone();
+    let newer = context
+        .store
+        .newer_than(after, Duration::from_secs(wait_s), &mut shutdown)
+        .await;
+    if let Some(served) = newer {
+        let mut response = Response::new(Full::new(served.body.clone()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(etag) = etag(served.version) {
+            headers.insert(header::ETAG, etag);
+        }
+        headers.insert(X_CELL_SNAPSHOT_VERSION, HeaderValue::from(served.version));
+        return response;
+    }
+    match context.store.current_version() {
+        Some(version) => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            if let Some(etag) = etag(version) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            response
+        }
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_snapshot",
+            "the sidecar has no valid snapshot yet",
+        ),
+    }
+}
+
+fn etag(version: u64) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("\"{version}\"")).ok()
+}
+
+fn healthz(store: &Store) -> Response<Body> {
+    let (status, body) = match store.current() {
+        Some(s) => (
+            StatusCode::OK,
+            serde_json::json!({
+                "status": "ok",
+                "version": s.version,
+                "origin": s.origin,
+                "served_for_s": s.since.elapsed().as_secs(),
+                "applied": store.applied(),
+                "refused": store.refused(),
+            }),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "status": "no_snapshot",
+                "refused": store.refused(),
+            }),
+        ),
+    };
+    json(status, Bytes::from(body.to_string()))
+}
+
+async fn jwks(file: Option<PathBuf>) -> Response<Body> {
+    let Some(file) = file else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no --jwks file configured",
+        );
+    };
+    // A small file, but a file read blocks: off the serving thread.
+    let read = tokio::task::spawn_blocking(move || std::fs::read(file)).await;
+    match read {
+        Ok(Ok(bytes)) => json(StatusCode::OK, Bytes::from(bytes)),
+        Ok(Err(err)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "jwks_unavailable",
+            &err.to_string(),
+        ),
+        Err(err) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "jwks_unavailable",
+            &err.to_string(),
+        ),
+    }
+}
+
+/// `{"error": …, "detail": …}` with `status`.
+pub(crate) fn error(status: StatusCode, error: &str, detail: &str) -> Response<Body> {
+    // Written by hand to keep the field order of the earlier sidecar.
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let body = format!(r#"{{"error":{},"detail":{}}}"#, quote(error), quote(detail));
+    json(status, Bytes::from(body))
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,290 @@
+//! The last good snapshot, and the long-polls waiting for the next one.
+//!
+//! The served snapshot sits in a `tokio::sync::watch` channel as one
+//! `Arc<Served>` whose body is a `Bytes`: an answer clones a pointer, never
+//! the body, and a waiting long-poll is a parked future on the channel, not a
+//! thread. Sources (the file watcher, the upstream poller) run on their own
+//! threads and offer candidates through `Store::offer_and_log`.
+
+use super::log;
+use bytes::Bytes;
+use cell_router_mapping::Snapshot;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A snapshot that passed validation, as served.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) version: u64,
+    pub(crate) body: Bytes,
+    pub(crate) cells: usize,
+    pub(crate) tenant_entries: usize,
+    /// Where it came from (`file …`, `upstream …`, `persisted copy …`).
+    pub(crate) origin: String,
+    pub(crate) since: std::time::Instant,
+}
+
+/// What became of a snapshot offered by a source.
+#[derive(Debug)]
+pub(crate) enum Offer {
+    Applied(Arc<Served>),
+    /// The same version with the same bytes.
+    Unchanged,
+}
+
+/// Whether an applied snapshot is written to the `--persist` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Save {
+    Yes,
+    /// It was read from that file.
+    No,
+}
+
+/// The longest a long-poll is held, whatever `wait` and `--max-wait-s` say.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub(crate) struct Store {
+    current: watch::Sender<Option<Arc<Served>>>,
+    refused: AtomicU64,
+    applied: AtomicU64,
+    persist: Option<PathBuf>,
+}
+
+impl Store {
+    pub(crate) fn new(persist: Option<PathBuf>) -> Self {
+        Store {
+            current: watch::Sender::new(None),
+            refused: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            persist,
+        }
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<Served>> {
+        self.current.borrow().clone()
+    }
+
+    pub(crate) fn current_version(&self) -> Option<u64> {
+        self.current.borrow().as_ref().map(|s| s.version)
+    }
+
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Validates `bytes` and serves them if their version is greater than the
+    /// served one (the same version with the same bytes is `Unchanged`).
+    pub(crate) fn offer(&self, bytes: Vec<u8>, origin: &str) -> Result<Offer, String> {
+        let snapshot = Snapshot::parse(&bytes).map_err(|e| e.to_string())?;
+        let version = snapshot.version();
+        let cells = snapshot.cells().len();
+        let tenant_entries = snapshot.tenant_entries();
+        drop(snapshot);
+        let mut outcome = Err(String::new());
+        self.current.send_if_modified(|current| {
+            if let Some(current) = current.as_ref() {
+                if version == current.version && bytes == current.body {
+                    outcome = Ok(Offer::Unchanged);
+                    return false;
+                }
+                if version <= current.version {
+                    outcome = Err(format!(
+                        "$.version: version {version} is not greater than the served version {}",
+                        current.version
+                    ));
+                    return false;
+                }
+            }
+            let served = Arc::new(Served {
+                version,
+                body: Bytes::from(bytes),
+                cells,
+                tenant_entries,
+                origin: origin.to_string(),
+                since: std::time::Instant::now(),
+            });
+            *current = Some(Arc::clone(&served));
+            outcome = Ok(Offer::Applied(served));
+            true
+        });
+        if matches!(outcome, Ok(Offer::Applied(_))) {
+            self.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Offers, logs the result, counts refusals, and writes an applied
+    /// snapshot to the `--persist` file (unless `save` says it came from it).
+    pub(crate) fn offer_and_log(&self, bytes: Vec<u8>, origin: &str, save: Save) {
+        match self.offer(bytes, origin) {
+            Ok(Offer::Applied(served)) => {
+                log(
+                    "info",
+                    &format!(
+                        "serving snapshot version {} from {origin} ({} cells, {} overrides/pins/moves)",
+                        served.version, served.cells, served.tenant_entries
+                    ),
+                );
+                if let (Some(path), Save::Yes) = (&self.persist, save)
+                    && let Err(err) = crate::files::write_atomically(path, &served.body)
+                {
+                    log(
+                        "error",
+                        &format!(
+                            "cannot persist snapshot version {} to {}: {err} (still serving it)",
+                            served.version,
+                            path.display()
+                        ),
+                    );
+                }
+            }
+            Ok(Offer::Unchanged) => {}
+            Err(err) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                log(
+                    "error",
+                    &format!(
+                        "refused snapshot from {origin}, still serving the last good one: {err}"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The served snapshot if its version is greater than `after` (any, if
+    /// `None`), waiting up to `wait` for one. `None`: nothing newer in time,
+    /// or `shutdown` became true (the caller then answers "not modified").
+    /// A `wait` over a year is a year (no client waits that long).
+    pub(crate) async fn newer_than(
+        &self,
+        after: Option<u64>,
+        wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Arc<Served>> {
+        let mut current = self.current.subscribe();
+        // Capped: a deadline near the clock's limit overflows inside the
+        // timer (`Instant + Duration` panics), not only here.
+        let wait = wait.min(LONGEST_WAIT);
+        let deadline = tokio::time::Instant::now().checked_add(wait);
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timeout);
+        loop {
+            let served = current.borrow_and_update().clone();
+            if let Some(served) = served
+                && after.is_none_or(|after| served.version > after)
+            {
+                return Some(served);
+            }
+            if *shutdown.borrow_and_update() {
+                return None;
+            }
+            tokio::select! {
+                changed = current.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                () = &mut timeout => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(version: u64) -> Vec<u8> {
+        serde_json::json!({
+            "version": version,
+            "generated_at": "2026-11-22T00:00:00Z",
+            "hash": {"algorithm": "siphash-1-3", "key": "000102030405060708090a0b0c0d0e0f", "slots": 2},
+            "cells": [{"id": "cell-a"}, {"id": "cell-b"}],
+            "slot_table": "AAABAA==",
+            "overrides": {},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn version(offer: Result<Offer, String>) -> Result<(&'static str, u64), String> {
+        offer.map(|o| match o {
+            Offer::Applied(s) => ("applied", s.version),
+            Offer::Unchanged => ("unchanged", 0),
+        })
+    }
+
+    #[test]
+    fn applies_newer_and_refuses_older_or_invalid() {
+        let store = Store::new(None);
+        assert_eq!(version(store.offer(snapshot(3), "t")), Ok(("applied", 3)));
+        assert_eq!(version(store.offer(snapshot(3), "t")), Ok(("unchanged", 0)));
+        assert!(
+            version(store.offer(snapshot(2), "t"))
+                .unwrap_err()
+                .starts_with("$.version")
+        );
+        assert!(store.offer(b"{\"version\": 9".to_vec(), "t").is_err());
+        assert_eq!(store.current_version(), Some(3));
+        assert_eq!(version(store.offer(snapshot(4), "t")), Ok(("applied", 4)));
+        assert_eq!(store.applied(), 2);
+    }
+
+    #[tokio::test]
+    async fn long_poll_wakes_on_a_newer_version_or_shutdown() {
+        let store = Arc::new(Store::new(None));
+        store.offer(snapshot(1), "t").unwrap();
+        let (stop, mut shutdown) = watch::channel(false);
+        let waiter = {
+            let store = Arc::clone(&store);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                store
+                    .newer_than(Some(1), Duration::from_secs(10), &mut shutdown)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.offer(snapshot(2), "t").unwrap();
+        let woken = waiter.await.unwrap().expect("woken with a snapshot");
+        assert_eq!(woken.version, 2);
+        // Nothing newer than 2: the wait times out.
+        let timed_out = store
+            .newer_than(Some(2), Duration::from_millis(20), &mut shutdown)
+            .await;
+        assert!(timed_out.is_none());
+        // No version named: the current one at once, even with no wait.
+        let now = store.newer_than(None, Duration::ZERO, &mut shutdown).await;
+        assert_eq!(now.map(|s| s.version), Some(2));
+        // A wait beyond the clock's range does not overflow; shutdown ends it.
+        let waiter = {
+            let store = Arc::clone(&store);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                store
+                    .newer_than(Some(2), Duration::from_secs(u64::MAX), &mut shutdown)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.send_replace(true);
+        assert!(waiter.await.unwrap().is_none());
+    }
+}

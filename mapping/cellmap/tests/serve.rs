@@ -1,0 +1,428 @@
+//! The sidecar as the gateway sees it: the real `cellmap serve` binary over
+//! real HTTP on loopback.
+
+// clippy.toml allows these in #[test] fns only; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn serves_conditional_gets_and_long_polls_from_a_file() {
+    let file = temp_file("file");
+    publish(&file, &snapshot(1, "cell-a"));
+    let sidecar = start(&["--file", file.to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &sidecar
+    ) == Some(1)));
+
+    let first = get(sidecar.port, "/snapshot", &[]).unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.etag.as_deref(), Some("\"1\""));
+    assert_eq!(first.body, snapshot(1, "cell-a"), "served byte for byte");
+    assert_eq!(
+        get(sidecar.port, "/snapshot", &[("if-none-match", "\"1\"")])
+            .unwrap()
+            .status,
+        304
+    );
+    assert_eq!(
+        get(sidecar.port, "/snapshot?after=1", &[]).unwrap().status,
+        304
+    );
+    assert_eq!(
+        get(sidecar.port, "/snapshot?after=0", &[]).unwrap().status,
+        200
+    );
+
+    // A long-poll is answered as soon as a newer version is published.
+    let port = sidecar.port;
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = get(port, "/snapshot?after=1&wait=15", &[]).unwrap();
+        (reply.status, reply.etag, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    publish(&file, &snapshot(2, "cell-b"));
+    let (status, etag, waited) = poll.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(etag.as_deref(), Some("\"2\""));
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered by the change, not the timeout"
+    );
+
+    // A long-poll with nothing newer ends with 304 after `wait`.
+    let reply = get(sidecar.port, "/snapshot?after=2&wait=1", &[]).unwrap();
+    assert_eq!(reply.status, 304);
+}
+
+#[test]
+fn refuses_bad_snapshots_and_keeps_the_last_good_one() {
+    let file = temp_file("refuse");
+    publish(&file, &snapshot(5, "cell-a"));
+    let sidecar = start(&["--file", file.to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &sidecar
+    ) == Some(5)));
+
+    let bad = [
+        "{\"version\": 6".to_string(), // half a document
+        snapshot(6, "cell-zz"),        // unknown cell
+        snapshot(4, "cell-b"),         // older version
+        snapshot(5, "cell-b"),         // same version, other content
+    ];
+    for (i, text) in bad.iter().enumerate() {
+        publish(&file, text);
+        let counted = wait_until(Duration::from_secs(5), || refused(&sidecar) == i as u64 + 1);
+        assert!(counted, "bad snapshot {i} was not refused");
+        assert_eq!(served_version(&sidecar), Some(5));
+        let body = get(sidecar.port, "/snapshot", &[]).unwrap().body;
+        assert_eq!(body, snapshot(5, "cell-a"));
+    }
+    publish(&file, &snapshot(7, "cell-b"));
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &sidecar
+    ) == Some(7)));
+}
+
+#[test]
+fn an_upstream_sidecar_is_followed() {
+    let file = temp_file("upstream");
+    publish(&file, &snapshot(1, "cell-a"));
+    let origin = start(&["--file", file.to_str().unwrap()]);
+    let url = format!("http://127.0.0.1:{}/snapshot", origin.port);
+    let follower = start(&["--upstream", &url, "--poll-interval-ms", "100"]);
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &follower
+    ) == Some(1)));
+    publish(&file, &snapshot(2, "cell-b"));
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &follower
+    ) == Some(2)));
+    assert_eq!(
+        get(follower.port, "/snapshot", &[]).unwrap().body,
+        snapshot(2, "cell-b")
+    );
+
+    // The origin goes away: the follower keeps serving what it has.
+    drop(origin);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(served_version(&follower), Some(2));
+    assert_eq!(get(follower.port, "/snapshot", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn answers_errors_clearly_and_stops_gracefully() {
+    let file = temp_file("errors");
+    // No snapshot yet: 503, but the sidecar runs and picks one up later.
+    let mut sidecar = start(&["--file", file.to_str().unwrap()]);
+    assert_eq!(get(sidecar.port, "/healthz", &[]).unwrap().status, 503);
+    let none = get(sidecar.port, "/snapshot", &[]).unwrap();
+    assert_eq!(none.status, 503);
+    assert!(none.body.contains("no_snapshot"));
+    assert_eq!(get(sidecar.port, "/nope", &[]).unwrap().status, 404);
+    assert_eq!(get(sidecar.port, "/jwks", &[]).unwrap().status, 404);
+    let bad_query = get(sidecar.port, "/snapshot?after=x", &[]).unwrap();
+    assert_eq!(bad_query.status, 400);
+    assert!(bad_query.body.contains("after"), "{}", bad_query.body);
+
+    publish(&file, &snapshot(1, "cell-a"));
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &sidecar
+    ) == Some(1)));
+
+    // SIGTERM: a waiting long-poll is answered and the process exits 0.
+    let port = sidecar.port;
+    let poll = std::thread::spawn(move || get(port, "/snapshot?after=1&wait=30", &[]));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &sidecar.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = sidecar.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answered = poll.join().unwrap();
+    assert_eq!(answered.map(|r| r.status), Some(304));
+}
+
+/// `cp -p` and `rsync -t` keep the size and the mtime: the sidecar must still
+/// see the new content (a stamp of mtime and size alone misses it).
+#[test]
+fn a_copy_with_the_same_size_and_mtime_is_taken() {
+    let file = temp_file("same-stamp");
+    std::fs::write(&file, snapshot(1, "cell-a")).unwrap();
+    let stamp = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.len(), meta.modified().unwrap())
+    };
+    let original = stamp(&file);
+    let sidecar = start(&["--file", file.to_str().unwrap()]);
+    expect_version(&sidecar, 1, Duration::from_secs(5));
+    // Past the sidecar's 2 s window for recently changed files, so only the
+    // metadata can reveal the next change.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // cp -p: rewritten in place (same inode), mtime restored.
+    let second = snapshot(2, "cell-b");
+    assert_eq!(
+        second.len() as u64,
+        original.0,
+        "the test needs equal sizes"
+    );
+    std::fs::write(&file, &second).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(original.1)
+        .unwrap();
+    assert_eq!(stamp(&file), original, "same size and mtime as before");
+    expect_version(&sidecar, 2, Duration::from_secs(3));
+    assert_eq!(get(sidecar.port, "/snapshot", &[]).unwrap().body, second);
+
+    // rsync -t: a new file with the old mtime renamed over it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let third = snapshot(3, "cell-a");
+    let tmp = file.with_extension("rsync-tmp");
+    std::fs::write(&tmp, &third).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(original.1)
+        .unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert_eq!(stamp(&file), original, "same size and mtime as before");
+    expect_version(&sidecar, 3, Duration::from_secs(3));
+    assert_eq!(get(sidecar.port, "/snapshot", &[]).unwrap().body, third);
+}
+
+/// SIGHUP (a closed terminal, a reload by habit) must not take the gateway's
+/// sidecar down; it makes the sidecar look at its source at once.
+#[test]
+fn sighup_looks_at_the_source_and_does_not_stop_it() {
+    let file = temp_file("sighup");
+    publish(&file, &snapshot(1, "cell-a"));
+    // The watcher would not look on its own for an hour.
+    let mut sidecar = start(&[
+        "--file",
+        file.to_str().unwrap(),
+        "--watch-interval-ms",
+        "3600000",
+    ]);
+    expect_version(&sidecar, 1, Duration::from_secs(5));
+    publish(&file, &snapshot(2, "cell-b"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(served_version(&sidecar), Some(1), "not looked at yet");
+
+    sidecar.signal("HUP");
+    expect_version(&sidecar, 2, Duration::from_secs(3));
+    for _ in 0..3 {
+        sidecar.signal("HUP");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        sidecar.child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the sidecar"
+    );
+    assert_eq!(get(sidecar.port, "/healthz", &[]).unwrap().status, 200);
+    assert_eq!(
+        get(sidecar.port, "/snapshot", &[]).unwrap().body,
+        snapshot(2, "cell-b")
+    );
+}
+
+/// SIGTERM: every waiting long-poll is answered 304 at once, then exit 0.
+#[test]
+fn sigterm_answers_every_waiting_long_poll_at_once_and_exits_0() {
+    let file = temp_file("sigterm");
+    publish(&file, &snapshot(1, "cell-a"));
+    let mut sidecar = start(&["--file", file.to_str().unwrap()]);
+    expect_version(&sidecar, 1, Duration::from_secs(5));
+    let runtime = runtime();
+    let port = sidecar.port;
+    let polls: Vec<_> = (0..100)
+        .map(|_| runtime.spawn(async move { raw_get(port, "/snapshot?after=1&wait=60").await }))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        polls.iter().all(|p| !p.is_finished()),
+        "long-polls answered before anything changed"
+    );
+    let stopped = Instant::now();
+    let status = sidecar.terminate(Duration::from_secs(3));
+    assert!(status.success(), "exit status {status}");
+    let replies = runtime.block_on(async {
+        let mut replies = Vec::new();
+        for poll in polls {
+            replies.push(tokio::time::timeout(Duration::from_secs(2), poll).await);
+        }
+        replies
+    });
+    let answered = stopped.elapsed();
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply
+            .unwrap_or_else(|_| panic!("long-poll {i} not answered 2 s after SIGTERM"))
+            .unwrap();
+        match reply {
+            Ok(r) => {
+                assert_eq!(r.status, 304, "long-poll {i}");
+                assert_eq!(r.version(), Some(1), "long-poll {i}");
+            }
+            Err(err) => panic!("long-poll {i} got no answer: {err:?}"),
+        }
+    }
+    assert!(
+        answered < Duration::from_secs(2),
+        "answered {answered:?} after SIGTERM"
+    );
+}
+
+/// `Instant + Duration` panics on overflow: a huge `--max-wait-s` or `wait=`
+/// must still wait (until a change or shutdown), not crash.
+#[test]
+fn huge_waits_and_limits_neither_crash_nor_overflow() {
+    const MAX: &str = "18446744073709551615";
+    let file = temp_file("huge");
+    publish(&file, &snapshot(1, "cell-a"));
+    let mut sidecar = start(&[
+        "--file",
+        file.to_str().unwrap(),
+        "--max-wait-s",
+        MAX,
+        "--max-in-flight",
+        MAX,
+        "--max-snapshot-mib",
+        MAX,
+    ]);
+    expect_version(&sidecar, 1, Duration::from_secs(5));
+    let port = sidecar.port;
+
+    // Nothing named: the current snapshot at once, whatever the wait.
+    let started = Instant::now();
+    let now = get(port, &format!("/snapshot?wait={MAX}"), &[]).unwrap();
+    assert_eq!((now.status, now.etag.as_deref()), (200, Some("\"1\"")));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // One past u64: a bad request, not a crash.
+    let bad = get(port, "/snapshot?after=1&wait=18446744073709551616", &[]).unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // A huge wait is ended by a newer version…
+    let poll = std::thread::spawn(move || get(port, &format!("/snapshot?after=1&wait={MAX}"), &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    publish(&file, &snapshot(2, "cell-b"));
+    let reply = poll.join().unwrap().expect("answered");
+    assert_eq!((reply.status, reply.etag.as_deref()), (200, Some("\"2\"")));
+
+    // …or by shutdown.
+    let poll = std::thread::spawn(move || get(port, &format!("/snapshot?after=2&wait={MAX}"), &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sidecar.child.try_wait().unwrap().is_none(), "it crashed");
+    let status = sidecar.terminate(Duration::from_secs(3));
+    assert!(status.success(), "exit status {status}");
+    let reply = poll.join().unwrap().expect("answered at shutdown");
+    assert_eq!((reply.status, reply.etag.as_deref()), (304, Some("\"2\"")));
+}
+
+/// Static stability: a sidecar restarted while its source is missing or bad
+/// serves the last good snapshot from `--persist`; a bad source never
+/// overwrites that copy.
+#[test]
+fn the_persisted_copy_is_served_when_the_source_is_bad_or_gone() {
+    let dir = temp_dir("persist");
+    let file = dir.join("snapshot.json");
+    // Its directory does not exist yet: the sidecar makes it.
+    let persist = dir.join("state/last-good.json");
+    let args = [
+        "--file",
+        file.to_str().unwrap(),
+        "--persist",
+        persist.to_str().unwrap(),
+    ];
+    let persisted = || std::fs::read_to_string(&persist).ok();
+
+    // Every snapshot taken is persisted, byte for byte.
+    publish(&file, &snapshot(3, "cell-a"));
+    let mut sidecar = start(&args);
+    expect_version(&sidecar, 3, Duration::from_secs(5));
+    assert_eq!(persisted(), Some(snapshot(3, "cell-a")));
+    publish(&file, &snapshot(4, "cell-b"));
+    expect_version(&sidecar, 4, Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(2), || persisted()
+        == Some(snapshot(4, "cell-b"))));
+    // A refused snapshot is not persisted.
+    publish(&file, &snapshot(5, "cell-zz"));
+    assert!(wait_until(Duration::from_secs(5), || refused(&sidecar) == 1));
+    assert_eq!(persisted(), Some(snapshot(4, "cell-b")));
+    assert!(sidecar.terminate(Duration::from_secs(3)).success());
+
+    // Restart with an invalid source: the persisted copy is served.
+    publish(&file, "{\"version\": 9");
+    let mut sidecar = start(&args);
+    let snap = get(sidecar.port, "/snapshot", &[]).unwrap();
+    assert_eq!(snap.status, 200);
+    assert_eq!(snap.etag.as_deref(), Some("\"4\""));
+    assert_eq!(snap.body, snapshot(4, "cell-b"));
+    assert!(wait_until(Duration::from_secs(5), || refused(&sidecar) >= 1));
+    assert_eq!(served_version(&sidecar), Some(4));
+    assert_eq!(persisted(), Some(snapshot(4, "cell-b")), "not overwritten");
+    assert!(sidecar.terminate(Duration::from_secs(3)).success());
+
+    // Restart with no source at all: the same.
+    std::fs::remove_file(&file).unwrap();
+    let sidecar = start(&args);
+    let health = health(sidecar.port).unwrap();
+    assert_eq!(health["version"], 4, "{health}");
+    assert!(
+        health["origin"].as_str().unwrap().contains("persisted"),
+        "{health}"
+    );
+    assert_eq!(
+        get(sidecar.port, "/snapshot", &[]).unwrap().body,
+        snapshot(4, "cell-b")
+    );
+    // An older snapshot from the source is refused, as before the restart…
+    publish(&file, &snapshot(2, "cell-a"));
+    assert!(wait_until(Duration::from_secs(5), || refused(&sidecar) >= 1));
+    assert_eq!(served_version(&sidecar), Some(4));
+    // …and a newer one replaces the copy.
+    publish(&file, &snapshot(6, "cell-a"));
+    expect_version(&sidecar, 6, Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(2), || persisted()
+        == Some(snapshot(6, "cell-a"))));
+    drop(sidecar);
+
+    // The same with an upstream source that cannot be reached.
+    let nowhere = format!("http://127.0.0.1:{}/snapshot", free_port());
+    let follower = start(&[
+        "--upstream",
+        &nowhere,
+        "--persist",
+        persist.to_str().unwrap(),
+    ]);
+    let snap = get(follower.port, "/snapshot", &[]).unwrap();
+    assert_eq!((snap.status, snap.body), (200, snapshot(6, "cell-a")));
+    drop(follower);
+
+    // A damaged copy is not served: no snapshot until the source has one.
+    std::fs::write(&persist, "{\"version\": 7, \"trunc").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let sidecar = start(&args);
+    let none = get(sidecar.port, "/snapshot", &[]).unwrap();
+    assert_eq!(none.status, 503, "{}", none.body);
+    publish(&file, &snapshot(1, "cell-b"));
+    expect_version(&sidecar, 1, Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(2), || persisted()
+        == Some(snapshot(1, "cell-b"))));
+}
