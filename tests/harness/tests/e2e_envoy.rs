@@ -360,3 +360,131 @@ fn three_gateways_on_one_source_route_every_tenant_alike() -> Result<()> {
     }
     Ok(())
 }
+
+/// A client-sent `x_cell_id` is not the header the filter removes, and a
+/// backend that treats `_` and `-` alike would read it as the cell: Envoy
+/// must refuse the request (`headers_with_underscores_action: REJECT_REQUEST`)
+/// before any filter or cell sees it.
+#[test]
+fn a_header_name_with_an_underscore_is_refused_before_any_cell() -> Result<()> {
+    let gateway = Gateway::start("underscores", &example_snapshot(), 2)?;
+    let agent = client();
+    // globex is not in cell-c; the smuggled header names cell-c.
+    for (name, value) in [
+        ("x_cell_id", "cell-c"),
+        ("X_Cell_Id", "cell-c"),
+        ("x_cell_snapshot", "999"),
+    ] {
+        let reply = gateway.call(&agent, "globex", &[(name, value)])?;
+        assert_eq!(reply.status, 400, "{name}: {} {}", reply.status, reply.body);
+        assert_eq!(
+            reply.header("x-served-by"),
+            None,
+            "{name}: a cell answered: {}",
+            reply.body
+        );
+    }
+    let stats = gateway
+        .envoy
+        .stats("requests_rejected_with_underscores_in_headers")?;
+    let rejected: i64 = stats.values().sum();
+    assert!(rejected >= 3, "{stats:?}");
+    // The same request without the header is served.
+    let reply = gateway.call(&agent, "globex", &[])?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    Ok(())
+}
+
+/// Requests in flight when the gateway is stopped all get their whole
+/// answer: the stop drains (fail health checks, drain listeners, wait for
+/// in-flight requests) before SIGTERM, which alone cuts them.
+#[test]
+fn stopping_the_gateway_lets_in_flight_requests_finish() -> Result<()> {
+    const IN_FLIGHT: usize = 24;
+    const DELAY: Duration = Duration::from_millis(2500);
+    const PAD: usize = 64 * 1024;
+    let dir = e2e::work_dir("drain")?;
+    let source = dir.join("snapshot.json");
+    publish(&source, &example_snapshot())?;
+    let cells = e2e::SlowCells::start(&["cell-a", "cell-b", "cell-c"], DELAY, PAD)?;
+    let sidecar = Sidecar::start(&dir, &source)?;
+    let mut envoy = e2e::Envoy::start(
+        &dir,
+        e2e::EnvoyOptions::with_cells(cells.cells.clone(), sidecar.port),
+    )?;
+    let token = bearer(&cell_router_kit::fixtures::token(
+        Alg::HS256,
+        unix_now(),
+        "globex",
+    ));
+    e2e::await_version(&envoy, 1, e2e::VERSION_TIMEOUT, |agent| {
+        e2e::probe_body_version(e2e::get(
+            agent,
+            &envoy.url("/"),
+            &[("authorization", &token), ("connection", "close")],
+        ))
+    })?;
+
+    // Each slow request on its own connection, so they spread over workers.
+    let url = envoy.url("/slow");
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let (url, token) = (url.clone(), token.clone());
+            std::thread::spawn(move || {
+                let agent = client();
+                let sent = Instant::now();
+                let reply = e2e::get(&agent, &url, &[("authorization", &token)]);
+                (i, sent.elapsed(), reply)
+            })
+        })
+        .collect();
+    let all_in_flight = e2e::wait_until(Duration::from_secs(30), || {
+        envoy.requests_in_flight().unwrap_or(0) >= IN_FLIGHT as i64
+    });
+    let in_flight = envoy.requests_in_flight()?;
+    assert!(
+        all_in_flight,
+        "only {in_flight} of {IN_FLIGHT} requests reached Envoy"
+    );
+
+    let report = envoy.stop();
+    eprintln!("stop with {in_flight} requests in flight: {report:?}");
+    let mut failures = Vec::new();
+    for request in requests {
+        let (i, took, reply) = request.join().expect("request thread");
+        match reply {
+            Ok(r) if r.status == 200 => {
+                let body = r.json()?;
+                let pad = body["pad"].as_str().map_or(0, str::len);
+                if pad != PAD || r.header("x-served-by").is_none() {
+                    failures.push(format!("#{i}: short answer ({pad} of {PAD} pad bytes)"));
+                }
+            }
+            Ok(r) => failures.push(format!(
+                "#{i}: HTTP {} after {took:?}: {}",
+                r.status, r.body
+            )),
+            Err(err) => failures.push(format!("#{i}: no answer after {took:?}: {err:#}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {IN_FLIGHT} in-flight requests were cut by the stop ({report:?}):\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        envoy.process.log_tail(20)
+    );
+    assert_eq!(report.in_flight_at_term, 0, "{report:?}");
+    assert!(report.admin_errors.is_empty(), "{report:?}");
+    // Bounded: the stop waited for the slow answers, not the whole drain time.
+    assert!(
+        report.took < DELAY + Duration::from_secs(6),
+        "the stop took {:?}",
+        report.took
+    );
+    assert!(
+        !envoy.process.is_running(),
+        "Envoy still running after stop"
+    );
+    Ok(())
+}
