@@ -488,3 +488,264 @@ fn stopping_the_gateway_lets_in_flight_requests_finish() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue #10, propagation: a burst of 20 snapshot changes (one every 10 ms,
+/// faster than the sidecar's 100 ms file watch) under load, ten times; each
+/// time every worker must route by the burst's last version within 1 s of
+/// its publication. Workers are told apart by Envoy's per-worker listener
+/// counters around each probe (a fresh connection).
+#[test]
+fn twenty_rapid_flips_under_load_leave_every_worker_on_the_last_version_within_a_second()
+-> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROUNDS: usize = 10;
+    const FLIPS: u64 = 20;
+    let base = example_snapshot();
+    let gateway = Gateway::start("flips", &base, 2)?;
+
+    // Load: four keep-alive clients over 100 tenants until the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, other) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let tokens: Vec<String> = tenants(100, "load")
+        .iter()
+        .map(|t| bearer(&cell_router_kit::fixtures::token(Alg::HS256, unix_now(), t)))
+        .collect();
+    let load: Vec<_> = (0..4)
+        .map(|n| {
+            let (stop, ok, other) = (stop.clone(), ok.clone(), other.clone());
+            let (url, tokens) = (gateway.envoy.url("/"), tokens.clone());
+            std::thread::spawn(move || {
+                let agent = client();
+                let mut i = n;
+                while !stop.load(Ordering::SeqCst) {
+                    let token = &tokens[i % tokens.len()];
+                    match e2e::get(&agent, &url, &[("authorization", token)]) {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                        _ => other.fetch_add(1, Ordering::SeqCst),
+                    };
+                    i += 4;
+                }
+            })
+        })
+        .collect();
+
+    let cells = ["cell-a", "cell-b", "cell-c"];
+    let mut version = 1;
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        for flip in 0..FLIPS {
+            version += 1;
+            let doc = next_snapshot(&base, |s| {
+                s["version"] = version.into();
+                s["overrides"]["flipper"] = cells[(flip % 3) as usize].into();
+            })?;
+            publish(&gateway.source, &doc)?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let reached = gateway.await_version(version, Duration::from_secs(30));
+        let reached = match reached {
+            Ok(r) => r,
+            Err(err) => {
+                stop.store(true, Ordering::SeqCst);
+                return Err(err.context(format!("round {round}: version {version}")));
+            }
+        };
+        rounds.push((round, version, reached));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for thread in load {
+        let _ = thread.join();
+    }
+    let summary: Vec<String> = rounds
+        .iter()
+        .map(|(round, version, r)| {
+            format!(
+                "round {round} (v{version}): {:?} per worker after {} probes",
+                r.workers, r.probes
+            )
+        })
+        .collect();
+    eprintln!(
+        "load: {} answered 200, {} not\n{}",
+        ok.load(Ordering::SeqCst),
+        other.load(Ordering::SeqCst),
+        summary.join("\n")
+    );
+    let slow: Vec<&String> = rounds
+        .iter()
+        .zip(&summary)
+        .filter(|((_, _, r), _)| r.took > Duration::from_secs(1))
+        .map(|(_, line)| line)
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "{} of {ROUNDS} rounds left a worker on an older version for over 1 s:\n{}",
+        slow.len(),
+        slow.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(ok.load(Ordering::SeqCst) > 0, "the load got no answers");
+    Ok(())
+}
+
+/// Issue #10, static stability at gateway restart: a gateway restarted while
+/// its sidecar is down routes by the newest snapshot the sidecar had accepted
+/// (persisted by `cellmap serve --persist`, served by the persisted-copy
+/// listener, fetched by the filter's `sidecar.persisted`), not 503
+/// no_snapshot; 1,000 tenants as `cellmap route` gives them.
+#[test]
+#[ignore = "needs filter/sidecar branches"]
+fn a_gateway_restarted_while_the_sidecar_is_down_routes_by_the_persisted_copy() -> Result<()> {
+    assert!(e2e::cellmap_has_persist(), "cellmap serve has no --persist");
+    assert!(
+        e2e::filter_has_persisted(),
+        "the filter has no sidecar.persisted"
+    );
+    let base = example_snapshot();
+    let mut gateway = Gateway::start("persisted", &base, 2)?;
+    let names = tenants(1000, "p");
+    // v2 and v3 move the first 100 tenants by override, so v1, v2 and v3
+    // route them differently.
+    let v2 = next_snapshot(&base, |s| {
+        for name in &names[..100] {
+            s["overrides"][name.as_str()] = "cell-a".into();
+        }
+    })?;
+    publish(&gateway.source, &v2)?;
+    gateway.await_version(2, e2e::VERSION_TIMEOUT)?;
+    let v3 = next_snapshot(&v2, |s| {
+        for (i, name) in names[..100].iter().enumerate() {
+            s["overrides"][name.as_str()] = if i % 2 == 0 { "cell-b" } else { "cell-c" }.into();
+        }
+    })?;
+    publish(&gateway.source, &v3)?;
+    gateway.await_version(3, e2e::VERSION_TIMEOUT)?;
+    let persisted = gateway.envoy.persisted.clone();
+    let mut last = String::new();
+    let written = e2e::wait_until(Duration::from_secs(30), || {
+        let text = std::fs::read(&persisted).unwrap_or_default();
+        last = format!("{} bytes", text.len());
+        e2e::snapshot_version(&text).ok() == Some(3)
+    });
+    assert!(
+        written,
+        "{} never held version 3 ({last})",
+        persisted.display()
+    );
+
+    // The sidecar dies; then the gateway restarts.
+    gateway.sidecar.process.kill();
+    let stopped = gateway.envoy.stop();
+    eprintln!("old gateway stopped: {stopped:?}");
+    let mut options = e2e::EnvoyOptions::new(&gateway.backends, gateway.sidecar.port);
+    options.persisted = Some(persisted);
+    gateway.envoy = e2e::Envoy::start(&gateway.dir, options)?;
+    let agent = client();
+    let mut last = String::from("no answer");
+    let ready = e2e::wait_until(e2e::VERSION_TIMEOUT, || {
+        let reply = gateway.envoy.filter_ready(&agent);
+        last = match &reply {
+            Ok(r) => format!("{} {}", r.status, r.body),
+            Err(err) => format!("{err:#}"),
+        };
+        reply.is_ok_and(|r| r.status == 200)
+    });
+    assert!(
+        ready,
+        "the restarted gateway never became ready from the persisted copy (last: {last})\n{}",
+        gateway.envoy.process.log_tail(30)
+    );
+    let expected = e2e::cellmap_route(&gateway.source, &names)?;
+    for ((tenant, (cell, version)), want) in
+        names.iter().zip(served(&gateway, &names)).zip(&expected)
+    {
+        assert_eq!(version, "3", "{tenant} routed with snapshot {version}");
+        assert_eq!(
+            want["cell"].as_str(),
+            Some(cell.as_str()),
+            "{tenant}: {want}"
+        );
+    }
+    Ok(())
+}
+
+/// Issue #10, readiness: the filter's readiness path answers 503 while the
+/// filter has no snapshot (Envoy's own /ready says 200 then, and every
+/// request gets 503 no_snapshot), and 200 once the sidecar gives it one.
+#[test]
+#[ignore = "needs filter/sidecar branches"]
+fn the_filter_readiness_path_is_503_without_a_snapshot_and_200_with_one() -> Result<()> {
+    let dir = e2e::work_dir("readiness")?;
+    let source = dir.join("snapshot.json");
+    publish(&source, &example_snapshot())?;
+    let backends = e2e::Backends::start(&dir, &["cell-a", "cell-b", "cell-c"])?;
+    // Nothing listens on the sidecar's port yet; the persisted copy is the
+    // empty placeholder.
+    let sidecar_port = e2e::free_port()?;
+    let envoy = e2e::Envoy::start(&dir, e2e::EnvoyOptions::new(&backends, sidecar_port))?;
+    let agent = client();
+    let reply = envoy.filter_ready(&agent)?;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()?["ready"], false, "{}", reply.body);
+    let admin = e2e::get(
+        &agent,
+        &format!("http://127.0.0.1:{}/ready", envoy.admin_port),
+        &[],
+    )?;
+    assert_eq!(
+        admin.status, 200,
+        "Envoy's own readiness ignores the filter"
+    );
+    let token = bearer(&cell_router_kit::fixtures::token(
+        Alg::HS256,
+        unix_now(),
+        "globex",
+    ));
+    let refused = e2e::get(&agent, &envoy.url("/"), &[("authorization", &token)])?;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()?["error"], "no_snapshot");
+
+    let _sidecar = Sidecar::start_on(&dir, &source, sidecar_port)?;
+    let mut last = String::new();
+    let ready = e2e::wait_until(e2e::VERSION_TIMEOUT, || {
+        let reply = envoy.filter_ready(&agent);
+        last = match &reply {
+            Ok(r) => format!("{} {}", r.status, r.body),
+            Err(err) => format!("{err:#}"),
+        };
+        reply.is_ok_and(|r| r.status == 200)
+    });
+    assert!(ready, "never ready once the sidecar was up (last: {last})");
+    assert_eq!(envoy.filter_ready(&agent)?.json()?["ready"], true);
+    Ok(())
+}
+
+/// Issue #10: `cellmap serve` keeps serving after SIGHUP (a terminal closing,
+/// a log rotation), and keeps following its source.
+#[test]
+#[ignore = "needs filter/sidecar branches"]
+fn cellmap_serve_survives_sighup() -> Result<()> {
+    let dir = e2e::work_dir("sighup")?;
+    let source = dir.join("snapshot.json");
+    let base = example_snapshot();
+    publish(&source, &base)?;
+    let mut sidecar = Sidecar::start(&dir, &source)?;
+    sidecar.process.signal("HUP")?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sidecar.process.is_running(),
+        "cellmap serve died of SIGHUP\n{}",
+        sidecar.process.log_tail(10)
+    );
+    assert_eq!(sidecar.version(), Some(1));
+    publish(&source, &next_snapshot(&base, |_| {})?)?;
+    assert!(
+        e2e::wait_until(Duration::from_secs(30), || sidecar.version() == Some(2)),
+        "after SIGHUP the sidecar serves {:?}, not version 2",
+        sidecar.version()
+    );
+    Ok(())
+}

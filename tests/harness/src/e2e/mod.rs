@@ -16,7 +16,7 @@ pub use envoy::{
 };
 pub use slow_cell::SlowCells;
 pub use transitional::{cellmap_has_persist, filter_has_persisted, without_persisted};
-pub use wait::{VersionProbe, await_version, probe_body_version};
+pub use wait::{Reached, VersionProbe, await_version, probe_body_version};
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
@@ -584,7 +584,7 @@ impl Gateway {
     /// one); on failure, says what each worker answered (see [`await_version`]).
     /// The deadline is at least [`VERSION_TIMEOUT`]: this is a wait for a
     /// state, not a measurement, and must hold on a busy machine.
-    pub fn await_version(&self, version: u64, timeout: Duration) -> Result<Duration> {
+    pub fn await_version(&self, version: u64, timeout: Duration) -> Result<Reached> {
         await_version(
             &self.envoy,
             version,

@@ -46,6 +46,16 @@ pub fn probe_body_version(reply: Result<Reply>) -> Result<VersionProbe> {
     })
 }
 
+/// When every worker was first seen on the version.
+#[derive(Debug, Clone)]
+pub struct Reached {
+    /// Until the last worker was seen on it (from the call).
+    pub took: Duration,
+    /// Per worker (by index; `None` without per-worker counters).
+    pub workers: Vec<Option<Duration>>,
+    pub probes: u32,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Worker {
     probes: u32,
@@ -54,7 +64,7 @@ struct Worker {
 }
 
 /// Probes until every worker of `envoy` has answered a request routed by
-/// snapshot `want` or later; the time that took. `probe` sends one request
+/// snapshot `want` or later; when each did. `probe` sends one request
 /// on the given fresh agent. Without per-worker counters (another listener
 /// address), 20 good answers in a row stand in, reset only by an answer
 /// with an older version.
@@ -63,7 +73,7 @@ pub fn await_version(
     want: u64,
     timeout: Duration,
     mut probe: impl FnMut(&ureq::Agent) -> Result<VersionProbe>,
-) -> Result<Duration> {
+) -> Result<Reached> {
     let started = Instant::now();
     let mut workers = vec![Worker::default(); envoy.concurrency.max(1) as usize];
     let mut answers: BTreeMap<String, u32> = BTreeMap::new();
@@ -136,7 +146,11 @@ pub fn await_version(
             streak >= 20
         };
         if done {
-            return Ok(started.elapsed());
+            return Ok(Reached {
+                took: started.elapsed(),
+                workers: workers.iter().map(|w| w.reached_after).collect(),
+                probes,
+            });
         }
         if !envoy.process.is_running_shared() {
             bail!(
