@@ -212,8 +212,11 @@ impl Envoy {
                 ports.insert(default_port, *p);
             }
         }
-        // The persisted-copy listener is loopback-only; a free port per Envoy.
-        if template.contains(&format!("port_value: {DEFAULT_PERSISTED_PORT}")) {
+        // The persisted-copy listener is loopback-only: a free port per Envoy,
+        // unless the well-known ports were asked for (`make demo-up`).
+        if options.ports.is_none()
+            && template.contains(&format!("port_value: {DEFAULT_PERSISTED_PORT}"))
+        {
             ports.insert(DEFAULT_PERSISTED_PORT, free_port()?);
         }
         let persisted = options
@@ -288,10 +291,6 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin_port)
-    }
-
     /// The filter's readiness path on the gateway listener (200 with a
     /// snapshot, 503 without), as a load balancer's probe would ask it.
     pub fn filter_ready(&self, agent: &ureq::Agent) -> Result<Reply> {
@@ -300,26 +299,7 @@ impl Envoy {
 
     /// Envoy's counters and gauges whose names match `filter` (a regex), by name.
     pub fn stats(&self, filter: &str) -> Result<HashMap<String, i64>> {
-        let reply = get(
-            &client(),
-            &self.admin_url(&format!("/stats?filter={filter}")),
-            &[],
-        )?;
-        if reply.status != 200 {
-            bail!(
-                "/stats?filter={filter}: HTTP {} {}",
-                reply.status,
-                reply.body
-            );
-        }
-        Ok(reply
-            .body
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect())
+        admin_stats(self.admin_port, filter)
     }
 
     /// Connections each worker has accepted on the gateway listener
@@ -352,47 +332,19 @@ impl Envoy {
 
     /// Downstream requests in flight on every listener but the admin's.
     pub fn requests_in_flight(&self) -> Result<i64> {
-        Ok(self
-            .stats("downstream_rq_active")?
-            .iter()
-            .filter(|(name, _)| name.starts_with("http.") && !name.starts_with("http.admin."))
-            .map(|(_, v)| *v)
-            .sum())
+        requests_in_flight(self.admin_port)
     }
 
-    /// Stops Envoy the way a gateway should be stopped: fail its health
-    /// checks (`/ready` answers 503, so a load balancer stops sending),
-    /// start a graceful listener drain (every connection is told to close at
-    /// its next response), wait until no request is in flight (at most
-    /// [`DRAIN_TIME`] and a little), then SIGTERM. Envoy's own SIGTERM
-    /// handling does not drain.
+    /// Stops Envoy the way a gateway should be stopped ([`drain`]), then
+    /// SIGTERM. Envoy's own SIGTERM handling does not drain.
     pub fn stop(&mut self) -> StopReport {
         let started = Instant::now();
-        let mut report = StopReport::default();
         if !self.process.is_running() {
             self.process.stop();
-            return report;
+            return StopReport::default();
         }
-        let agent = client();
-        for path in ["/healthcheck/fail", "/drain_listeners?graceful"] {
-            match post(&agent, &self.admin_url(path)) {
-                Ok(reply) if reply.status == 200 => {}
-                Ok(reply) => report.admin_errors.push(format!(
-                    "POST {path}: HTTP {} {}",
-                    reply.status,
-                    reply.body.trim()
-                )),
-                Err(err) => report.admin_errors.push(format!("POST {path}: {err:#}")),
-            }
-        }
-        report.in_flight_at_drain = self.requests_in_flight().unwrap_or(-1);
-        let deadline = started + DRAIN_TIME + Duration::from_secs(2);
-        let mut in_flight = report.in_flight_at_drain;
-        while in_flight != 0 && Instant::now() < deadline && self.process.is_running() {
-            std::thread::sleep(Duration::from_millis(20));
-            in_flight = self.requests_in_flight().unwrap_or(-1);
-        }
-        report.in_flight_at_term = in_flight.max(0);
+        let process = &self.process;
+        let mut report = drain(self.admin_port, || process.is_running_shared());
         if report.in_flight_at_term > 0 {
             eprintln!(
                 "harness: Envoy :{} still had {} request(s) in flight after {:?} of draining; stopping it anyway",
@@ -403,6 +355,66 @@ impl Envoy {
         report.took = started.elapsed();
         report
     }
+}
+
+/// An Envoy admin's counters and gauges whose names match `filter` (a regex).
+pub fn admin_stats(admin_port: u16, filter: &str) -> Result<HashMap<String, i64>> {
+    let url = format!("http://127.0.0.1:{admin_port}/stats?filter={filter}");
+    let reply = get(&client(), &url, &[])?;
+    if reply.status != 200 {
+        bail!("{url}: HTTP {} {}", reply.status, reply.body);
+    }
+    Ok(reply
+        .body
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(": ")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// Downstream requests in flight on every listener of an Envoy but the admin's.
+pub fn requests_in_flight(admin_port: u16) -> Result<i64> {
+    Ok(admin_stats(admin_port, "downstream_rq_active")?
+        .iter()
+        .filter(|(name, _)| name.starts_with("http.") && !name.starts_with("http.admin."))
+        .map(|(_, v)| *v)
+        .sum())
+}
+
+/// Drains the Envoy whose admin is on `admin_port`: fail its health checks
+/// (`/ready` answers 503, so a load balancer stops sending), start a
+/// graceful listener drain (every connection is told to close at its next
+/// response), and wait until no request is in flight, at most
+/// [`DRAIN_TIME`] and a little, or until `running` says it exited. The
+/// caller then sends SIGTERM.
+pub fn drain(admin_port: u16, mut running: impl FnMut() -> bool) -> StopReport {
+    let started = Instant::now();
+    let mut report = StopReport::default();
+    let agent = client();
+    for path in ["/healthcheck/fail", "/drain_listeners?graceful"] {
+        let url = format!("http://127.0.0.1:{admin_port}{path}");
+        match post(&agent, &url) {
+            Ok(reply) if reply.status == 200 => {}
+            Ok(reply) => report.admin_errors.push(format!(
+                "POST {path}: HTTP {} {}",
+                reply.status,
+                reply.body.trim()
+            )),
+            Err(err) => report.admin_errors.push(format!("POST {path}: {err:#}")),
+        }
+    }
+    report.in_flight_at_drain = requests_in_flight(admin_port).unwrap_or(-1);
+    let deadline = started + DRAIN_TIME + Duration::from_secs(2);
+    let mut in_flight = report.in_flight_at_drain;
+    while in_flight != 0 && Instant::now() < deadline && running() {
+        std::thread::sleep(Duration::from_millis(20));
+        in_flight = requests_in_flight(admin_port).unwrap_or(-1);
+    }
+    report.in_flight_at_term = in_flight.max(0);
+    report.took = started.elapsed();
+    report
 }
 
 impl Drop for Envoy {

@@ -11,8 +11,8 @@ mod transitional;
 mod wait;
 
 pub use envoy::{
-    DRAIN_STRATEGY, DRAIN_TIME, Envoy, EnvoyOptions, START_TIMEOUT, StopReport, ensure_placeholder,
-    plugin_config_of, render_envoy_config,
+    DRAIN_STRATEGY, DRAIN_TIME, Envoy, EnvoyOptions, START_TIMEOUT, StopReport, admin_stats, drain,
+    ensure_placeholder, plugin_config_of, render_envoy_config, requests_in_flight,
 };
 pub use slow_cell::SlowCells;
 pub use transitional::{cellmap_has_persist, filter_has_persisted, without_persisted};
