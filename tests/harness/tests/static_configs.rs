@@ -98,6 +98,12 @@ fn compose_references_files_that_exist() {
             .contains("body: {filename: /var/lib/cellmap/snapshot.json}")
     );
     assert!(read("envoy/Dockerfile").contains(": > /var/lib/cellmap/snapshot.json"));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = repo_root().join("envoy/docker/gateway.sh");
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{} is not executable", script.display());
+    }
     // The image the issue names, at the version the tests run.
     assert!(compose.contains("image: envoyproxy/envoy:v1.40.0"));
     // The snapshot the sidecar is pointed at exists in the mounted folder.

@@ -42,6 +42,10 @@ pub struct EnvoyOptions {
     /// empty placeholder is written first when it does not exist, because
     /// Envoy refuses a config naming a missing file.
     pub persisted: Option<PathBuf>,
+    /// Runs Envoy through this launcher (`envoy/docker/gateway.sh`), which
+    /// adds the drain options itself and drains on SIGTERM; its environment
+    /// names the Envoy binary and the admin address.
+    pub launcher: Option<PathBuf>,
 }
 
 impl EnvoyOptions {
@@ -59,6 +63,7 @@ impl EnvoyOptions {
             plugin_config: None,
             ports: None,
             persisted: None,
+            launcher: None,
         }
     }
 }
@@ -231,17 +236,31 @@ impl Envoy {
                 .replace(DEFAULT_PERSISTED_PATH, &persisted.display().to_string());
         std::fs::write(&config, rendered)?;
 
-        let mut command = Command::new(envoy_bin()?);
+        let mut command = match &options.launcher {
+            None => {
+                let mut command = Command::new(envoy_bin()?);
+                command
+                    .arg("--drain-time-s")
+                    .arg(DRAIN_TIME.as_secs().to_string())
+                    .arg("--drain-strategy")
+                    .arg(DRAIN_STRATEGY);
+                command
+            }
+            Some(launcher) => {
+                let mut command = Command::new(launcher);
+                command
+                    .env("ENVOY_BIN", envoy_bin()?)
+                    .env("ENVOY_ADMIN", format!("127.0.0.1:{admin_port}"))
+                    .env("DRAIN_TIME_S", DRAIN_TIME.as_secs().to_string());
+                command
+            }
+        };
         command
             .arg("-c")
             .arg(&config)
             .arg("--concurrency")
             .arg(options.concurrency.to_string())
             .arg("--disable-hot-restart")
-            .arg("--drain-time-s")
-            .arg(DRAIN_TIME.as_secs().to_string())
-            .arg("--drain-strategy")
-            .arg(DRAIN_STRATEGY)
             .arg("--log-level")
             .arg("warn")
             .current_dir(repo_root());
