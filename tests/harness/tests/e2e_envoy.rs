@@ -784,3 +784,45 @@ fn cellmap_serve_survives_sighup() -> Result<()> {
     );
     Ok(())
 }
+
+/// The Envoy side of static stability at gateway restart, on its own: the
+/// persisted-copy listener serves the file as it was when Envoy loaded its
+/// config (what the filter's `sidecar.persisted` fetches), 64 MiB allowed,
+/// and nothing else.
+#[test]
+fn the_persisted_copy_listener_serves_the_file_as_of_gateway_start() -> Result<()> {
+    let dir = e2e::work_dir("persisted-listener")?;
+    let backends = e2e::Backends::start(&dir, &["cell-a", "cell-b", "cell-c"])?;
+    let persisted = dir.join("persisted.json");
+    // A 0.7 MB snapshot: far over Envoy's default 4 KiB direct-response limit.
+    let v1 = next_snapshot(&example_snapshot(), |s| {
+        s["version"] = 1.into();
+        for i in 0..20_000 {
+            s["overrides"][format!("bulk-{i:05}")] = "cell-a".into();
+        }
+    })?;
+    publish(&persisted, &v1)?;
+    let mut options = e2e::EnvoyOptions::new(&backends, e2e::free_port()?);
+    options.persisted = Some(persisted.clone());
+    let envoy = e2e::Envoy::start(&dir, options)?;
+    let port = envoy
+        .persisted_port
+        .expect("envoy.yaml has the persisted-copy listener");
+    let url = format!("http://127.0.0.1:{port}/snapshot");
+    let agent = client();
+    let reply = e2e::get(&agent, &url, &[])?;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.body.as_bytes(), v1.as_slice(), "not the file's bytes");
+    assert!(v1.len() > 500_000, "{} bytes", v1.len());
+
+    // Read at config load: a newer file is not served until Envoy restarts.
+    publish(&persisted, &next_snapshot(&v1, |_| {})?)?;
+    let reply = e2e::get(&agent, &url, &[])?;
+    assert_eq!(e2e::snapshot_version(reply.body.as_bytes())?, 1);
+    assert_eq!(
+        e2e::get(&agent, &format!("http://127.0.0.1:{port}/other"), &[])?.status,
+        404
+    );
+    Ok(())
+}

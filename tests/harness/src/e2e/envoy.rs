@@ -74,8 +74,10 @@ pub struct Envoy {
     pub admin_port: u16,
     pub config: PathBuf,
     pub concurrency: u32,
-    /// The file the persisted-copy listener serves.
+    /// The file the persisted-copy listener serves, and its port (if the
+    /// config has that listener).
     pub persisted: PathBuf,
+    pub persisted_port: Option<u16>,
     pub process: Process,
 }
 
@@ -271,6 +273,10 @@ impl Envoy {
             config,
             concurrency: options.concurrency,
             persisted,
+            persisted_port: template
+                .contains(&format!("port_value: {DEFAULT_PERSISTED_PORT}"))
+                .then(|| ports.get(&DEFAULT_PERSISTED_PORT).copied())
+                .map(|p| p.unwrap_or(DEFAULT_PERSISTED_PORT)),
             process,
         };
         envoy.wait_ready(START_TIMEOUT)?;
