@@ -93,6 +93,7 @@ fn compose_references_files_that_exist() {
     );
     assert!(compose.contains("\"--persist\", \"/var/lib/cellmap/snapshot.json\""));
     assert!(compose.contains("- cellmap-state:/var/lib/cellmap:ro"));
+    assert!(compose.contains("GET /cell-router/ready HTTP/1.1"));
     assert!(
         read("envoy/docker/envoy.yaml")
             .contains("body: {filename: /var/lib/cellmap/snapshot.json}")
