@@ -529,6 +529,12 @@ fn slow_requests_survive_a_stop(
 /// time every worker must route by the burst's last version within 1 s of
 /// its publication. Workers are told apart by Envoy's per-worker listener
 /// counters around each probe (a fresh connection).
+///
+/// Fails now and then on the current sidecar: one worker's long-poll is
+/// never answered (neither the new version nor the 304 after `wait`), and
+/// that worker stays on an older version until Envoy times the request out
+/// (504 after the filter's `timeout_ms`, 35 s) and the filter asks again.
+/// The sidecar rewrite (issue #10) is to fix it.
 #[test]
 fn twenty_rapid_flips_under_load_leave_every_worker_on_the_last_version_within_a_second()
 -> Result<()> {
@@ -595,9 +601,23 @@ fn twenty_rapid_flips_under_load_leave_every_worker_on_the_last_version_within_a
     let summary: Vec<String> = rounds
         .iter()
         .map(|(round, version, r)| {
+            let seen: Vec<String> = r
+                .seen
+                .iter()
+                .enumerate()
+                .map(|(i, versions)| {
+                    let list: Vec<String> = versions
+                        .iter()
+                        .map(|(at, v)| format!("v{v} at {at:.2?}"))
+                        .collect();
+                    format!("worker {i}: {}", list.join(", "))
+                })
+                .collect();
             format!(
-                "round {round} (v{version}): {:?} per worker after {} probes",
-                r.workers, r.probes
+                "round {round} (v{version}): {:.2?} per worker after {} probes ({})",
+                r.workers,
+                r.probes,
+                seen.join("; ")
             )
         })
         .collect();

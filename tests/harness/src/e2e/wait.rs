@@ -53,6 +53,8 @@ pub struct Reached {
     pub took: Duration,
     /// Per worker (by index; `None` without per-worker counters).
     pub workers: Vec<Option<Duration>>,
+    /// Per worker, each version it answered with and when first.
+    pub seen: Vec<Vec<(Duration, u64)>>,
     pub probes: u32,
 }
 
@@ -61,6 +63,7 @@ struct Worker {
     probes: u32,
     last_version: Option<u64>,
     reached_after: Option<Duration>,
+    versions: Vec<(Duration, u64)>,
 }
 
 /// Probes until every worker of `envoy` has answered a request routed by
@@ -119,6 +122,11 @@ pub fn await_version(
                 match worker.and_then(|w| workers.get_mut(w)) {
                     Some(seen) => {
                         seen.probes += 1;
+                        if let Some(v) = answer.version
+                            && seen.last_version != Some(v)
+                        {
+                            seen.versions.push((started.elapsed(), v));
+                        }
                         seen.last_version = answer.version.or(seen.last_version);
                         if good && seen.reached_after.is_none() {
                             seen.reached_after = Some(started.elapsed());
@@ -149,6 +157,7 @@ pub fn await_version(
             return Ok(Reached {
                 took: started.elapsed(),
                 workers: workers.iter().map(|w| w.reached_after).collect(),
+                seen: workers.iter().map(|w| w.versions.clone()).collect(),
                 probes,
             });
         }
@@ -163,13 +172,19 @@ pub fn await_version(
     }
     let mut seen = String::new();
     for (i, w) in workers.iter().enumerate() {
+        let history: Vec<String> = w
+            .versions
+            .iter()
+            .map(|(at, v)| format!("v{v} at {at:.2?}"))
+            .collect();
         let _ = write!(
             seen,
-            "\n  worker {i}: {} probe(s), last version {}, {}",
+            "\n  worker {i}: {} probe(s), last version {}, {} (seen: {})",
             w.probes,
             w.last_version.map_or("none".into(), |v| v.to_string()),
             w.reached_after
-                .map_or("never on it".into(), |d| format!("on it after {d:?}"))
+                .map_or("never on it".into(), |d| format!("on it after {d:?}")),
+            history.join(", ")
         );
     }
     let answers: Vec<String> = answers.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
