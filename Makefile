@@ -48,8 +48,9 @@ unit:
 wasm-imports:
 	python3 filter/scripts/check-wasm-imports.py $(WASM)
 
-# A few seconds per cargo-fuzz target (or the proptest equivalents without
-# cargo-fuzz); long runs: filter/fuzz and mapping/fuzz.
+# A few seconds per cargo-fuzz target when cargo-fuzz and a nightly toolchain
+# are installed; otherwise it says it skipped (`unit` ran the proptest
+# equivalents). Long runs: filter/fuzz and mapping/fuzz.
 fuzz-smoke:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-5} scripts/fuzz-smoke.sh
 
