@@ -3,6 +3,7 @@
 //! so `on_configure` can refuse the config with a message an operator can act
 //! on. `README.md` documents the fields; `config.schema.json` mirrors them.
 
+pub use crate::error::ConfigError;
 use crate::jwks::{Algorithm, KeySet};
 use crate::subscription::SidecarConfig;
 use cell_router_mapping::Snapshot;
@@ -10,30 +11,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt;
-
-/// A refused configuration: which field, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
 pub const DEFAULT_TOKEN_PREFIX: &str = "Bearer ";

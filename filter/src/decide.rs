@@ -4,7 +4,7 @@
 
 use crate::cache::TokenCache;
 use crate::config::{Auth, Config};
-use crate::host_verify::{NoHost, SignatureHost};
+use crate::envoy_verify::{NoHost, SignatureHost};
 use crate::token::{self, Reason, Rejection};
 use cell_router_mapping::{Outcome as Resolved, Snapshot};
 

@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::decide::{self, Action, Installed, Outcome, VmState};
+use crate::envoy_verify::{self, HostVerdict, SignatureHost};
 use crate::host::{self, Map};
-use crate::host_verify::{self, HostVerdict, SignatureHost};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
 use crate::subscription::{FetchOutcome, FetchRequest, FetchResponse, Subscription};
 use proxy_wasm::hostcalls;
@@ -89,9 +89,9 @@ impl SignatureHost for EnvoyCrypto<'_> {
         if *self.state == ForeignCall::Missing {
             return HostVerdict::Unavailable;
         }
-        let arguments = host_verify::encode_arguments(hash, public_key_der, signature, text);
+        let arguments = envoy_verify::encode_arguments(hash, public_key_der, signature, text);
         match hostcalls::call_foreign_function("verify_signature", Some(&arguments)) {
-            Ok(Some(result)) => match host_verify::decode_result(&result) {
+            Ok(Some(result)) => match envoy_verify::decode_result(&result) {
                 Some((valid, _)) => {
                     *self.state = ForeignCall::Available;
                     if valid {

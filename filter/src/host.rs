@@ -3,7 +3,7 @@
 //! SDK's wrappers panic on statuses they do not expect, and its header
 //! getters unwrap UTF-8 names). Only built for wasm.
 
-use crate::hostmap::parse_pairs;
+use crate::header_pairs::parse_pairs;
 use std::ptr::{null, null_mut};
 
 /// proxy_status_t OK.
@@ -91,7 +91,7 @@ pub fn send_local_response(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), u32> {
-    let serialized = crate::hostmap::serialize_pairs(headers);
+    let serialized = crate::header_pairs::serialize_pairs(headers);
     // SAFETY: pointers and lengths of live buffers; the host copies them.
     let result = unsafe {
         proxy_send_local_response(

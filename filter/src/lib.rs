@@ -8,8 +8,9 @@
 pub mod cache;
 pub mod config;
 pub mod decide;
-pub mod host_verify;
-pub mod hostmap;
+pub mod envoy_verify;
+pub mod error;
+pub mod header_pairs;
 pub mod jwks;
 pub mod metrics;
 pub mod subscription;

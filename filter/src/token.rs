@@ -7,7 +7,7 @@
 //! into a [`Rejection`] with the status Envoy's `jwt_authn` would use.
 
 use crate::config::{ClaimPath, JwtSettings, STRING_REGISTERED_CLAIMS, TokenSource};
-use crate::host_verify::{HostVerdict, NoHost, SignatureHost, ecdsa_jws_to_der};
+use crate::envoy_verify::{HostVerdict, NoHost, SignatureHost, ecdsa_jws_to_der};
 use crate::jwks::Algorithm;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -34,7 +34,11 @@ fn body(version: u64) -> Vec<u8> {
 }
 
 /// Dispatches whatever is due at `now` and returns its token.
-fn start(sub: &mut Subscription, now: u64, token: u32) -> cell_router_filter::subscription::FetchRequest {
+fn start(
+    sub: &mut Subscription,
+    now: u64,
+    token: u32,
+) -> cell_router_filter::subscription::FetchRequest {
     let request = sub.poll(now).expect("a fetch is due");
     sub.dispatched(token, now);
     request

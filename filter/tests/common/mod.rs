@@ -357,7 +357,7 @@ pub fn bearer(token: &str) -> String {
 // taking what BoringSSL takes (SubjectPublicKeyInfo DER, DER ECDSA
 // signatures, PKCS#1 v1.5 RSA).
 
-use cell_router_filter::host_verify::{HostVerdict, SignatureHost};
+use cell_router_filter::envoy_verify::{HostVerdict, SignatureHost};
 
 pub struct RustCryptoHost {
     pub calls: usize,
