@@ -1,6 +1,6 @@
 //! The per-request decision: request headers (as bytes), the clock and the
 //! snapshot in force in; headers to remove and set, or a local reply, out.
-//! No host calls: the glue in `glue.rs` applies the decision.
+//! No host calls: `http_context.rs` applies the decision.
 
 use crate::cache::TokenCache;
 use crate::config::{Auth, Config};
