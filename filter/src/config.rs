@@ -1,9 +1,11 @@
-//! Plugin configuration: parsed strictly (unknown fields refused), then
-//! validated into the form the filter runs with. Every error names the field,
+//! Plugin configuration: parsed strictly (unknown fields, duplicate keys and
+//! arrays for objects refused, see `json.rs`), then validated into the form
+//! the filter runs with. Every error names the field,
 //! so `on_configure` can refuse the config with a message an operator can act
 //! on. `README.md` documents the fields; `config.schema.json` mirrors them.
 
 pub use crate::error::ConfigError;
+use crate::json::{self, ObjectOnly};
 use crate::jwks::{Algorithm, KeySet};
 use crate::subscription::SidecarConfig;
 use cell_router_mapping::Snapshot;
@@ -40,7 +42,7 @@ pub const STRING_REGISTERED_CLAIMS: [&str; 4] = ["sub", "iss", "jti", "nonce"];
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    token: Option<RawTokenSource>,
+    token: Option<ObjectOnly<RawTokenSource>>,
     jwks: Option<Value>,
     algorithms: Option<Vec<String>>,
     issuers: Option<Vec<String>>,
@@ -56,7 +58,7 @@ struct RawConfig {
     cell_header: Option<String>,
     version_header: Option<String>,
     realm: Option<String>,
-    sidecar: Option<RawSidecar>,
+    sidecar: Option<ObjectOnly<RawSidecar>>,
     fallback_snapshot: Option<Value>,
 }
 
@@ -165,18 +167,14 @@ impl Config {
                 "is empty; the filter needs at least `sidecar` or `fallback_snapshot` and a token setup",
             ));
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let path = err.path().to_string();
-            let field = if path == "." {
-                "(config)".to_string()
-            } else {
-                path
-            };
-            ConfigError::new(field, err.into_inner().to_string())
-        })?;
-        de.end()
-            .map_err(|e| ConfigError::new("(config)", format!("trailing data: {e}")))?;
+        // Duplicate keys are refused at any depth (jwks and fallback_snapshot
+        // included) before anything is read.
+        let value = json::parse(bytes).map_err(|e| ConfigError::new(field(&e.path), e.message))?;
+        let ObjectOnly(raw): ObjectOnly<RawConfig> = serde_path_to_error::deserialize(value)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                ConfigError::new(field(&path), err.into_inner().to_string())
+            })?;
         raw.validate()
     }
 
@@ -185,6 +183,15 @@ impl Config {
             Auth::Jwt(settings) => Some(settings),
             Auth::TrustHeader { .. } => None,
         }
+    }
+}
+
+/// A serde_path_to_error path as a config field name.
+fn field(path: &str) -> String {
+    if path == "." {
+        "(config)".to_string()
+    } else {
+        path.to_string()
     }
 }
 
@@ -430,7 +437,7 @@ impl RawConfig {
         };
 
         let sidecar = match self.sidecar {
-            Some(raw) => Some(sidecar(raw)?),
+            Some(ObjectOnly(raw)) => Some(sidecar(raw)?),
             None => None,
         };
         let fallback_snapshot = match self.fallback_snapshot {
@@ -473,7 +480,7 @@ impl RawConfig {
         cell_header: &str,
         version_header: &str,
     ) -> Result<JwtSettings, ConfigError> {
-        let raw_source = self.token.as_ref();
+        let raw_source = self.token.as_ref().map(|t| &t.0);
         let header = header_name(
             "token.header",
             raw_source

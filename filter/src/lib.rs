@@ -13,6 +13,7 @@ pub mod decide;
 pub mod envoy_verify;
 pub mod error;
 pub mod header_pairs;
+pub mod json;
 pub mod jwks;
 pub mod metrics;
 pub mod subscription;
