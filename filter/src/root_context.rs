@@ -8,12 +8,20 @@ use crate::config::Config;
 use crate::decide::{Installed, VmState};
 use crate::hostcalls::{self, Buffer, LogLevel, Map, MetricType};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
-use crate::subscription::{FetchOutcome, FetchRequest, FetchResponse, Subscription};
+use crate::subscription::{
+    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, Source, Subscription,
+};
 use std::cell::RefCell;
 use std::rc::Rc;
 
 pub(crate) fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
+}
+
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Sidecar => "sidecar",
+    }
 }
 
 fn now_ms() -> u64 {
@@ -88,7 +96,7 @@ impl Root {
     }
 
     /// Puts a snapshot in force for new requests; false if it could not be.
-    fn install(&self, snapshot: cell_router_mapping::Snapshot) -> bool {
+    fn install(&self, snapshot: cell_router_mapping::Snapshot, _source: Source) -> bool {
         let Some(shared) = &self.shared else {
             return false;
         };
@@ -118,34 +126,41 @@ impl Root {
         }
     }
 
-    /// Starts the next fetch if one is due.
+    /// Starts the fetches that are due (the sidecar's, the persisted copy's).
     fn fetch_if_due(&mut self, now_ms: u64) {
-        let Some(subscription) = self.subscription.as_mut() else {
-            return;
-        };
-        let Some(request) = subscription.poll(now_ms) else {
-            return;
-        };
-        let FetchRequest {
-            cluster,
-            headers,
-            timeout,
-        } = request;
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        match hostcalls::http_call(&cluster, &headers, timeout_ms) {
-            Ok(token) => subscription.dispatched(token, now_ms),
-            Err(status) => {
-                subscription.dispatch_failed(now_ms);
-                let failures = subscription.consecutive_failures();
-                self.count(|m, s| m.fetch_failed(s));
-                if failures.is_power_of_two() {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "cell-router: cannot call sidecar cluster {cluster:?} (status {status}); {failures} failure(s) in a row, backing off"
-                        ),
-                    );
+        // Each source starts at most one call per round; the bound only
+        // guards against a state machine that kept answering.
+        for _ in 0..4 {
+            let Some(subscription) = self.subscription.as_mut() else {
+                return;
+            };
+            let Some(request) = subscription.poll(now_ms) else {
+                return;
+            };
+            let FetchRequest {
+                source,
+                cluster,
+                headers,
+                timeout,
+            } = request;
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+            match hostcalls::http_call(&cluster, &headers, timeout_ms) {
+                Ok(token) => subscription.dispatched(source, token, now_ms),
+                Err(status) => {
+                    subscription.dispatch_failed(source, now_ms);
+                    let failures = subscription.consecutive_failures();
+                    self.count(|m, s| m.fetch_failed(s));
+                    if failures.is_power_of_two() {
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "cell-router: cannot call {} cluster {cluster:?} (status {status}); {failures} failure(s) in a row, backing off",
+                                source_name(source)
+                            ),
+                        );
+                    }
                 }
             }
         }
@@ -157,54 +172,71 @@ impl Root {
             return;
         };
         let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
-        let status = hostcalls::pairs(&raw)
-            .into_iter()
-            .find(|(k, _)| *k == b":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
-        let body = if body_size > 0 {
-            hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let outcome = subscription.on_response(
-            token,
-            now,
-            FetchResponse {
-                status,
-                body: &body,
+        let pairs = hostcalls::pairs(&raw);
+        let header = |name: &[u8]| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let status =
+            header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+        let etag = header(b"etag");
+        // The body is read only when wanted, and never past the size limit.
+        let bytes;
+        let body = match subscription.body_plan(status, body_size) {
+            BodyPlan::Skip => Body::Read(&[]),
+            BodyPlan::TooLarge => Body::TooLarge(body_size),
+            BodyPlan::Read if body_size == 0 => Body::Read(&[]),
+            BodyPlan::Read => match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
+                Ok(Some(read)) if read.len() == body_size => {
+                    bytes = read;
+                    Body::Read(&bytes)
+                }
+                _ => Body::Unreadable,
             },
-        );
-        drop(body);
+        };
+        let outcome = subscription.on_response(token, now, FetchResponse { status, etag, body });
         let failures = subscription.consecutive_failures();
         match outcome {
-            FetchOutcome::Applied(snapshot) => {
+            FetchOutcome::Applied { snapshot, source } => {
                 let version = snapshot.version();
                 let cells = snapshot.cells().len();
-                self.install(*snapshot);
-                self.count(|m, s| m.snapshot_applied(s));
-                log(
-                    LogLevel::Info,
-                    &format!("cell-router: snapshot version {version} applied ({cells} cells)"),
-                );
-            }
-            FetchOutcome::Unchanged | FetchOutcome::Stale => {}
-            FetchOutcome::Refused(error) => {
-                self.count(|m, s| m.snapshot_refused(s));
-                log(
-                    LogLevel::Warn,
-                    &format!("cell-router: snapshot refused, keeping the last good one: {error}"),
-                );
-            }
-            FetchOutcome::Failed(why) => {
-                self.count(|m, s| m.fetch_failed(s));
-                if failures.is_power_of_two() {
+                if self.install(*snapshot, source) {
+                    if let Some(subscription) = self.subscription.as_mut() {
+                        subscription.installed(version, now);
+                    }
+                    self.count(|m, s| m.snapshot_applied(s));
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "cell-router: snapshot version {version} applied from the {} ({cells} cells)",
+                            source_name(source)
+                        ),
+                    );
+                } else {
                     log(
                         LogLevel::Warn,
                         &format!(
-                            "cell-router: snapshot fetch failed: {why}; {failures} failure(s) in a row, backing off"
+                            "cell-router: snapshot version {version} could not be put in force; asking again"
+                        ),
+                    );
+                }
+            }
+            FetchOutcome::Unchanged | FetchOutcome::Stale => {}
+            FetchOutcome::Refused { source, error, .. } => {
+                self.count(|m, s| m.snapshot_refused(s));
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "cell-router: snapshot from the {} refused, keeping the last good one: {error}",
+                        source_name(source)
+                    ),
+                );
+            }
+            FetchOutcome::Failed { source, why } => {
+                self.count(|m, s| m.fetch_failed(s));
+                if failures.is_power_of_two() || source != Source::Sidecar {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cell-router: snapshot fetch from the {} failed: {why}; {failures} sidecar failure(s) in a row, backing off",
+                            source_name(source)
                         ),
                     );
                 }

@@ -33,9 +33,17 @@ pub struct SidecarConfig {
     pub min_fetch_interval_ms: u64,
 }
 
-/// A request to dispatch to the sidecar cluster.
+/// Where a snapshot is fetched from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The sidecar (`cellmap serve`), long-polled: the primary source.
+    Sidecar,
+}
+
+/// A request to dispatch to a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchRequest {
+    pub source: Source,
     pub cluster: String,
     pub headers: Vec<(&'static str, String)>,
     pub timeout: Duration,
@@ -50,26 +58,69 @@ impl FetchRequest {
     }
 }
 
-/// The sidecar's answer, as far as the host reported it. A failed or timed
-/// out call has no status.
+/// The body of an answer, as far as the VM read it.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    Read(&'a [u8]),
+    /// Larger than `max_snapshot_bytes`: not read (this many bytes).
+    TooLarge(usize),
+    /// The host did not hand it over.
+    Unreadable,
+}
+
+/// What to do with an answer's body before reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyPlan {
+    /// Read it whole.
+    Read,
+    /// Not needed (not a 200).
+    Skip,
+    /// Larger than `max_snapshot_bytes`: do not read it.
+    TooLarge,
+}
+
+/// An answer, as far as the host reported it. A failed or timed out call
+/// has no status.
 #[derive(Clone, Copy, Debug)]
 pub struct FetchResponse<'a> {
     pub status: Option<u16>,
-    pub body: &'a [u8],
+    /// The `etag` header, if any (the sidecar sends `"<version>"`).
+    pub etag: Option<&'a [u8]>,
+    pub body: Body<'a>,
 }
 
-/// What a response means for the filter.
+impl<'a> FetchResponse<'a> {
+    /// An answer with this status and body, no ETag.
+    pub fn new(status: Option<u16>, body: &'a [u8]) -> Self {
+        FetchResponse {
+            status,
+            etag: None,
+            body: Body::Read(body),
+        }
+    }
+}
+
+/// What an answer means for the filter.
 #[derive(Debug)]
 pub enum FetchOutcome {
-    /// A valid, newer snapshot: install it for new requests.
-    Applied(Box<Snapshot>),
+    /// A valid, newer snapshot: install it for new requests, then report
+    /// [`Subscription::installed`].
+    Applied {
+        snapshot: Box<Snapshot>,
+        source: Source,
+    },
     /// 304: nothing newer.
     Unchanged,
     /// A 200 whose snapshot was refused; the last good one stays.
-    Refused(PathError),
+    Refused {
+        source: Source,
+        error: PathError,
+        /// Refused for its size, before reading it.
+        too_large: bool,
+    },
     /// Transport error, timeout, or an unexpected status.
-    Failed(String),
-    /// A response to a request this subscription did not make (or forgot
+    Failed { source: Source, why: String },
+    /// An answer to a request this subscription did not make (or forgot
     /// after a timeout); ignored.
     Stale,
 }
@@ -90,14 +141,51 @@ enum State {
 /// given up on.
 const LOST_CALL_GRACE_MS: u64 = 5_000;
 
+/// The host clock (wall time, which NTP may step) made monotonic: a step
+/// back makes time stand still instead of running backwards, so deadlines
+/// set before it do not wait for the clock to catch up.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    last_wall_ms: u64,
+    offset_ms: u64,
+}
+
+impl Clock {
+    fn new(now_ms: u64) -> Self {
+        Clock {
+            last_wall_ms: now_ms,
+            offset_ms: 0,
+        }
+    }
+
+    /// Monotonic milliseconds for a wall-clock reading.
+    fn now(&mut self, wall_ms: u64) -> u64 {
+        if wall_ms < self.last_wall_ms {
+            self.offset_ms = self.offset_ms.saturating_add(self.last_wall_ms - wall_ms);
+        }
+        self.last_wall_ms = wall_ms;
+        wall_ms.saturating_add(self.offset_ms)
+    }
+
+    /// [`Clock::now`] without recording the reading.
+    fn peek(&self, wall_ms: u64) -> u64 {
+        wall_ms
+            .max(self.last_wall_ms)
+            .saturating_add(self.offset_ms)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Subscription {
     config: SidecarConfig,
+    clock: Clock,
     state: State,
     /// Consecutive failures, for the backoff.
     failures: u32,
-    /// Version of the last snapshot taken from the sidecar. The fallback
-    /// snapshot does not count: any valid sidecar snapshot replaces it.
+    /// Version of the last snapshot the root context put in force from the
+    /// sidecar ([`Subscription::installed`]), never one merely received. The
+    /// fallback snapshot does not count: any valid sidecar snapshot
+    /// replaces it.
     version: Option<u64>,
     started_ms: u64,
     last_contact_ms: Option<u64>,
@@ -110,6 +198,7 @@ impl Subscription {
     pub fn new(config: SidecarConfig, now_ms: u64, seed: u64) -> Self {
         Subscription {
             config,
+            clock: Clock::new(now_ms),
             state: State::Idle {
                 not_before_ms: now_ms,
             },
@@ -127,7 +216,7 @@ impl Subscription {
         &self.config
     }
 
-    /// Version of the last snapshot applied from the sidecar.
+    /// Version of the last snapshot installed from the sidecar.
     pub fn version(&self) -> Option<u64> {
         self.version
     }
@@ -151,6 +240,7 @@ impl Subscription {
     /// Seconds since the last successful contact (200 or 304), or since the
     /// start when there was none yet.
     pub fn age_s(&self, now_ms: u64) -> u64 {
+        let now_ms = self.clock.peek(now_ms);
         now_ms.saturating_sub(self.last_contact_ms.unwrap_or(self.started_ms)) / 1000
     }
 
@@ -158,6 +248,7 @@ impl Subscription {
     /// every response; then report [`Subscription::dispatched`] or
     /// [`Subscription::dispatch_failed`].
     pub fn poll(&mut self, now_ms: u64) -> Option<FetchRequest> {
+        let now_ms = self.clock.now(now_ms);
         match self.state {
             State::InFlight { since_ms, .. } => {
                 // The host always answers (Envoy enforces the timeout); this
@@ -191,6 +282,7 @@ impl Subscription {
             headers.push(("if-none-match", format!("\"{version}\"")));
         }
         FetchRequest {
+            source: Source::Sidecar,
             cluster: self.config.cluster.clone(),
             headers,
             timeout: Duration::from_millis(self.config.timeout_ms),
@@ -198,7 +290,8 @@ impl Subscription {
     }
 
     /// The host accepted the call.
-    pub fn dispatched(&mut self, token: u32, now_ms: u64) {
+    pub fn dispatched(&mut self, _source: Source, token: u32, now_ms: u64) {
+        let now_ms = self.clock.now(now_ms);
         self.state = State::InFlight {
             token,
             since_ms: now_ms,
@@ -207,9 +300,20 @@ impl Subscription {
     }
 
     /// The host refused the call (e.g. unknown cluster): back off.
-    pub fn dispatch_failed(&mut self, now_ms: u64) {
+    pub fn dispatch_failed(&mut self, _source: Source, now_ms: u64) {
+        let now_ms = self.clock.now(now_ms);
         self.last_start_ms = Some(now_ms);
         self.fail(now_ms);
+    }
+
+    /// What to do with the body of an answer with this status and size,
+    /// before reading it.
+    pub fn body_plan(&self, status: Option<u16>, _body_size: usize) -> BodyPlan {
+        if status == Some(200) {
+            BodyPlan::Read
+        } else {
+            BodyPlan::Skip
+        }
     }
 
     /// Handles the answer to call `token`.
@@ -219,40 +323,69 @@ impl Subscription {
         now_ms: u64,
         response: FetchResponse<'_>,
     ) -> FetchOutcome {
+        let now_ms = self.clock.now(now_ms);
         match self.state {
             State::InFlight {
                 token: expected, ..
             } if expected == token => {}
             _ => return FetchOutcome::Stale,
         }
+        let source = Source::Sidecar;
         match response.status {
-            Some(200) => match Snapshot::parse_newer(response.body, self.version) {
-                Ok(snapshot) => {
-                    self.version = Some(snapshot.version());
-                    self.succeed(now_ms);
-                    FetchOutcome::Applied(Box::new(snapshot))
+            Some(200) => {
+                let body = match response.body {
+                    Body::Read(body) => body,
+                    Body::TooLarge(_) | Body::Unreadable => &[],
+                };
+                match Snapshot::parse_newer(body, self.version) {
+                    Ok(snapshot) => {
+                        // Recorded once installed, not before: a snapshot
+                        // dropped on the way must be asked for again.
+                        self.succeed(now_ms);
+                        FetchOutcome::Applied {
+                            snapshot: Box::new(snapshot),
+                            source,
+                        }
+                    }
+                    Err(error) => {
+                        // The sidecar keeps serving what we refused; asking again
+                        // at once would only loop. Not a successful contact either:
+                        // what we serve is getting older.
+                        self.fail(now_ms);
+                        FetchOutcome::Refused {
+                            source,
+                            error,
+                            too_large: false,
+                        }
+                    }
                 }
-                Err(err) => {
-                    // The sidecar keeps serving what we refused; asking again
-                    // at once would only loop. Not a successful contact either:
-                    // what we serve is getting older.
-                    self.fail(now_ms);
-                    FetchOutcome::Refused(err)
-                }
-            },
+            }
             Some(304) => {
                 self.succeed(now_ms);
                 FetchOutcome::Unchanged
             }
             Some(status) => {
                 self.fail(now_ms);
-                FetchOutcome::Failed(format!("sidecar answered HTTP {status}"))
+                FetchOutcome::Failed {
+                    source,
+                    why: format!("sidecar answered HTTP {status}"),
+                }
             }
             None => {
                 self.fail(now_ms);
-                FetchOutcome::Failed("no response (connection failure or timeout)".to_string())
+                FetchOutcome::Failed {
+                    source,
+                    why: "no response (connection failure or timeout)".to_string(),
+                }
             }
         }
+    }
+
+    /// The snapshot of an [`FetchOutcome::Applied`] is in force: from now on
+    /// the subscription asks for newer than `version`.
+    pub fn installed(&mut self, version: u64, now_ms: u64) {
+        self.clock.now(now_ms);
+        self.version = Some(self.version.map_or(version, |held| held.max(version)));
     }
 
     fn succeed(&mut self, now_ms: u64) {

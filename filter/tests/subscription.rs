@@ -10,7 +10,9 @@
 
 mod common;
 
-use cell_router_filter::subscription::{FetchOutcome, FetchResponse, SidecarConfig, Subscription};
+use cell_router_filter::subscription::{
+    FetchOutcome, FetchRequest, FetchResponse, SidecarConfig, Source, Subscription,
+};
 use common::*;
 
 fn sidecar() -> SidecarConfig {
@@ -34,13 +36,9 @@ fn body(version: u64) -> Vec<u8> {
 }
 
 /// Dispatches whatever is due at `now` and returns its token.
-fn start(
-    sub: &mut Subscription,
-    now: u64,
-    token: u32,
-) -> cell_router_filter::subscription::FetchRequest {
+fn start(sub: &mut Subscription, now: u64, token: u32) -> FetchRequest {
     let request = sub.poll(now).expect("a fetch is due");
-    sub.dispatched(token, now);
+    sub.dispatched(Source::Sidecar, token, now);
     request
 }
 
@@ -51,7 +49,22 @@ fn respond(
     status: Option<u16>,
     body: &[u8],
 ) -> FetchOutcome {
-    sub.on_response(token, now, FetchResponse { status, body })
+    respond_with(sub, token, now, FetchResponse::new(status, body))
+}
+
+/// Hands an answer to the subscription as the root context does: a snapshot
+/// it applies is put in force and reported installed.
+fn respond_with(
+    sub: &mut Subscription,
+    token: u32,
+    now: u64,
+    response: FetchResponse<'_>,
+) -> FetchOutcome {
+    let outcome = sub.on_response(token, now, response);
+    if let FetchOutcome::Applied { snapshot, .. } = &outcome {
+        sub.installed(snapshot.version(), now);
+    }
+    outcome
 }
 
 #[test]
@@ -74,7 +87,7 @@ fn a_200_applies_and_the_next_long_poll_follows_at_once() {
     let mut sub = Subscription::new(sidecar(), T0, 1);
     start(&mut sub, T0, 1);
     match respond(&mut sub, 1, T0 + 150, Some(200), &body(5)) {
-        FetchOutcome::Applied(snapshot) => assert_eq!(snapshot.version(), 5),
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 5),
         other => panic!("{other:?}"),
     }
     assert_eq!(sub.version(), Some(5));
@@ -90,7 +103,7 @@ fn a_304_keeps_the_version() {
     start(&mut sub, T0, 1);
     assert!(matches!(
         respond(&mut sub, 1, T0 + 10, Some(200), &body(5)),
-        FetchOutcome::Applied(_)
+        FetchOutcome::Applied { .. }
     ));
     start(&mut sub, T0 + 200, 2);
     assert!(matches!(
@@ -121,7 +134,7 @@ fn a_bad_snapshot_is_refused_and_the_last_good_kept() {
     let mut bad = snapshot_json(6);
     bad["cells"][0]["shed_ratio"] = serde_json::json!(3.0);
     match respond(&mut sub, 2, T0 + 200, Some(200), bad.to_string().as_bytes()) {
-        FetchOutcome::Refused(error) => assert_eq!(error.path, "$.cells[0].shed_ratio"),
+        FetchOutcome::Refused { error, .. } => assert_eq!(error.path, "$.cells[0].shed_ratio"),
         other => panic!("{other:?}"),
     }
     assert_eq!(sub.version(), Some(5));
@@ -135,10 +148,10 @@ fn a_bad_snapshot_is_refused_and_the_last_good_kept() {
 
     // Garbage and truncated bodies are refused the same way.
     for garbage in [&b"not json"[..], b"", &body(7)[..100]] {
-        sub.dispatched(9, T0 + 1000);
+        sub.dispatched(Source::Sidecar, 9, T0 + 1000);
         assert!(matches!(
             respond(&mut sub, 9, T0 + 1000, Some(200), garbage),
-            FetchOutcome::Refused(_)
+            FetchOutcome::Refused { .. }
         ));
         assert_eq!(sub.version(), Some(5));
     }
@@ -150,9 +163,9 @@ fn a_version_not_newer_is_refused() {
     start(&mut sub, T0, 1);
     respond(&mut sub, 1, T0, Some(200), &body(5));
     for (token, version) in [(2, 5), (3, 4)] {
-        sub.dispatched(token, T0 + 1000);
+        sub.dispatched(Source::Sidecar, token, T0 + 1000);
         match respond(&mut sub, token, T0 + 1000, Some(200), &body(version)) {
-            FetchOutcome::Refused(error) => {
+            FetchOutcome::Refused { error, .. } => {
                 assert_eq!(error.path, "$.version");
                 assert!(error.message.contains("not greater"), "{error}");
             }
@@ -170,7 +183,7 @@ fn any_valid_sidecar_snapshot_replaces_the_fallback() {
     start(&mut sub, T0, 1);
     assert!(matches!(
         respond(&mut sub, 1, T0, Some(200), &body(3)),
-        FetchOutcome::Applied(_)
+        FetchOutcome::Applied { .. }
     ));
 }
 
@@ -184,7 +197,7 @@ fn errors_back_off_exponentially_with_jitter_up_to_the_cap() {
         let status = if token % 2 == 0 { Some(503) } else { None };
         assert!(matches!(
             respond(&mut sub, token, now, status, b""),
-            FetchOutcome::Failed(_)
+            FetchOutcome::Failed { .. }
         ));
         let next = sub.next_fetch_at_ms().unwrap();
         assert!(sub.poll(next - 1).is_none());
@@ -210,15 +223,15 @@ fn errors_back_off_exponentially_with_jitter_up_to_the_cap() {
 fn unexpected_statuses_and_refused_dispatches_back_off() {
     let mut sub = Subscription::new(sidecar(), T0, 1);
     for status in [404, 500, 302, 201] {
-        sub.dispatched(1, T0);
+        sub.dispatched(Source::Sidecar, 1, T0);
         assert!(matches!(
             respond(&mut sub, 1, T0, Some(status), b"{}"),
-            FetchOutcome::Failed(_)
+            FetchOutcome::Failed { .. }
         ));
     }
     let mut sub = Subscription::new(sidecar(), T0, 1);
     assert!(sub.poll(T0).is_some());
-    sub.dispatch_failed(T0);
+    sub.dispatch_failed(Source::Sidecar, T0);
     assert_eq!(sub.consecutive_failures(), 1);
     assert!(sub.poll(T0).is_none());
 }
@@ -280,4 +293,94 @@ fn plain_polling_without_long_poll() {
     respond(&mut sub, 1, T0 + 5, Some(304), b"");
     assert!(sub.poll(T0 + 999).is_none());
     assert!(sub.poll(T0 + 1_000).is_some());
+}
+
+// ---------------------------------------------------------------------------
+// Stalls: a VM must never keep routing by an old version while a newer one
+// is on offer.
+
+#[test]
+fn the_version_asked_after_is_the_version_installed() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    let outcome = sub.on_response(1, T0 + 10, FetchResponse::new(Some(200), &body(5)));
+    assert!(
+        matches!(outcome, FetchOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    // The root context could not put it in force (it never reported it
+    // installed): asking for newer than 5 would leave the VM on what it had
+    // until the next publish.
+    assert_eq!(sub.version(), None);
+    let request = start(&mut sub, T0 + 200, 2);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=30"));
+    assert_eq!(request.header("if-none-match"), None);
+    // The same snapshot comes again and is taken (not refused as not newer).
+    match respond(&mut sub, 2, T0 + 210, Some(200), &body(5)) {
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 5),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(5));
+    let request = start(&mut sub, T0 + 400, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+}
+
+#[test]
+fn rapid_flips_end_on_the_last_version_installed() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    let mut now = T0;
+    let mut installed = None;
+    for version in 1..=20u64 {
+        start(&mut sub, now, version as u32);
+        let outcome = sub.on_response(
+            version as u32,
+            now + 5,
+            FetchResponse::new(Some(200), &body(version)),
+        );
+        let FetchOutcome::Applied { snapshot, .. } = outcome else {
+            panic!("version {version}: {outcome:?}");
+        };
+        // Every third install fails (the state was busy, say).
+        if version % 3 != 0 {
+            sub.installed(snapshot.version(), now + 5);
+            installed = Some(version);
+        }
+        assert_eq!(sub.version(), installed, "after version {version}");
+        now += 100;
+    }
+    let request = start(&mut sub, now, 99);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=20&wait=30"));
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_stall_fetches() {
+    // The host clock is the wall clock: NTP may step it back. Deadlines set
+    // before the step must not wait for the clock to catch up.
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, None, b"");
+    let back = T0 - 3_600_000;
+    assert!(sub.poll(back).is_none(), "the backoff still holds");
+    assert!(
+        sub.poll(back + 200).is_some(),
+        "retry due one backoff (≤ 200 ms) after the failure, however the clock reads"
+    );
+    sub.dispatched(Source::Sidecar, 2, back + 200);
+    // The long-poll answered at once: the next one waits min_fetch_interval
+    // from its start, not until the clock is back at T0.
+    respond(&mut sub, 2, back + 210, Some(304), b"");
+    let back_again = back - 60_000;
+    assert!(sub.poll(back_again).is_none());
+    assert!(sub.poll(back_again + 90).is_some());
+
+    // A call in flight across a step back is still given up after its
+    // timeout (plus grace) of elapsed time.
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    let back = T0 - 3_600_000;
+    assert!(sub.poll(back).is_none());
+    assert!(sub.poll(back + 40_001).is_none());
+    assert!(!sub.in_flight(), "given up after 40 s of elapsed time");
+    // And the age gauge never runs backwards.
+    assert!(sub.age_s(back + 40_001) >= 40);
 }

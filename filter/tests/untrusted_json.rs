@@ -18,7 +18,7 @@ mod common;
 
 use cell_router_filter::config::Config;
 use cell_router_filter::decide::Outcome;
-use cell_router_filter::subscription::{FetchOutcome, FetchResponse, Subscription};
+use cell_router_filter::subscription::{FetchOutcome, FetchResponse, Source, Subscription};
 use cell_router_filter::token::Reason;
 use cell_router_mapping::Snapshot;
 use common::*;
@@ -232,16 +232,13 @@ fn a_sidecar_snapshot_with_arrays_for_objects_is_refused() {
     for (path, text) in snapshots_with_arrays() {
         let mut sub = Subscription::new(config.clone(), NOW * 1000, 1);
         assert!(sub.poll(NOW * 1000).is_some());
-        sub.dispatched(1, NOW * 1000);
+        sub.dispatched(Source::Sidecar, 1, NOW * 1000);
         match sub.on_response(
             1,
             NOW * 1000,
-            FetchResponse {
-                status: Some(200),
-                body: text.as_bytes(),
-            },
+            FetchResponse::new(Some(200), text.as_bytes()),
         ) {
-            FetchOutcome::Refused(error) => assert_eq!(error.path, path),
+            FetchOutcome::Refused { error, .. } => assert_eq!(error.path, path),
             other => panic!("{path}: {other:?}"),
         }
     }
