@@ -29,6 +29,14 @@ pub const MAX_MAX_TENANT_BYTES: usize = 4096;
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
 pub const MAX_TOKEN_CACHE_ENTRIES: usize = 1_000_000;
 pub const MAX_CLAIM_PATH_SEGMENTS: usize = 8;
+/// `sidecar.max_snapshot_bytes` default: 64 MiB (a 1,000,000-override
+/// snapshot is about 28 MB). The sidecar has its own limit,
+/// `cellmap serve --max-snapshot-mib` (512 by default).
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+pub const MIN_MAX_SNAPSHOT_BYTES: usize = 1024;
+/// Wasm32 memory is 4 GiB at most, and a snapshot being parsed is held about
+/// four times over (body, parse, the old snapshot).
+pub const MAX_MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 const MAX_NAME_BYTES: usize = 256;
 
 /// Registered claims that cannot carry a tenant (not strings, or not ours).
@@ -90,6 +98,7 @@ struct RawSidecar {
     retry_max_ms: Option<u64>,
     tick_ms: Option<u64>,
     min_fetch_interval_ms: Option<u64>,
+    max_snapshot_bytes: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------
@@ -669,6 +678,12 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         0,
         600_000,
     )?;
+    let max_snapshot_bytes = in_range(
+        "sidecar.max_snapshot_bytes",
+        raw.max_snapshot_bytes.unwrap_or(DEFAULT_MAX_SNAPSHOT_BYTES),
+        MIN_MAX_SNAPSHOT_BYTES,
+        MAX_MAX_SNAPSHOT_BYTES,
+    )?;
     Ok(SidecarConfig {
         cluster: raw.cluster,
         authority,
@@ -679,5 +694,6 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         retry_max_ms,
         tick_ms,
         min_fetch_interval_ms,
+        max_snapshot_bytes,
     })
 }

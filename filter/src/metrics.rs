@@ -43,6 +43,7 @@ pub struct Metrics {
     snapshot_age: Option<u32>,
     fetch_failures: Option<u32>,
     snapshots_refused: Option<u32>,
+    snapshots_too_large: Option<u32>,
     snapshots_applied: Option<u32>,
 }
 
@@ -79,6 +80,7 @@ impl Metrics {
             snapshot_age: sink.define(MetricKind::Gauge, &name(&["snapshot", "age_s"])),
             fetch_failures: counter(sink, &["snapshot", "fetch_failures"]),
             snapshots_refused: counter(sink, &["snapshot", "refused"]),
+            snapshots_too_large: counter(sink, &["snapshot", "refused_too_large"]),
             snapshots_applied: counter(sink, &["snapshot", "applied"]),
             ..Metrics::default()
         };
@@ -153,8 +155,13 @@ impl Metrics {
         Self::bump(sink, self.fetch_failures);
     }
 
-    pub fn snapshot_refused(&self, sink: &mut dyn MetricSink) {
+    /// A snapshot refused; `too_large`: for its size, before reading it
+    /// (counted in both counters).
+    pub fn snapshot_refused(&self, sink: &mut dyn MetricSink, too_large: bool) {
         Self::bump(sink, self.snapshots_refused);
+        if too_large {
+            Self::bump(sink, self.snapshots_too_large);
+        }
     }
 
     pub fn snapshot_applied(&self, sink: &mut dyn MetricSink) {
@@ -183,6 +190,7 @@ pub fn fixed_names() -> Vec<String> {
         name(&["snapshot", "age_s"]),
         name(&["snapshot", "fetch_failures"]),
         name(&["snapshot", "refused"]),
+        name(&["snapshot", "refused_too_large"]),
         name(&["snapshot", "applied"]),
     ];
     names.extend(

@@ -219,8 +219,12 @@ impl Root {
                 }
             }
             FetchOutcome::Unchanged | FetchOutcome::Stale => {}
-            FetchOutcome::Refused { source, error, .. } => {
-                self.count(|m, s| m.snapshot_refused(s));
+            FetchOutcome::Refused {
+                source,
+                error,
+                too_large,
+            } => {
+                self.count(|m, s| m.snapshot_refused(s, too_large));
                 log(
                     LogLevel::Warn,
                     &format!(

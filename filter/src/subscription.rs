@@ -31,6 +31,9 @@ pub struct SidecarConfig {
     /// Shortest time between the starts of two fetches, so a sidecar that
     /// answers at once (no long-poll) is not hammered in a loop.
     pub min_fetch_interval_ms: u64,
+    /// Largest snapshot body read into the VM; a larger answer is refused
+    /// before its body is read.
+    pub max_snapshot_bytes: usize,
 }
 
 /// Where a snapshot is fetched from.
@@ -308,11 +311,13 @@ impl Subscription {
 
     /// What to do with the body of an answer with this status and size,
     /// before reading it.
-    pub fn body_plan(&self, status: Option<u16>, _body_size: usize) -> BodyPlan {
-        if status == Some(200) {
-            BodyPlan::Read
-        } else {
+    pub fn body_plan(&self, status: Option<u16>, body_size: usize) -> BodyPlan {
+        if status != Some(200) {
             BodyPlan::Skip
+        } else if body_size > self.config.max_snapshot_bytes {
+            BodyPlan::TooLarge
+        } else {
+            BodyPlan::Read
         }
     }
 
@@ -335,7 +340,27 @@ impl Subscription {
             Some(200) => {
                 let body = match response.body {
                     Body::Read(body) => body,
-                    Body::TooLarge(_) | Body::Unreadable => &[],
+                    Body::TooLarge(size) => {
+                        self.fail(now_ms);
+                        return FetchOutcome::Refused {
+                            source,
+                            error: PathError::new(
+                                "$",
+                                format!(
+                                    "the snapshot is {size} bytes, more than sidecar.max_snapshot_bytes = {}; not read",
+                                    self.config.max_snapshot_bytes
+                                ),
+                            ),
+                            too_large: true,
+                        };
+                    }
+                    Body::Unreadable => {
+                        self.fail(now_ms);
+                        return FetchOutcome::Failed {
+                            source,
+                            why: "the host did not hand over the response body".to_string(),
+                        };
+                    }
                 };
                 match Snapshot::parse_newer(body, self.version) {
                     Ok(snapshot) => {

@@ -68,6 +68,7 @@ fn defaults_are_applied() {
     assert_eq!(sidecar.timeout_ms, 35_000);
     assert_eq!(sidecar.retry_min_ms, 200);
     assert_eq!(sidecar.retry_max_ms, 5000);
+    assert_eq!(sidecar.max_snapshot_bytes, 64 << 20);
     assert_eq!(config.fallback_snapshot.as_ref().unwrap().version(), 1);
 }
 
@@ -91,7 +92,7 @@ fn every_field_can_be_set() {
         "sidecar": {
             "cluster": "sidecar", "authority": "cellmap.local:9901", "path": "/v1/snapshot",
             "long_poll_s": 10, "timeout_ms": 12000, "retry_min_ms": 50, "retry_max_ms": 800,
-            "tick_ms": 250, "min_fetch_interval_ms": 20
+            "tick_ms": 250, "min_fetch_interval_ms": 20, "max_snapshot_bytes": 1048576
         }
     });
     let config = config(&value);
@@ -113,6 +114,7 @@ fn every_field_can_be_set() {
     assert_eq!(sidecar.authority, "cellmap.local:9901");
     assert_eq!(sidecar.timeout_ms, 12000);
     assert_eq!(sidecar.tick_ms, 250);
+    assert_eq!(sidecar.max_snapshot_bytes, 1 << 20);
     assert!(config.fallback_snapshot.is_none());
 }
 
@@ -143,6 +145,24 @@ fn cases() -> Vec<(Value, &'static str, &'static str)> {
             ),
             "sidecar.retries",
             "unknown field `retries`",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "max_snapshot_bytes": 1023}),
+            ),
+            "sidecar.max_snapshot_bytes",
+            "between 1024 and 1073741824",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "max_snapshot_bytes": 2_000_000_000u64}),
+            ),
+            "sidecar.max_snapshot_bytes",
+            "between 1024 and 1073741824",
         ),
         (
             set(base.clone(), "issuers", json!([ISSUER, ""])),

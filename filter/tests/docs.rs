@@ -156,4 +156,5 @@ fn schema_defaults_match_the_code() {
     assert_eq!(sd("retry_max_ms"), sidecar.retry_max_ms);
     assert_eq!(sd("tick_ms"), sidecar.tick_ms);
     assert_eq!(sd("min_fetch_interval_ms"), sidecar.min_fetch_interval_ms);
+    assert_eq!(sd("max_snapshot_bytes"), sidecar.max_snapshot_bytes);
 }

@@ -104,7 +104,7 @@ fn decisions_are_counted_per_cell_and_reason() {
     assert_eq!(sink.value("cell_router.snapshot.version"), 17);
     assert_eq!(sink.value("cell_router.snapshot.age_s"), 4);
     metrics.snapshot_applied(&mut sink);
-    metrics.snapshot_refused(&mut sink);
+    metrics.snapshot_refused(&mut sink, false);
     metrics.fetch_failed(&mut sink);
     metrics.fetch_failed(&mut sink);
     assert_eq!(sink.value("cell_router.snapshot.applied"), 1);
@@ -120,4 +120,15 @@ fn cell_ids_are_made_stat_safe() {
     metrics.routed(&mut sink, "eu.1");
     metrics.routed(&mut sink, "eu.1");
     assert_eq!(sink.value("cell_router.routed.eu_1"), 2);
+}
+
+#[test]
+fn oversized_snapshots_are_counted_apart() {
+    let mut sink = Recorder::default();
+    let metrics = Metrics::define(&mut sink);
+    metrics.snapshot_refused(&mut sink, true);
+    metrics.snapshot_refused(&mut sink, false);
+    assert_eq!(sink.value("cell_router.snapshot.refused"), 2);
+    assert_eq!(sink.value("cell_router.snapshot.refused_too_large"), 1);
+    assert!(fixed_names().contains(&"cell_router.snapshot.refused_too_large".to_string()));
 }

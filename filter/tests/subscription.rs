@@ -11,7 +11,7 @@
 mod common;
 
 use cell_router_filter::subscription::{
-    FetchOutcome, FetchRequest, FetchResponse, SidecarConfig, Source, Subscription,
+    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, SidecarConfig, Source, Subscription,
 };
 use common::*;
 
@@ -26,6 +26,7 @@ fn sidecar() -> SidecarConfig {
         retry_max_ms: 5_000,
         tick_ms: 100,
         min_fetch_interval_ms: 100,
+        max_snapshot_bytes: 64 << 20,
     }
 }
 
@@ -383,4 +384,63 @@ fn a_clock_stepping_back_does_not_stall_fetches() {
     assert!(!sub.in_flight(), "given up after 40 s of elapsed time");
     // And the age gauge never runs backwards.
     assert!(sub.age_s(back + 40_001) >= 40);
+}
+
+// ---------------------------------------------------------------------------
+// Size limit.
+
+#[test]
+fn a_snapshot_larger_than_the_limit_is_refused_before_its_body_is_read() {
+    let mut config = sidecar();
+    config.max_snapshot_bytes = 4096;
+    let mut sub = Subscription::new(config, T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
+    // The body size is known from the callback: decided before reading.
+    assert_eq!(sub.body_plan(Some(200), 4096), BodyPlan::Read);
+    assert_eq!(sub.body_plan(Some(200), 4097), BodyPlan::TooLarge);
+    assert_eq!(sub.body_plan(Some(200), usize::MAX), BodyPlan::TooLarge);
+    assert_eq!(sub.body_plan(Some(304), 1 << 30), BodyPlan::Skip);
+    assert_eq!(sub.body_plan(None, 0), BodyPlan::Skip);
+
+    start(&mut sub, T0 + 200, 2);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"\"6\""),
+        body: Body::TooLarge(70 << 20),
+    };
+    match sub.on_response(2, T0 + 210, response) {
+        FetchOutcome::Refused {
+            error, too_large, ..
+        } => {
+            assert!(too_large);
+            assert_eq!(error.path, "$");
+            assert!(error.message.contains("4096"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The last good one stays; the next fetch backs off.
+    assert_eq!(sub.version(), Some(5));
+    assert_eq!(sub.consecutive_failures(), 1);
+    assert!(sub.poll(T0 + 210).is_none());
+}
+
+#[test]
+fn a_body_the_host_did_not_hand_over_is_a_failure_not_a_refusal() {
+    // Nothing is known about its content: it must not count as refused (and
+    // must never be remembered as a refused version).
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"\"6\""),
+        body: Body::Unreadable,
+    };
+    assert!(matches!(
+        sub.on_response(1, T0 + 10, response),
+        FetchOutcome::Failed { .. }
+    ));
+    let next = sub.next_fetch_at_ms().unwrap();
+    let request = start(&mut sub, next, 2);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=30"));
 }
