@@ -8,6 +8,9 @@
 //! the sidecar has at once.
 
 use cell_router_mapping::{PathError, Snapshot};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 /// `sidecar` in the plugin config.
@@ -190,6 +193,10 @@ pub struct Subscription {
     /// fallback snapshot does not count: any valid sidecar snapshot
     /// replaces it.
     version: Option<u64>,
+    /// The highest version the sidecar offered and the VM refused (from the
+    /// ETag, else the body): asked past, so the same refused body is not
+    /// downloaded again and again.
+    refused: Option<u64>,
     started_ms: u64,
     last_contact_ms: Option<u64>,
     last_start_ms: Option<u64>,
@@ -207,6 +214,7 @@ impl Subscription {
             },
             failures: 0,
             version: None,
+            refused: None,
             started_ms: now_ms,
             last_contact_ms: None,
             last_start_ms: None,
@@ -266,9 +274,16 @@ impl Subscription {
         }
     }
 
+    /// What the sidecar is asked for newer than: the version installed, or
+    /// a newer one it offered and the VM refused.
+    fn after(&self) -> Option<u64> {
+        self.version.max(self.refused)
+    }
+
     /// The request for the version held now.
     pub fn request(&self) -> FetchRequest {
-        let after = self.version.unwrap_or(0);
+        let held = self.after();
+        let after = held.unwrap_or(0);
         let mut headers = vec![
             (":method", "GET".to_string()),
             (
@@ -281,7 +296,7 @@ impl Subscription {
             (":authority", self.config.authority.clone()),
             ("accept", "application/json".to_string()),
         ];
-        if let Some(version) = self.version {
+        if let Some(version) = held {
             headers.push(("if-none-match", format!("\"{version}\"")));
         }
         FetchRequest {
@@ -341,6 +356,7 @@ impl Subscription {
                 let body = match response.body {
                     Body::Read(body) => body,
                     Body::TooLarge(size) => {
+                        self.remember_refused(response.etag.and_then(etag_version));
                         self.fail(now_ms);
                         return FetchOutcome::Refused {
                             source,
@@ -373,9 +389,16 @@ impl Subscription {
                         }
                     }
                     Err(error) => {
-                        // The sidecar keeps serving what we refused; asking again
-                        // at once would only loop. Not a successful contact either:
-                        // what we serve is getting older.
+                        // The sidecar keeps serving what we refused: ask past
+                        // its version when known, and back off (asking again
+                        // at once could only loop). Not a successful contact
+                        // either: what we serve is getting older.
+                        self.remember_refused(
+                            response
+                                .etag
+                                .and_then(etag_version)
+                                .or_else(|| claimed_version(body)),
+                        );
                         self.fail(now_ms);
                         FetchOutcome::Refused {
                             source,
@@ -411,6 +434,10 @@ impl Subscription {
     pub fn installed(&mut self, version: u64, now_ms: u64) {
         self.clock.now(now_ms);
         self.version = Some(self.version.map_or(version, |held| held.max(version)));
+    }
+
+    fn remember_refused(&mut self, version: Option<u64>) {
+        self.refused = self.refused.max(version);
     }
 
     fn succeed(&mut self, now_ms: u64) {
@@ -453,4 +480,48 @@ impl Subscription {
         self.rng = x;
         x
     }
+}
+
+/// The version an ETag names: `"42"` or `W/"42"` (what `cellmap serve`
+/// sends); anything else names none.
+fn etag_version(etag: &[u8]) -> Option<u64> {
+    let etag = std::str::from_utf8(etag).ok()?.trim();
+    let etag = etag.strip_prefix("W/").unwrap_or(etag);
+    let digits = etag.strip_prefix('"')?.strip_suffix('"')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The top-level `version` of a refused body, if the body is a JSON object
+/// that has exactly one. Skims the document without building it (a refused
+/// body may be tens of megabytes).
+fn claimed_version(body: &[u8]) -> Option<u64> {
+    struct Claimed;
+
+    impl<'de> Visitor<'de> for Claimed {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a snapshot object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+            let mut version = None;
+            let mut twice = false;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "version" {
+                    twice |= version.is_some();
+                    version = Some(map.next_value::<u64>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(if twice { None } else { version })
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(Claimed).ok().flatten()
 }

@@ -145,7 +145,8 @@ fn a_bad_snapshot_is_refused_and_the_last_good_kept() {
     let request = sub
         .poll(T0 + 200 + 200)
         .expect("due after the first backoff");
-    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+    // Past the refused version 6: the same body is not downloaded again.
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
 
     // Garbage and truncated bodies are refused the same way.
     for garbage in [&b"not json"[..], b"", &body(7)[..100]] {
@@ -443,4 +444,126 @@ fn a_body_the_host_did_not_hand_over_is_a_failure_not_a_refusal() {
     let next = sub.next_fetch_at_ms().unwrap();
     let request = start(&mut sub, next, 2);
     assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=30"));
+}
+
+// ---------------------------------------------------------------------------
+// A refused snapshot is not downloaded again.
+
+/// Version `version` with a shed ratio no validator accepts.
+fn bad_body(version: u64) -> Vec<u8> {
+    let mut bad = snapshot_json(version);
+    bad["cells"][0]["shed_ratio"] = serde_json::json!(3.0);
+    bad.to_string().into_bytes()
+}
+
+/// A subscription holding version 5, its next fetch started with `token`.
+fn holding_5(token: u32) -> (Subscription, u64) {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
+    start(&mut sub, T0 + 200, token);
+    (sub, T0 + 200)
+}
+
+/// After the backoff, the next request.
+fn next_request(sub: &mut Subscription, token: u32) -> FetchRequest {
+    let at = sub.next_fetch_at_ms().expect("idle");
+    start(sub, at, token)
+}
+
+#[test]
+fn a_refused_version_is_not_fetched_again() {
+    let (mut sub, now) = holding_5(2);
+    let body6 = bad_body(6);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"\"6\""),
+        body: Body::Read(&body6),
+    };
+    assert!(matches!(
+        sub.on_response(2, now + 5, response),
+        FetchOutcome::Refused { .. }
+    ));
+    assert_eq!(sub.version(), Some(5));
+    // Asking `after=5` would download the same refused body again, forever.
+    let request = next_request(&mut sub, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+    assert_eq!(request.header("if-none-match"), Some("\"6\""));
+    // Nothing newer yet: the sidecar holds the long-poll, then 304.
+    assert!(matches!(
+        respond(&mut sub, 3, now + 30_000, Some(304), b""),
+        FetchOutcome::Unchanged
+    ));
+    assert_eq!(sub.version(), Some(5));
+    // A later good one is still taken.
+    let request = next_request(&mut sub, 4);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+    match respond(&mut sub, 4, now + 31_000, Some(200), &body(7)) {
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 7),
+        other => panic!("{other:?}"),
+    }
+    let request = next_request(&mut sub, 5);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=7&wait=30"));
+}
+
+#[test]
+fn without_an_etag_the_refused_version_is_the_bodys() {
+    let (mut sub, now) = holding_5(2);
+    assert!(matches!(
+        respond(&mut sub, 2, now + 5, Some(200), &bad_body(6)),
+        FetchOutcome::Refused { .. }
+    ));
+    let request = next_request(&mut sub, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+}
+
+#[test]
+fn an_oversized_snapshot_is_not_fetched_again() {
+    let mut config = sidecar();
+    config.max_snapshot_bytes = 4096;
+    let mut sub = Subscription::new(config, T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
+    start(&mut sub, T0 + 200, 2);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"W/\"6\""),
+        body: Body::TooLarge(1 << 20),
+    };
+    assert!(matches!(
+        sub.on_response(2, T0 + 210, response),
+        FetchOutcome::Refused {
+            too_large: true,
+            ..
+        }
+    ));
+    let request = next_request(&mut sub, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+}
+
+#[test]
+fn a_refusal_of_unknown_or_older_version_asks_after_what_is_held() {
+    // Garbage has no version; an older version changes nothing; an ETag
+    // that is not a version is ignored.
+    let not_json = b"not json".to_vec();
+    let older = body(4);
+    let cases: [(Option<&[u8]>, &[u8]); 3] = [
+        (None, &not_json),
+        (Some(b"\"4\""), &older),
+        (Some(b"\"abc\""), &not_json),
+    ];
+    for (etag, bad) in cases {
+        let (mut sub, now) = holding_5(2);
+        let response = FetchResponse {
+            status: Some(200),
+            etag,
+            body: Body::Read(bad),
+        };
+        assert!(matches!(
+            sub.on_response(2, now + 5, response),
+            FetchOutcome::Refused { .. }
+        ));
+        let request = next_request(&mut sub, 3);
+        assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+    }
 }
