@@ -9,6 +9,10 @@ use std::collections::HashMap;
 
 pub const PREFIX: &str = "cell_router";
 
+/// Most cells whose metric ids are held at once: as many as a snapshot can
+/// have.
+pub const MAX_TRACKED_CELLS: usize = cell_router_mapping::snapshot::MAX_CELLS;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
@@ -102,6 +106,11 @@ impl Metrics {
         if let Some(ids) = self.cells.get(cell) {
             return *ids;
         }
+        // Cells only come from the snapshot in force, which `retain_cells`
+        // keeps the map to; this only bounds a caller that never calls it.
+        if self.cells.len() >= MAX_TRACKED_CELLS {
+            self.cells.clear();
+        }
         let safe = stat_safe(cell);
         let ids = CellIds {
             routed: sink.define(MetricKind::Counter, &name(&["routed", &safe])),
@@ -110,6 +119,19 @@ impl Metrics {
         };
         self.cells.insert(cell.to_string(), ids);
         ids
+    }
+
+    /// Cells whose metric ids are held.
+    pub fn tracked_cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// A snapshot was put in force: forget the ids of cells it does not
+    /// have, so the map holds at most the cells in force (cells come and go
+    /// across snapshots). Envoy keeps the stat itself: a cell that comes back
+    /// is defined again under the same name and counts on.
+    pub fn retain_cells(&mut self, keep: impl Fn(&str) -> bool) {
+        self.cells.retain(|id, _| keep(id));
     }
 
     pub fn routed(&mut self, sink: &mut dyn MetricSink, cell: &str) {

@@ -12,6 +12,7 @@ use crate::subscription::{
     Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, Source, Subscription,
 };
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 pub(crate) fn log(level: LogLevel, message: &str) {
@@ -103,6 +104,9 @@ impl Root {
         let Ok(mut shared) = shared.try_borrow_mut() else {
             return false;
         };
+        let cells: HashSet<&str> = snapshot.cells().iter().map(|c| c.id.as_str()).collect();
+        shared.metrics.retain_cells(|id| cells.contains(id));
+        drop(cells);
         // New requests take the new Rc; one already deciding keeps its own.
         shared.installed = Some(Rc::new(Installed::new(snapshot)));
         true

@@ -132,3 +132,33 @@ fn oversized_snapshots_are_counted_apart() {
     assert_eq!(sink.value("cell_router.snapshot.refused_too_large"), 1);
     assert!(fixed_names().contains(&"cell_router.snapshot.refused_too_large".to_string()));
 }
+
+#[test]
+fn cell_metrics_follow_the_installed_snapshot() {
+    let mut sink = Recorder::default();
+    let mut metrics = Metrics::define(&mut sink);
+    // Cells come and go across 200 snapshots of 5 cells each.
+    for round in 0..200 {
+        let cells: Vec<String> = (0..5).map(|i| format!("cell-{round}-{i}")).collect();
+        metrics.retain_cells(|id| cells.iter().any(|c| c == id));
+        for cell in &cells {
+            metrics.routed(&mut sink, cell);
+            metrics.shed(&mut sink, cell);
+        }
+        assert!(
+            metrics.tracked_cells() <= cells.len(),
+            "round {round}: {} cells tracked",
+            metrics.tracked_cells()
+        );
+    }
+    // A cell that disappears and comes back counts on in the same stat.
+    metrics.retain_cells(|id| id == "cell-a");
+    metrics.routed(&mut sink, "cell-a");
+    metrics.routed(&mut sink, "cell-a");
+    metrics.retain_cells(|_| false);
+    assert_eq!(metrics.tracked_cells(), 0);
+    metrics.retain_cells(|id| id == "cell-a");
+    metrics.routed(&mut sink, "cell-a");
+    assert_eq!(sink.value("cell_router.routed.cell-a"), 3);
+    assert_eq!(sink.value("cell_router.routed.cell-0-0"), 1);
+}
