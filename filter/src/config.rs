@@ -7,7 +7,7 @@
 pub use crate::error::ConfigError;
 use crate::json::{self, ObjectOnly};
 use crate::jwks::{Algorithm, KeySet};
-use crate::subscription::SidecarConfig;
+use crate::subscription::{PersistedConfig, SidecarConfig};
 use cell_router_mapping::Snapshot;
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,6 +34,11 @@ pub const MAX_CLAIM_PATH_SEGMENTS: usize = 8;
 /// `cellmap serve --max-snapshot-mib` (512 by default).
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 pub const MIN_MAX_SNAPSHOT_BYTES: usize = 1024;
+pub const DEFAULT_PERSISTED_AUTHORITY: &str = "cellmap-persisted";
+pub const DEFAULT_PERSISTED_PATH: &str = "/snapshot";
+pub const DEFAULT_PERSISTED_TIMEOUT_MS: u64 = 5000;
+/// `readiness_path` default; `null` turns the readiness answer off.
+pub const DEFAULT_READINESS_PATH: &str = "/cell-router/ready";
 /// Wasm32 memory is 4 GiB at most, and a snapshot being parsed is held about
 /// four times over (body, parse, the old snapshot).
 pub const MAX_MAX_SNAPSHOT_BYTES: usize = 1 << 30;
@@ -68,6 +73,16 @@ struct RawConfig {
     realm: Option<String>,
     sidecar: Option<ObjectOnly<RawSidecar>>,
     fallback_snapshot: Option<Value>,
+    /// Absent: the default; `null`: off.
+    #[serde(default, deserialize_with = "present")]
+    readiness_path: Option<Option<String>>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -99,6 +114,16 @@ struct RawSidecar {
     tick_ms: Option<u64>,
     min_fetch_interval_ms: Option<u64>,
     max_snapshot_bytes: Option<usize>,
+    persisted: Option<ObjectOnly<RawPersisted>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersisted {
+    cluster: String,
+    authority: Option<String>,
+    path: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -165,6 +190,9 @@ pub struct Config {
     pub realm: String,
     pub sidecar: Option<SidecarConfig>,
     pub fallback_snapshot: Option<Snapshot>,
+    /// Requests for this path (query ignored) get the readiness answer,
+    /// whatever their token; `None`: off.
+    pub readiness_path: Option<String>,
 }
 
 impl Config {
@@ -467,6 +495,11 @@ impl RawConfig {
                 Some(snapshot)
             }
         };
+        let readiness_path = match self.readiness_path {
+            None => Some(DEFAULT_READINESS_PATH.to_string()),
+            Some(None) => None,
+            Some(Some(path)) => Some(request_path("readiness_path", path)?),
+        };
         if sidecar.is_none() && fallback_snapshot.is_none() {
             return Err(ConfigError::new(
                 "sidecar",
@@ -481,6 +514,7 @@ impl RawConfig {
             realm,
             sidecar,
             fallback_snapshot,
+            readiness_path,
         })
     }
 
@@ -616,14 +650,17 @@ impl RawConfig {
     }
 }
 
-fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
-    if raw.cluster.is_empty() || raw.cluster.len() > MAX_NAME_BYTES {
+fn cluster_name(field: &str, cluster: String) -> Result<String, ConfigError> {
+    if cluster.is_empty() || cluster.len() > MAX_NAME_BYTES {
         return Err(ConfigError::new(
-            "sidecar.cluster",
+            field,
             "must be the non-empty name of an Envoy cluster",
         ));
     }
-    let authority = raw.authority.unwrap_or_else(|| "cellmap".to_string());
+    Ok(cluster)
+}
+
+fn authority(field: &str, authority: String) -> Result<String, ConfigError> {
     if authority.is_empty()
         || authority.len() > MAX_NAME_BYTES
         || authority
@@ -631,11 +668,15 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
             .any(|b| !(b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
     {
         return Err(ConfigError::new(
-            "sidecar.authority",
+            field,
             "must be a host name (optionally with :port)",
         ));
     }
-    let path = raw.path.unwrap_or_else(|| "/snapshot".to_string());
+    Ok(authority)
+}
+
+/// A request path: `/`, then printable ASCII without query or fragment.
+fn request_path(field: &str, path: String) -> Result<String, ConfigError> {
     if !path.starts_with('/')
         || path.len() > MAX_NAME_BYTES
         || path
@@ -643,10 +684,45 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
             .any(|b| !(0x21..0x7f).contains(&b) || b == b'?' || b == b'#')
     {
         return Err(ConfigError::new(
-            "sidecar.path",
+            field,
             "must start with '/' and hold no query, fragment, spaces or control characters",
         ));
     }
+    Ok(path)
+}
+
+fn persisted(raw: RawPersisted) -> Result<PersistedConfig, ConfigError> {
+    Ok(PersistedConfig {
+        cluster: cluster_name("sidecar.persisted.cluster", raw.cluster)?,
+        authority: authority(
+            "sidecar.persisted.authority",
+            raw.authority
+                .unwrap_or_else(|| DEFAULT_PERSISTED_AUTHORITY.to_string()),
+        )?,
+        path: request_path(
+            "sidecar.persisted.path",
+            raw.path
+                .unwrap_or_else(|| DEFAULT_PERSISTED_PATH.to_string()),
+        )?,
+        timeout_ms: in_range(
+            "sidecar.persisted.timeout_ms",
+            raw.timeout_ms.unwrap_or(DEFAULT_PERSISTED_TIMEOUT_MS),
+            100,
+            600_000,
+        )?,
+    })
+}
+
+fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
+    let cluster = cluster_name("sidecar.cluster", raw.cluster)?;
+    let authority = authority(
+        "sidecar.authority",
+        raw.authority.unwrap_or_else(|| "cellmap".to_string()),
+    )?;
+    let path = request_path(
+        "sidecar.path",
+        raw.path.unwrap_or_else(|| "/snapshot".to_string()),
+    )?;
     let long_poll_s = in_range("sidecar.long_poll_s", raw.long_poll_s.unwrap_or(30), 0, 300)?;
     let timeout_ms = raw.timeout_ms.unwrap_or(long_poll_s * 1000 + 5000);
     if timeout_ms <= long_poll_s * 1000 {
@@ -684,8 +760,12 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         MIN_MAX_SNAPSHOT_BYTES,
         MAX_MAX_SNAPSHOT_BYTES,
     )?;
+    let persisted = match raw.persisted {
+        Some(ObjectOnly(raw)) => Some(persisted(raw)?),
+        None => None,
+    };
     Ok(SidecarConfig {
-        cluster: raw.cluster,
+        cluster,
         authority,
         path,
         long_poll_s,
@@ -695,5 +775,6 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         tick_ms,
         min_fetch_interval_ms,
         max_snapshot_bytes,
+        persisted,
     })
 }

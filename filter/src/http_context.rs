@@ -131,6 +131,7 @@ impl Filter {
             Outcome::Unavailable { cell } => metrics.unavailable(sink, cell),
             Outcome::NoSnapshot => metrics.no_snapshot(sink),
             Outcome::Rejected(reason) => metrics.rejected(sink, reason),
+            Outcome::Readiness { .. } => {}
         }
 
         match decision.action {

@@ -29,4 +29,6 @@ mod http_context;
 mod root_context;
 
 pub use config::{Config, ConfigError};
-pub use decide::{Action, Decision, Installed, LocalReply, Outcome, VmState, decide, decide_with};
+pub use decide::{
+    Action, Decision, Installed, LocalReply, Outcome, SnapshotSource, VmState, decide, decide_with,
+};

@@ -4,6 +4,7 @@
 //!
 //! The host is behind [`MetricSink`] so the bookkeeping is tested natively.
 
+use crate::subscription::Source;
 use crate::token::Reason;
 use std::collections::HashMap;
 
@@ -49,6 +50,8 @@ pub struct Metrics {
     snapshots_refused: Option<u32>,
     snapshots_too_large: Option<u32>,
     snapshots_applied: Option<u32>,
+    persisted_applied: Option<u32>,
+    persisted_fetch_failures: Option<u32>,
 }
 
 /// Metric names use cell ids; a `.` in an id would add a level to Envoy's
@@ -86,6 +89,8 @@ impl Metrics {
             snapshots_refused: counter(sink, &["snapshot", "refused"]),
             snapshots_too_large: counter(sink, &["snapshot", "refused_too_large"]),
             snapshots_applied: counter(sink, &["snapshot", "applied"]),
+            persisted_applied: counter(sink, &["snapshot", "persisted_applied"]),
+            persisted_fetch_failures: counter(sink, &["snapshot", "persisted_fetch_failures"]),
             ..Metrics::default()
         };
         for reason in Reason::ALL {
@@ -173,8 +178,14 @@ impl Metrics {
         );
     }
 
-    pub fn fetch_failed(&self, sink: &mut dyn MetricSink) {
-        Self::bump(sink, self.fetch_failures);
+    pub fn fetch_failed(&self, sink: &mut dyn MetricSink, source: Source) {
+        Self::bump(
+            sink,
+            match source {
+                Source::Sidecar => self.fetch_failures,
+                Source::Persisted => self.persisted_fetch_failures,
+            },
+        );
     }
 
     /// A snapshot refused; `too_large`: for its size, before reading it
@@ -186,8 +197,14 @@ impl Metrics {
         }
     }
 
-    pub fn snapshot_applied(&self, sink: &mut dyn MetricSink) {
-        Self::bump(sink, self.snapshots_applied);
+    pub fn snapshot_applied(&self, sink: &mut dyn MetricSink, source: Source) {
+        Self::bump(
+            sink,
+            match source {
+                Source::Sidecar => self.snapshots_applied,
+                Source::Persisted => self.persisted_applied,
+            },
+        );
     }
 
     pub fn gauges(&self, sink: &mut dyn MetricSink, version: u64, age_s: u64) {
@@ -214,6 +231,8 @@ pub fn fixed_names() -> Vec<String> {
         name(&["snapshot", "refused"]),
         name(&["snapshot", "refused_too_large"]),
         name(&["snapshot", "applied"]),
+        name(&["snapshot", "persisted_applied"]),
+        name(&["snapshot", "persisted_fetch_failures"]),
     ];
     names.extend(
         Reason::ALL

@@ -5,7 +5,7 @@
 //! Only built for wasm.
 
 use crate::config::Config;
-use crate::decide::{Installed, VmState};
+use crate::decide::{Installed, SnapshotSource, VmState};
 use crate::hostcalls::{self, Buffer, LogLevel, Map, MetricType};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
 use crate::subscription::{
@@ -22,6 +22,7 @@ pub(crate) fn log(level: LogLevel, message: &str) {
 fn source_name(source: Source) -> &'static str {
     match source {
         Source::Sidecar => "sidecar",
+        Source::Persisted => "persisted copy",
     }
 }
 
@@ -97,7 +98,7 @@ impl Root {
     }
 
     /// Puts a snapshot in force for new requests; false if it could not be.
-    fn install(&self, snapshot: cell_router_mapping::Snapshot, _source: Source) -> bool {
+    fn install(&self, snapshot: cell_router_mapping::Snapshot, source: Source) -> bool {
         let Some(shared) = &self.shared else {
             return false;
         };
@@ -108,7 +109,11 @@ impl Root {
         shared.metrics.retain_cells(|id| cells.contains(id));
         drop(cells);
         // New requests take the new Rc; one already deciding keeps its own.
-        shared.installed = Some(Rc::new(Installed::new(snapshot)));
+        let source = match source {
+            Source::Sidecar => SnapshotSource::Sidecar,
+            Source::Persisted => SnapshotSource::Persisted,
+        };
+        shared.installed = Some(Rc::new(Installed::with_source(snapshot, source)));
         true
     }
 
@@ -154,8 +159,8 @@ impl Root {
                 Ok(token) => subscription.dispatched(source, token, now_ms),
                 Err(status) => {
                     subscription.dispatch_failed(source, now_ms);
-                    let failures = subscription.consecutive_failures();
-                    self.count(|m, s| m.fetch_failed(s));
+                    let failures = subscription.failures_of(source);
+                    self.count(|m, s| m.fetch_failed(s, source));
                     if failures.is_power_of_two() {
                         log(
                             LogLevel::Warn,
@@ -196,7 +201,6 @@ impl Root {
             },
         };
         let outcome = subscription.on_response(token, now, FetchResponse { status, etag, body });
-        let failures = subscription.consecutive_failures();
         match outcome {
             FetchOutcome::Applied { snapshot, source } => {
                 let version = snapshot.version();
@@ -205,7 +209,7 @@ impl Root {
                     if let Some(subscription) = self.subscription.as_mut() {
                         subscription.installed(version, now);
                     }
-                    self.count(|m, s| m.snapshot_applied(s));
+                    self.count(|m, s| m.snapshot_applied(s, source));
                     log(
                         LogLevel::Info,
                         &format!(
@@ -238,12 +242,13 @@ impl Root {
                 );
             }
             FetchOutcome::Failed { source, why } => {
-                self.count(|m, s| m.fetch_failed(s));
-                if failures.is_power_of_two() || source != Source::Sidecar {
+                let failures = subscription.failures_of(source);
+                self.count(|m, s| m.fetch_failed(s, source));
+                if failures.is_power_of_two() {
                     log(
                         LogLevel::Warn,
                         &format!(
-                            "cell-router: snapshot fetch from the {} failed: {why}; {failures} sidecar failure(s) in a row, backing off",
+                            "cell-router: snapshot fetch from the {} failed: {why}; {failures} failure(s) in a row, backing off",
                             source_name(source)
                         ),
                     );
@@ -289,7 +294,7 @@ impl Root {
         log(
             LogLevel::Info,
             &format!(
-                "cell-router {} configured: {mode}; fallback snapshot {}; sidecar {}",
+                "cell-router {} configured: {mode}; fallback snapshot {}; sidecar {}; persisted copy {}; readiness path {}",
                 env!("CARGO_PKG_VERSION"),
                 installed
                     .as_ref()
@@ -298,6 +303,15 @@ impl Root {
                     .sidecar
                     .as_ref()
                     .map_or("none".to_string(), |s| format!("cluster {:?}", s.cluster)),
+                config
+                    .sidecar
+                    .as_ref()
+                    .and_then(|s| s.persisted.as_ref())
+                    .map_or("none".to_string(), |p| format!("cluster {:?}", p.cluster)),
+                config
+                    .readiness_path
+                    .as_deref()
+                    .map_or("off".to_string(), |p| format!("{p:?}")),
             ),
         );
         self.subscription = config.sidecar.clone().map(|sidecar| {

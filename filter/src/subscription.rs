@@ -37,6 +37,19 @@ pub struct SidecarConfig {
     /// Largest snapshot body read into the VM; a larger answer is refused
     /// before its body is read.
     pub max_snapshot_bytes: usize,
+    /// A second source: the sidecar's last accepted snapshot as persisted on
+    /// disk and served by Envoy itself (a `direct_response` from the file).
+    pub persisted: Option<PersistedConfig>,
+}
+
+/// `sidecar.persisted` in the plugin config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistedConfig {
+    /// Envoy cluster that answers with the persisted snapshot.
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
 }
 
 /// Where a snapshot is fetched from.
@@ -44,6 +57,9 @@ pub struct SidecarConfig {
 pub enum Source {
     /// The sidecar (`cellmap serve`), long-polled: the primary source.
     Sidecar,
+    /// The sidecar's persisted copy, served by Envoy from a file: asked while
+    /// the VM holds nothing from the sidecar and the sidecar is failing.
+    Persisted,
 }
 
 /// A request to dispatch to a cluster.
@@ -143,6 +159,23 @@ enum State {
     },
 }
 
+/// The persisted copy's part of the subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PersistedState {
+    /// Asked, from `not_before_ms` on, while the VM holds nothing from the
+    /// sidecar and the sidecar is failing.
+    Wanted {
+        not_before_ms: u64,
+    },
+    InFlight {
+        token: u32,
+        since_ms: u64,
+    },
+    /// It answered with a snapshot, taken or not: its content only changes
+    /// when Envoy reloads the file, so it is not asked again.
+    Done,
+}
+
 /// Grace beyond the request timeout before a call the host never answered is
 /// given up on.
 const LOST_CALL_GRACE_MS: u64 = 5_000;
@@ -186,8 +219,11 @@ pub struct Subscription {
     config: SidecarConfig,
     clock: Clock,
     state: State,
-    /// Consecutive failures, for the backoff.
+    /// Consecutive sidecar failures, for the backoff.
     failures: u32,
+    persisted: PersistedState,
+    /// Consecutive failures of the persisted copy, for its own backoff.
+    persisted_failures: u32,
     /// Version of the last snapshot the root context put in force from the
     /// sidecar ([`Subscription::installed`]), never one merely received. The
     /// fallback snapshot does not count: any valid sidecar snapshot
@@ -213,6 +249,10 @@ impl Subscription {
                 not_before_ms: now_ms,
             },
             failures: 0,
+            persisted: PersistedState::Wanted {
+                not_before_ms: now_ms,
+            },
+            persisted_failures: 0,
             version: None,
             refused: None,
             started_ms: now_ms,
@@ -236,6 +276,14 @@ impl Subscription {
         matches!(self.state, State::InFlight { .. })
     }
 
+    /// Consecutive failures of `source`.
+    pub fn failures_of(&self, source: Source) -> u32 {
+        match source {
+            Source::Sidecar => self.failures,
+            Source::Persisted => self.persisted_failures,
+        }
+    }
+
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
     }
@@ -256,8 +304,9 @@ impl Subscription {
     }
 
     /// The request to send now, if one is due. Call on every tick and after
-    /// every response; then report [`Subscription::dispatched`] or
-    /// [`Subscription::dispatch_failed`].
+    /// every response, until it answers `None` (the sidecar's and the
+    /// persisted copy's may both be due); report each with
+    /// [`Subscription::dispatched`] or [`Subscription::dispatch_failed`].
     pub fn poll(&mut self, now_ms: u64) -> Option<FetchRequest> {
         let now_ms = self.clock.now(now_ms);
         match self.state {
@@ -267,10 +316,42 @@ impl Subscription {
                 if now_ms.saturating_sub(since_ms) > self.config.timeout_ms + LOST_CALL_GRACE_MS {
                     self.fail(now_ms);
                 }
+            }
+            State::Idle { not_before_ms } if now_ms >= not_before_ms => {
+                return Some(self.request());
+            }
+            State::Idle { .. } => {}
+        }
+        self.poll_persisted(now_ms)
+    }
+
+    /// The persisted copy's request, if it is wanted and due: the VM holds
+    /// nothing from the sidecar, and the sidecar's last answer was a failure.
+    fn poll_persisted(&mut self, now_ms: u64) -> Option<FetchRequest> {
+        let config = self.config.persisted.as_ref()?;
+        match self.persisted {
+            PersistedState::InFlight { since_ms, .. } => {
+                if now_ms.saturating_sub(since_ms) > config.timeout_ms + LOST_CALL_GRACE_MS {
+                    self.persisted_fail(now_ms);
+                }
                 None
             }
-            State::Idle { not_before_ms } if now_ms >= not_before_ms => Some(self.request()),
-            State::Idle { .. } => None,
+            PersistedState::Wanted { not_before_ms }
+                if now_ms >= not_before_ms && self.version.is_none() && self.failures > 0 =>
+            {
+                Some(FetchRequest {
+                    source: Source::Persisted,
+                    cluster: config.cluster.clone(),
+                    headers: vec![
+                        (":method", "GET".to_string()),
+                        (":path", config.path.clone()),
+                        (":authority", config.authority.clone()),
+                        ("accept", "application/json".to_string()),
+                    ],
+                    timeout: Duration::from_millis(config.timeout_ms),
+                })
+            }
+            PersistedState::Wanted { .. } | PersistedState::Done => None,
         }
     }
 
@@ -308,20 +389,35 @@ impl Subscription {
     }
 
     /// The host accepted the call.
-    pub fn dispatched(&mut self, _source: Source, token: u32, now_ms: u64) {
+    pub fn dispatched(&mut self, source: Source, token: u32, now_ms: u64) {
         let now_ms = self.clock.now(now_ms);
-        self.state = State::InFlight {
-            token,
-            since_ms: now_ms,
-        };
-        self.last_start_ms = Some(now_ms);
+        match source {
+            Source::Sidecar => {
+                self.state = State::InFlight {
+                    token,
+                    since_ms: now_ms,
+                };
+                self.last_start_ms = Some(now_ms);
+            }
+            Source::Persisted => {
+                self.persisted = PersistedState::InFlight {
+                    token,
+                    since_ms: now_ms,
+                };
+            }
+        }
     }
 
     /// The host refused the call (e.g. unknown cluster): back off.
-    pub fn dispatch_failed(&mut self, _source: Source, now_ms: u64) {
+    pub fn dispatch_failed(&mut self, source: Source, now_ms: u64) {
         let now_ms = self.clock.now(now_ms);
-        self.last_start_ms = Some(now_ms);
-        self.fail(now_ms);
+        match source {
+            Source::Sidecar => {
+                self.last_start_ms = Some(now_ms);
+                self.fail(now_ms);
+            }
+            Source::Persisted => self.persisted_fail(now_ms),
+        }
     }
 
     /// What to do with the body of an answer with this status and size,
@@ -344,6 +440,9 @@ impl Subscription {
         response: FetchResponse<'_>,
     ) -> FetchOutcome {
         let now_ms = self.clock.now(now_ms);
+        if matches!(self.persisted, PersistedState::InFlight { token: t, .. } if t == token) {
+            return self.on_persisted_response(now_ms, response);
+        }
         match self.state {
             State::InFlight {
                 token: expected, ..
@@ -360,13 +459,7 @@ impl Subscription {
                         self.fail(now_ms);
                         return FetchOutcome::Refused {
                             source,
-                            error: PathError::new(
-                                "$",
-                                format!(
-                                    "the snapshot is {size} bytes, more than sidecar.max_snapshot_bytes = {}; not read",
-                                    self.config.max_snapshot_bytes
-                                ),
-                            ),
+                            error: self.too_large(size),
                             too_large: true,
                         };
                     }
@@ -429,6 +522,82 @@ impl Subscription {
         }
     }
 
+    /// The persisted copy's answer. It is taken only if newer than what the
+    /// VM holds from the sidecar (the inline fallback does not count).
+    fn on_persisted_response(&mut self, now_ms: u64, response: FetchResponse<'_>) -> FetchOutcome {
+        let source = Source::Persisted;
+        match response.status {
+            Some(200) => {
+                let body = match response.body {
+                    Body::Read(body) => body,
+                    Body::TooLarge(size) => {
+                        self.persisted = PersistedState::Done;
+                        return FetchOutcome::Refused {
+                            source,
+                            error: self.too_large(size),
+                            too_large: true,
+                        };
+                    }
+                    Body::Unreadable => {
+                        self.persisted_fail(now_ms);
+                        return FetchOutcome::Failed {
+                            source,
+                            why: "the host did not hand over the response body".to_string(),
+                        };
+                    }
+                };
+                self.persisted = PersistedState::Done;
+                match Snapshot::parse(body) {
+                    Err(error) => FetchOutcome::Refused {
+                        source,
+                        error,
+                        too_large: false,
+                    },
+                    // The sidecar answered meanwhile.
+                    Ok(snapshot) if self.version.is_some_and(|held| snapshot.version() <= held) => {
+                        FetchOutcome::Unchanged
+                    }
+                    Ok(snapshot) => FetchOutcome::Applied {
+                        snapshot: Box::new(snapshot),
+                        source,
+                    },
+                }
+            }
+            Some(status) => {
+                self.persisted_fail(now_ms);
+                FetchOutcome::Failed {
+                    source,
+                    why: format!("the persisted copy answered HTTP {status}"),
+                }
+            }
+            None => {
+                self.persisted_fail(now_ms);
+                FetchOutcome::Failed {
+                    source,
+                    why: "no response (connection failure or timeout)".to_string(),
+                }
+            }
+        }
+    }
+
+    fn too_large(&self, size: usize) -> PathError {
+        PathError::new(
+            "$",
+            format!(
+                "the snapshot is {size} bytes, more than sidecar.max_snapshot_bytes = {}; not read",
+                self.config.max_snapshot_bytes
+            ),
+        )
+    }
+
+    fn persisted_fail(&mut self, now_ms: u64) {
+        self.persisted_failures = self.persisted_failures.saturating_add(1);
+        let delay = self.backoff_ms(self.persisted_failures);
+        self.persisted = PersistedState::Wanted {
+            not_before_ms: now_ms.saturating_add(delay),
+        };
+    }
+
     /// The snapshot of an [`FetchOutcome::Applied`] is in force: from now on
     /// the subscription asks for newer than `version`.
     pub fn installed(&mut self, version: u64, now_ms: u64) {
@@ -453,15 +622,15 @@ impl Subscription {
 
     fn fail(&mut self, now_ms: u64) {
         self.failures = self.failures.saturating_add(1);
-        let delay = self.backoff_ms();
+        let delay = self.backoff_ms(self.failures);
         self.state = State::Idle {
-            not_before_ms: now_ms + delay,
+            not_before_ms: now_ms.saturating_add(delay),
         };
     }
 
     /// Exponential backoff with jitter in [d/2, d], d = min(max, min·2^(n-1)).
-    fn backoff_ms(&mut self) -> u64 {
-        let exponent = self.failures.saturating_sub(1).min(32);
+    fn backoff_ms(&mut self, failures: u32) -> u64 {
+        let exponent = failures.saturating_sub(1).min(32);
         let full = self
             .config
             .retry_min_ms

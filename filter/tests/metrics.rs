@@ -12,6 +12,7 @@ mod common;
 
 use cell_router_filter::decide::Outcome;
 use cell_router_filter::metrics::{MetricKind, MetricSink, Metrics, fixed_names, stat_safe};
+use cell_router_filter::subscription::Source;
 use cell_router_filter::token::Reason;
 use common::*;
 use std::collections::HashMap;
@@ -89,6 +90,7 @@ fn decisions_are_counted_per_cell_and_reason() {
             Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
             Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
             Outcome::Rejected(reason) => metrics.rejected(&mut sink, reason),
+            Outcome::Readiness { .. } => {}
         }
     }
     assert_eq!(sink.value("cell_router.routed.b"), 2);
@@ -103,10 +105,10 @@ fn decisions_are_counted_per_cell_and_reason() {
     metrics.gauges(&mut sink, 17, 4);
     assert_eq!(sink.value("cell_router.snapshot.version"), 17);
     assert_eq!(sink.value("cell_router.snapshot.age_s"), 4);
-    metrics.snapshot_applied(&mut sink);
+    metrics.snapshot_applied(&mut sink, Source::Sidecar);
     metrics.snapshot_refused(&mut sink, false);
-    metrics.fetch_failed(&mut sink);
-    metrics.fetch_failed(&mut sink);
+    metrics.fetch_failed(&mut sink, Source::Sidecar);
+    metrics.fetch_failed(&mut sink, Source::Sidecar);
     assert_eq!(sink.value("cell_router.snapshot.applied"), 1);
     assert_eq!(sink.value("cell_router.snapshot.refused"), 1);
     assert_eq!(sink.value("cell_router.snapshot.fetch_failures"), 2);
@@ -161,4 +163,27 @@ fn cell_metrics_follow_the_installed_snapshot() {
     metrics.routed(&mut sink, "cell-a");
     assert_eq!(sink.value("cell_router.routed.cell-a"), 3);
     assert_eq!(sink.value("cell_router.routed.cell-0-0"), 1);
+}
+
+#[test]
+fn the_persisted_copy_is_counted_apart() {
+    let mut sink = Recorder::default();
+    let metrics = Metrics::define(&mut sink);
+    metrics.snapshot_applied(&mut sink, Source::Persisted);
+    metrics.fetch_failed(&mut sink, Source::Persisted);
+    metrics.fetch_failed(&mut sink, Source::Persisted);
+    assert_eq!(sink.value("cell_router.snapshot.persisted_applied"), 1);
+    assert_eq!(
+        sink.value("cell_router.snapshot.persisted_fetch_failures"),
+        2
+    );
+    // The sidecar's own counters say nothing about it.
+    assert_eq!(sink.value("cell_router.snapshot.applied"), 0);
+    assert_eq!(sink.value("cell_router.snapshot.fetch_failures"), 0);
+    for name in [
+        "cell_router.snapshot.persisted_applied",
+        "cell_router.snapshot.persisted_fetch_failures",
+    ] {
+        assert!(fixed_names().contains(&name.to_string()), "{name}");
+    }
 }

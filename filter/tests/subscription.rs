@@ -11,7 +11,8 @@
 mod common;
 
 use cell_router_filter::subscription::{
-    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, SidecarConfig, Source, Subscription,
+    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, PersistedConfig, SidecarConfig,
+    Source, Subscription,
 };
 use common::*;
 
@@ -27,6 +28,7 @@ fn sidecar() -> SidecarConfig {
         tick_ms: 100,
         min_fetch_interval_ms: 100,
         max_snapshot_bytes: 64 << 20,
+        persisted: None,
     }
 }
 
@@ -565,5 +567,237 @@ fn a_refusal_of_unknown_or_older_version_asks_after_what_is_held() {
         ));
         let request = next_request(&mut sub, 3);
         assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The persisted copy: static stability when a gateway starts while the
+// sidecar is down.
+
+fn with_persisted() -> SidecarConfig {
+    SidecarConfig {
+        persisted: Some(PersistedConfig {
+            cluster: "cellmap_persisted".into(),
+            authority: "cellmap-persisted".into(),
+            path: "/snapshot".into(),
+            timeout_ms: 5_000,
+        }),
+        ..sidecar()
+    }
+}
+
+/// Polls until nothing more is due; returns the requests, started with
+/// tokens from `first_token` on.
+fn start_all(sub: &mut Subscription, now: u64, first_token: u32) -> Vec<(u32, FetchRequest)> {
+    let mut started = Vec::new();
+    while let Some(request) = sub.poll(now) {
+        let token = first_token + started.len() as u32;
+        sub.dispatched(request.source, token, now);
+        started.push((token, request));
+        assert!(started.len() <= 2, "more than one call per source");
+    }
+    started
+}
+
+#[test]
+fn the_persisted_copy_is_asked_when_the_sidecar_fails_and_nothing_is_held() {
+    let mut sub = Subscription::new(with_persisted(), T0, 1);
+    // The sidecar first, alone.
+    let started = start_all(&mut sub, T0, 1);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1.source, Source::Sidecar);
+    // Connection refused: the persisted copy is asked at once.
+    respond(&mut sub, 1, T0 + 2, Some(503), b"no healthy upstream");
+    let started = start_all(&mut sub, T0 + 2, 2);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (token, request) = &started[0];
+    assert_eq!(request.source, Source::Persisted);
+    assert_eq!(request.cluster, "cellmap_persisted");
+    assert_eq!(request.header(":method"), Some("GET"));
+    assert_eq!(request.header(":path"), Some("/snapshot"));
+    assert_eq!(request.header(":authority"), Some("cellmap-persisted"));
+    assert_eq!(request.timeout.as_millis(), 5_000);
+    match respond(&mut sub, *token, T0 + 3, Some(200), &body(40)) {
+        FetchOutcome::Applied { snapshot, source } => {
+            assert_eq!(snapshot.version(), 40);
+            assert_eq!(source, Source::Persisted);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(40));
+    // The sidecar stays the primary source, asked for newer than the copy.
+    let at = sub.next_fetch_at_ms().unwrap();
+    let started = start_all(&mut sub, at, 3);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1.source, Source::Sidecar);
+    assert_eq!(
+        started[0].1.header(":path"),
+        Some("/snapshot?after=40&wait=30")
+    );
+    // Once it is back, a newer snapshot replaces the copy.
+    match respond(&mut sub, 3, at + 10, Some(200), &body(41)) {
+        FetchOutcome::Applied { source, .. } => assert_eq!(source, Source::Sidecar),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(41));
+    // The copy is never asked again.
+    let mut now = at + 10;
+    for token in 10..40 {
+        for (t, request) in start_all(&mut sub, now, token * 10) {
+            assert_eq!(request.source, Source::Sidecar);
+            respond(&mut sub, t, now, None, b"");
+        }
+        now += 10_000;
+    }
+}
+
+#[test]
+fn the_persisted_copy_is_not_asked_while_the_sidecar_answers() {
+    let mut sub = Subscription::new(with_persisted(), T0, 1);
+    start_all(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 2, Some(200), &body(3));
+    let mut now = T0 + 200;
+    for token in 2..10 {
+        let started = start_all(&mut sub, now, token * 10);
+        assert!(started.iter().all(|(_, r)| r.source == Source::Sidecar));
+        for (t, _) in started {
+            respond(&mut sub, t, now + 30_000, Some(304), b"");
+        }
+        now += 30_100;
+    }
+    // A sidecar failure after that does not bring the copy in either: the
+    // VM holds the sidecar's snapshot.
+    for (t, _) in start_all(&mut sub, now, 100) {
+        respond(&mut sub, t, now, None, b"");
+    }
+    let at = sub.next_fetch_at_ms().unwrap();
+    assert!(
+        start_all(&mut sub, at, 200)
+            .iter()
+            .all(|(_, r)| r.source == Source::Sidecar)
+    );
+}
+
+#[test]
+fn the_persisted_copy_is_retried_with_backoff_while_the_sidecar_stays_down() {
+    let mut sub = Subscription::new(with_persisted(), T0, 7);
+    let mut now = T0;
+    let mut persisted_calls = Vec::new();
+    let mut token = 1;
+    // Ten minutes of a sidecar and a persisted route that refuse
+    // connections (Envoy not listening yet, say).
+    while now < T0 + 600_000 {
+        for (t, request) in start_all(&mut sub, now, token) {
+            token += 10;
+            if request.source == Source::Persisted {
+                persisted_calls.push(now);
+            }
+            respond(&mut sub, t, now, Some(503), b"");
+        }
+        now += 100;
+    }
+    assert!(
+        (100..=400).contains(&persisted_calls.len()),
+        "{} persisted calls in 10 minutes",
+        persisted_calls.len()
+    );
+    let gaps: Vec<u64> = persisted_calls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.first() < gaps.last(), "no backoff: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= 5_100), "{gaps:?}");
+    // It answers at last.
+    let mut applied = false;
+    for _ in 0..100 {
+        for (t, request) in start_all(&mut sub, now, token) {
+            token += 10;
+            let outcome = if request.source == Source::Persisted {
+                respond(&mut sub, t, now, Some(200), &body(9))
+            } else {
+                respond(&mut sub, t, now, None, b"")
+            };
+            applied |= matches!(outcome, FetchOutcome::Applied { .. });
+        }
+        now += 100;
+    }
+    assert!(applied);
+    assert_eq!(sub.version(), Some(9));
+}
+
+#[test]
+fn a_refused_persisted_copy_is_not_asked_again() {
+    for (body, too_large) in [
+        (bad_body(8), false),
+        (b"{}".to_vec(), false),
+        (body(8), true),
+    ] {
+        let mut config = with_persisted();
+        if too_large {
+            config.max_snapshot_bytes = 1024;
+        }
+        let mut sub = Subscription::new(config, T0, 1);
+        start_all(&mut sub, T0, 1);
+        respond(&mut sub, 1, T0, None, b"");
+        let started = start_all(&mut sub, T0, 2);
+        assert_eq!(started[0].1.source, Source::Persisted);
+        let response = FetchResponse {
+            status: Some(200),
+            etag: None,
+            body: if too_large {
+                Body::TooLarge(body.len())
+            } else {
+                Body::Read(&body)
+            },
+        };
+        assert!(matches!(
+            sub.on_response(2, T0 + 1, response),
+            FetchOutcome::Refused {
+                source: Source::Persisted,
+                ..
+            }
+        ));
+        // Its content only changes when Envoy reloads the file: not asked
+        // again, while the sidecar is retried.
+        let mut now = T0 + 1;
+        for round in 0..50 {
+            for (t, request) in start_all(&mut sub, now, 100 + round * 10) {
+                assert_eq!(request.source, Source::Sidecar);
+                respond(&mut sub, t, now, None, b"");
+            }
+            now += 1_000;
+        }
+        assert_eq!(sub.version(), None);
+    }
+}
+
+#[test]
+fn a_persisted_copy_older_than_the_sidecars_is_not_installed() {
+    let mut sub = Subscription::new(with_persisted(), T0, 1);
+    start_all(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0, None, b"");
+    let started = start_all(&mut sub, T0, 2);
+    assert_eq!(started[0].1.source, Source::Persisted);
+    // While the copy is on its way, the sidecar comes back with version 12.
+    let at = sub.next_fetch_at_ms().unwrap();
+    let started = start_all(&mut sub, at, 3);
+    assert_eq!(started[0].1.source, Source::Sidecar);
+    respond(&mut sub, 3, at, Some(200), &body(12));
+    assert_eq!(sub.version(), Some(12));
+    // The copy (version 11) arrives late: not installed, not a refusal.
+    assert!(matches!(
+        respond(&mut sub, 2, at + 1, Some(200), &body(11)),
+        FetchOutcome::Unchanged
+    ));
+    assert_eq!(sub.version(), Some(12));
+}
+
+#[test]
+fn without_a_persisted_copy_nothing_else_is_asked() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    let mut now = T0;
+    for round in 0..30 {
+        for (t, request) in start_all(&mut sub, now, round * 10 + 1) {
+            assert_eq!(request.source, Source::Sidecar);
+            respond(&mut sub, t, now, None, b"");
+        }
+        now += 1_000;
     }
 }
