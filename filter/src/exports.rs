@@ -63,10 +63,15 @@ pub extern "C" fn _initialize() {
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
 /// The host allocates here the buffers it hands to the VM; `hostcalls`
-/// takes them back as `Vec<u8>` of exactly `size` bytes.
+/// takes them back as `Vec<u8>` of exactly `size` bytes. A size the VM
+/// cannot hold answers null (the host then fails its call) instead of
+/// trapping on a capacity overflow.
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let mut buffer: Vec<MaybeUninit<u8>> = Vec::with_capacity(size);
+    let mut buffer: Vec<MaybeUninit<u8>> = Vec::new();
+    if buffer.try_reserve_exact(size).is_err() {
+        return std::ptr::null_mut();
+    }
     // SAFETY: MaybeUninit needs no initialisation; the capacity is `size`.
     unsafe { buffer.set_len(size) };
     Box::into_raw(buffer.into_boxed_slice()).cast::<u8>()
