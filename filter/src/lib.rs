@@ -16,6 +16,7 @@ pub mod header_pairs;
 pub mod json;
 pub mod jwks;
 pub mod metrics;
+pub mod shed_draw;
 pub mod subscription;
 pub mod token;
 
@@ -30,5 +31,6 @@ mod root_context;
 
 pub use config::{Config, ConfigError};
 pub use decide::{
-    Action, Decision, Installed, LocalReply, Outcome, SnapshotSource, VmState, decide, decide_with,
+    Action, Decision, Installed, LocalReply, Outcome, SnapshotSource, VmKeys, VmState, decide,
+    decide_with,
 };
