@@ -42,7 +42,6 @@ pub struct Labels<'a> {
     pub tenant: Option<&'a str>,
     pub routed_cell: Option<&'a str>,
     pub version: Option<&'a str>,
-    pub request_id: Option<&'a str>,
     pub canary: bool,
 }
 
@@ -259,7 +258,6 @@ mod tests {
             tenant: Some(tenant),
             routed_cell: Some(cell),
             version: Some(version),
-            request_id: None,
             canary: false,
         }
     }
