@@ -178,7 +178,8 @@ pub struct BuildReport {
     pub slots: u32,
     /// Slots whose cell differs from the previous snapshot (0 without one).
     pub slots_moved: u32,
-    /// Slots per cell, in spec order.
+    /// Slots per cell, in spec order (in JSON: `cells[].slots_after`).
+    #[serde(skip)]
     pub slots_per_cell: Vec<(String, u32)>,
     /// Pins in the new snapshot.
     pub pins: usize,
