@@ -8,9 +8,12 @@
 //! - with a previous snapshot only the slots that must move do: a removed
 //!   cell's, and the fewest needed to reach the new quotas;
 //! - known tenants whose cell would change because the ring changed are
-//!   pinned to their previous cell.
+//!   pinned to their previous cell;
+//! - by load ([`build_with_load`], [`load`]), active cells take slots by
+//!   weight × headroom, and a cell at or over a threshold takes none.
 //!
-//! The same inputs always give byte-identical output.
+//! [`drain`] plans the series of snapshots that moves a cell's tenants off
+//! in small steps. The same inputs always give byte-identical output.
 
 pub mod drain;
 pub mod load;

@@ -155,6 +155,67 @@ fn new_tenants_avoid_a_cell_over_its_threshold_and_follow_headroom() {
     assert_eq!(v2.report.pins_added, would_move);
 }
 
+/// Load changes from build to build: known tenants stay put through all of
+/// them, overrides win, and pins go when the ring gives the cell back.
+#[test]
+fn known_tenants_stay_across_successive_load_builds() {
+    let v1 = four_cells();
+    let known = known(4_000);
+    let with_override = |doc: &mut Value| doc["overrides"] = json!({"known-7": "cell-a"});
+    let mut doc = json!({"hash": {"key": KEY}, "cells": [
+        {"id": "cell-a"}, {"id": "cell-b"}, {"id": "cell-c"}, {"id": "cell-d"}]});
+    with_override(&mut doc);
+    let spec = Spec::parse(doc.to_string().as_bytes()).unwrap();
+    let figures = |a: f64, b: f64, c: f64, d: f64| {
+        load(&json!({"format": 1, "thresholds": {"cpu": 0.7}, "cells": {
+            "cell-a": {"cpu": a}, "cell-b": {"cpu": b}, "cell-c": {"cpu": c}, "cell-d": {"cpu": d}}}))
+    };
+    // cell-a hot, then recovered while cell-d is hot, then all even.
+    let v2 = builder::build_with_load(
+        &spec,
+        &options(Some(&v1.snapshot), &known),
+        &figures(0.9, 0.3, 0.3, 0.3),
+    )
+    .unwrap();
+    let v3 = builder::build_with_load(
+        &spec,
+        &options(Some(&v2.snapshot), &known),
+        &figures(0.2, 0.3, 0.3, 0.75),
+    )
+    .unwrap();
+    let v4 = builder::build_with_load(
+        &spec,
+        &options(Some(&v3.snapshot), &known),
+        &figures(0.35, 0.35, 0.35, 0.35),
+    )
+    .unwrap();
+    for t in &known {
+        let expected = if t == "known-7" {
+            "cell-a".to_string()
+        } else {
+            home(&v1.snapshot, t)
+        };
+        for s in [&v2.snapshot, &v3.snapshot, &v4.snapshot] {
+            assert_eq!(home(s, t), expected, "{t}");
+        }
+    }
+    assert_eq!(slot_counts(&v2.snapshot)["cell-a"], 0);
+    assert_eq!(slot_counts(&v3.snapshot)["cell-d"], 0);
+    assert!(v3.report.pins_released > 300, "{:?}", v3.report);
+    assert!(v4.report.pins_released > 0);
+    // Every pin is needed, and overrides are never pinned.
+    for s in [&v2.snapshot, &v3.snapshot, &v4.snapshot] {
+        assert!(!s.pins().contains_key("known-7"));
+        for (t, c) in s.pins() {
+            let r = s.resolve(t.as_bytes(), b"");
+            assert_ne!(
+                s.cells()[usize::from(s.slot_table()[r.slot as usize])].id,
+                c
+            );
+        }
+    }
+}
+
 /// weight × headroom: a cell three times as large with the same headroom
 /// takes three times the new tenants.
 #[test]

@@ -212,6 +212,24 @@ fn build_by_load_places_new_tenants_by_headroom_and_reports_it() {
     assert_eq!(r["cells"][1]["closed_by"], json!([]));
     assert_eq!(r["by_load"], json!(true));
 
+    // `--report-json -`: the JSON alone on stdout, the text on stderr.
+    let again = s.dir.join("again.json");
+    let out = cellmap(&[
+        "build",
+        "--spec",
+        s.dir.join("spec.json").to_str().unwrap(),
+        "--load",
+        s.dir.join("load.json").to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+        "--report-json",
+        "-",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["cells"][0]["slots_after"], json!(0));
+    assert!(stderr(&out).contains("closed to new tenants: cell-a"));
+
     // The text report says the same.
     let text = &s.text;
     assert!(

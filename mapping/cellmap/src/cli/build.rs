@@ -136,7 +136,9 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
         args.output.display().to_string()
     };
     let report = text_report(&built.report, &target, previous.is_some());
-    if to_stdout {
+    // stdout carries the snapshot or the JSON report when asked: the text
+    // report then goes to stderr.
+    if to_stdout || args.report_json.as_deref() == Some(Path::new("-")) {
         eprintln!("{report}");
     } else {
         println!("{report}");
