@@ -81,9 +81,28 @@ fn compose_references_files_that_exist() {
             }
         }
     }
-    // 3 volumes, and the sidecar's and the cells' build (cell-b and cell-c
+    // 4 volumes, and the sidecar's and the cells' build (cell-b and cell-c
     // reuse cell-a's through a YAML anchor).
-    assert_eq!(checked, 7, "references found: is the parser still right?");
+    assert_eq!(checked, 8, "references found: is the parser still right?");
+    // Envoy runs under the draining wrapper, and reads the copy the sidecar
+    // persists on the shared volume.
+    assert!(
+        compose.contains("command: [\"/etc/envoy/gateway.sh\", \"-c\", \"/etc/envoy/envoy.yaml\"")
+    );
+    assert!(compose.contains("\"--persist\", \"/var/lib/cellmap/snapshot.json\""));
+    assert!(compose.contains("- cellmap-state:/var/lib/cellmap:ro"));
+    assert!(compose.contains("GET /cell-router/ready HTTP/1.1"));
+    assert!(
+        read("envoy/docker/envoy.yaml")
+            .contains("body: {filename: /var/lib/cellmap/snapshot.json}")
+    );
+    assert!(read("envoy/Dockerfile").contains(": > /var/lib/cellmap/snapshot.json"));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = repo_root().join("envoy/docker/gateway.sh");
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{} is not executable", script.display());
+    }
     // The image the issue names, at the version the tests run.
     assert!(compose.contains("image: envoyproxy/envoy:v1.40.0"));
     // The snapshot the sidecar is pointed at exists in the mounted folder.
@@ -107,13 +126,28 @@ fn istio_plugin_config_is_the_local_one_with_the_istio_sidecar_cluster() {
         istio["sidecar"]["cluster"],
         "outbound|18000||cellmap.cell-router.local"
     );
+    assert_eq!(
+        istio["sidecar"]["persisted"]["cluster"],
+        "outbound|18010||cellmap-persisted.cell-router.local"
+    );
     local["sidecar"]["cluster"] = istio["sidecar"]["cluster"].clone();
     local["sidecar"]["authority"] = istio["sidecar"]["authority"].clone();
+    local["sidecar"]["persisted"]["cluster"] = istio["sidecar"]["persisted"]["cluster"].clone();
     assert_eq!(istio, local);
     let manifest = read("envoy/istio/wasmplugin.yaml");
     assert!(manifest.contains("failStrategy: FAIL_CLOSE"));
     // The ServiceEntry host is the one the cluster name is built from.
-    assert!(read("envoy/istio/sidecar.yaml").contains("hosts: [\"cellmap.cell-router.local\"]"));
+    let service_entries = read("envoy/istio/sidecar.yaml");
+    assert!(service_entries.contains("hosts: [\"cellmap.cell-router.local\"]"));
+    assert!(service_entries.contains("hosts: [\"cellmap-persisted.cell-router.local\"]"));
+    // The persisted-copy listener serves the file the sidecar persists.
+    assert!(
+        read("envoy/istio/envoyfilter.yaml")
+            .contains("body: {filename: /var/lib/cellmap/snapshot.json}")
+    );
+    let patch = read("envoy/istio/gateway-patch.yaml");
+    assert!(patch.contains("- /var/lib/cellmap/snapshot.json"));
+    assert!(patch.contains("httpGet: {path: /cell-router/ready, port: 8080}"));
     assert!(read("envoy/istio/Dockerfile").contains("COPY dist/cell_router.wasm ./plugin.wasm"));
 }
 
@@ -131,8 +165,43 @@ fn the_real_filter_accepts_every_shipped_plugin_config() {
         ("envoy/istio/wasmplugin.yaml", istio_plugin_config()),
     ];
     for (name, config) in configs {
+        assert!(
+            config["sidecar"]["persisted"].is_object(),
+            "{name}: no sidecar.persisted"
+        );
         let mut host = Host::new().unwrap();
         host.configure(config.to_string())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// Every HTTP connection manager shipped under envoy/ (gateways, benchmark
+/// configs, the persisted-copy listener, the Istio patch) refuses header
+/// names with underscores: a cell that treats `_` and `-` alike would
+/// otherwise read a client's `x_cell_id` as the router's `x-cell-id`.
+#[test]
+fn every_shipped_http_connection_manager_refuses_underscores() {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo_root().join("envoy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    let mut managers = 0;
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let hcm = text.matches("v3.HttpConnectionManager").count();
+        let rejecting = text
+            .matches("headers_with_underscores_action: REJECT_REQUEST")
+            .count();
+        assert_eq!(rejecting, hcm, "{}", path.display());
+        managers += hcm;
+    }
+    assert!(managers >= 12, "found only {managers} connection managers");
 }

@@ -90,7 +90,7 @@ fn change(
     let t0 = Instant::now();
     e2e::publish(&sidecar.source, &bytes)?;
     // Polled every few milliseconds (the admin endpoint answers in about one).
-    let deadline = t0 + Duration::from_secs(60);
+    let deadline = t0 + Duration::from_secs(120);
     let mut every_vm = false;
     while Instant::now() < deadline {
         if applied(envoy) >= base + vms {
@@ -102,20 +102,17 @@ fn change(
     let t2 = Instant::now();
     if !every_vm {
         bail!(
-            "{label}: the VMs did not all apply version {} within 60 s (applied {} of {})\n{}",
+            "{label}: the VMs did not all apply version {} within 120 s (applied {} of {}; the sidecar serves {:?})\n{}",
             doc.version,
             applied(envoy) - base,
             vms,
+            sidecar.version(),
             envoy.process.log_tail(20)
         );
     }
     let t1 = poll.join().ok().flatten().unwrap_or(t2);
-    if !stack::wait_for_version(envoy, probe_token, doc.version, Duration::from_secs(20)) {
-        bail!(
-            "{label}: the gateway never routed by version {}",
-            doc.version
-        );
-    }
+    stack::await_version(envoy, probe_token, doc.version, e2e::VERSION_TIMEOUT)
+        .with_context(|| format!("{label}: routing by version {}", doc.version))?;
     // Let freed memory settle before reading RSS.
     std::thread::sleep(Duration::from_millis(500));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -162,22 +159,27 @@ pub fn measure(
         files,
         options.concurrency,
     )?;
-    if !stack::wait_for_version(&envoy, probe_token, 1, Duration::from_secs(30)) {
-        bail!("propagation gateway never routed by version 1");
+    stack::await_version(&envoy, probe_token, 1, e2e::VERSION_TIMEOUT)
+        .context("propagation gateway: routing by version 1")?;
+    // Every VM (the workers' and the main thread's) applies each snapshot
+    // once: version 1 has been applied concurrency + 1 times.
+    let vms = i64::from(options.concurrency) + 1;
+    let mut seen = applied(&envoy);
+    let deadline = Instant::now() + e2e::VERSION_TIMEOUT;
+    while seen < vms && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = applied(&envoy);
     }
-    // Every VM has fetched version 1 once the count stops rising.
-    let mut vms = applied(&envoy);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = applied(&envoy);
-        if now == vms && now > 0 {
-            break;
-        }
-        vms = now;
-    }
-    if vms <= 0 {
-        bail!("no {APPLIED} counter in Envoy's stats");
+    if seen != vms {
+        bail!(
+            "{APPLIED} is {seen} after version 1, expected {vms} (the {} workers' VMs and the main thread's){}",
+            options.concurrency,
+            if seen < 0 {
+                "; no such counter in Envoy's stats"
+            } else {
+                ""
+            }
+        );
     }
     let mut changes = Vec::new();
     let mut version = 1;

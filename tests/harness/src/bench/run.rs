@@ -10,7 +10,7 @@ use super::report::{self, Goal, Memory, Report, RunInfo, Sample, Summary};
 use super::stack::{self, Files};
 use super::wrk::{self, WrkRun};
 use crate::e2e::{self, Envoy, Sidecar};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cell_router_kit::tokens::Alg;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -350,15 +350,16 @@ pub fn run(options: &Options) -> Result<Outcome> {
         }
     }
     for (gateway, envoy) in &gateways {
-        if gateway.has_filter()
-            && !stack::wait_for_version(envoy, &probe, doc.version, Duration::from_secs(30))
-        {
-            bail!(
-                "gateway {} never routed by snapshot {}\n{}",
-                gateway.name(),
-                doc.version,
-                envoy.process.log_tail(30)
-            );
+        if gateway.has_filter() {
+            stack::await_version(envoy, &probe, doc.version, e2e::VERSION_TIMEOUT).with_context(
+                || {
+                    format!(
+                        "gateway {}: sidecar log:\n{}",
+                        gateway.name(),
+                        sidecar.process.log_tail(10)
+                    )
+                },
+            )?;
         }
     }
     let rs256 = cached.get("RS256").context("no RS256 pool")?.tokens()?;

@@ -310,15 +310,23 @@ pub fn start_backend(dir: &Path, concurrency: u32) -> Result<Backends> {
         .arg("--log-level")
         .arg("warn");
     let mut process = Process::spawn("backend-envoy", command, dir)?;
-    let agent = e2e::client();
     let ready = format!("http://127.0.0.1:{admin}/ready");
-    let up = e2e::wait_until(Duration::from_secs(30), || {
-        e2e::get(&agent, &ready, &[])
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
+    let agent = e2e::client();
+    let mut last = String::from("no answer");
+    let up = e2e::wait_until(e2e::START_TIMEOUT, || {
+        let reply = e2e::get(&agent, &ready, &[]);
+        last = match &reply {
+            Ok(r) => format!("HTTP {}", r.status),
+            Err(err) => format!("{err:#}"),
+        };
+        reply.is_ok_and(|r| r.status == 200) || !process.is_running_shared()
     });
     if !up || !process.is_running() {
-        bail!("backend Envoy did not start\n{}", process.log_tail(30));
+        bail!(
+            "backend Envoy did not become ready within {:?} (last /ready: {last})\n{}",
+            e2e::START_TIMEOUT,
+            process.log_tail(30)
+        );
     }
     Ok(Backends { cells, process })
 }
@@ -393,7 +401,28 @@ pub fn check_routing(
                 &[("x-cell-id", "cell-c")],
             ),
         };
-        let routed = send(&agent, envoy, token, headers)?;
+        // A request that gets no answer at all (a busy machine) is sent
+        // again, twice at most; a wrong answer is never retried.
+        let mut attempt = 0;
+        let routed = loop {
+            attempt += 1;
+            match send(&agent, envoy, token, headers) {
+                Ok(routed) => break routed,
+                Err(err) if attempt < 3 => {
+                    eprintln!(
+                        "cell-router-bench: routing check, no answer (try {attempt}): {err:#}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(err) => {
+                    return Err(err.context(format!(
+                        "gateway {}: routing check of {} failed {attempt} times",
+                        gateway.name(),
+                        tenant(i % expected.len().max(1))
+                    )));
+                }
+            }
+        };
         let snapshot_ok = !gateway.has_filter() || routed.snapshot.as_deref() == Some(&version);
         if routed.status != 200 || routed.served_by.as_deref() != Some(want) || !snapshot_ok {
             bail!(
@@ -410,18 +439,23 @@ pub fn check_routing(
     Ok(tokens.len())
 }
 
-/// Waits until `envoy` routes by snapshot `version` on fresh connections
-/// (20 in a row, so both workers have it).
-pub fn wait_for_version(envoy: &Envoy, token: &str, version: u64, timeout: Duration) -> bool {
-    let want = version.to_string();
-    let mut streak = 0;
-    e2e::wait_until(timeout, || {
-        let agent = e2e::client();
-        match send(&agent, envoy, token, &[("connection", "close")]) {
-            Ok(r) if r.status == 200 && r.snapshot.as_deref() == Some(want.as_str()) => streak += 1,
-            _ => streak = 0,
-        }
-        streak >= 20
+/// Waits until every worker of `envoy` routes by snapshot `version` (or a
+/// later one), probing on fresh connections with `token`; on failure, the
+/// error says what each worker answered. The deadline is at least
+/// [`e2e::VERSION_TIMEOUT`]: a wait for a state, not a measurement.
+pub fn await_version(
+    envoy: &Envoy,
+    token: &str,
+    version: u64,
+    timeout: Duration,
+) -> Result<e2e::Reached> {
+    let bearer = format!("Bearer {token}");
+    e2e::await_version(envoy, version, timeout.max(e2e::VERSION_TIMEOUT), |agent| {
+        e2e::probe_body_version(e2e::get(
+            agent,
+            &envoy.url("/"),
+            &[("authorization", &bearer), ("connection", "close")],
+        ))
     })
 }
 

@@ -11,9 +11,12 @@
 
 use anyhow::{Context, Result, bail};
 use cell_router_harness::e2e::{self, Gateway, Reply, client, next_snapshot, publish};
-use cell_router_kit::fixtures::{AUDIENCE, ISSUER, TENANT_CLAIM, bearer, token_builder, unix_now};
+use cell_router_kit::fixtures::{
+    AUDIENCE, ISSUER, TENANT_CLAIM, bearer, metric, token_builder, unix_now,
+};
 use cell_router_kit::tokens::{Alg, TokenBuilder};
 use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -288,28 +291,101 @@ fn run() -> Result<()> {
         v3_live && (0.22..=0.38).contains(&share) && retry_after.as_deref() == Some("15"),
     );
 
-    heading("6. Envoy's stats show the filter's metrics");
-    let stats = gateway.envoy.stats("cell_router")?;
-    let mut names: Vec<_> = stats.iter().filter(|(_, v)| **v != 0).collect();
-    names.sort();
-    for (name, value) in &names {
-        println!("  {name}: {value}");
-    }
-    summary.check(
-        "per-cell routed and shed counters are exported",
-        !names.is_empty(),
-    );
+    heading("6. Envoy's stats count each request the demo sends, per cell");
+    metrics_step(&gateway, &agent, &mut summary)?;
 
     heading("Summary");
     let failed = summary.lines.iter().filter(|(_, ok)| !ok).count();
     for (what, ok) in &summary.lines {
         println!("  {} {what}", if *ok { "✓" } else { "✗" });
     }
+    let mut gateway = gateway;
+    let stop = gateway.envoy.stop();
     drop(gateway);
-    println!("\nStopped everything the demo started.");
+    println!(
+        "\nStopped everything the demo started (Envoy drained in {} ms: {} request(s) in flight at the drain, {} cut).",
+        stop.took.as_millis(),
+        stop.in_flight_at_drain.max(0),
+        stop.in_flight_at_term
+    );
     if failed > 0 {
         bail!("{failed} check(s) failed");
     }
+    Ok(())
+}
+
+/// Sends one request for each of 300 tenants and compares the change in the
+/// filter's per-cell counters with what the demo saw and with what `cellmap
+/// route` predicts: `routed.<cell>` must rise by the 200s served by the cell,
+/// and `routed` + `shed` by the tenants `cellmap route` puts in the cell
+/// (cell-b is draining by now). Tenants in a gradual move (a per-request
+/// draw) are left out.
+fn metrics_step(gateway: &Gateway, agent: &ureq::Agent, summary: &mut Summary) -> Result<()> {
+    let candidates: Vec<String> = (0..320).map(|i| format!("metrics-{i}")).collect();
+    let routes = e2e::cellmap_route(&gateway.source, &candidates)?;
+    let sample: Vec<(String, String)> = routes
+        .iter()
+        .filter(|r| r["reason"] != "split")
+        .filter_map(|r| {
+            Some((
+                r["tenant"].as_str()?.to_string(),
+                r["cell"].as_str()?.to_string(),
+            ))
+        })
+        .take(300)
+        .collect();
+    let before = gateway.envoy.stats("cell_router")?;
+    let mut served: BTreeMap<String, i64> = BTreeMap::new();
+    let mut shed: BTreeMap<String, i64> = BTreeMap::new();
+    let mut predicted: BTreeMap<String, i64> = BTreeMap::new();
+    for (tenant, cell) in &sample {
+        *predicted.entry(cell.clone()).or_default() += 1;
+        let reply = call(gateway, agent, tenant, &[])?;
+        match reply.status {
+            200 => *served.entry(served_cell(&reply)).or_default() += 1,
+            503 => *shed.entry(cell.clone()).or_default() += 1,
+            other => bail!("{tenant}: unexpected HTTP {other}: {}", reply.body),
+        }
+    }
+    let after = gateway.envoy.stats("cell_router")?;
+    let delta = |name: String| {
+        let name = format!("wasmcustom.{name}");
+        after.get(&name).copied().unwrap_or(0) - before.get(&name).copied().unwrap_or(0)
+    };
+    println!(
+        "  {} tenants, one request each; Δ is the change in Envoy's counters",
+        sample.len()
+    );
+    println!(
+        "  {:<8} {:>14} {:>10} {:>8} {:>9} {:>7}",
+        "cell", "cellmap route", "served 200", "shed 503", "Δ routed", "Δ shed"
+    );
+    let mut all_agree = true;
+    for cell in ["cell-a", "cell-b", "cell-c"] {
+        let want = predicted.get(cell).copied().unwrap_or(0);
+        let ok200 = served.get(cell).copied().unwrap_or(0);
+        let shed503 = shed.get(cell).copied().unwrap_or(0);
+        let routed = delta(metric::routed(cell));
+        let shed_count = delta(metric::shed(cell));
+        let agree = routed == ok200 && shed_count == shed503 && routed + shed_count == want;
+        all_agree &= agree;
+        println!(
+            "  {cell:<8} {want:>14} {ok200:>10} {shed503:>8} {routed:>9} {shed_count:>7}{}",
+            if agree { "" } else { "  ✗" }
+        );
+    }
+    let others: i64 = after
+        .keys()
+        .filter(|k| k.contains("cell_router.rejected.") || k.ends_with("cell_router.no_snapshot"))
+        .map(|k| delta(k.trim_start_matches("wasmcustom.").to_string()))
+        .sum();
+    summary.check(
+        format!(
+            "Envoy's per-cell counters rose by exactly the {} requests sent (routed + shed = `cellmap route`'s count per cell; {others} rejected)",
+            sample.len()
+        ),
+        all_agree && others == 0 && sample.len() == 300,
+    );
     Ok(())
 }
 
@@ -318,7 +394,13 @@ fn up() -> Result<()> {
     let gateway = Gateway::start_in(dir.clone(), &example_snapshot()?, 2, true)
         .context("starting on the default ports (is a stack already up? `make demo-down`)")?;
     let source = gateway.source.clone();
+    let envoy_pid = gateway.envoy.process.pid();
+    let admin_port = gateway.envoy.admin_port;
     let pids = gateway.detach();
+    if let Some(pid) = envoy_pid {
+        // `down` drains this Envoy through its admin before stopping it.
+        std::fs::write(dir.join("envoy"), format!("{pid} {admin_port}\n"))?;
+    }
     std::fs::write(
         dir.join("pids"),
         pids.iter()
@@ -361,12 +443,46 @@ fn down() -> Result<()> {
         println!("no demo is running ({} not found)", pids.display());
         return Ok(());
     };
+    // Envoy first, drained: requests in flight finish before it stops.
+    let envoy = demo_dir().join("envoy");
+    if let Ok(line) = std::fs::read_to_string(&envoy) {
+        let mut fields = line.split_whitespace();
+        if let (Some(pid), Some(Ok(admin_port))) = (fields.next(), fields.next().map(str::parse)) {
+            let running = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let report = e2e::drain(admin_port, running);
+            terminate(pid);
+            println!(
+                "drained Envoy (pid {pid}) in {} ms: {} request(s) in flight at the drain, {} cut{}",
+                report.took.as_millis(),
+                report.in_flight_at_drain.max(0),
+                report.in_flight_at_term,
+                if report.admin_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", report.admin_errors.join("; "))
+                }
+            );
+        }
+        let _ = std::fs::remove_file(&envoy);
+    }
     for pid in text.lines().filter(|l| !l.trim().is_empty()) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", pid.trim()])
-            .status();
+        terminate(pid.trim());
     }
     let _ = std::fs::remove_file(&pids);
     println!("stopped the demo stack");
     Ok(())
+}
+
+/// SIGTERM, then up to 10 s for the process to go.
+fn terminate(pid: &str) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", pid])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let gone = e2e::wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    if !gone {
+        eprintln!("pid {pid} did not exit within 10 s of SIGTERM");
+    }
 }

