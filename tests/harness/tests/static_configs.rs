@@ -89,7 +89,12 @@ fn compose_references_files_that_exist() {
     assert!(
         compose.contains("command: [\"/etc/envoy/gateway.sh\", \"-c\", \"/etc/envoy/envoy.yaml\"")
     );
-    assert!(compose.contains("\"--persist\", \"/var/lib/cellmap/snapshot.json\""));
+    // The sidecar image's entrypoint persists; compose must not pass
+    // `--persist` again (clap refuses a repeated option).
+    assert!(
+        read("envoy/Dockerfile").contains("\"--persist\", \"/var/lib/cellmap/snapshot.json\"]")
+    );
+    assert!(!compose.contains("--persist"), "compose repeats --persist");
     assert!(compose.contains("- cellmap-state:/var/lib/cellmap:ro"));
     assert!(compose.contains("GET /cell-router/ready HTTP/1.1"));
     assert!(
