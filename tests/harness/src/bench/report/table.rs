@@ -87,7 +87,7 @@ impl Report<'_> {
 
     /// The goals, each met or not, measured and by gateway CPU.
     fn goal_table(&self, w: &mut String) {
-        let _ = writeln!(w, "## Goals (issue 6)\n");
+        let _ = writeln!(w, "## Goals (issues 6 and 14)\n");
         let _ = writeln!(
             w,
             "*measured*: the ratio of throughput (or p99) as wrk saw it, the goal's own \
