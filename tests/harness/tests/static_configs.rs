@@ -223,7 +223,10 @@ fn the_wasmplugin_pins_its_image_and_fails_closed() {
         .expect("spec.sha256")
         .trim_matches('"');
     assert_eq!(sha.len(), 64, "{sha}");
-    assert!(sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        sha.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     assert!(manifest.contains("\n  imagePullPolicy: IfNotPresent\n"));
     assert!(manifest.contains("\n  failStrategy: FAIL_CLOSE\n"));
     assert!(manifest.contains("\n  url: oci://"));
@@ -255,7 +258,9 @@ fn the_gateway_api_route_matches_the_virtualservice() {
         );
         // The cell's namespace lets the route name its Service.
         assert!(
-            http_route.contains(&format!("  name: cell-router-routes\n  namespace: {cell}\n")),
+            http_route.contains(&format!(
+                "  name: cell-router-routes\n  namespace: {cell}\n"
+            )),
             "ReferenceGrant: {cell}"
         );
     }
