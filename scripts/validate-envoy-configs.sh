@@ -12,14 +12,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 placeholder="$tmp/persisted-snapshot.json"
 : > "$placeholder"
-# Transitional (issue #10; remove once the filter branch is merged): while
-# the filter in this checkout does not know sidecar.persisted, validate the
-# configs without it (Envoy's validation runs the filter's on_configure).
-strip_persisted=
-if ! grep -q '"persisted"' filter/config.schema.json; then
-  echo "validate: the filter has no sidecar.persisted yet; validating without it" >&2
-  strip_persisted=1
-fi
 status=0
 while IFS= read -r config; do
   copy="$tmp/$(echo "$config" | tr / _)"
@@ -27,15 +19,6 @@ while IFS= read -r config; do
       -e "s#/var/lib/cellmap/snapshot.json#$placeholder#g" \
       -e "s#\.work/persisted-snapshot\.json#$placeholder#g" \
       -e "s#/etc/envoy/#$PWD/$(dirname "$config")/#g" "$config" > "$copy"
-  if [ -n "$strip_persisted" ]; then
-    python3 - "$copy" <<'PY'
-import re, sys
-path = sys.argv[1]
-text = open(path).read()
-text = re.sub(r',\n\s*"persisted": \{[^}]*\}', '', text)
-open(path, "w").write(text)
-PY
-  fi
   if "$envoy" --mode validate -c "$copy" --log-level error >"$tmp/out" 2>&1; then
     echo "valid: $config"
   else

@@ -1,39 +1,18 @@
-//! Plugin configuration: parsed strictly (unknown fields refused), then
-//! validated into the form the filter runs with. Every error names the field,
+//! Plugin configuration: parsed strictly (unknown fields, duplicate keys and
+//! arrays for objects refused, see `json.rs`), then validated into the form
+//! the filter runs with. Every error names the field,
 //! so `on_configure` can refuse the config with a message an operator can act
 //! on. `README.md` documents the fields; `config.schema.json` mirrors them.
 
+pub use crate::error::ConfigError;
+use crate::json::{self, ObjectOnly};
 use crate::jwks::{Algorithm, KeySet};
-use crate::subscription::SidecarConfig;
+use crate::subscription::{PersistedConfig, SidecarConfig};
 use cell_router_mapping::Snapshot;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt;
-
-/// A refused configuration: which field, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
 pub const DEFAULT_TOKEN_PREFIX: &str = "Bearer ";
@@ -50,6 +29,19 @@ pub const MAX_MAX_TENANT_BYTES: usize = 4096;
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
 pub const MAX_TOKEN_CACHE_ENTRIES: usize = 1_000_000;
 pub const MAX_CLAIM_PATH_SEGMENTS: usize = 8;
+/// `sidecar.max_snapshot_bytes` default: 64 MiB (a 1,000,000-override
+/// snapshot is about 28 MB). The sidecar has its own limit,
+/// `cellmap serve --max-snapshot-mib` (512 by default).
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+pub const MIN_MAX_SNAPSHOT_BYTES: usize = 1024;
+pub const DEFAULT_PERSISTED_AUTHORITY: &str = "cellmap-persisted";
+pub const DEFAULT_PERSISTED_PATH: &str = "/snapshot";
+pub const DEFAULT_PERSISTED_TIMEOUT_MS: u64 = 5000;
+/// `readiness_path` default; `null` turns the readiness answer off.
+pub const DEFAULT_READINESS_PATH: &str = "/cell-router/ready";
+/// Wasm32 memory is 4 GiB at most, and a snapshot being parsed is held about
+/// four times over (body, parse, the old snapshot).
+pub const MAX_MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 const MAX_NAME_BYTES: usize = 256;
 
 /// Registered claims that cannot carry a tenant (not strings, or not ours).
@@ -63,7 +55,7 @@ pub const STRING_REGISTERED_CLAIMS: [&str; 4] = ["sub", "iss", "jti", "nonce"];
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    token: Option<RawTokenSource>,
+    token: Option<ObjectOnly<RawTokenSource>>,
     jwks: Option<Value>,
     algorithms: Option<Vec<String>>,
     issuers: Option<Vec<String>>,
@@ -79,8 +71,18 @@ struct RawConfig {
     cell_header: Option<String>,
     version_header: Option<String>,
     realm: Option<String>,
-    sidecar: Option<RawSidecar>,
+    sidecar: Option<ObjectOnly<RawSidecar>>,
     fallback_snapshot: Option<Value>,
+    /// Absent: the default; `null`: off.
+    #[serde(default, deserialize_with = "present")]
+    readiness_path: Option<Option<String>>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +113,17 @@ struct RawSidecar {
     retry_max_ms: Option<u64>,
     tick_ms: Option<u64>,
     min_fetch_interval_ms: Option<u64>,
+    max_snapshot_bytes: Option<usize>,
+    persisted: Option<ObjectOnly<RawPersisted>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersisted {
+    cluster: String,
+    authority: Option<String>,
+    path: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -177,6 +190,9 @@ pub struct Config {
     pub realm: String,
     pub sidecar: Option<SidecarConfig>,
     pub fallback_snapshot: Option<Snapshot>,
+    /// Requests for this path (query ignored) get the readiness answer,
+    /// whatever their token; `None`: off.
+    pub readiness_path: Option<String>,
 }
 
 impl Config {
@@ -188,18 +204,14 @@ impl Config {
                 "is empty; the filter needs at least `sidecar` or `fallback_snapshot` and a token setup",
             ));
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let path = err.path().to_string();
-            let field = if path == "." {
-                "(config)".to_string()
-            } else {
-                path
-            };
-            ConfigError::new(field, err.into_inner().to_string())
-        })?;
-        de.end()
-            .map_err(|e| ConfigError::new("(config)", format!("trailing data: {e}")))?;
+        // Duplicate keys are refused at any depth (jwks and fallback_snapshot
+        // included) before anything is read.
+        let value = json::parse(bytes).map_err(|e| ConfigError::new(field(&e.path), e.message))?;
+        let ObjectOnly(raw): ObjectOnly<RawConfig> = serde_path_to_error::deserialize(value)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                ConfigError::new(field(&path), err.into_inner().to_string())
+            })?;
         raw.validate()
     }
 
@@ -208,6 +220,15 @@ impl Config {
             Auth::Jwt(settings) => Some(settings),
             Auth::TrustHeader { .. } => None,
         }
+    }
+}
+
+/// A serde_path_to_error path as a config field name.
+fn field(path: &str) -> String {
+    if path == "." {
+        "(config)".to_string()
+    } else {
+        path.to_string()
     }
 }
 
@@ -453,7 +474,7 @@ impl RawConfig {
         };
 
         let sidecar = match self.sidecar {
-            Some(raw) => Some(sidecar(raw)?),
+            Some(ObjectOnly(raw)) => Some(sidecar(raw)?),
             None => None,
         };
         let fallback_snapshot = match self.fallback_snapshot {
@@ -474,6 +495,11 @@ impl RawConfig {
                 Some(snapshot)
             }
         };
+        let readiness_path = match self.readiness_path {
+            None => Some(DEFAULT_READINESS_PATH.to_string()),
+            Some(None) => None,
+            Some(Some(path)) => Some(request_path("readiness_path", path)?),
+        };
         if sidecar.is_none() && fallback_snapshot.is_none() {
             return Err(ConfigError::new(
                 "sidecar",
@@ -488,6 +514,7 @@ impl RawConfig {
             realm,
             sidecar,
             fallback_snapshot,
+            readiness_path,
         })
     }
 
@@ -496,7 +523,7 @@ impl RawConfig {
         cell_header: &str,
         version_header: &str,
     ) -> Result<JwtSettings, ConfigError> {
-        let raw_source = self.token.as_ref();
+        let raw_source = self.token.as_ref().map(|t| &t.0);
         let header = header_name(
             "token.header",
             raw_source
@@ -623,14 +650,17 @@ impl RawConfig {
     }
 }
 
-fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
-    if raw.cluster.is_empty() || raw.cluster.len() > MAX_NAME_BYTES {
+fn cluster_name(field: &str, cluster: String) -> Result<String, ConfigError> {
+    if cluster.is_empty() || cluster.len() > MAX_NAME_BYTES {
         return Err(ConfigError::new(
-            "sidecar.cluster",
+            field,
             "must be the non-empty name of an Envoy cluster",
         ));
     }
-    let authority = raw.authority.unwrap_or_else(|| "cellmap".to_string());
+    Ok(cluster)
+}
+
+fn authority(field: &str, authority: String) -> Result<String, ConfigError> {
     if authority.is_empty()
         || authority.len() > MAX_NAME_BYTES
         || authority
@@ -638,11 +668,15 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
             .any(|b| !(b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
     {
         return Err(ConfigError::new(
-            "sidecar.authority",
+            field,
             "must be a host name (optionally with :port)",
         ));
     }
-    let path = raw.path.unwrap_or_else(|| "/snapshot".to_string());
+    Ok(authority)
+}
+
+/// A request path: `/`, then printable ASCII without query or fragment.
+fn request_path(field: &str, path: String) -> Result<String, ConfigError> {
     if !path.starts_with('/')
         || path.len() > MAX_NAME_BYTES
         || path
@@ -650,10 +684,45 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
             .any(|b| !(0x21..0x7f).contains(&b) || b == b'?' || b == b'#')
     {
         return Err(ConfigError::new(
-            "sidecar.path",
+            field,
             "must start with '/' and hold no query, fragment, spaces or control characters",
         ));
     }
+    Ok(path)
+}
+
+fn persisted(raw: RawPersisted) -> Result<PersistedConfig, ConfigError> {
+    Ok(PersistedConfig {
+        cluster: cluster_name("sidecar.persisted.cluster", raw.cluster)?,
+        authority: authority(
+            "sidecar.persisted.authority",
+            raw.authority
+                .unwrap_or_else(|| DEFAULT_PERSISTED_AUTHORITY.to_string()),
+        )?,
+        path: request_path(
+            "sidecar.persisted.path",
+            raw.path
+                .unwrap_or_else(|| DEFAULT_PERSISTED_PATH.to_string()),
+        )?,
+        timeout_ms: in_range(
+            "sidecar.persisted.timeout_ms",
+            raw.timeout_ms.unwrap_or(DEFAULT_PERSISTED_TIMEOUT_MS),
+            100,
+            600_000,
+        )?,
+    })
+}
+
+fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
+    let cluster = cluster_name("sidecar.cluster", raw.cluster)?;
+    let authority = authority(
+        "sidecar.authority",
+        raw.authority.unwrap_or_else(|| "cellmap".to_string()),
+    )?;
+    let path = request_path(
+        "sidecar.path",
+        raw.path.unwrap_or_else(|| "/snapshot".to_string()),
+    )?;
     let long_poll_s = in_range("sidecar.long_poll_s", raw.long_poll_s.unwrap_or(30), 0, 300)?;
     let timeout_ms = raw.timeout_ms.unwrap_or(long_poll_s * 1000 + 5000);
     if timeout_ms <= long_poll_s * 1000 {
@@ -685,8 +754,18 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         0,
         600_000,
     )?;
+    let max_snapshot_bytes = in_range(
+        "sidecar.max_snapshot_bytes",
+        raw.max_snapshot_bytes.unwrap_or(DEFAULT_MAX_SNAPSHOT_BYTES),
+        MIN_MAX_SNAPSHOT_BYTES,
+        MAX_MAX_SNAPSHOT_BYTES,
+    )?;
+    let persisted = match raw.persisted {
+        Some(ObjectOnly(raw)) => Some(persisted(raw)?),
+        None => None,
+    };
     Ok(SidecarConfig {
-        cluster: raw.cluster,
+        cluster,
         authority,
         path,
         long_poll_s,
@@ -695,5 +774,7 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         retry_max_ms,
         tick_ms,
         min_fetch_interval_ms,
+        max_snapshot_bytes,
+        persisted,
     })
 }

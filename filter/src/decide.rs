@@ -1,27 +1,59 @@
 //! The per-request decision: request headers (as bytes), the clock and the
 //! snapshot in force in; headers to remove and set, or a local reply, out.
-//! No host calls: the glue in `glue.rs` applies the decision.
+//! No host calls: `http_context.rs` applies the decision.
 
 use crate::cache::TokenCache;
 use crate::config::{Auth, Config};
-use crate::host_verify::{NoHost, SignatureHost};
+use crate::envoy_verify::{NoHost, SignatureHost};
 use crate::token::{self, Reason, Rejection};
 use cell_router_mapping::{Outcome as Resolved, Snapshot};
+
+/// Where the snapshot in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// The sidecar's long-poll.
+    Sidecar,
+    /// The sidecar's persisted copy, served by Envoy from a file.
+    Persisted,
+    /// The inline `fallback_snapshot` of the plugin config.
+    Fallback,
+}
+
+impl SnapshotSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotSource::Sidecar => "sidecar",
+            SnapshotSource::Persisted => "persisted",
+            SnapshotSource::Fallback => "fallback",
+        }
+    }
+}
 
 /// A snapshot in force, with what every routed request needs precomputed.
 #[derive(Debug)]
 pub struct Installed {
     snapshot: Snapshot,
+    source: SnapshotSource,
     version_value: String,
 }
 
 impl Installed {
+    /// The config's inline fallback snapshot.
     pub fn new(snapshot: Snapshot) -> Self {
+        Installed::with_source(snapshot, SnapshotSource::Fallback)
+    }
+
+    pub fn with_source(snapshot: Snapshot, source: SnapshotSource) -> Self {
         let version_value = snapshot.version().to_string();
         Installed {
             snapshot,
+            source,
             version_value,
         }
+    }
+
+    pub fn source(&self) -> SnapshotSource {
+        self.source
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -89,11 +121,22 @@ pub enum Action<'a> {
 /// What happened, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome<'a> {
-    Routed { cell: &'a str, reason: &'static str },
-    Shed { cell: &'a str },
-    Unavailable { cell: &'a str },
+    Routed {
+        cell: &'a str,
+        reason: &'static str,
+    },
+    Shed {
+        cell: &'a str,
+    },
+    Unavailable {
+        cell: &'a str,
+    },
     NoSnapshot,
     Rejected(Reason),
+    /// The readiness path, answered whatever the token.
+    Readiness {
+        ready: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +228,13 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         if header(headers, name).is_some() {
             remove.push(name);
         }
+    }
+
+    // The readiness probe: answered here, whatever the token.
+    if let Some(path) = &config.readiness_path
+        && header(headers, ":path").is_some_and(|p| request_path(p) == path.as_bytes())
+    {
+        return readiness(config, installed, remove);
     }
 
     // 2. Who is this?
@@ -317,6 +367,60 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         cache_hit,
         verified_by_host,
         tenant: Some(tenant),
+    }
+}
+
+/// The path of a `:path` value, without its query.
+fn request_path(value: &[u8]) -> &[u8] {
+    match value.iter().position(|b| *b == b'?') {
+        Some(at) => value.get(..at).unwrap_or(value),
+        None => value,
+    }
+}
+
+/// Whether this VM routes by what the sidecar serves: it holds a snapshot
+/// from the sidecar or its persisted copy. Only the fallback (a static
+/// table, stale by construction) is not ready when a sidecar is configured;
+/// without a sidecar the fallback is the configured mapping.
+pub fn is_ready(config: &Config, installed: Option<&Installed>) -> bool {
+    match installed.map(Installed::source) {
+        Some(SnapshotSource::Sidecar | SnapshotSource::Persisted) => true,
+        Some(SnapshotSource::Fallback) => config.sidecar.is_none(),
+        None => false,
+    }
+}
+
+fn readiness<'a>(
+    config: &Config,
+    installed: Option<&Installed>,
+    remove: Vec<&'a str>,
+) -> Decision<'a> {
+    let ready = is_ready(config, installed);
+    let body = serde_json::json!({
+        "ready": ready,
+        "version": installed.map(Installed::version),
+        "source": installed.map(|i| i.source().as_str()),
+    });
+    let (status, details) = if ready {
+        (200, "cell_router_ready")
+    } else {
+        (503, "cell_router_not_ready")
+    };
+    Decision {
+        remove,
+        action: Action::Respond(LocalReply {
+            status,
+            details: details.to_string(),
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body: body.to_string().into_bytes(),
+        }),
+        outcome: Outcome::Readiness { ready },
+        cache_hit: None,
+        verified_by_host: None,
+        tenant: None,
     }
 }
 

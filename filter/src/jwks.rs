@@ -6,7 +6,7 @@
 //! token can never be "verified" with an RSA public key used as an HMAC
 //! secret (algorithm/key-type confusion).
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};

@@ -4,10 +4,15 @@
 //!
 //! The host is behind [`MetricSink`] so the bookkeeping is tested natively.
 
+use crate::subscription::Source;
 use crate::token::Reason;
 use std::collections::HashMap;
 
 pub const PREFIX: &str = "cell_router";
+
+/// Most cells whose metric ids are held at once: as many as a snapshot can
+/// have.
+pub const MAX_TRACKED_CELLS: usize = cell_router_mapping::snapshot::MAX_CELLS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
@@ -43,7 +48,10 @@ pub struct Metrics {
     snapshot_age: Option<u32>,
     fetch_failures: Option<u32>,
     snapshots_refused: Option<u32>,
+    snapshots_too_large: Option<u32>,
     snapshots_applied: Option<u32>,
+    persisted_applied: Option<u32>,
+    persisted_fetch_failures: Option<u32>,
 }
 
 /// Metric names use cell ids; a `.` in an id would add a level to Envoy's
@@ -79,7 +87,10 @@ impl Metrics {
             snapshot_age: sink.define(MetricKind::Gauge, &name(&["snapshot", "age_s"])),
             fetch_failures: counter(sink, &["snapshot", "fetch_failures"]),
             snapshots_refused: counter(sink, &["snapshot", "refused"]),
+            snapshots_too_large: counter(sink, &["snapshot", "refused_too_large"]),
             snapshots_applied: counter(sink, &["snapshot", "applied"]),
+            persisted_applied: counter(sink, &["snapshot", "persisted_applied"]),
+            persisted_fetch_failures: counter(sink, &["snapshot", "persisted_fetch_failures"]),
             ..Metrics::default()
         };
         for reason in Reason::ALL {
@@ -100,6 +111,11 @@ impl Metrics {
         if let Some(ids) = self.cells.get(cell) {
             return *ids;
         }
+        // Cells only come from the snapshot in force, which `retain_cells`
+        // keeps the map to; this only bounds a caller that never calls it.
+        if self.cells.len() >= MAX_TRACKED_CELLS {
+            self.cells.clear();
+        }
         let safe = stat_safe(cell);
         let ids = CellIds {
             routed: sink.define(MetricKind::Counter, &name(&["routed", &safe])),
@@ -108,6 +124,19 @@ impl Metrics {
         };
         self.cells.insert(cell.to_string(), ids);
         ids
+    }
+
+    /// Cells whose metric ids are held.
+    pub fn tracked_cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// A snapshot was put in force: forget the ids of cells it does not
+    /// have, so the map holds at most the cells in force (cells come and go
+    /// across snapshots). Envoy keeps the stat itself: a cell that comes back
+    /// is defined again under the same name and counts on.
+    pub fn retain_cells(&mut self, keep: impl Fn(&str) -> bool) {
+        self.cells.retain(|id, _| keep(id));
     }
 
     pub fn routed(&mut self, sink: &mut dyn MetricSink, cell: &str) {
@@ -149,16 +178,33 @@ impl Metrics {
         );
     }
 
-    pub fn fetch_failed(&self, sink: &mut dyn MetricSink) {
-        Self::bump(sink, self.fetch_failures);
+    pub fn fetch_failed(&self, sink: &mut dyn MetricSink, source: Source) {
+        Self::bump(
+            sink,
+            match source {
+                Source::Sidecar => self.fetch_failures,
+                Source::Persisted => self.persisted_fetch_failures,
+            },
+        );
     }
 
-    pub fn snapshot_refused(&self, sink: &mut dyn MetricSink) {
+    /// A snapshot refused; `too_large`: for its size, before reading it
+    /// (counted in both counters).
+    pub fn snapshot_refused(&self, sink: &mut dyn MetricSink, too_large: bool) {
         Self::bump(sink, self.snapshots_refused);
+        if too_large {
+            Self::bump(sink, self.snapshots_too_large);
+        }
     }
 
-    pub fn snapshot_applied(&self, sink: &mut dyn MetricSink) {
-        Self::bump(sink, self.snapshots_applied);
+    pub fn snapshot_applied(&self, sink: &mut dyn MetricSink, source: Source) {
+        Self::bump(
+            sink,
+            match source {
+                Source::Sidecar => self.snapshots_applied,
+                Source::Persisted => self.persisted_applied,
+            },
+        );
     }
 
     pub fn gauges(&self, sink: &mut dyn MetricSink, version: u64, age_s: u64) {
@@ -183,7 +229,10 @@ pub fn fixed_names() -> Vec<String> {
         name(&["snapshot", "age_s"]),
         name(&["snapshot", "fetch_failures"]),
         name(&["snapshot", "refused"]),
+        name(&["snapshot", "refused_too_large"]),
         name(&["snapshot", "applied"]),
+        name(&["snapshot", "persisted_applied"]),
+        name(&["snapshot", "persisted_fetch_failures"]),
     ];
     names.extend(
         Reason::ALL

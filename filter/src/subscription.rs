@@ -8,6 +8,9 @@
 //! the sidecar has at once.
 
 use cell_router_mapping::{PathError, Snapshot};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 /// `sidecar` in the plugin config.
@@ -31,11 +34,38 @@ pub struct SidecarConfig {
     /// Shortest time between the starts of two fetches, so a sidecar that
     /// answers at once (no long-poll) is not hammered in a loop.
     pub min_fetch_interval_ms: u64,
+    /// Largest snapshot body read into the VM; a larger answer is refused
+    /// before its body is read.
+    pub max_snapshot_bytes: usize,
+    /// A second source: the sidecar's last accepted snapshot as persisted on
+    /// disk and served by Envoy itself (a `direct_response` from the file).
+    pub persisted: Option<PersistedConfig>,
 }
 
-/// A request to dispatch to the sidecar cluster.
+/// `sidecar.persisted` in the plugin config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistedConfig {
+    /// Envoy cluster that answers with the persisted snapshot.
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+/// Where a snapshot is fetched from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The sidecar (`cellmap serve`), long-polled: the primary source.
+    Sidecar,
+    /// The sidecar's persisted copy, served by Envoy from a file: asked while
+    /// the VM holds nothing from the sidecar and the sidecar is failing.
+    Persisted,
+}
+
+/// A request to dispatch to a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchRequest {
+    pub source: Source,
     pub cluster: String,
     pub headers: Vec<(&'static str, String)>,
     pub timeout: Duration,
@@ -50,26 +80,69 @@ impl FetchRequest {
     }
 }
 
-/// The sidecar's answer, as far as the host reported it. A failed or timed
-/// out call has no status.
+/// The body of an answer, as far as the VM read it.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    Read(&'a [u8]),
+    /// Larger than `max_snapshot_bytes`: not read (this many bytes).
+    TooLarge(usize),
+    /// The host did not hand it over.
+    Unreadable,
+}
+
+/// What to do with an answer's body before reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyPlan {
+    /// Read it whole.
+    Read,
+    /// Not needed (not a 200).
+    Skip,
+    /// Larger than `max_snapshot_bytes`: do not read it.
+    TooLarge,
+}
+
+/// An answer, as far as the host reported it. A failed or timed out call
+/// has no status.
 #[derive(Clone, Copy, Debug)]
 pub struct FetchResponse<'a> {
     pub status: Option<u16>,
-    pub body: &'a [u8],
+    /// The `etag` header, if any (the sidecar sends `"<version>"`).
+    pub etag: Option<&'a [u8]>,
+    pub body: Body<'a>,
 }
 
-/// What a response means for the filter.
+impl<'a> FetchResponse<'a> {
+    /// An answer with this status and body, no ETag.
+    pub fn new(status: Option<u16>, body: &'a [u8]) -> Self {
+        FetchResponse {
+            status,
+            etag: None,
+            body: Body::Read(body),
+        }
+    }
+}
+
+/// What an answer means for the filter.
 #[derive(Debug)]
 pub enum FetchOutcome {
-    /// A valid, newer snapshot: install it for new requests.
-    Applied(Box<Snapshot>),
+    /// A valid, newer snapshot: install it for new requests, then report
+    /// [`Subscription::installed`].
+    Applied {
+        snapshot: Box<Snapshot>,
+        source: Source,
+    },
     /// 304: nothing newer.
     Unchanged,
     /// A 200 whose snapshot was refused; the last good one stays.
-    Refused(PathError),
+    Refused {
+        source: Source,
+        error: PathError,
+        /// Refused for its size, before reading it.
+        too_large: bool,
+    },
     /// Transport error, timeout, or an unexpected status.
-    Failed(String),
-    /// A response to a request this subscription did not make (or forgot
+    Failed { source: Source, why: String },
+    /// An answer to a request this subscription did not make (or forgot
     /// after a timeout); ignored.
     Stale,
 }
@@ -86,19 +159,80 @@ enum State {
     },
 }
 
+/// The persisted copy's part of the subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PersistedState {
+    /// Asked, from `not_before_ms` on, while the VM holds nothing from the
+    /// sidecar and the sidecar is failing.
+    Wanted {
+        not_before_ms: u64,
+    },
+    InFlight {
+        token: u32,
+        since_ms: u64,
+    },
+    /// It answered with a snapshot, taken or not: its content only changes
+    /// when Envoy reloads the file, so it is not asked again.
+    Done,
+}
+
 /// Grace beyond the request timeout before a call the host never answered is
 /// given up on.
 const LOST_CALL_GRACE_MS: u64 = 5_000;
 
+/// The host clock (wall time, which NTP may step) made monotonic: a step
+/// back makes time stand still instead of running backwards, so deadlines
+/// set before it do not wait for the clock to catch up.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    last_wall_ms: u64,
+    offset_ms: u64,
+}
+
+impl Clock {
+    fn new(now_ms: u64) -> Self {
+        Clock {
+            last_wall_ms: now_ms,
+            offset_ms: 0,
+        }
+    }
+
+    /// Monotonic milliseconds for a wall-clock reading.
+    fn now(&mut self, wall_ms: u64) -> u64 {
+        if wall_ms < self.last_wall_ms {
+            self.offset_ms = self.offset_ms.saturating_add(self.last_wall_ms - wall_ms);
+        }
+        self.last_wall_ms = wall_ms;
+        wall_ms.saturating_add(self.offset_ms)
+    }
+
+    /// [`Clock::now`] without recording the reading.
+    fn peek(&self, wall_ms: u64) -> u64 {
+        wall_ms
+            .max(self.last_wall_ms)
+            .saturating_add(self.offset_ms)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Subscription {
     config: SidecarConfig,
+    clock: Clock,
     state: State,
-    /// Consecutive failures, for the backoff.
+    /// Consecutive sidecar failures, for the backoff.
     failures: u32,
-    /// Version of the last snapshot taken from the sidecar. The fallback
-    /// snapshot does not count: any valid sidecar snapshot replaces it.
+    persisted: PersistedState,
+    /// Consecutive failures of the persisted copy, for its own backoff.
+    persisted_failures: u32,
+    /// Version of the last snapshot the root context put in force from the
+    /// sidecar ([`Subscription::installed`]), never one merely received. The
+    /// fallback snapshot does not count: any valid sidecar snapshot
+    /// replaces it.
     version: Option<u64>,
+    /// The highest version the sidecar offered and the VM refused (from the
+    /// ETag, else the body): asked past, so the same refused body is not
+    /// downloaded again and again.
+    refused: Option<u64>,
     started_ms: u64,
     last_contact_ms: Option<u64>,
     last_start_ms: Option<u64>,
@@ -110,11 +244,17 @@ impl Subscription {
     pub fn new(config: SidecarConfig, now_ms: u64, seed: u64) -> Self {
         Subscription {
             config,
+            clock: Clock::new(now_ms),
             state: State::Idle {
                 not_before_ms: now_ms,
             },
             failures: 0,
+            persisted: PersistedState::Wanted {
+                not_before_ms: now_ms,
+            },
+            persisted_failures: 0,
             version: None,
+            refused: None,
             started_ms: now_ms,
             last_contact_ms: None,
             last_start_ms: None,
@@ -127,13 +267,21 @@ impl Subscription {
         &self.config
     }
 
-    /// Version of the last snapshot applied from the sidecar.
+    /// Version of the last snapshot installed from the sidecar.
     pub fn version(&self) -> Option<u64> {
         self.version
     }
 
     pub fn in_flight(&self) -> bool {
         matches!(self.state, State::InFlight { .. })
+    }
+
+    /// Consecutive failures of `source`.
+    pub fn failures_of(&self, source: Source) -> u32 {
+        match source {
+            Source::Sidecar => self.failures,
+            Source::Persisted => self.persisted_failures,
+        }
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -151,13 +299,16 @@ impl Subscription {
     /// Seconds since the last successful contact (200 or 304), or since the
     /// start when there was none yet.
     pub fn age_s(&self, now_ms: u64) -> u64 {
+        let now_ms = self.clock.peek(now_ms);
         now_ms.saturating_sub(self.last_contact_ms.unwrap_or(self.started_ms)) / 1000
     }
 
     /// The request to send now, if one is due. Call on every tick and after
-    /// every response; then report [`Subscription::dispatched`] or
-    /// [`Subscription::dispatch_failed`].
+    /// every response, until it answers `None` (the sidecar's and the
+    /// persisted copy's may both be due); report each with
+    /// [`Subscription::dispatched`] or [`Subscription::dispatch_failed`].
     pub fn poll(&mut self, now_ms: u64) -> Option<FetchRequest> {
+        let now_ms = self.clock.now(now_ms);
         match self.state {
             State::InFlight { since_ms, .. } => {
                 // The host always answers (Envoy enforces the timeout); this
@@ -165,16 +316,55 @@ impl Subscription {
                 if now_ms.saturating_sub(since_ms) > self.config.timeout_ms + LOST_CALL_GRACE_MS {
                     self.fail(now_ms);
                 }
+            }
+            State::Idle { not_before_ms } if now_ms >= not_before_ms => {
+                return Some(self.request());
+            }
+            State::Idle { .. } => {}
+        }
+        self.poll_persisted(now_ms)
+    }
+
+    /// The persisted copy's request, if it is wanted and due: the VM holds
+    /// nothing from the sidecar, and the sidecar's last answer was a failure.
+    fn poll_persisted(&mut self, now_ms: u64) -> Option<FetchRequest> {
+        let config = self.config.persisted.as_ref()?;
+        match self.persisted {
+            PersistedState::InFlight { since_ms, .. } => {
+                if now_ms.saturating_sub(since_ms) > config.timeout_ms + LOST_CALL_GRACE_MS {
+                    self.persisted_fail(now_ms);
+                }
                 None
             }
-            State::Idle { not_before_ms } if now_ms >= not_before_ms => Some(self.request()),
-            State::Idle { .. } => None,
+            PersistedState::Wanted { not_before_ms }
+                if now_ms >= not_before_ms && self.version.is_none() && self.failures > 0 =>
+            {
+                Some(FetchRequest {
+                    source: Source::Persisted,
+                    cluster: config.cluster.clone(),
+                    headers: vec![
+                        (":method", "GET".to_string()),
+                        (":path", config.path.clone()),
+                        (":authority", config.authority.clone()),
+                        ("accept", "application/json".to_string()),
+                    ],
+                    timeout: Duration::from_millis(config.timeout_ms),
+                })
+            }
+            PersistedState::Wanted { .. } | PersistedState::Done => None,
         }
+    }
+
+    /// What the sidecar is asked for newer than: the version installed, or
+    /// a newer one it offered and the VM refused.
+    fn after(&self) -> Option<u64> {
+        self.version.max(self.refused)
     }
 
     /// The request for the version held now.
     pub fn request(&self) -> FetchRequest {
-        let after = self.version.unwrap_or(0);
+        let held = self.after();
+        let after = held.unwrap_or(0);
         let mut headers = vec![
             (":method", "GET".to_string()),
             (
@@ -187,10 +377,11 @@ impl Subscription {
             (":authority", self.config.authority.clone()),
             ("accept", "application/json".to_string()),
         ];
-        if let Some(version) = self.version {
+        if let Some(version) = held {
             headers.push(("if-none-match", format!("\"{version}\"")));
         }
         FetchRequest {
+            source: Source::Sidecar,
             cluster: self.config.cluster.clone(),
             headers,
             timeout: Duration::from_millis(self.config.timeout_ms),
@@ -198,18 +389,47 @@ impl Subscription {
     }
 
     /// The host accepted the call.
-    pub fn dispatched(&mut self, token: u32, now_ms: u64) {
-        self.state = State::InFlight {
-            token,
-            since_ms: now_ms,
-        };
-        self.last_start_ms = Some(now_ms);
+    pub fn dispatched(&mut self, source: Source, token: u32, now_ms: u64) {
+        let now_ms = self.clock.now(now_ms);
+        match source {
+            Source::Sidecar => {
+                self.state = State::InFlight {
+                    token,
+                    since_ms: now_ms,
+                };
+                self.last_start_ms = Some(now_ms);
+            }
+            Source::Persisted => {
+                self.persisted = PersistedState::InFlight {
+                    token,
+                    since_ms: now_ms,
+                };
+            }
+        }
     }
 
     /// The host refused the call (e.g. unknown cluster): back off.
-    pub fn dispatch_failed(&mut self, now_ms: u64) {
-        self.last_start_ms = Some(now_ms);
-        self.fail(now_ms);
+    pub fn dispatch_failed(&mut self, source: Source, now_ms: u64) {
+        let now_ms = self.clock.now(now_ms);
+        match source {
+            Source::Sidecar => {
+                self.last_start_ms = Some(now_ms);
+                self.fail(now_ms);
+            }
+            Source::Persisted => self.persisted_fail(now_ms),
+        }
+    }
+
+    /// What to do with the body of an answer with this status and size,
+    /// before reading it.
+    pub fn body_plan(&self, status: Option<u16>, body_size: usize) -> BodyPlan {
+        if status != Some(200) {
+            BodyPlan::Skip
+        } else if body_size > self.config.max_snapshot_bytes {
+            BodyPlan::TooLarge
+        } else {
+            BodyPlan::Read
+        }
     }
 
     /// Handles the answer to call `token`.
@@ -219,40 +439,174 @@ impl Subscription {
         now_ms: u64,
         response: FetchResponse<'_>,
     ) -> FetchOutcome {
+        let now_ms = self.clock.now(now_ms);
+        if matches!(self.persisted, PersistedState::InFlight { token: t, .. } if t == token) {
+            return self.on_persisted_response(now_ms, response);
+        }
         match self.state {
             State::InFlight {
                 token: expected, ..
             } if expected == token => {}
             _ => return FetchOutcome::Stale,
         }
+        let source = Source::Sidecar;
         match response.status {
-            Some(200) => match Snapshot::parse_newer(response.body, self.version) {
-                Ok(snapshot) => {
-                    self.version = Some(snapshot.version());
-                    self.succeed(now_ms);
-                    FetchOutcome::Applied(Box::new(snapshot))
+            Some(200) => {
+                let body = match response.body {
+                    Body::Read(body) => body,
+                    Body::TooLarge(size) => {
+                        self.remember_refused(response.etag.and_then(etag_version));
+                        self.fail(now_ms);
+                        return FetchOutcome::Refused {
+                            source,
+                            error: self.too_large(size),
+                            too_large: true,
+                        };
+                    }
+                    Body::Unreadable => {
+                        self.fail(now_ms);
+                        return FetchOutcome::Failed {
+                            source,
+                            why: "the host did not hand over the response body".to_string(),
+                        };
+                    }
+                };
+                match Snapshot::parse_newer(body, self.version) {
+                    Ok(snapshot) => {
+                        // Recorded once installed, not before: a snapshot
+                        // dropped on the way must be asked for again.
+                        self.succeed(now_ms);
+                        FetchOutcome::Applied {
+                            snapshot: Box::new(snapshot),
+                            source,
+                        }
+                    }
+                    Err(error) => {
+                        // The sidecar keeps serving what we refused: ask past
+                        // its version when known, and back off (asking again
+                        // at once could only loop). Not a successful contact
+                        // either: what we serve is getting older.
+                        self.remember_refused(
+                            response
+                                .etag
+                                .and_then(etag_version)
+                                .or_else(|| claimed_version(body)),
+                        );
+                        self.fail(now_ms);
+                        FetchOutcome::Refused {
+                            source,
+                            error,
+                            too_large: false,
+                        }
+                    }
                 }
-                Err(err) => {
-                    // The sidecar keeps serving what we refused; asking again
-                    // at once would only loop. Not a successful contact either:
-                    // what we serve is getting older.
-                    self.fail(now_ms);
-                    FetchOutcome::Refused(err)
-                }
-            },
+            }
             Some(304) => {
                 self.succeed(now_ms);
                 FetchOutcome::Unchanged
             }
             Some(status) => {
                 self.fail(now_ms);
-                FetchOutcome::Failed(format!("sidecar answered HTTP {status}"))
+                FetchOutcome::Failed {
+                    source,
+                    why: format!("sidecar answered HTTP {status}"),
+                }
             }
             None => {
                 self.fail(now_ms);
-                FetchOutcome::Failed("no response (connection failure or timeout)".to_string())
+                FetchOutcome::Failed {
+                    source,
+                    why: "no response (connection failure or timeout)".to_string(),
+                }
             }
         }
+    }
+
+    /// The persisted copy's answer. It is taken only if newer than what the
+    /// VM holds from the sidecar (the inline fallback does not count).
+    fn on_persisted_response(&mut self, now_ms: u64, response: FetchResponse<'_>) -> FetchOutcome {
+        let source = Source::Persisted;
+        match response.status {
+            Some(200) => {
+                let body = match response.body {
+                    Body::Read(body) => body,
+                    Body::TooLarge(size) => {
+                        self.persisted = PersistedState::Done;
+                        return FetchOutcome::Refused {
+                            source,
+                            error: self.too_large(size),
+                            too_large: true,
+                        };
+                    }
+                    Body::Unreadable => {
+                        self.persisted_fail(now_ms);
+                        return FetchOutcome::Failed {
+                            source,
+                            why: "the host did not hand over the response body".to_string(),
+                        };
+                    }
+                };
+                self.persisted = PersistedState::Done;
+                match Snapshot::parse(body) {
+                    Err(error) => FetchOutcome::Refused {
+                        source,
+                        error,
+                        too_large: false,
+                    },
+                    // The sidecar answered meanwhile.
+                    Ok(snapshot) if self.version.is_some_and(|held| snapshot.version() <= held) => {
+                        FetchOutcome::Unchanged
+                    }
+                    Ok(snapshot) => FetchOutcome::Applied {
+                        snapshot: Box::new(snapshot),
+                        source,
+                    },
+                }
+            }
+            Some(status) => {
+                self.persisted_fail(now_ms);
+                FetchOutcome::Failed {
+                    source,
+                    why: format!("the persisted copy answered HTTP {status}"),
+                }
+            }
+            None => {
+                self.persisted_fail(now_ms);
+                FetchOutcome::Failed {
+                    source,
+                    why: "no response (connection failure or timeout)".to_string(),
+                }
+            }
+        }
+    }
+
+    fn too_large(&self, size: usize) -> PathError {
+        PathError::new(
+            "$",
+            format!(
+                "the snapshot is {size} bytes, more than sidecar.max_snapshot_bytes = {}; not read",
+                self.config.max_snapshot_bytes
+            ),
+        )
+    }
+
+    fn persisted_fail(&mut self, now_ms: u64) {
+        self.persisted_failures = self.persisted_failures.saturating_add(1);
+        let delay = self.backoff_ms(self.persisted_failures);
+        self.persisted = PersistedState::Wanted {
+            not_before_ms: now_ms.saturating_add(delay),
+        };
+    }
+
+    /// The snapshot of an [`FetchOutcome::Applied`] is in force: from now on
+    /// the subscription asks for newer than `version`.
+    pub fn installed(&mut self, version: u64, now_ms: u64) {
+        self.clock.now(now_ms);
+        self.version = Some(self.version.map_or(version, |held| held.max(version)));
+    }
+
+    fn remember_refused(&mut self, version: Option<u64>) {
+        self.refused = self.refused.max(version);
     }
 
     fn succeed(&mut self, now_ms: u64) {
@@ -268,15 +622,15 @@ impl Subscription {
 
     fn fail(&mut self, now_ms: u64) {
         self.failures = self.failures.saturating_add(1);
-        let delay = self.backoff_ms();
+        let delay = self.backoff_ms(self.failures);
         self.state = State::Idle {
-            not_before_ms: now_ms + delay,
+            not_before_ms: now_ms.saturating_add(delay),
         };
     }
 
     /// Exponential backoff with jitter in [d/2, d], d = min(max, min·2^(n-1)).
-    fn backoff_ms(&mut self) -> u64 {
-        let exponent = self.failures.saturating_sub(1).min(32);
+    fn backoff_ms(&mut self, failures: u32) -> u64 {
+        let exponent = failures.saturating_sub(1).min(32);
         let full = self
             .config
             .retry_min_ms
@@ -295,4 +649,48 @@ impl Subscription {
         self.rng = x;
         x
     }
+}
+
+/// The version an ETag names: `"42"` or `W/"42"` (what `cellmap serve`
+/// sends); anything else names none.
+fn etag_version(etag: &[u8]) -> Option<u64> {
+    let etag = std::str::from_utf8(etag).ok()?.trim();
+    let etag = etag.strip_prefix("W/").unwrap_or(etag);
+    let digits = etag.strip_prefix('"')?.strip_suffix('"')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The top-level `version` of a refused body, if the body is a JSON object
+/// that has exactly one. Skims the document without building it (a refused
+/// body may be tens of megabytes).
+fn claimed_version(body: &[u8]) -> Option<u64> {
+    struct Claimed;
+
+    impl<'de> Visitor<'de> for Claimed {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a snapshot object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+            let mut version = None;
+            let mut twice = false;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "version" {
+                    twice |= version.is_some();
+                    version = Some(map.next_value::<u64>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(if twice { None } else { version })
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(Claimed).ok().flatten()
 }

@@ -7,13 +7,14 @@
 //! into a [`Rejection`] with the status Envoy's `jwt_authn` would use.
 
 use crate::config::{ClaimPath, JwtSettings, STRING_REGISTERED_CLAIMS, TokenSource};
-use crate::host_verify::{HostVerdict, NoHost, SignatureHost, ecdsa_jws_to_der};
+use crate::envoy_verify::{HostVerdict, NoHost, SignatureHost, ecdsa_jws_to_der};
+use crate::json;
 use crate::jwks::Algorithm;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jwt_simple::JWTError;
 use jwt_simple::prelude::*;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::Deserializer;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
@@ -306,15 +307,48 @@ pub struct Verified {
     pub by_host: bool,
 }
 
-/// The JOSE header members the filter looks at. Unknown members are ignored;
+/// The JOSE header members the filter looks at, read from a JSON object
+/// (never an array) without duplicate members. Unknown members are ignored;
 /// `jku`, `x5u`, `jwk` and `x5c` are never used to find a key.
-#[derive(serde::Deserialize)]
 struct JoseHeader {
     alg: String,
-    #[serde(default)]
     kid: Option<String>,
-    #[serde(default)]
-    crit: Option<Value>,
+    /// Any `crit` member: no extension is understood.
+    crit: bool,
+}
+
+impl JoseHeader {
+    fn parse(json: &[u8]) -> Result<JoseHeader, Rejection> {
+        let malformed = |why: String| Rejection::new(Reason::Malformed, why);
+        let mut header = json::parse_object(json)
+            .map_err(|e| malformed(format!("the header is not valid: {e}")))?;
+        let alg = match header.remove("alg") {
+            Some(Value::String(alg)) => alg,
+            Some(other) => {
+                return Err(malformed(format!(
+                    "the header's alg must be a string, not {}",
+                    json::kind(&other)
+                )));
+            }
+            None => return Err(malformed("the header has no alg".to_string())),
+        };
+        // RFC 7515 §4.1.4: a string when present (jwt_authn refuses null too).
+        let kid = match header.remove("kid") {
+            Some(Value::String(kid)) => Some(kid),
+            Some(other) => {
+                return Err(malformed(format!(
+                    "the header's kid must be a string, not {}",
+                    json::kind(&other)
+                )));
+            }
+            None => None,
+        };
+        Ok(JoseHeader {
+            alg,
+            kid,
+            crit: header.contains_key("crit"),
+        })
+    }
 }
 
 /// Claims beyond the registered ones, with duplicate names refused at every
@@ -325,73 +359,34 @@ pub struct ExtraClaims(pub Map<String, Value>);
 
 impl<'de> serde::Deserialize<'de> for ExtraClaims {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match deserializer.deserialize_map(UniqueVisitor)? {
-            Value::Object(map) => Ok(ExtraClaims(map)),
-            _ => Err(de::Error::custom("claims must be an object")),
-        }
+        json::object_map(deserializer).map(ExtraClaims)
     }
 }
 
-struct UniqueValue(Value);
+/// Registered claims holding a time (NumericDate).
+const TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
 
-impl<'de> serde::Deserialize<'de> for UniqueValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueVisitor).map(UniqueValue)
-    }
-}
-
-struct UniqueVisitor;
-
-impl<'de> Visitor<'de> for UniqueVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(UniqueVisitor)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(UniqueValue(v)) = seq.next_element()? {
-            out.push(v);
+/// The claims set before any signature work: a JSON object without
+/// duplicate names whose `exp`, `nbf` and `iat` are integers that fit in 64
+/// bits (as Envoy's `jwt_authn` reads them: `1e308`, `1.5` or `-1` would
+/// otherwise be saturated or truncated into some time).
+fn check_claims(claims_b64: &str) -> Result<(), Rejection> {
+    let malformed = |why: String| Rejection::new(Reason::Malformed, why);
+    let bytes = URL_SAFE_NO_PAD
+        .decode(claims_b64)
+        .map_err(|_| malformed("the claims are not base64url".to_string()))?;
+    let claims = json::parse_object(&bytes)
+        .map_err(|e| malformed(format!("the claims are not valid: {e}")))?;
+    for name in TIME_CLAIMS {
+        if let Some(value) = claims.get(name)
+            && !value.is_u64()
+        {
+            return Err(malformed(format!(
+                "{name} must be an integer number of seconds from 0 to 2^64 - 1"
+            )));
         }
-        Ok(Value::Array(out))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let UniqueValue(value) = map.next_value()?;
-            if out.insert(key.clone(), value).is_some() {
-                return Err(de::Error::custom(format!("duplicate claim {key:?}")));
-            }
-        }
-        Ok(Value::Object(out))
-    }
+    Ok(())
 }
 
 fn is_b64url_or_dot(b: u8) -> bool {
@@ -449,8 +444,7 @@ pub fn verify_with(
     let header_json = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| Rejection::new(Reason::Malformed, "the header is not base64url"))?;
-    let header: JoseHeader = serde_json::from_slice(&header_json)
-        .map_err(|e| Rejection::new(Reason::Malformed, format!("the header is not valid: {e}")))?;
+    let header = JoseHeader::parse(&header_json)?;
 
     if header.alg.eq_ignore_ascii_case("none") {
         return Err(Rejection::new(
@@ -466,7 +460,7 @@ pub fn verify_with(
                 format!("algorithm {:?} is not allowed", truncate(&header.alg)),
             )
         })?;
-    if header.crit.is_some() {
+    if header.crit {
         return Err(Rejection::new(
             Reason::UnsupportedCrit,
             "the header lists critical extensions (crit) this filter does not understand",
@@ -479,6 +473,7 @@ pub fn verify_with(
             "not a compact JWS (a part is empty)",
         ));
     }
+    check_claims(claims_b64)?;
 
     let kid = header.kid.as_deref();
     let candidates: Vec<_> = settings.keys.candidates(alg, kid).collect();

@@ -68,6 +68,9 @@ fn defaults_are_applied() {
     assert_eq!(sidecar.timeout_ms, 35_000);
     assert_eq!(sidecar.retry_min_ms, 200);
     assert_eq!(sidecar.retry_max_ms, 5000);
+    assert_eq!(sidecar.max_snapshot_bytes, 64 << 20);
+    assert_eq!(sidecar.persisted, None);
+    assert_eq!(config.readiness_path.as_deref(), Some("/cell-router/ready"));
     assert_eq!(config.fallback_snapshot.as_ref().unwrap().version(), 1);
 }
 
@@ -91,8 +94,13 @@ fn every_field_can_be_set() {
         "sidecar": {
             "cluster": "sidecar", "authority": "cellmap.local:9901", "path": "/v1/snapshot",
             "long_poll_s": 10, "timeout_ms": 12000, "retry_min_ms": 50, "retry_max_ms": 800,
-            "tick_ms": 250, "min_fetch_interval_ms": 20
-        }
+            "tick_ms": 250, "min_fetch_interval_ms": 20, "max_snapshot_bytes": 1048576,
+            "persisted": {
+                "cluster": "cellmap_persisted", "authority": "persisted.local", "path": "/persisted",
+                "timeout_ms": 2000
+            }
+        },
+        "readiness_path": "/ready"
     });
     let config = config(&value);
     let jwt = config.jwt().unwrap();
@@ -113,6 +121,13 @@ fn every_field_can_be_set() {
     assert_eq!(sidecar.authority, "cellmap.local:9901");
     assert_eq!(sidecar.timeout_ms, 12000);
     assert_eq!(sidecar.tick_ms, 250);
+    assert_eq!(sidecar.max_snapshot_bytes, 1 << 20);
+    let persisted = sidecar.persisted.unwrap();
+    assert_eq!(persisted.cluster, "cellmap_persisted");
+    assert_eq!(persisted.authority, "persisted.local");
+    assert_eq!(persisted.path, "/persisted");
+    assert_eq!(persisted.timeout_ms, 2000);
+    assert_eq!(config.readiness_path.as_deref(), Some("/ready"));
     assert!(config.fallback_snapshot.is_none());
 }
 
@@ -143,6 +158,74 @@ fn cases() -> Vec<(Value, &'static str, &'static str)> {
             ),
             "sidecar.retries",
             "unknown field `retries`",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "max_snapshot_bytes": 1023}),
+            ),
+            "sidecar.max_snapshot_bytes",
+            "between 1024 and 1073741824",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "max_snapshot_bytes": 2_000_000_000u64}),
+            ),
+            "sidecar.max_snapshot_bytes",
+            "between 1024 and 1073741824",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "persisted": {"path": "/p"}}),
+            ),
+            "sidecar.persisted",
+            "missing field `cluster`",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "persisted": {"cluster": ""}}),
+            ),
+            "sidecar.persisted.cluster",
+            "non-empty",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "persisted": {"cluster": "p", "path": "snapshot"}}),
+            ),
+            "sidecar.persisted.path",
+            "must start with '/'",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "persisted": {"cluster": "p", "timeout_ms": 50}}),
+            ),
+            "sidecar.persisted.timeout_ms",
+            "between 100 and 600000",
+        ),
+        (
+            with(
+                base.clone(),
+                "/sidecar",
+                json!({"cluster": "s", "persisted": {"cluster": "p", "url": "/x"}}),
+            ),
+            "sidecar.persisted.url",
+            "unknown field `url`",
+        ),
+        (
+            set(base.clone(), "readiness_path", json!("ready")),
+            "readiness_path",
+            "must start with '/'",
         ),
         (
             set(base.clone(), "issuers", json!([ISSUER, ""])),

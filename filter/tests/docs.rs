@@ -87,6 +87,15 @@ fn schema_names_exactly_the_accepted_fields() {
         schema_fields(&schema, "/properties/sidecar/properties"),
         accepted_fields(r#"{"sidecar": {"cluster": "c", "zzz": 1}}"#)
     );
+    assert_eq!(
+        schema_fields(
+            &schema,
+            "/properties/sidecar/properties/persisted/properties"
+        ),
+        accepted_fields(
+            r#"{"sidecar": {"cluster": "c", "persisted": {"cluster": "p", "zzz": 1}}}"#
+        )
+    );
     let algorithms: BTreeSet<String> = schema["$defs"]["algorithm"]["enum"]
         .as_array()
         .unwrap()
@@ -156,4 +165,25 @@ fn schema_defaults_match_the_code() {
     assert_eq!(sd("retry_max_ms"), sidecar.retry_max_ms);
     assert_eq!(sd("tick_ms"), sidecar.tick_ms);
     assert_eq!(sd("min_fetch_interval_ms"), sidecar.min_fetch_interval_ms);
+    assert_eq!(sd("max_snapshot_bytes"), sidecar.max_snapshot_bytes);
+    assert_eq!(
+        default("/properties/readiness_path"),
+        config.readiness_path.as_deref().unwrap()
+    );
+    let persisted = Config::from_json(
+        br#"{"trust_header": "x-t", "sidecar": {"cluster": "c", "persisted": {"cluster": "p"}}}"#,
+    )
+    .unwrap()
+    .sidecar
+    .unwrap()
+    .persisted
+    .unwrap();
+    let pd = |field: &str| {
+        default(&format!(
+            "/properties/sidecar/properties/persisted/properties/{field}"
+        ))
+    };
+    assert_eq!(pd("authority"), persisted.authority.as_str());
+    assert_eq!(pd("path"), persisted.path.as_str());
+    assert_eq!(pd("timeout_ms"), persisted.timeout_ms);
 }

@@ -12,6 +12,7 @@ mod common;
 
 use cell_router_filter::decide::Outcome;
 use cell_router_filter::metrics::{MetricKind, MetricSink, Metrics, fixed_names, stat_safe};
+use cell_router_filter::subscription::Source;
 use cell_router_filter::token::Reason;
 use common::*;
 use std::collections::HashMap;
@@ -89,6 +90,7 @@ fn decisions_are_counted_per_cell_and_reason() {
             Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
             Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
             Outcome::Rejected(reason) => metrics.rejected(&mut sink, reason),
+            Outcome::Readiness { .. } => {}
         }
     }
     assert_eq!(sink.value("cell_router.routed.b"), 2);
@@ -103,10 +105,10 @@ fn decisions_are_counted_per_cell_and_reason() {
     metrics.gauges(&mut sink, 17, 4);
     assert_eq!(sink.value("cell_router.snapshot.version"), 17);
     assert_eq!(sink.value("cell_router.snapshot.age_s"), 4);
-    metrics.snapshot_applied(&mut sink);
-    metrics.snapshot_refused(&mut sink);
-    metrics.fetch_failed(&mut sink);
-    metrics.fetch_failed(&mut sink);
+    metrics.snapshot_applied(&mut sink, Source::Sidecar);
+    metrics.snapshot_refused(&mut sink, false);
+    metrics.fetch_failed(&mut sink, Source::Sidecar);
+    metrics.fetch_failed(&mut sink, Source::Sidecar);
     assert_eq!(sink.value("cell_router.snapshot.applied"), 1);
     assert_eq!(sink.value("cell_router.snapshot.refused"), 1);
     assert_eq!(sink.value("cell_router.snapshot.fetch_failures"), 2);
@@ -120,4 +122,68 @@ fn cell_ids_are_made_stat_safe() {
     metrics.routed(&mut sink, "eu.1");
     metrics.routed(&mut sink, "eu.1");
     assert_eq!(sink.value("cell_router.routed.eu_1"), 2);
+}
+
+#[test]
+fn oversized_snapshots_are_counted_apart() {
+    let mut sink = Recorder::default();
+    let metrics = Metrics::define(&mut sink);
+    metrics.snapshot_refused(&mut sink, true);
+    metrics.snapshot_refused(&mut sink, false);
+    assert_eq!(sink.value("cell_router.snapshot.refused"), 2);
+    assert_eq!(sink.value("cell_router.snapshot.refused_too_large"), 1);
+    assert!(fixed_names().contains(&"cell_router.snapshot.refused_too_large".to_string()));
+}
+
+#[test]
+fn cell_metrics_follow_the_installed_snapshot() {
+    let mut sink = Recorder::default();
+    let mut metrics = Metrics::define(&mut sink);
+    // Cells come and go across 200 snapshots of 5 cells each.
+    for round in 0..200 {
+        let cells: Vec<String> = (0..5).map(|i| format!("cell-{round}-{i}")).collect();
+        metrics.retain_cells(|id| cells.iter().any(|c| c == id));
+        for cell in &cells {
+            metrics.routed(&mut sink, cell);
+            metrics.shed(&mut sink, cell);
+        }
+        assert!(
+            metrics.tracked_cells() <= cells.len(),
+            "round {round}: {} cells tracked",
+            metrics.tracked_cells()
+        );
+    }
+    // A cell that disappears and comes back counts on in the same stat.
+    metrics.retain_cells(|id| id == "cell-a");
+    metrics.routed(&mut sink, "cell-a");
+    metrics.routed(&mut sink, "cell-a");
+    metrics.retain_cells(|_| false);
+    assert_eq!(metrics.tracked_cells(), 0);
+    metrics.retain_cells(|id| id == "cell-a");
+    metrics.routed(&mut sink, "cell-a");
+    assert_eq!(sink.value("cell_router.routed.cell-a"), 3);
+    assert_eq!(sink.value("cell_router.routed.cell-0-0"), 1);
+}
+
+#[test]
+fn the_persisted_copy_is_counted_apart() {
+    let mut sink = Recorder::default();
+    let metrics = Metrics::define(&mut sink);
+    metrics.snapshot_applied(&mut sink, Source::Persisted);
+    metrics.fetch_failed(&mut sink, Source::Persisted);
+    metrics.fetch_failed(&mut sink, Source::Persisted);
+    assert_eq!(sink.value("cell_router.snapshot.persisted_applied"), 1);
+    assert_eq!(
+        sink.value("cell_router.snapshot.persisted_fetch_failures"),
+        2
+    );
+    // The sidecar's own counters say nothing about it.
+    assert_eq!(sink.value("cell_router.snapshot.applied"), 0);
+    assert_eq!(sink.value("cell_router.snapshot.fetch_failures"), 0);
+    for name in [
+        "cell_router.snapshot.persisted_applied",
+        "cell_router.snapshot.persisted_fetch_failures",
+    ] {
+        assert!(fixed_names().contains(&name.to_string()), "{name}");
+    }
 }

@@ -10,7 +10,10 @@
 
 mod common;
 
-use cell_router_filter::subscription::{FetchOutcome, FetchResponse, SidecarConfig, Subscription};
+use cell_router_filter::subscription::{
+    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, PersistedConfig, SidecarConfig,
+    Source, Subscription,
+};
 use common::*;
 
 fn sidecar() -> SidecarConfig {
@@ -24,6 +27,8 @@ fn sidecar() -> SidecarConfig {
         retry_max_ms: 5_000,
         tick_ms: 100,
         min_fetch_interval_ms: 100,
+        max_snapshot_bytes: 64 << 20,
+        persisted: None,
     }
 }
 
@@ -34,13 +39,9 @@ fn body(version: u64) -> Vec<u8> {
 }
 
 /// Dispatches whatever is due at `now` and returns its token.
-fn start(
-    sub: &mut Subscription,
-    now: u64,
-    token: u32,
-) -> cell_router_filter::subscription::FetchRequest {
+fn start(sub: &mut Subscription, now: u64, token: u32) -> FetchRequest {
     let request = sub.poll(now).expect("a fetch is due");
-    sub.dispatched(token, now);
+    sub.dispatched(Source::Sidecar, token, now);
     request
 }
 
@@ -51,7 +52,22 @@ fn respond(
     status: Option<u16>,
     body: &[u8],
 ) -> FetchOutcome {
-    sub.on_response(token, now, FetchResponse { status, body })
+    respond_with(sub, token, now, FetchResponse::new(status, body))
+}
+
+/// Hands an answer to the subscription as the root context does: a snapshot
+/// it applies is put in force and reported installed.
+fn respond_with(
+    sub: &mut Subscription,
+    token: u32,
+    now: u64,
+    response: FetchResponse<'_>,
+) -> FetchOutcome {
+    let outcome = sub.on_response(token, now, response);
+    if let FetchOutcome::Applied { snapshot, .. } = &outcome {
+        sub.installed(snapshot.version(), now);
+    }
+    outcome
 }
 
 #[test]
@@ -74,7 +90,7 @@ fn a_200_applies_and_the_next_long_poll_follows_at_once() {
     let mut sub = Subscription::new(sidecar(), T0, 1);
     start(&mut sub, T0, 1);
     match respond(&mut sub, 1, T0 + 150, Some(200), &body(5)) {
-        FetchOutcome::Applied(snapshot) => assert_eq!(snapshot.version(), 5),
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 5),
         other => panic!("{other:?}"),
     }
     assert_eq!(sub.version(), Some(5));
@@ -90,7 +106,7 @@ fn a_304_keeps_the_version() {
     start(&mut sub, T0, 1);
     assert!(matches!(
         respond(&mut sub, 1, T0 + 10, Some(200), &body(5)),
-        FetchOutcome::Applied(_)
+        FetchOutcome::Applied { .. }
     ));
     start(&mut sub, T0 + 200, 2);
     assert!(matches!(
@@ -121,7 +137,7 @@ fn a_bad_snapshot_is_refused_and_the_last_good_kept() {
     let mut bad = snapshot_json(6);
     bad["cells"][0]["shed_ratio"] = serde_json::json!(3.0);
     match respond(&mut sub, 2, T0 + 200, Some(200), bad.to_string().as_bytes()) {
-        FetchOutcome::Refused(error) => assert_eq!(error.path, "$.cells[0].shed_ratio"),
+        FetchOutcome::Refused { error, .. } => assert_eq!(error.path, "$.cells[0].shed_ratio"),
         other => panic!("{other:?}"),
     }
     assert_eq!(sub.version(), Some(5));
@@ -131,14 +147,15 @@ fn a_bad_snapshot_is_refused_and_the_last_good_kept() {
     let request = sub
         .poll(T0 + 200 + 200)
         .expect("due after the first backoff");
-    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+    // Past the refused version 6: the same body is not downloaded again.
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
 
     // Garbage and truncated bodies are refused the same way.
     for garbage in [&b"not json"[..], b"", &body(7)[..100]] {
-        sub.dispatched(9, T0 + 1000);
+        sub.dispatched(Source::Sidecar, 9, T0 + 1000);
         assert!(matches!(
             respond(&mut sub, 9, T0 + 1000, Some(200), garbage),
-            FetchOutcome::Refused(_)
+            FetchOutcome::Refused { .. }
         ));
         assert_eq!(sub.version(), Some(5));
     }
@@ -150,9 +167,9 @@ fn a_version_not_newer_is_refused() {
     start(&mut sub, T0, 1);
     respond(&mut sub, 1, T0, Some(200), &body(5));
     for (token, version) in [(2, 5), (3, 4)] {
-        sub.dispatched(token, T0 + 1000);
+        sub.dispatched(Source::Sidecar, token, T0 + 1000);
         match respond(&mut sub, token, T0 + 1000, Some(200), &body(version)) {
-            FetchOutcome::Refused(error) => {
+            FetchOutcome::Refused { error, .. } => {
                 assert_eq!(error.path, "$.version");
                 assert!(error.message.contains("not greater"), "{error}");
             }
@@ -170,7 +187,7 @@ fn any_valid_sidecar_snapshot_replaces_the_fallback() {
     start(&mut sub, T0, 1);
     assert!(matches!(
         respond(&mut sub, 1, T0, Some(200), &body(3)),
-        FetchOutcome::Applied(_)
+        FetchOutcome::Applied { .. }
     ));
 }
 
@@ -184,7 +201,7 @@ fn errors_back_off_exponentially_with_jitter_up_to_the_cap() {
         let status = if token % 2 == 0 { Some(503) } else { None };
         assert!(matches!(
             respond(&mut sub, token, now, status, b""),
-            FetchOutcome::Failed(_)
+            FetchOutcome::Failed { .. }
         ));
         let next = sub.next_fetch_at_ms().unwrap();
         assert!(sub.poll(next - 1).is_none());
@@ -210,15 +227,15 @@ fn errors_back_off_exponentially_with_jitter_up_to_the_cap() {
 fn unexpected_statuses_and_refused_dispatches_back_off() {
     let mut sub = Subscription::new(sidecar(), T0, 1);
     for status in [404, 500, 302, 201] {
-        sub.dispatched(1, T0);
+        sub.dispatched(Source::Sidecar, 1, T0);
         assert!(matches!(
             respond(&mut sub, 1, T0, Some(status), b"{}"),
-            FetchOutcome::Failed(_)
+            FetchOutcome::Failed { .. }
         ));
     }
     let mut sub = Subscription::new(sidecar(), T0, 1);
     assert!(sub.poll(T0).is_some());
-    sub.dispatch_failed(T0);
+    sub.dispatch_failed(Source::Sidecar, T0);
     assert_eq!(sub.consecutive_failures(), 1);
     assert!(sub.poll(T0).is_none());
 }
@@ -280,4 +297,507 @@ fn plain_polling_without_long_poll() {
     respond(&mut sub, 1, T0 + 5, Some(304), b"");
     assert!(sub.poll(T0 + 999).is_none());
     assert!(sub.poll(T0 + 1_000).is_some());
+}
+
+// ---------------------------------------------------------------------------
+// Stalls: a VM must never keep routing by an old version while a newer one
+// is on offer.
+
+#[test]
+fn the_version_asked_after_is_the_version_installed() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    let outcome = sub.on_response(1, T0 + 10, FetchResponse::new(Some(200), &body(5)));
+    assert!(
+        matches!(outcome, FetchOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    // The root context could not put it in force (it never reported it
+    // installed): asking for newer than 5 would leave the VM on what it had
+    // until the next publish.
+    assert_eq!(sub.version(), None);
+    let request = start(&mut sub, T0 + 200, 2);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=30"));
+    assert_eq!(request.header("if-none-match"), None);
+    // The same snapshot comes again and is taken (not refused as not newer).
+    match respond(&mut sub, 2, T0 + 210, Some(200), &body(5)) {
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 5),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(5));
+    let request = start(&mut sub, T0 + 400, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+}
+
+#[test]
+fn rapid_flips_end_on_the_last_version_installed() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    let mut now = T0;
+    let mut installed = None;
+    for version in 1..=20u64 {
+        start(&mut sub, now, version as u32);
+        let outcome = sub.on_response(
+            version as u32,
+            now + 5,
+            FetchResponse::new(Some(200), &body(version)),
+        );
+        let FetchOutcome::Applied { snapshot, .. } = outcome else {
+            panic!("version {version}: {outcome:?}");
+        };
+        // Every third install fails (the state was busy, say).
+        if version % 3 != 0 {
+            sub.installed(snapshot.version(), now + 5);
+            installed = Some(version);
+        }
+        assert_eq!(sub.version(), installed, "after version {version}");
+        now += 100;
+    }
+    let request = start(&mut sub, now, 99);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=20&wait=30"));
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_stall_fetches() {
+    // The host clock is the wall clock: NTP may step it back. Deadlines set
+    // before the step must not wait for the clock to catch up.
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, None, b"");
+    let back = T0 - 3_600_000;
+    assert!(sub.poll(back).is_none(), "the backoff still holds");
+    assert!(
+        sub.poll(back + 200).is_some(),
+        "retry due one backoff (≤ 200 ms) after the failure, however the clock reads"
+    );
+    sub.dispatched(Source::Sidecar, 2, back + 200);
+    // The long-poll answered at once: the next one waits min_fetch_interval
+    // from its start, not until the clock is back at T0.
+    respond(&mut sub, 2, back + 210, Some(304), b"");
+    let back_again = back - 60_000;
+    assert!(sub.poll(back_again).is_none());
+    assert!(sub.poll(back_again + 90).is_some());
+
+    // A call in flight across a step back is still given up after its
+    // timeout (plus grace) of elapsed time.
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    let back = T0 - 3_600_000;
+    assert!(sub.poll(back).is_none());
+    assert!(sub.poll(back + 40_001).is_none());
+    assert!(!sub.in_flight(), "given up after 40 s of elapsed time");
+    // And the age gauge never runs backwards.
+    assert!(sub.age_s(back + 40_001) >= 40);
+}
+
+// ---------------------------------------------------------------------------
+// Size limit.
+
+#[test]
+fn a_snapshot_larger_than_the_limit_is_refused_before_its_body_is_read() {
+    let mut config = sidecar();
+    config.max_snapshot_bytes = 4096;
+    let mut sub = Subscription::new(config, T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
+    // The body size is known from the callback: decided before reading.
+    assert_eq!(sub.body_plan(Some(200), 4096), BodyPlan::Read);
+    assert_eq!(sub.body_plan(Some(200), 4097), BodyPlan::TooLarge);
+    assert_eq!(sub.body_plan(Some(200), usize::MAX), BodyPlan::TooLarge);
+    assert_eq!(sub.body_plan(Some(304), 1 << 30), BodyPlan::Skip);
+    assert_eq!(sub.body_plan(None, 0), BodyPlan::Skip);
+
+    start(&mut sub, T0 + 200, 2);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"\"6\""),
+        body: Body::TooLarge(70 << 20),
+    };
+    match sub.on_response(2, T0 + 210, response) {
+        FetchOutcome::Refused {
+            error, too_large, ..
+        } => {
+            assert!(too_large);
+            assert_eq!(error.path, "$");
+            assert!(error.message.contains("4096"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The last good one stays; the next fetch backs off.
+    assert_eq!(sub.version(), Some(5));
+    assert_eq!(sub.consecutive_failures(), 1);
+    assert!(sub.poll(T0 + 210).is_none());
+}
+
+#[test]
+fn a_body_the_host_did_not_hand_over_is_a_failure_not_a_refusal() {
+    // Nothing is known about its content: it must not count as refused (and
+    // must never be remembered as a refused version).
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"\"6\""),
+        body: Body::Unreadable,
+    };
+    assert!(matches!(
+        sub.on_response(1, T0 + 10, response),
+        FetchOutcome::Failed { .. }
+    ));
+    let next = sub.next_fetch_at_ms().unwrap();
+    let request = start(&mut sub, next, 2);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=0&wait=30"));
+}
+
+// ---------------------------------------------------------------------------
+// A refused snapshot is not downloaded again.
+
+/// Version `version` with a shed ratio no validator accepts.
+fn bad_body(version: u64) -> Vec<u8> {
+    let mut bad = snapshot_json(version);
+    bad["cells"][0]["shed_ratio"] = serde_json::json!(3.0);
+    bad.to_string().into_bytes()
+}
+
+/// A subscription holding version 5, its next fetch started with `token`.
+fn holding_5(token: u32) -> (Subscription, u64) {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
+    start(&mut sub, T0 + 200, token);
+    (sub, T0 + 200)
+}
+
+/// After the backoff, the next request.
+fn next_request(sub: &mut Subscription, token: u32) -> FetchRequest {
+    let at = sub.next_fetch_at_ms().expect("idle");
+    start(sub, at, token)
+}
+
+#[test]
+fn a_refused_version_is_not_fetched_again() {
+    let (mut sub, now) = holding_5(2);
+    let body6 = bad_body(6);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"\"6\""),
+        body: Body::Read(&body6),
+    };
+    assert!(matches!(
+        sub.on_response(2, now + 5, response),
+        FetchOutcome::Refused { .. }
+    ));
+    assert_eq!(sub.version(), Some(5));
+    // Asking `after=5` would download the same refused body again, forever.
+    let request = next_request(&mut sub, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+    assert_eq!(request.header("if-none-match"), Some("\"6\""));
+    // Nothing newer yet: the sidecar holds the long-poll, then 304.
+    assert!(matches!(
+        respond(&mut sub, 3, now + 30_000, Some(304), b""),
+        FetchOutcome::Unchanged
+    ));
+    assert_eq!(sub.version(), Some(5));
+    // A later good one is still taken.
+    let request = next_request(&mut sub, 4);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+    match respond(&mut sub, 4, now + 31_000, Some(200), &body(7)) {
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 7),
+        other => panic!("{other:?}"),
+    }
+    let request = next_request(&mut sub, 5);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=7&wait=30"));
+}
+
+#[test]
+fn without_an_etag_the_refused_version_is_the_bodys() {
+    let (mut sub, now) = holding_5(2);
+    assert!(matches!(
+        respond(&mut sub, 2, now + 5, Some(200), &bad_body(6)),
+        FetchOutcome::Refused { .. }
+    ));
+    let request = next_request(&mut sub, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+}
+
+#[test]
+fn an_oversized_snapshot_is_not_fetched_again() {
+    let mut config = sidecar();
+    config.max_snapshot_bytes = 4096;
+    let mut sub = Subscription::new(config, T0, 1);
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
+    start(&mut sub, T0 + 200, 2);
+    let response = FetchResponse {
+        status: Some(200),
+        etag: Some(b"W/\"6\""),
+        body: Body::TooLarge(1 << 20),
+    };
+    assert!(matches!(
+        sub.on_response(2, T0 + 210, response),
+        FetchOutcome::Refused {
+            too_large: true,
+            ..
+        }
+    ));
+    let request = next_request(&mut sub, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+}
+
+#[test]
+fn a_refusal_of_unknown_or_older_version_asks_after_what_is_held() {
+    // Garbage has no version; an older version changes nothing; an ETag
+    // that is not a version is ignored.
+    let not_json = b"not json".to_vec();
+    let older = body(4);
+    let cases: [(Option<&[u8]>, &[u8]); 3] = [
+        (None, &not_json),
+        (Some(b"\"4\""), &older),
+        (Some(b"\"abc\""), &not_json),
+    ];
+    for (etag, bad) in cases {
+        let (mut sub, now) = holding_5(2);
+        let response = FetchResponse {
+            status: Some(200),
+            etag,
+            body: Body::Read(bad),
+        };
+        assert!(matches!(
+            sub.on_response(2, now + 5, response),
+            FetchOutcome::Refused { .. }
+        ));
+        let request = next_request(&mut sub, 3);
+        assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The persisted copy: static stability when a gateway starts while the
+// sidecar is down.
+
+fn with_persisted() -> SidecarConfig {
+    SidecarConfig {
+        persisted: Some(PersistedConfig {
+            cluster: "cellmap_persisted".into(),
+            authority: "cellmap-persisted".into(),
+            path: "/snapshot".into(),
+            timeout_ms: 5_000,
+        }),
+        ..sidecar()
+    }
+}
+
+/// Polls until nothing more is due; returns the requests, started with
+/// tokens from `first_token` on.
+fn start_all(sub: &mut Subscription, now: u64, first_token: u32) -> Vec<(u32, FetchRequest)> {
+    let mut started = Vec::new();
+    while let Some(request) = sub.poll(now) {
+        let token = first_token + started.len() as u32;
+        sub.dispatched(request.source, token, now);
+        started.push((token, request));
+        assert!(started.len() <= 2, "more than one call per source");
+    }
+    started
+}
+
+#[test]
+fn the_persisted_copy_is_asked_when_the_sidecar_fails_and_nothing_is_held() {
+    let mut sub = Subscription::new(with_persisted(), T0, 1);
+    // The sidecar first, alone.
+    let started = start_all(&mut sub, T0, 1);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1.source, Source::Sidecar);
+    // Connection refused: the persisted copy is asked at once.
+    respond(&mut sub, 1, T0 + 2, Some(503), b"no healthy upstream");
+    let started = start_all(&mut sub, T0 + 2, 2);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (token, request) = &started[0];
+    assert_eq!(request.source, Source::Persisted);
+    assert_eq!(request.cluster, "cellmap_persisted");
+    assert_eq!(request.header(":method"), Some("GET"));
+    assert_eq!(request.header(":path"), Some("/snapshot"));
+    assert_eq!(request.header(":authority"), Some("cellmap-persisted"));
+    assert_eq!(request.timeout.as_millis(), 5_000);
+    match respond(&mut sub, *token, T0 + 3, Some(200), &body(40)) {
+        FetchOutcome::Applied { snapshot, source } => {
+            assert_eq!(snapshot.version(), 40);
+            assert_eq!(source, Source::Persisted);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(40));
+    // The sidecar stays the primary source, asked for newer than the copy.
+    let at = sub.next_fetch_at_ms().unwrap();
+    let started = start_all(&mut sub, at, 3);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1.source, Source::Sidecar);
+    assert_eq!(
+        started[0].1.header(":path"),
+        Some("/snapshot?after=40&wait=30")
+    );
+    // Once it is back, a newer snapshot replaces the copy.
+    match respond(&mut sub, 3, at + 10, Some(200), &body(41)) {
+        FetchOutcome::Applied { source, .. } => assert_eq!(source, Source::Sidecar),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(41));
+    // The copy is never asked again.
+    let mut now = at + 10;
+    for token in 10..40 {
+        for (t, request) in start_all(&mut sub, now, token * 10) {
+            assert_eq!(request.source, Source::Sidecar);
+            respond(&mut sub, t, now, None, b"");
+        }
+        now += 10_000;
+    }
+}
+
+#[test]
+fn the_persisted_copy_is_not_asked_while_the_sidecar_answers() {
+    let mut sub = Subscription::new(with_persisted(), T0, 1);
+    start_all(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0 + 2, Some(200), &body(3));
+    let mut now = T0 + 200;
+    for token in 2..10 {
+        let started = start_all(&mut sub, now, token * 10);
+        assert!(started.iter().all(|(_, r)| r.source == Source::Sidecar));
+        for (t, _) in started {
+            respond(&mut sub, t, now + 30_000, Some(304), b"");
+        }
+        now += 30_100;
+    }
+    // A sidecar failure after that does not bring the copy in either: the
+    // VM holds the sidecar's snapshot.
+    for (t, _) in start_all(&mut sub, now, 100) {
+        respond(&mut sub, t, now, None, b"");
+    }
+    let at = sub.next_fetch_at_ms().unwrap();
+    assert!(
+        start_all(&mut sub, at, 200)
+            .iter()
+            .all(|(_, r)| r.source == Source::Sidecar)
+    );
+}
+
+#[test]
+fn the_persisted_copy_is_retried_with_backoff_while_the_sidecar_stays_down() {
+    let mut sub = Subscription::new(with_persisted(), T0, 7);
+    let mut now = T0;
+    let mut persisted_calls = Vec::new();
+    let mut token = 1;
+    // Ten minutes of a sidecar and a persisted route that refuse
+    // connections (Envoy not listening yet, say).
+    while now < T0 + 600_000 {
+        for (t, request) in start_all(&mut sub, now, token) {
+            token += 10;
+            if request.source == Source::Persisted {
+                persisted_calls.push(now);
+            }
+            respond(&mut sub, t, now, Some(503), b"");
+        }
+        now += 100;
+    }
+    assert!(
+        (100..=400).contains(&persisted_calls.len()),
+        "{} persisted calls in 10 minutes",
+        persisted_calls.len()
+    );
+    let gaps: Vec<u64> = persisted_calls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.first() < gaps.last(), "no backoff: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= 5_100), "{gaps:?}");
+    // It answers at last.
+    let mut applied = false;
+    for _ in 0..100 {
+        for (t, request) in start_all(&mut sub, now, token) {
+            token += 10;
+            let outcome = if request.source == Source::Persisted {
+                respond(&mut sub, t, now, Some(200), &body(9))
+            } else {
+                respond(&mut sub, t, now, None, b"")
+            };
+            applied |= matches!(outcome, FetchOutcome::Applied { .. });
+        }
+        now += 100;
+    }
+    assert!(applied);
+    assert_eq!(sub.version(), Some(9));
+}
+
+#[test]
+fn a_refused_persisted_copy_is_not_asked_again() {
+    for (body, too_large) in [
+        (bad_body(8), false),
+        (b"{}".to_vec(), false),
+        (body(8), true),
+    ] {
+        let mut config = with_persisted();
+        if too_large {
+            config.max_snapshot_bytes = 1024;
+        }
+        let mut sub = Subscription::new(config, T0, 1);
+        start_all(&mut sub, T0, 1);
+        respond(&mut sub, 1, T0, None, b"");
+        let started = start_all(&mut sub, T0, 2);
+        assert_eq!(started[0].1.source, Source::Persisted);
+        let response = FetchResponse {
+            status: Some(200),
+            etag: None,
+            body: if too_large {
+                Body::TooLarge(body.len())
+            } else {
+                Body::Read(&body)
+            },
+        };
+        assert!(matches!(
+            sub.on_response(2, T0 + 1, response),
+            FetchOutcome::Refused {
+                source: Source::Persisted,
+                ..
+            }
+        ));
+        // Its content only changes when Envoy reloads the file: not asked
+        // again, while the sidecar is retried.
+        let mut now = T0 + 1;
+        for round in 0..50 {
+            for (t, request) in start_all(&mut sub, now, 100 + round * 10) {
+                assert_eq!(request.source, Source::Sidecar);
+                respond(&mut sub, t, now, None, b"");
+            }
+            now += 1_000;
+        }
+        assert_eq!(sub.version(), None);
+    }
+}
+
+#[test]
+fn a_persisted_copy_older_than_the_sidecars_is_not_installed() {
+    let mut sub = Subscription::new(with_persisted(), T0, 1);
+    start_all(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0, None, b"");
+    let started = start_all(&mut sub, T0, 2);
+    assert_eq!(started[0].1.source, Source::Persisted);
+    // While the copy is on its way, the sidecar comes back with version 12.
+    let at = sub.next_fetch_at_ms().unwrap();
+    let started = start_all(&mut sub, at, 3);
+    assert_eq!(started[0].1.source, Source::Sidecar);
+    respond(&mut sub, 3, at, Some(200), &body(12));
+    assert_eq!(sub.version(), Some(12));
+    // The copy (version 11) arrives late: not installed, not a refusal.
+    assert!(matches!(
+        respond(&mut sub, 2, at + 1, Some(200), &body(11)),
+        FetchOutcome::Unchanged
+    ));
+    assert_eq!(sub.version(), Some(12));
+}
+
+#[test]
+fn without_a_persisted_copy_nothing_else_is_asked() {
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    let mut now = T0;
+    for round in 0..30 {
+        for (t, request) in start_all(&mut sub, now, round * 10 + 1) {
+            assert_eq!(request.source, Source::Sidecar);
+            respond(&mut sub, t, now, None, b"");
+        }
+        now += 1_000;
+    }
 }

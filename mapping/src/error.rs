@@ -57,6 +57,36 @@ pub fn index_path(field: &str, index: usize) -> String {
     format!("{}[{index}]", key_path([field]))
 }
 
+/// `T` read from a JSON object only. serde's derived `Deserialize` also
+/// accepts a sequence for a struct (`["siphash-1-3", "…", 1024]` as a
+/// `hash`, fields by position), which a JSON document must not: wrap the
+/// struct in this where it is parsed from untrusted JSON (snapshots, the
+/// filter's configuration).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
 /// Parses JSON into `T`, turning a serde error into a [`PathError`] at the
 /// path where it happened.
 pub fn from_json_with_path<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PathError> {

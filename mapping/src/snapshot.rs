@@ -2,7 +2,7 @@
 //! router resolves against. `SPEC.md` is the contract; this is its reference
 //! implementation.
 
-use crate::error::{PathError, index_path, key_path, push_key};
+use crate::error::{ObjectOnly, PathError, index_path, key_path, push_key};
 use crate::hash::{HashKey, ratio_to_basis_points};
 use crate::table::{EntryKind, TenantTable};
 use base64::Engine as _;
@@ -388,10 +388,17 @@ impl<'de> Visitor<'de> for RawVisitor {
             match key.as_ref() {
                 "version" => raw.version = Some(map.next_value()?),
                 "generated_at" => raw.generated_at = Some(map.next_value()?),
-                "hash" => raw.hash = Some(map.next_value()?),
-                "cells" => raw.cells = Some(map.next_value()?),
+                // Objects only: a derived struct would also take an array.
+                "hash" => raw.hash = Some(map.next_value::<ObjectOnly<HashDoc>>()?.0),
+                "cells" => {
+                    let cells: Vec<ObjectOnly<CellDoc>> = map.next_value()?;
+                    raw.cells = Some(cells.into_iter().map(|c| c.0).collect());
+                }
                 "slot_table" => raw.slot_table = Some(map.next_value()?),
-                "moves" => raw.moves = map.next_value()?,
+                "moves" => {
+                    let moves: Vec<ObjectOnly<MoveDoc>> = map.next_value()?;
+                    raw.moves = moves.into_iter().map(|m| m.0).collect();
+                }
                 "overrides" | "pins" => {
                     let kind = if key == "pins" {
                         EntryKind::Pin

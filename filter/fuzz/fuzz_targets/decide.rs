@@ -2,7 +2,7 @@
 //! trust_header mode, against a snapshot with active, draining and disabled
 //! cells. Whatever comes in: the answer is a routed request carrying the
 //! router's own cell and version headers (every client copy removed), or a
-//! local 401/403/503 with a JSON body.
+//! local 401/403/503 with a JSON body (or the readiness answer).
 #![no_main]
 
 use cell_router_filter::decide::{Action, Outcome, VmState, decide};
@@ -79,6 +79,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(decision.set_header(&config.version_header).is_some());
             assert_eq!(set.len(), 2);
             assert!(decision.tenant.as_ref().is_some_and(|t| !t.is_empty()));
+        }
+        Action::Respond(reply) if matches!(decision.outcome, Outcome::Readiness { .. }) => {
+            // The readiness path: 200 or 503, no token work, nothing routed.
+            assert!(matches!(reply.status, 200 | 503), "status {}", reply.status);
+            assert!(decision.tenant.is_none());
         }
         Action::Respond(reply) => {
             assert!(

@@ -294,7 +294,7 @@ pub fn bearer(token: &str) -> String {
 // (SubjectPublicKeyInfo DER, DER ECDSA signatures, PKCS#1 v1.5 RSA, as
 // BoringSSL takes them).
 
-use cell_router_filter::host_verify::{HostVerdict, SignatureHost};
+use cell_router_filter::envoy_verify::{HostVerdict, SignatureHost};
 
 pub struct RustCryptoHost {
     pub calls: usize,

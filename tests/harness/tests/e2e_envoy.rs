@@ -652,13 +652,7 @@ fn twenty_rapid_flips_under_load_leave_every_worker_on_the_last_version_within_a
 /// listener, fetched by the filter's `sidecar.persisted`), not 503
 /// no_snapshot; 1,000 tenants as `cellmap route` gives them.
 #[test]
-#[ignore = "needs filter/sidecar branches"]
 fn a_gateway_restarted_while_the_sidecar_is_down_routes_by_the_persisted_copy() -> Result<()> {
-    assert!(e2e::cellmap_has_persist(), "cellmap serve has no --persist");
-    assert!(
-        e2e::filter_has_persisted(),
-        "the filter has no sidecar.persisted"
-    );
     let base = example_snapshot();
     let mut gateway = Gateway::start("persisted", &base, 2)?;
     let names = tenants(1000, "p");
@@ -731,7 +725,6 @@ fn a_gateway_restarted_while_the_sidecar_is_down_routes_by_the_persisted_copy() 
 /// filter has no snapshot (Envoy's own /ready says 200 then, and every
 /// request gets 503 no_snapshot), and 200 once the sidecar gives it one.
 #[test]
-#[ignore = "needs filter/sidecar branches"]
 fn the_filter_readiness_path_is_503_without_a_snapshot_and_200_with_one() -> Result<()> {
     let dir = e2e::work_dir("readiness")?;
     let source = dir.join("snapshot.json");
@@ -781,7 +774,6 @@ fn the_filter_readiness_path_is_503_without_a_snapshot_and_200_with_one() -> Res
 /// Issue #10: `cellmap serve` keeps serving after SIGHUP (a terminal closing,
 /// a log rotation), and keeps following its source.
 #[test]
-#[ignore = "needs filter/sidecar branches"]
 fn cellmap_serve_survives_sighup() -> Result<()> {
     let dir = e2e::work_dir("sighup")?;
     let source = dir.join("snapshot.json");

@@ -4,9 +4,7 @@
 //! their plugin configuration. (`make test` also runs `envoy --mode validate`
 //! on every Envoy config.)
 
-use cell_router_harness::e2e::{
-    filter_has_persisted, plugin_config_of, repo_root, without_persisted,
-};
+use cell_router_harness::e2e::{plugin_config_of, repo_root};
 use cell_router_wasm_host::Host;
 use serde_json::Value;
 
@@ -166,15 +164,11 @@ fn the_real_filter_accepts_every_shipped_plugin_config() {
         ),
         ("envoy/istio/wasmplugin.yaml", istio_plugin_config()),
     ];
-    for (name, mut config) in configs {
+    for (name, config) in configs {
         assert!(
             config["sidecar"]["persisted"].is_object(),
             "{name}: no sidecar.persisted"
         );
-        // Transitional (issue #10): until the filter branch is merged.
-        if !filter_has_persisted() {
-            without_persisted(&mut config);
-        }
         let mut host = Host::new().unwrap();
         host.configure(config.to_string())
             .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -386,6 +386,9 @@ pub enum RawSignature {
     Hs256(Vec<u8>),
     Hs384(Vec<u8>),
     Hs512(Vec<u8>),
+    /// RS256 (PKCS#1 v1.5, SHA-256) with the RSA test key: a valid
+    /// signature over whatever header and payload were written by hand.
+    Rs256,
     /// These bytes, whatever they are.
     Bytes(Vec<u8>),
 }
@@ -402,6 +405,16 @@ pub fn raw_token(header: &Value, payload: &Value, signature: RawSignature) -> St
 
 /// Like [`raw_token`], from raw header and payload bytes (for duplicate
 /// keys, invalid UTF-8, or anything serde_json would not produce).
+fn rs256_sign(input: &[u8]) -> Vec<u8> {
+    use rsa::pkcs8::DecodePrivateKey as _;
+    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&keys().rsa_private_pem)
+        .unwrap_or_else(|e| panic!("RSA test key: {e}"));
+    rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(key)
+        .sign(input)
+        .to_vec()
+}
+
 pub fn raw_token_from_parts(header: &[u8], payload: &[u8], signature: RawSignature) -> String {
     let input = format!("{}.{}", b64url(header), b64url(payload));
     let sig = match signature {
@@ -409,6 +422,7 @@ pub fn raw_token_from_parts(header: &[u8], payload: &[u8], signature: RawSignatu
         RawSignature::Hs256(key) => hmac_sha256::HMAC::mac(input.as_bytes(), &key).to_vec(),
         RawSignature::Hs384(key) => hmac_sha512::sha384::HMAC::mac(input.as_bytes(), &key).to_vec(),
         RawSignature::Hs512(key) => hmac_sha512::HMAC::mac(input.as_bytes(), &key).to_vec(),
+        RawSignature::Rs256 => rs256_sign(input.as_bytes()),
         RawSignature::Bytes(bytes) => bytes,
     };
     format!("{input}.{}", b64url(sig))

@@ -231,7 +231,7 @@ impl Envoy {
             .clone()
             .unwrap_or_else(|| dir.join("persisted-snapshot.json"));
         ensure_placeholder(&persisted)?;
-        let plugin_config = super::transitional::plugin_config(&template, options.plugin_config)?;
+        let plugin_config = options.plugin_config;
         let config = dir.join(format!("envoy-{port}.yaml"));
         let rendered =
             render_envoy_config(&template, &ports, &wasm_path()?, plugin_config.as_ref())?

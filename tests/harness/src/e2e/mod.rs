@@ -10,7 +10,6 @@
 
 mod envoy;
 mod slow_cell;
-mod transitional;
 mod wait;
 
 pub use envoy::{
@@ -18,7 +17,6 @@ pub use envoy::{
     ensure_placeholder, plugin_config_of, render_envoy_config, requests_in_flight,
 };
 pub use slow_cell::SlowCells;
-pub use transitional::{cellmap_has_persist, filter_has_persisted, without_persisted};
 pub use wait::{Reached, VersionProbe, await_version, probe_body_version};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -521,7 +519,7 @@ impl Gateway {
         let source = dir.join("snapshot.json");
         publish(&source, snapshot)?;
         let persisted = dir.join("persisted-snapshot.json");
-        let persist = cellmap_has_persist().then_some(persisted.as_path());
+        let persist = Some(persisted.as_path());
         let (backends, sidecar) = if default_ports {
             (
                 Backends::start_on(&dir, &DEFAULT_CELL_PORTS)?,

@@ -13,7 +13,7 @@
 mod common;
 
 use cell_router_filter::decide::Outcome;
-use cell_router_filter::host_verify::HostVerdict;
+use cell_router_filter::envoy_verify::HostVerdict;
 use cell_router_filter::token::Reason;
 use common::*;
 use jwt_simple::prelude::*;

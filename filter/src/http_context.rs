@@ -1,0 +1,187 @@
+//! The HTTP context: one per request. Reads the request headers, asks
+//! `decide` what to do, and applies it (headers set and removed, or a local
+//! reply), counting the outcome. Only built for wasm.
+
+use crate::decide::{self, Action, Outcome};
+use crate::envoy_verify::{self, HostVerdict, SignatureHost};
+use crate::hostcalls::{self, LogLevel, Map, status};
+use crate::root_context::{ForeignCall, HostMetrics, Shared, log};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Envoy's `verify_signature` foreign function (BoringSSL).
+struct EnvoyCrypto<'s> {
+    state: &'s mut ForeignCall,
+}
+
+impl SignatureHost for EnvoyCrypto<'_> {
+    fn verify_signature(
+        &mut self,
+        hash: &str,
+        public_key_der: &[u8],
+        signature: &[u8],
+        text: &[u8],
+    ) -> HostVerdict {
+        if *self.state == ForeignCall::Missing {
+            return HostVerdict::Unavailable;
+        }
+        let arguments = envoy_verify::encode_arguments(hash, public_key_der, signature, text);
+        match hostcalls::call_foreign_function("verify_signature", &arguments) {
+            Ok(result) => match envoy_verify::decode_result(&result) {
+                Some((valid, _)) => {
+                    *self.state = ForeignCall::Available;
+                    if valid {
+                        HostVerdict::Valid
+                    } else {
+                        HostVerdict::Invalid
+                    }
+                }
+                None => HostVerdict::Unavailable,
+            },
+            Err(status::NOT_FOUND) => {
+                *self.state = ForeignCall::Missing;
+                log(
+                    LogLevel::Info,
+                    "cell-router: host has no verify_signature; checking signatures in the VM",
+                );
+                HostVerdict::Unavailable
+            }
+            // The host refused the key or the arguments: the VM decides.
+            Err(_) => HostVerdict::Unavailable,
+        }
+    }
+}
+
+/// Answers 503 (fail closed) when the filter cannot decide.
+pub(crate) fn respond_503(details: &str, detail: &str) {
+    let body = serde_json::json!({"error": "internal", "detail": detail}).to_string();
+    if hostcalls::send_local_response(
+        503,
+        details,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .is_err()
+    {
+        log(
+            LogLevel::Error,
+            "cell-router: host refused the local response",
+        );
+    }
+}
+
+pub(crate) struct Filter {
+    shared: Option<Rc<RefCell<Shared>>>,
+}
+
+impl Filter {
+    pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
+        Filter { shared }
+    }
+
+    /// The request headers are in: true to let the request continue, false
+    /// when the filter answered it.
+    pub fn on_request_headers(&mut self) -> bool {
+        // Fail closed: a filter without a configuration routes nothing.
+        let Some(shared) = &self.shared else {
+            respond_503(
+                "cell_router_unconfigured",
+                "the cell router is not configured",
+            );
+            return false;
+        };
+        let Ok(mut shared) = shared.try_borrow_mut() else {
+            respond_503("cell_router_busy", "the cell router state is busy");
+            return false;
+        };
+        let config = Rc::clone(&shared.config);
+        let installed = shared.installed.clone();
+        let raw = hostcalls::header_map(Map::RequestHeaders).unwrap_or_default();
+        let headers = hostcalls::pairs(&raw);
+        let mut clock = || hostcalls::now_nanos() / 1_000_000_000;
+        let Shared {
+            vm,
+            metrics,
+            clear_route_cache,
+            verify_signature,
+            ..
+        } = &mut *shared;
+        let mut crypto = EnvoyCrypto {
+            state: verify_signature,
+        };
+        let decision = decide::decide_with(
+            &config,
+            vm,
+            &headers,
+            &mut clock,
+            installed.as_deref(),
+            &mut crypto,
+        );
+
+        let sink = &mut HostMetrics;
+        if let Some(hit) = decision.cache_hit {
+            metrics.cache(sink, hit);
+        }
+        if let Some(by_host) = decision.verified_by_host {
+            metrics.verified(sink, by_host);
+        }
+        match decision.outcome {
+            Outcome::Routed { cell, .. } => metrics.routed(sink, cell),
+            Outcome::Shed { cell } => metrics.shed(sink, cell),
+            Outcome::Unavailable { cell } => metrics.unavailable(sink, cell),
+            Outcome::NoSnapshot => metrics.no_snapshot(sink),
+            Outcome::Rejected(reason) => metrics.rejected(sink, reason),
+            Outcome::Readiness { .. } => {}
+        }
+
+        match decision.action {
+            Action::Continue { set } => {
+                for name in &decision.remove {
+                    let _ = hostcalls::remove_header(Map::RequestHeaders, name);
+                }
+                for (name, value) in set {
+                    if hostcalls::replace_header(Map::RequestHeaders, name, value).is_err() {
+                        // Without the cell header the request must not pass.
+                        respond_503("cell_router_header_failed", "could not set the cell header");
+                        return false;
+                    }
+                }
+                if *clear_route_cache != ForeignCall::Missing {
+                    match hostcalls::call_foreign_function("clear_route_cache", &[]) {
+                        Ok(_) => *clear_route_cache = ForeignCall::Available,
+                        Err(status::NOT_FOUND) => {
+                            *clear_route_cache = ForeignCall::Missing;
+                            log(
+                                LogLevel::Info,
+                                "cell-router: host has no clear_route_cache; relying on its own route refresh",
+                            );
+                        }
+                        Err(_) => {}
+                    }
+                }
+                true
+            }
+            Action::Respond(reply) => {
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                if hostcalls::send_local_response(
+                    reply.status,
+                    &reply.details,
+                    &headers,
+                    &reply.body,
+                )
+                .is_err()
+                {
+                    log(
+                        LogLevel::Error,
+                        "cell-router: host refused the local response",
+                    );
+                }
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The root context: parses the plugin configuration, holds the snapshot in
+//! force and the metrics, and drives the snapshot subscription (ticks and
+//! HTTP call answers). Thin on purpose: the decisions are in
+//! `subscription.rs`, tested natively; this is tested by loading the `.wasm`.
+//! Only built for wasm.
+
+use crate::config::Config;
+use crate::decide::{Installed, SnapshotSource, VmState};
+use crate::hostcalls::{self, Buffer, LogLevel, Map, MetricType};
+use crate::metrics::{MetricKind, MetricSink, Metrics};
+use crate::subscription::{
+    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, Source, Subscription,
+};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+pub(crate) fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Sidecar => "sidecar",
+        Source::Persisted => "persisted copy",
+    }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::now_nanos() / 1_000_000
+}
+
+fn random_key() -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if getrandom::fill(&mut key).is_err() {
+        // Not secret then, but still per-VM: the cache keeps working.
+        log(
+            LogLevel::Warn,
+            "cell-router: no random source; token cache key derived from the clock",
+        );
+        for (slot, byte) in key.iter_mut().zip(hostcalls::now_nanos().to_le_bytes()) {
+            *slot = byte;
+        }
+    }
+    key
+}
+
+/// proxy-wasm metrics; a status other than OK leaves the metric out.
+pub(crate) struct HostMetrics;
+
+impl MetricSink for HostMetrics {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        };
+        hostcalls::define_metric(kind, name).ok()
+    }
+    fn increment(&mut self, id: u32, delta: i64) {
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// Whether the host has a foreign function, learnt on first use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForeignCall {
+    Unknown,
+    Available,
+    Missing,
+}
+
+/// What the root context shares with its HTTP contexts (one VM, one thread).
+pub(crate) struct Shared {
+    pub config: Rc<Config>,
+    pub vm: VmState,
+    pub installed: Option<Rc<Installed>>,
+    pub metrics: Metrics,
+    pub clear_route_cache: ForeignCall,
+    pub verify_signature: ForeignCall,
+}
+
+#[derive(Default)]
+pub(crate) struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    subscription: Option<Subscription>,
+    /// Tick period asked of the host and not yet accepted by it (ticks
+    /// drive retries: without them a failed fetch is never retried).
+    tick_pending: Option<u64>,
+}
+
+impl Root {
+    /// The state HTTP contexts share, once configured.
+    pub fn shared(&self) -> Option<Rc<RefCell<Shared>>> {
+        self.shared.clone()
+    }
+
+    /// Puts a snapshot in force for new requests; false if it could not be.
+    fn install(&self, snapshot: cell_router_mapping::Snapshot, source: Source) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let Ok(mut shared) = shared.try_borrow_mut() else {
+            return false;
+        };
+        let cells: HashSet<&str> = snapshot.cells().iter().map(|c| c.id.as_str()).collect();
+        shared.metrics.retain_cells(|id| cells.contains(id));
+        drop(cells);
+        // New requests take the new Rc; one already deciding keeps its own.
+        let source = match source {
+            Source::Sidecar => SnapshotSource::Sidecar,
+            Source::Persisted => SnapshotSource::Persisted,
+        };
+        shared.installed = Some(Rc::new(Installed::with_source(snapshot, source)));
+        true
+    }
+
+    fn update_gauges(&self, now_ms: u64) {
+        let Some(shared) = &self.shared else { return };
+        let Ok(shared) = shared.try_borrow() else {
+            return;
+        };
+        let version = shared.installed.as_ref().map_or(0, |i| i.version());
+        let age = self.subscription.as_ref().map_or(0, |s| s.age_s(now_ms));
+        shared.metrics.gauges(&mut HostMetrics, version, age);
+    }
+
+    fn count(&self, what: impl FnOnce(&Metrics, &mut HostMetrics)) {
+        if let Some(shared) = &self.shared
+            && let Ok(shared) = shared.try_borrow()
+        {
+            what(&shared.metrics, &mut HostMetrics);
+        }
+    }
+
+    /// Starts the fetches that are due (the sidecar's, the persisted copy's).
+    fn fetch_if_due(&mut self, now_ms: u64) {
+        // Each source starts at most one call per round; the bound only
+        // guards against a state machine that kept answering.
+        for _ in 0..4 {
+            let Some(subscription) = self.subscription.as_mut() else {
+                return;
+            };
+            let Some(request) = subscription.poll(now_ms) else {
+                return;
+            };
+            let FetchRequest {
+                source,
+                cluster,
+                headers,
+                timeout,
+            } = request;
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+            match hostcalls::http_call(&cluster, &headers, timeout_ms) {
+                Ok(token) => subscription.dispatched(source, token, now_ms),
+                Err(status) => {
+                    subscription.dispatch_failed(source, now_ms);
+                    let failures = subscription.failures_of(source);
+                    self.count(|m, s| m.fetch_failed(s, source));
+                    if failures.is_power_of_two() {
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "cell-router: cannot call {} cluster {cluster:?} (status {status}); {failures} failure(s) in a row, backing off",
+                                source_name(source)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize) {
+        let now = now_ms();
+        let Some(subscription) = self.subscription.as_mut() else {
+            return;
+        };
+        let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
+        let pairs = hostcalls::pairs(&raw);
+        let header = |name: &[u8]| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let status =
+            header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+        let etag = header(b"etag");
+        // The body is read only when wanted, and never past the size limit.
+        let bytes;
+        let body = match subscription.body_plan(status, body_size) {
+            BodyPlan::Skip => Body::Read(&[]),
+            BodyPlan::TooLarge => Body::TooLarge(body_size),
+            BodyPlan::Read if body_size == 0 => Body::Read(&[]),
+            BodyPlan::Read => match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
+                Ok(Some(read)) if read.len() == body_size => {
+                    bytes = read;
+                    Body::Read(&bytes)
+                }
+                _ => Body::Unreadable,
+            },
+        };
+        let outcome = subscription.on_response(token, now, FetchResponse { status, etag, body });
+        match outcome {
+            FetchOutcome::Applied { snapshot, source } => {
+                let version = snapshot.version();
+                let cells = snapshot.cells().len();
+                if self.install(*snapshot, source) {
+                    if let Some(subscription) = self.subscription.as_mut() {
+                        subscription.installed(version, now);
+                    }
+                    self.count(|m, s| m.snapshot_applied(s, source));
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "cell-router: snapshot version {version} applied from the {} ({cells} cells)",
+                            source_name(source)
+                        ),
+                    );
+                } else {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cell-router: snapshot version {version} could not be put in force; asking again"
+                        ),
+                    );
+                }
+            }
+            FetchOutcome::Unchanged | FetchOutcome::Stale => {}
+            FetchOutcome::Refused {
+                source,
+                error,
+                too_large,
+            } => {
+                self.count(|m, s| m.snapshot_refused(s, too_large));
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "cell-router: snapshot from the {} refused, keeping the last good one: {error}",
+                        source_name(source)
+                    ),
+                );
+            }
+            FetchOutcome::Failed { source, why } => {
+                let failures = subscription.failures_of(source);
+                self.count(|m, s| m.fetch_failed(s, source));
+                if failures.is_power_of_two() {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cell-router: snapshot fetch from the {} failed: {why}; {failures} failure(s) in a row, backing off",
+                            source_name(source)
+                        ),
+                    );
+                }
+            }
+        }
+        self.arm_tick();
+        // Long-poll again at once, so the next change arrives in milliseconds.
+        self.fetch_if_due(now);
+        self.update_gauges(now);
+    }
+
+    pub fn on_configure(&mut self, configuration_size: usize) -> bool {
+        let bytes = hostcalls::buffer(Buffer::PluginConfiguration, 0, configuration_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut config = match Config::from_json(&bytes) {
+            Ok(config) => config,
+            Err(error) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cell-router: configuration refused: {error}"),
+                );
+                return false;
+            }
+        };
+        let now = now_ms();
+        let installed = config
+            .fallback_snapshot
+            .take()
+            .map(|s| Rc::new(Installed::new(s)));
+        let vm = VmState::new(&config, random_key());
+        let metrics = Metrics::define(&mut HostMetrics);
+        let mode = match config.jwt() {
+            Some(jwt) => format!(
+                "jwt ({} keys, algorithms {:?})",
+                jwt.keys.entries().len(),
+                jwt.algorithms
+            ),
+            None => "trust_header".to_string(),
+        };
+        log(
+            LogLevel::Info,
+            &format!(
+                "cell-router {} configured: {mode}; fallback snapshot {}; sidecar {}; persisted copy {}; readiness path {}",
+                env!("CARGO_PKG_VERSION"),
+                installed
+                    .as_ref()
+                    .map_or("none".to_string(), |i| format!("version {}", i.version())),
+                config
+                    .sidecar
+                    .as_ref()
+                    .map_or("none".to_string(), |s| format!("cluster {:?}", s.cluster)),
+                config
+                    .sidecar
+                    .as_ref()
+                    .and_then(|s| s.persisted.as_ref())
+                    .map_or("none".to_string(), |p| format!("cluster {:?}", p.cluster)),
+                config
+                    .readiness_path
+                    .as_deref()
+                    .map_or("off".to_string(), |p| format!("{p:?}")),
+            ),
+        );
+        self.subscription = config.sidecar.clone().map(|sidecar| {
+            let seed = getrandom::u64().unwrap_or(now);
+            Subscription::new(sidecar, now, seed)
+        });
+        let tick_ms = self
+            .subscription
+            .as_ref()
+            .map_or(1000, |s| s.config().tick_ms);
+        self.shared = Some(Rc::new(RefCell::new(Shared {
+            config: Rc::new(config),
+            vm,
+            installed,
+            metrics,
+            clear_route_cache: ForeignCall::Unknown,
+            verify_signature: ForeignCall::Unknown,
+        })));
+        self.tick_pending = Some(tick_ms);
+        self.arm_tick();
+        self.update_gauges(now);
+        true
+    }
+
+    /// Asks the host for ticks if it has not accepted the period yet; tried
+    /// again on every HTTP call answer until it does.
+    fn arm_tick(&mut self) {
+        let Some(period_ms) = self.tick_pending else {
+            return;
+        };
+        match hostcalls::set_tick_period(u32::try_from(period_ms).unwrap_or(u32::MAX)) {
+            Ok(()) => self.tick_pending = None,
+            Err(status) => log(
+                LogLevel::Error,
+                &format!(
+                    "cell-router: the host refused a tick period of {period_ms} ms (status {status}); retrying on the next sidecar answer"
+                ),
+            ),
+        }
+    }
+
+    pub fn on_tick(&mut self) {
+        let now = now_ms();
+        self.fetch_if_due(now);
+        self.update_gauges(now);
+    }
+}
