@@ -65,6 +65,10 @@ struct Sent {
     cell: Option<String>,
     /// Envoy's response code details the access log should print.
     details: String,
+    /// The decision the filter should write into filter state: the cell
+    /// that decided (routed to or shed by) and why.
+    decided_cell: Option<String>,
+    reason: String,
 }
 
 /// The access log's JSON lines for the requests this test sent (their paths
@@ -168,16 +172,17 @@ fn send_mix(gateway: &Gateway, tenants: &[String; 3]) -> Result<BTreeMap<String,
             .as_ref()
             .and_then(|b| b["error"].as_str())
             .unwrap_or("");
-        let (cell, details) = match (reply.status, error) {
-            (200, _) => (
-                body.as_ref()
-                    .and_then(|b| b["cell"].as_str())
-                    .map(str::to_string),
-                "via_upstream".to_string(),
-            ),
-            (503, "cell_draining") => (None, "cell_router_shed".to_string()),
-            (401, "missing_token") => (None, "cell_router_missing_token".to_string()),
-            (401, "invalid_token") => (None, "cell_router_expired".to_string()),
+        let served = body
+            .as_ref()
+            .and_then(|b| b["cell"].as_str())
+            .map(str::to_string);
+        // Tenant 2's cell (cell-c) is disabled: its requests fail over.
+        let routed_reason = if n % 6 % 3 == 2 { "failover" } else { "slot" };
+        let (cell, details, decided_cell, reason) = match (reply.status, error) {
+            (200, _) => (served.clone(), "via_upstream", served, routed_reason),
+            (503, "cell_draining") => (None, "cell_router_shed", Some("cell-b".into()), "shed"),
+            (401, "missing_token") => (None, "cell_router_missing_token", None, "missing_token"),
+            (401, "invalid_token") => (None, "cell_router_expired", None, "expired"),
             (status, _) => bail!("{path}: unexpected {status}: {}", reply.body),
         };
         sent.insert(
@@ -185,7 +190,9 @@ fn send_mix(gateway: &Gateway, tenants: &[String; 3]) -> Result<BTreeMap<String,
             Sent {
                 status: reply.status,
                 cell,
-                details,
+                details: details.to_string(),
+                decided_cell,
+                reason: reason.to_string(),
             },
         );
     }
@@ -220,31 +227,51 @@ fn the_access_log_says_where_each_request_went_and_why() -> Result<()> {
             Some(want.details.as_str()),
             "{path}: {entry}"
         );
-        // The cell header the request carried when routed: the filter's
-        // choice (the client sent cell-b), the cell that answered.
-        if let Some(cell) = &want.cell {
-            assert_eq!(
-                field(entry, "cell_header"),
-                Some(cell.as_str()),
-                "{path}: {entry}"
-            );
-        }
+        // The filter's decision, from filter state: the cell that decided
+        // (routed to, or the draining cell that shed it), the reason, and
+        // the snapshot it was decided by; none of it for a refused token.
+        assert_eq!(
+            field(entry, "cell"),
+            want.decided_cell.as_deref(),
+            "{path}: {entry}"
+        );
+        assert_eq!(
+            field(entry, "reason"),
+            Some(want.reason.as_str()),
+            "{path}: {entry}"
+        );
+        let consulted = want.decided_cell.is_some();
+        assert_eq!(
+            field(entry, "snapshot"),
+            consulted.then_some("2"),
+            "{path}: {entry}"
+        );
+        // The cell header as the request left the filter: the filter's
+        // choice when routed, and never the client's (it sent cell-b).
+        assert_eq!(
+            field(entry, "cell_header"),
+            want.cell.as_deref(),
+            "{path}: {entry}"
+        );
         *seen
             .entry(format!(
-                "{} {}",
+                "{} {} {}",
                 want.details,
-                want.cell.as_deref().unwrap_or("-")
+                want.reason,
+                want.decided_cell.as_deref().unwrap_or("-")
             ))
             .or_default() += 1;
     }
     // Every kind of line was there to be checked: routed to each serving
-    // cell (cell-c's tenant fails over to cell-a), shed, and both refusals.
+    // cell by slot, cell-c's tenant failed over to cell-a, shed, and both
+    // refusals.
     for kind in [
-        "via_upstream cell-a",
-        "via_upstream cell-b",
-        "cell_router_shed -",
-        "cell_router_missing_token -",
-        "cell_router_expired -",
+        "via_upstream slot cell-a",
+        "via_upstream slot cell-b",
+        "via_upstream failover cell-a",
+        "cell_router_shed shed cell-b",
+        "cell_router_missing_token missing_token -",
+        "cell_router_expired expired -",
     ] {
         assert!(seen.contains_key(kind), "no {kind} line: {seen:?}");
     }
@@ -255,6 +282,7 @@ fn the_access_log_says_where_each_request_went_and_why() -> Result<()> {
 /// them with `stats_config.stats_tags` from `envoy/envoy.yaml`.
 const ROUTED: &str = "cell_router_routed";
 const SHED: &str = "cell_router_shed";
+const FAILOVER: &str = "cell_router_failover";
 const REJECTED: &str = "cell_router_rejected";
 
 #[test]
@@ -285,6 +313,9 @@ fn prometheus_counts_per_cell_and_reason_as_labels() -> Result<()> {
             show()
         );
     }
+    let failover = count(&|s: &Sent| s.reason == "failover");
+    assert!(failover > 0.0);
+    assert_eq!(delta(FAILOVER, "cell=\"cell-a\""), failover, "{}", show());
     let shed = count(&|s: &Sent| s.details == "cell_router_shed");
     assert!(shed > 0.0);
     assert_eq!(delta(SHED, "cell=\"cell-b\""), shed, "{}", show());
@@ -350,6 +381,7 @@ fn dashboard_queries_only_exported_metrics(samples: &Samples) -> Result<()> {
         .collect();
     let panels = dashboard["panels"].as_array().context("no panels")?;
     let mut queried = 0;
+    let mut all = BTreeSet::new();
     for panel in panels {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().context("target without expr")?;
@@ -362,6 +394,7 @@ fn dashboard_queries_only_exported_metrics(samples: &Samples) -> Result<()> {
                     panel["title"]
                 );
                 queried += 1;
+                all.insert(name.clone());
             }
             for label in ["cell", "reason"] {
                 if expr.contains(&format!("by ({label})")) {
@@ -374,5 +407,20 @@ fn dashboard_queries_only_exported_metrics(samples: &Samples) -> Result<()> {
         queried >= 6,
         "only {queried} metric references in the dashboard"
     );
+    // What an operator watches during a drain or a migration.
+    for needed in [
+        ROUTED,
+        FAILOVER,
+        SHED,
+        "cell_router_unavailable",
+        REJECTED,
+        "cell_router_snapshot_version",
+        "cell_router_snapshot_age_s",
+    ] {
+        assert!(
+            all.contains(needed),
+            "the dashboard has no panel on {needed}"
+        );
+    }
     Ok(())
 }
