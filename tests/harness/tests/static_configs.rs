@@ -210,3 +210,59 @@ fn every_shipped_http_connection_manager_refuses_underscores() {
     }
     assert!(managers >= 12, "found only {managers} connection managers");
 }
+
+/// The WasmPlugin pins the image (a digest Istio checks after pulling),
+/// says how it is pulled, and fails closed.
+#[test]
+fn the_wasmplugin_pins_its_image_and_fails_closed() {
+    let manifest = read("envoy/istio/wasmplugin.yaml");
+    let sha = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .expect("spec.sha256")
+        .trim_matches('"');
+    assert_eq!(sha.len(), 64, "{sha}");
+    assert!(
+        sha.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert!(manifest.contains("\n  imagePullPolicy: IfNotPresent\n"));
+    assert!(manifest.contains("\n  failStrategy: FAIL_CLOSE\n"));
+    assert!(manifest.contains("\n  url: oci://"));
+}
+
+/// The Gateway API route and the Istio VirtualService send each cell header
+/// value to the same cell's service, one backendRef per cell, and neither
+/// routes a request without the header to a cell.
+#[test]
+fn the_gateway_api_route_matches_the_virtualservice() {
+    let virtual_service = read("envoy/istio/gateway-routes.yaml");
+    let http_route = read("envoy/istio/gateway-api-routes.yaml");
+    let cells: Vec<&str> = cell_router_harness::e2e::DEFAULT_CELL_PORTS
+        .iter()
+        .map(|(c, _)| *c)
+        .collect();
+    for cell in &cells {
+        assert!(
+            virtual_service.contains(&format!(
+                "- match: [{{headers: {{x-cell-id: {{exact: {cell}}}}}}}]\n      route: [{{destination: {{host: api.{cell}.svc.cluster.local}}}}]"
+            )),
+            "VirtualService: {cell}"
+        );
+        assert!(
+            http_route.contains(&format!(
+                "- matches: [{{headers: [{{type: Exact, name: x-cell-id, value: {cell}}}]}}]\n      backendRefs: [{{name: api, namespace: {cell}, port: 80}}]"
+            )),
+            "HTTPRoute: {cell}"
+        );
+        // The cell's namespace lets the route name its Service.
+        assert!(
+            http_route.contains(&format!(
+                "  name: cell-router-routes\n  namespace: {cell}\n"
+            )),
+            "ReferenceGrant: {cell}"
+        );
+    }
+    assert_eq!(http_route.matches("backendRefs:").count(), cells.len());
+    assert_eq!(http_route.matches("- matches:").count(), cells.len());
+}
