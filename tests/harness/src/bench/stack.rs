@@ -168,7 +168,7 @@ pub fn bench_jwks() -> Value {
 
 fn sidecar_settings() -> Value {
     json!({
-        "cluster": "cellmap_sidecar",
+        "cluster": "cellmap|sidecar",
         "authority": "cellmap",
         "path": "/snapshot",
         "long_poll_s": 30,
@@ -556,7 +556,7 @@ mod tests {
                     && (trimmed.contains("envoy.filters.http.") || trimmed.contains("cell_router"));
                 if filter
                     || trimmed.starts_with("# The sidecar")
-                    || trimmed == "- name: cellmap_sidecar"
+                    || trimmed == "- name: cellmap|sidecar"
                 {
                     skipping = Some(indent);
                     continue;
