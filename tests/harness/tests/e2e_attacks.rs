@@ -246,17 +246,18 @@ fn without_filter(template: &str) -> String {
     out.join("\n")
 }
 
-/// Sends every spoof to `envoy` (and `x-cell-id: cell-a`); the internal
-/// clusters that saw requests.
-fn leaks_without_filter(envoy: &e2e::Envoy) -> Result<Vec<&'static str>> {
+/// Sends every spoof to `envoy` (and `x-cell-id: cell-a`); the spoofs after
+/// which an internal cluster had seen more requests, and which.
+fn leaks_without_filter(envoy: &e2e::Envoy) -> Result<Vec<String>> {
     let agent = client();
-    let before = internal_requests(envoy)?;
     // A cell named by the client is reached (there is no filter): the
     // route works, so it is the guard that keeps the internal ones out.
     let cell = e2e::get(&agent, &envoy.url("/"), &[("x-cell-id", "cell-a")])?;
     assert_eq!(cell.status, 200, "{}", cell.body);
     assert_eq!(cell.json()?["cell"], "cell-a");
+    let mut leaks = Vec::new();
     for spoof in INTERNAL_SPOOFS {
+        let before = internal_requests(envoy)?;
         let reply = e2e::get(&agent, &envoy.url("/snapshot"), spoof)?;
         assert!(
             reply.header("x-served-by").is_none() || reply.json().is_ok_and(|b| b["cell"] == "cell-a"),
@@ -264,14 +265,14 @@ fn leaks_without_filter(envoy: &e2e::Envoy) -> Result<Vec<&'static str>> {
             reply.status,
             reply.body
         );
+        let after = internal_requests(envoy)?;
+        for ((name, b), a) in INTERNAL_CLUSTERS.iter().zip(&before).zip(&after) {
+            if a > b {
+                leaks.push(format!("{spoof:?} → {name} (HTTP {})", reply.status));
+            }
+        }
     }
-    let after = internal_requests(envoy)?;
-    Ok(INTERNAL_CLUSTERS
-        .iter()
-        .zip(before.iter().zip(&after))
-        .filter(|(_, (b, a))| a > b)
-        .map(|(name, _)| *name)
-        .collect())
+    Ok(leaks)
 }
 
 /// Without the filter, a client's `x-cell-id` still reaches only cells: the
@@ -290,10 +291,20 @@ fn without_the_filter_the_header_reaches_only_cells() -> Result<()> {
     let sidecar = e2e::Sidecar::start(&dir, &source)?;
     let shipped = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy.yaml"))?;
     let bare = without_filter(&shipped);
-    assert!(!bare.contains("cell_router.wasm") && bare.contains("cluster_header: x-cell-id"));
-    const GUARD: &str = "string_match: {safe_regex: {regex: \"[A-Za-z0-9._:-]+\"}}";
-    assert_eq!(bare.matches(GUARD).count(), 1);
-    let unguarded = bare.replace(GUARD, "present_match: true");
+    assert!(!bare.contains("filters.http.wasm") && bare.contains("cluster_header: x-cell-id"));
+    // The guard: the cell id alphabet, in every copy of the header.
+    const ONE: &str = "string_match: {safe_regex: {regex: \"[A-Za-z0-9._:-]+\"}}";
+    const EVERY: &str = "                  - name: x-cell-id
+                    string_match: {safe_regex: {regex: \".*[^A-Za-z0-9._:-].*\"}}
+                    invert_match: true
+";
+    assert_eq!(bare.matches(ONE).count(), 1);
+    assert_eq!(bare.matches(EVERY).count(), 1);
+    // Without the second matcher a header sent twice gets through (the
+    // first copy names the cluster, the second passes the regex); without
+    // either, one copy does.
+    let first_copy_only = bare.replace(EVERY, "");
+    let unguarded = first_copy_only.replace(ONE, "present_match: true");
 
     let start = |name: &str, text: &str| -> Result<e2e::Envoy> {
         let template = dir.join(name);
@@ -303,7 +314,7 @@ fn without_the_filter_the_header_reaches_only_cells() -> Result<()> {
         e2e::Envoy::start(&dir, options)
     };
     let envoy = start("no-filter.yaml", &bare)?;
-    assert_eq!(leaks_without_filter(&envoy)?, Vec::<&str>::new());
+    assert_eq!(leaks_without_filter(&envoy)?, Vec::<String>::new());
     for name in INTERNAL_CLUSTERS {
         let reply = e2e::get(&client(), &envoy.url("/snapshot"), &[("x-cell-id", name)])?;
         assert_eq!(reply.status, 503, "{name}: {}", reply.body);
@@ -311,8 +322,24 @@ fn without_the_filter_the_header_reaches_only_cells() -> Result<()> {
     }
     drop(envoy);
 
+    // The check can fail: it finds the leaks of weaker guards.
+    let envoy = start("no-filter-first-copy.yaml", &first_copy_only)?;
+    let leaks = leaks_without_filter(&envoy)?;
+    assert_eq!(
+        leaks,
+        [
+            "[(\"x-cell-id\", \"cellmap|sidecar\"), (\"x-cell-id\", \"cell-a\")] → cellmap|sidecar (HTTP 200)"
+        ],
+        "{leaks:?}"
+    );
+    drop(envoy);
     let envoy = start("no-filter-unguarded.yaml", &unguarded)?;
     let leaks = leaks_without_filter(&envoy)?;
-    assert!(leaks.contains(&"cellmap|sidecar"), "{leaks:?}");
+    assert!(
+        leaks
+            .iter()
+            .any(|l| l.starts_with("[(\"x-cell-id\", \"cellmap|sidecar\")] → cellmap|sidecar")),
+        "{leaks:?}"
+    );
     Ok(())
 }

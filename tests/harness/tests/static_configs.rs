@@ -258,6 +258,9 @@ fn cluster_names(config: &str) -> Vec<String> {
 fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
     const ROUTE: &str = "                  - name: x-cell-id
                     string_match: {safe_regex: {regex: \"[A-Za-z0-9._:-]+\"}}
+                  - name: x-cell-id
+                    string_match: {safe_regex: {regex: \".*[^A-Za-z0-9._:-].*\"}}
+                    invert_match: true
                 route: {cluster_header: x-cell-id}";
     let gateways = [
         "envoy/envoy.yaml",
