@@ -216,7 +216,10 @@ fn spoofed_internal_cluster_names_never_reach_internal_clusters() -> Result<()> 
         }
     }
     let after = internal_requests(&gateway.envoy)?;
-    assert_eq!(after[1], before[1], "the persisted-copy cluster was reached");
+    assert_eq!(
+        after[1], before[1],
+        "the persisted-copy cluster was reached"
+    );
     assert!(
         after[0] - before[0] < sent / 4,
         "the sidecar cluster got {} requests while {sent} spoofed ones were sent",
@@ -260,7 +263,8 @@ fn leaks_without_filter(envoy: &e2e::Envoy) -> Result<Vec<String>> {
         let before = internal_requests(envoy)?;
         let reply = e2e::get(&agent, &envoy.url("/snapshot"), spoof)?;
         assert!(
-            reply.header("x-served-by").is_none() || reply.json().is_ok_and(|b| b["cell"] == "cell-a"),
+            reply.header("x-served-by").is_none()
+                || reply.json().is_ok_and(|b| b["cell"] == "cell-a"),
             "{spoof:?}: {} {}",
             reply.status,
             reply.body

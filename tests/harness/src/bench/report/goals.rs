@@ -70,6 +70,17 @@ pub fn goals(summaries: &[Summary], connections: &[u32]) -> Vec<Goal> {
                 at_least: false,
             });
         }
+        // Issue 14: the router's cost does not grow with the number of cells.
+        if let Some(s) = find("router-cached-hs256-c1000", conns) {
+            out.push(Goal {
+                goal: "router-cached-hs256: cost at 1,000 cells ≤ 1.05 × at 3 cells".into(),
+                connections: conns,
+                measured: s.vs_default_cells,
+                measured_cpu: s.cpu_vs_default_cells,
+                target: 1.05,
+                at_least: false,
+            });
+        }
         out.push(Goal {
             goal: "router-unique-rs256: throughput ≥ 0.80 × jwt_authn+Lua (unique RS256)".into(),
             connections: conns,
