@@ -266,3 +266,124 @@ fn the_gateway_api_route_matches_the_virtualservice() {
     assert_eq!(http_route.matches("backendRefs:").count(), cells.len());
     assert_eq!(http_route.matches("- matches:").count(), cells.len());
 }
+
+/// The cell id alphabet (mapping/SPEC.md): what the cell route's regex admits.
+fn is_cell_id_shaped(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Cluster names of an Envoy config: `- name:` items of `clusters:`.
+fn cluster_names(config: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_clusters: Option<usize> = None;
+    for line in config.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if trimmed == "clusters:" {
+            in_clusters = Some(indent);
+            continue;
+        }
+        match in_clusters {
+            Some(level) if indent < level || (indent == level && !trimmed.starts_with("- ")) => {
+                in_clusters = None;
+            }
+            Some(level) if indent == level => {
+                if let Some(name) = trimmed.strip_prefix("- name: ") {
+                    names.push(name.trim_matches('"').to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// The safety of routing with `cluster_header` (envoy/README.md, "Routing"):
+/// every gateway config routes its cells with the one guarded route, and
+/// every cluster that is not a cell has a name no value the route accepts
+/// can name, so a client cannot reach the sidecar (or any internal
+/// cluster) through `x-cell-id` even where the filter is absent.
+#[test]
+fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
+    const ROUTE: &str = "                  - name: x-cell-id
+                    string_match: {safe_regex: {regex: \"[A-Za-z0-9._:-]+\"}}
+                  - name: x-cell-id
+                    string_match: {safe_regex: {regex: \".*[^A-Za-z0-9._:-].*\"}}
+                    invert_match: true
+                route: {cluster_header: x-cell-id}";
+    let gateways = [
+        "envoy/envoy.yaml",
+        "envoy/docker/envoy.yaml",
+        "envoy/bench/plain.yaml",
+        "envoy/bench/cell-router.yaml",
+        "envoy/bench/jwt-lua.yaml",
+        "envoy/bench/trust-header.yaml",
+    ];
+    for path in gateways {
+        let text = read(path);
+        assert_eq!(text.matches(ROUTE).count(), 1, "{path}: the cell route");
+        assert_eq!(
+            text.matches("cluster_header:").count(),
+            1,
+            "{path}: one cluster_header route"
+        );
+        // No other route sends to a fixed cluster: a cell is reached
+        // through the guarded route only.
+        assert!(!text.contains("route: {cluster: "), "{path}");
+        let names = cluster_names(&text);
+        let cells: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| is_cell_id_shaped(n))
+            .collect();
+        assert_eq!(
+            cells,
+            ["cell-a", "cell-b", "cell-c"],
+            "{path}: a cluster whose name is a valid cell id is reachable by any client \
+             that names it in x-cell-id; give every cluster that is not a cell a `|` \
+             in its name (envoy/README.md, \"Routing\")"
+        );
+        for name in names.iter().filter(|n| !is_cell_id_shaped(n)) {
+            assert!(name.contains('|'), "{path}: cluster {name}");
+        }
+        if let Ok(config) = plugin_config_of(&text) {
+            let sidecar = config["sidecar"]["cluster"].as_str().unwrap();
+            assert!(!is_cell_id_shaped(sidecar), "{path}: {sidecar}");
+            assert!(names.iter().any(|n| n == sidecar), "{path}: {sidecar}");
+            if let Some(persisted) = config["sidecar"]["persisted"]["cluster"].as_str() {
+                assert!(!is_cell_id_shaped(persisted), "{path}: {persisted}");
+                assert!(names.iter().any(|n| n == persisted), "{path}: {persisted}");
+            }
+        }
+    }
+    // The parser sees clusters at all.
+    assert_eq!(
+        cluster_names(&read("envoy/envoy.yaml")),
+        [
+            "cellmap|sidecar",
+            "cellmap|persisted",
+            "cell-a",
+            "cell-b",
+            "cell-c"
+        ]
+    );
+    // And the alphabet is the mapping's: a cell id with `|` is refused.
+    assert!(!is_cell_id_shaped("cellmap|sidecar"));
+    assert!(is_cell_id_shaped("cellmap_sidecar"));
+    let example = read("mapping/examples/snapshot.json");
+    assert!(cell_router_mapping::Snapshot::parse(example.as_bytes()).is_ok());
+    let internal = example.replace("\"cell-a\"", "\"cellmap|sidecar\"");
+    let refused = cell_router_mapping::Snapshot::parse(internal.as_bytes())
+        .map(|_| ())
+        .expect_err("a snapshot naming cellmap|sidecar as a cell is refused");
+    assert!(
+        format!("{refused:?}").contains("cells[0].id"),
+        "{refused:?}"
+    );
+}
