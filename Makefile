@@ -6,7 +6,7 @@ WASM := dist/cell_router.wasm
 CELLMAP := target/release/cellmap
 ENVOY := .venv/bin/envoy
 
-.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs demo demo-up demo-down chaos bench bench-smoke bench-mapping clean
+.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs validate-manifests demo demo-up demo-down chaos bench bench-smoke bench-mapping clean
 
 all: build
 
@@ -32,7 +32,7 @@ tools:
 ## The whole suite: lint, unit and property tests, the cross-language vectors,
 ## the real .wasm in the wasmtime host, real Envoy end to end, and a
 ## one-minute smoke run of the benchmark.
-test: tools build envoy lint vectors wasm-imports unit fuzz-smoke validate-configs bench-smoke
+test: tools build envoy lint vectors wasm-imports unit fuzz-smoke validate-configs validate-manifests bench-smoke
 
 # The filter's proxy-wasm layer only builds for wasm32, so it is linted for the
 # target it ships for too. Only its library there: the tests' dev-dependencies
@@ -62,6 +62,11 @@ fuzz-smoke:
 
 validate-configs:
 	ENVOY_BIN=$(ENVOY) scripts/validate-envoy-configs.sh
+
+# The Istio and Gateway API manifests against their schemas (no cluster
+# here): validators pinned in scripts/manifests/package-lock.json (npm).
+validate-manifests:
+	scripts/validate-manifests.sh
 
 TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP)
 

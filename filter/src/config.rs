@@ -82,6 +82,7 @@ struct RawConfig {
     /// Absent: the default; `null`: off.
     #[serde(default, deserialize_with = "present")]
     readiness_path: Option<Option<String>>,
+    log_tenant: Option<bool>,
 }
 
 /// A field that is present (even as `null`) is `Some`.
@@ -202,6 +203,10 @@ pub struct Config {
     /// Requests for this path (query ignored) get the readiness answer,
     /// whatever their token; `None`: off.
     pub readiness_path: Option<String>,
+    /// Whether the tenant is written into filter state
+    /// (`wasm.cell_router.tenant`) for access logs; off by default, since
+    /// a tenant id may be personal data.
+    pub log_tenant: bool,
 }
 
 impl Config {
@@ -537,6 +542,7 @@ impl RawConfig {
             sidecar,
             fallback_snapshot,
             readiness_path,
+            log_tenant: self.log_tenant.unwrap_or(false),
         })
     }
 

@@ -64,6 +64,11 @@ impl Installed {
     pub fn version(&self) -> u64 {
         self.snapshot.version()
     }
+
+    /// The version as the filter writes it (header, filter state).
+    pub fn version_value(&self) -> &str {
+        &self.version_value
+    }
 }
 
 /// Per-VM mutable state used by requests.
@@ -499,4 +504,47 @@ impl<'a> Decision<'a> {
             _ => None,
         }
     }
+}
+
+/// Filter-state keys the decision is written under. Envoy stores a property
+/// set at path `cell_router.cell` as filter state `wasm.cell_router.cell`,
+/// which an access log prints with `%FILTER_STATE(wasm.cell_router.cell:PLAIN)%`.
+pub mod state_key {
+    pub const CELL: &str = "cell_router.cell";
+    pub const REASON: &str = "cell_router.reason";
+    pub const SNAPSHOT: &str = "cell_router.snapshot";
+    pub const TENANT: &str = "cell_router.tenant";
+}
+
+/// What the filter writes into filter state for a decision, as (key, value):
+/// the cell that decided (routed to, shed by or unavailable), the reason
+/// (`slot`, `override`, `pin`, `split`, `failover`, `shed`, `unavailable`,
+/// `no_snapshot`, or the rejection's metric name), the snapshot version
+/// consulted, and the tenant only with `log_tenant`. Nothing for the
+/// readiness answer.
+pub fn filter_state<'d>(
+    decision: &'d Decision<'_>,
+    installed: Option<&'d Installed>,
+    log_tenant: bool,
+) -> Vec<(&'static str, &'d str)> {
+    let (cell, reason, consulted) = match decision.outcome {
+        Outcome::Routed { cell, reason } => (Some(cell), reason, true),
+        Outcome::Shed { cell } => (Some(cell), "shed", true),
+        Outcome::Unavailable { cell } => (Some(cell), "unavailable", true),
+        Outcome::NoSnapshot => (None, "no_snapshot", false),
+        Outcome::Rejected(reason) => (None, reason.metric_name(), false),
+        Outcome::Readiness { .. } => return Vec::new(),
+    };
+    let mut state = Vec::with_capacity(4);
+    if let Some(cell) = cell {
+        state.push((state_key::CELL, cell));
+    }
+    state.push((state_key::REASON, reason));
+    if consulted && let Some(installed) = installed {
+        state.push((state_key::SNAPSHOT, installed.version_value()));
+    }
+    if log_tenant && let Some(tenant) = &decision.tenant {
+        state.push((state_key::TENANT, tenant.as_str()));
+    }
+    state
 }

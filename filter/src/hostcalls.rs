@@ -71,6 +71,12 @@ unsafe extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status: u32,
@@ -203,6 +209,14 @@ pub fn replace_header(map: Map, name: &str, value: &[u8]) -> Result<(), Status> 
 pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
     // SAFETY: pointer and length of a live str; the host copies it.
     result(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Sets a property of the current stream. `path` is one segment (no NUL):
+/// Envoy keeps it as filter state `wasm.<path>`, a bytes value that access
+/// logs print with `%FILTER_STATE(wasm.<path>:PLAIN)%`.
+pub fn set_property(path: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers and lengths of live slices; the host copies them.
+    result(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn send_local_response(

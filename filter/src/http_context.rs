@@ -126,7 +126,12 @@ impl Filter {
             metrics.verified(sink, by_host);
         }
         match decision.outcome {
-            Outcome::Routed { cell, .. } => metrics.routed(sink, cell),
+            Outcome::Routed { cell, reason } => {
+                metrics.routed(sink, cell);
+                if reason == "failover" {
+                    metrics.failover(sink, cell);
+                }
+            }
             Outcome::Shed { cell } => metrics.shed(sink, cell),
             Outcome::Unavailable { cell } => metrics.unavailable(sink, cell),
             Outcome::NoSnapshot => metrics.no_snapshot(sink),
@@ -134,11 +139,20 @@ impl Filter {
             Outcome::Readiness { .. } => {}
         }
 
+        // The decision, where access logs read it. A failed set only costs
+        // the log its field: the request goes on.
+        for (key, value) in decide::filter_state(&decision, installed.as_deref(), config.log_tenant)
+        {
+            let _ = hostcalls::set_property(key, value.as_bytes());
+        }
+        // Client copies go whatever the answer, so nothing after the filter
+        // (a cell, an access log's %REQ(X-CELL-ID)%) reads the client's choice.
+        for name in &decision.remove {
+            let _ = hostcalls::remove_header(Map::RequestHeaders, name);
+        }
+
         match decision.action {
             Action::Continue { set } => {
-                for name in &decision.remove {
-                    let _ = hostcalls::remove_header(Map::RequestHeaders, name);
-                }
                 for (name, value) in set {
                     if hostcalls::replace_header(Map::RequestHeaders, name, value).is_err() {
                         // Without the cell header the request must not pass.

@@ -32,6 +32,7 @@ struct CellIds {
     routed: Option<u32>,
     shed: Option<u32>,
     unavailable: Option<u32>,
+    failover: Option<u32>,
 }
 
 /// Metric ids, defined once per VM (per cell on first use).
@@ -123,6 +124,7 @@ impl Metrics {
             routed: sink.define(MetricKind::Counter, &name(&["routed", &safe])),
             shed: sink.define(MetricKind::Counter, &name(&["shed", &safe])),
             unavailable: sink.define(MetricKind::Counter, &name(&["unavailable", &safe])),
+            failover: sink.define(MetricKind::Counter, &name(&["failover", &safe])),
         };
         self.cells.insert(cell.to_string(), ids);
         ids
@@ -193,6 +195,13 @@ impl Metrics {
 
     pub fn shed(&mut self, sink: &mut dyn MetricSink, cell: &str) {
         let id = self.cell(sink, cell).shed;
+        Self::bump(sink, id);
+    }
+
+    /// A request routed to `cell` because its own cell is disabled (also
+    /// counted in `routed`).
+    pub fn failover(&mut self, sink: &mut dyn MetricSink, cell: &str) {
+        let id = self.cell(sink, cell).failover;
         Self::bump(sink, id);
     }
 

@@ -425,3 +425,100 @@ proptest! {
         prop_assert_eq!(routed, usable);
     }
 }
+
+#[test]
+fn the_decision_is_written_for_access_logs_without_the_tenant_by_default() {
+    use cell_router_filter::decide::filter_state;
+    let mut router = Router::from_json(&base_config());
+    assert!(!router.config.log_tenant);
+    let state = |router: &mut Router, headers: &[(&str, &str)]| {
+        let installed = router.installed.take();
+        let log_tenant = router.config.log_tenant;
+        let now = router.now;
+        let mut clock = move || now;
+        let decision = cell_router_filter::decide::decide(
+            &router.config,
+            &mut router.vm,
+            headers,
+            &mut clock,
+            installed.as_ref(),
+        );
+        let state: Vec<(String, String)> = filter_state(&decision, installed.as_ref(), log_tenant)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        drop(decision);
+        router.installed = installed;
+        state
+    };
+    let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let token = token_for("t-b");
+    assert_eq!(
+        state(
+            &mut router,
+            &[("authorization", &token), ("x-cell-id", "a")]
+        ),
+        pairs(&[
+            ("cell_router.cell", "b"),
+            ("cell_router.reason", "override"),
+            ("cell_router.snapshot", "1"),
+        ])
+    );
+    assert_eq!(
+        state(&mut router, &[("authorization", &token_for("t-failover"))]),
+        pairs(&[
+            ("cell_router.cell", "a"),
+            ("cell_router.reason", "failover"),
+            ("cell_router.snapshot", "1"),
+        ])
+    );
+    // Refused before any cell was looked up: the reason only.
+    assert_eq!(
+        state(&mut router, &[("x-cell-id", "a")]),
+        pairs(&[("cell_router.reason", "missing_token")])
+    );
+    // Shed: the draining cell that shed it.
+    let token = token_for("t-draining");
+    let shed = (0..200)
+        .map(|i| {
+            let id = format!("{i:08x}-request");
+            state(
+                &mut router,
+                &[("authorization", &token), ("x-request-id", &id)],
+            )
+        })
+        .find(|s| {
+            s.iter()
+                .any(|(k, v)| k == "cell_router.reason" && v == "shed")
+        })
+        .expect("a shed request");
+    assert_eq!(
+        shed,
+        pairs(&[
+            ("cell_router.cell", "c"),
+            ("cell_router.reason", "shed"),
+            ("cell_router.snapshot", "1"),
+        ])
+    );
+
+    // The tenant only when asked for.
+    let mut value = base_config();
+    value["log_tenant"] = true.into();
+    let mut router = Router::from_json(&value);
+    let tenant = state(&mut router, &[("authorization", &token_for("t-b"))]);
+    assert_eq!(
+        tenant.last(),
+        Some(&("cell_router.tenant".to_string(), "t-b".to_string()))
+    );
+    value["log_tenant"] = "yes".into();
+    assert!(
+        config_error(&value).contains("log_tenant"),
+        "{}",
+        config_error(&value)
+    );
+}

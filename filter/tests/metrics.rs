@@ -73,7 +73,9 @@ fn decisions_are_counted_per_cell_and_reason() {
     let mut router = Router::from_json(&base_config());
     let good = bearer(&sign("HS256", tenant_claims("t-b")));
     let down = bearer(&sign("HS256", tenant_claims("t-down")));
+    let failover = bearer(&sign("HS256", tenant_claims("t-failover")));
     for headers in [
+        vec![("authorization", failover.as_str())],
         vec![("authorization", good.as_str())],
         vec![("authorization", good.as_str())],
         vec![("authorization", down.as_str())],
@@ -85,7 +87,12 @@ fn decisions_are_counted_per_cell_and_reason() {
             metrics.cache(&mut sink, hit);
         }
         match decision.outcome {
-            Outcome::Routed { cell, .. } => metrics.routed(&mut sink, cell),
+            Outcome::Routed { cell, reason } => {
+                metrics.routed(&mut sink, cell);
+                if reason == "failover" {
+                    metrics.failover(&mut sink, cell);
+                }
+            }
             Outcome::Shed { cell } => metrics.shed(&mut sink, cell),
             Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
             Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
@@ -94,11 +101,15 @@ fn decisions_are_counted_per_cell_and_reason() {
         }
     }
     assert_eq!(sink.value("cell_router.routed.b"), 2);
+    assert_eq!(sink.value("cell_router.failover.b"), 0);
+    // A failover counts as routed to the cell that took it, and apart.
+    assert_eq!(sink.value("cell_router.routed.a"), 1);
+    assert_eq!(sink.value("cell_router.failover.a"), 1);
     assert_eq!(sink.value("cell_router.unavailable.e"), 1);
     assert_eq!(sink.value("cell_router.rejected.malformed"), 1);
     assert_eq!(sink.value("cell_router.rejected.missing_token"), 1);
     assert_eq!(sink.value("cell_router.token_cache.hit"), 1);
-    assert_eq!(sink.value("cell_router.token_cache.miss"), 3);
+    assert_eq!(sink.value("cell_router.token_cache.miss"), 4);
     metrics.rejected(&mut sink, Reason::WrongAudience);
     assert_eq!(sink.value("cell_router.rejected.wrong_audience"), 1);
 

@@ -8,11 +8,18 @@
 //! - with a previous snapshot only the slots that must move do: a removed
 //!   cell's, and the fewest needed to reach the new quotas;
 //! - known tenants whose cell would change because the ring changed are
-//!   pinned to their previous cell.
+//!   pinned to their previous cell;
+//! - by load ([`build_with_load`], [`load`]), active cells take slots by
+//!   weight × headroom, and a cell at or over a threshold takes none.
 //!
-//! The same inputs always give byte-identical output.
+//! [`drain`] plans the series of snapshots that moves a cell's tenants off
+//! in small steps. The same inputs always give byte-identical output.
 
-use crate::error::{PathError, from_json_with_path, index_path, key_path};
+pub mod drain;
+pub mod load;
+
+use self::load::{Breach, Load};
+use crate::error::{ObjectOnly, PathError, from_json_with_path, index_path, key_path};
 use crate::hash::HashKey;
 use crate::snapshot::{
     CellDoc, CellState, HASH_ALGORITHM, HashDoc, MAX_SLOTS, MoveDoc, Snapshot, SnapshotDoc,
@@ -20,9 +27,10 @@ use crate::snapshot::{
 };
 use crate::table::{EntryKind, MAX_TENANT_BYTES};
 use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
+use std::marker::PhantomData;
 
 /// Slots when the spec does not say: 2^16 keeps each cell's share within
 /// 1/65,536 of its weight and the table at 128 KiB (175 KB of base64).
@@ -55,67 +63,103 @@ pub struct Spec {
     /// With a previous snapshot the version is always the previous + 1.
     #[serde(default)]
     pub version: Option<u64>,
+    #[serde(deserialize_with = "object")]
     pub hash: SpecHash,
+    #[serde(deserialize_with = "objects")]
     pub cells: Vec<CellDoc>,
     #[serde(default)]
     pub overrides: TenantMap,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub moves: Vec<MoveDoc>,
 }
 
 impl Spec {
-    /// Parses a spec; errors name the JSON path.
+    /// Parses a spec; errors name the JSON path. Objects must be objects,
+    /// a key may be written once, unknown fields are refused.
     pub fn parse(bytes: &[u8]) -> Result<Spec, PathError> {
-        from_json_with_path(bytes)
+        from_json_with_path::<ObjectOnly<Spec>>(bytes).map(|s| s.0)
     }
 }
 
 /// Tenant → cell. Unlike a plain map, a tenant written twice is an error
 /// rather than silently the last one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TenantMap(pub BTreeMap<String, String>);
+pub type TenantMap = UniqueMap<String>;
 
-impl<'de> Deserialize<'de> for TenantMap {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(TenantMapVisitor)
+/// A JSON object read as a sorted map: only an object is accepted, and a key
+/// written twice is refused at that key's path (a plain map would silently
+/// keep the last one). Used for every map of the builder's inputs: the spec's
+/// overrides and the load file's cells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UniqueMap<V>(pub BTreeMap<String, V>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(BTreeMap::new())
     }
 }
 
-struct TenantMapVisitor;
-
-/// Reads one map value, failing (at that key's path) if the key was seen.
-struct UniqueValue {
-    duplicate: bool,
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(UniqueMapVisitor(PhantomData))
+    }
 }
 
-impl<'de> de::DeserializeSeed<'de> for UniqueValue {
-    type Value = String;
+struct UniqueMapVisitor<V>(PhantomData<V>);
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
-        let value = String::deserialize(deserializer)?;
+/// Reads one map value, failing (at that key's path) if the key was seen.
+struct UniqueValue<V> {
+    duplicate: bool,
+    value: PhantomData<V>,
+}
+
+impl<'de, V: Deserialize<'de>> de::DeserializeSeed<'de> for UniqueValue<V> {
+    type Value = V;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<V, D::Error> {
+        let value = V::deserialize(deserializer)?;
         if self.duplicate {
-            return Err(de::Error::custom("tenant appears more than once"));
+            return Err(de::Error::custom(
+                "appears more than once in this object (each key may be written once)",
+            ));
         }
         Ok(value)
     }
 }
 
-impl<'de> Visitor<'de> for TenantMapVisitor {
-    type Value = TenantMap;
+impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueMapVisitor<V> {
+    type Value = UniqueMap<V>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object of tenant id → cell id")
+        f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TenantMap, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueMap<V>, A::Error> {
         let mut out = BTreeMap::new();
-        while let Some(tenant) = map.next_key::<String>()? {
-            let duplicate = out.contains_key(&tenant);
-            let cell = map.next_value_seed(UniqueValue { duplicate })?;
-            out.insert(tenant, cell);
+        while let Some(key) = map.next_key::<String>()? {
+            let duplicate = out.contains_key(&key);
+            let value = map.next_value_seed(UniqueValue {
+                duplicate,
+                value: PhantomData,
+            })?;
+            out.insert(key, value);
         }
-        Ok(TenantMap(out))
+        Ok(UniqueMap(out))
     }
+}
+
+/// `deserialize_with` for a struct field that must be a JSON object (a
+/// derived struct alone would also take an array, fields by position).
+pub(crate) fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    ObjectOnly::<T>::deserialize(deserializer).map(|o| o.0)
+}
+
+/// `deserialize_with` for an array of objects.
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<ObjectOnly<T>>::deserialize(deserializer).map(|v| v.into_iter().map(|o| o.0).collect())
 }
 
 /// Inputs of a build besides the spec.
@@ -129,14 +173,16 @@ pub struct BuildOptions<'a> {
     pub generated_at: &'a str,
 }
 
-/// What a build did, for the operator.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a build did, for the operator (`cellmap build` prints it, and
+/// writes it as JSON with `--report-json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct BuildReport {
     pub version: u64,
     pub slots: u32,
     /// Slots whose cell differs from the previous snapshot (0 without one).
     pub slots_moved: u32,
-    /// Slots per cell, in spec order.
+    /// Slots per cell, in spec order (in JSON: `cells[].slots_after`).
+    #[serde(skip)]
     pub slots_per_cell: Vec<(String, u32)>,
     /// Pins in the new snapshot.
     pub pins: usize,
@@ -150,6 +196,46 @@ pub struct BuildReport {
     /// Tenants whose cell changes but could not be pinned because their
     /// previous cell was removed.
     pub unpinnable: usize,
+    /// Each cell of the spec, in spec order.
+    pub cells: Vec<CellReport>,
+    /// Slots that changed hands, by (previous cell, new cell); a removed
+    /// cell appears as `from`. Sorted by `from`, then `to`.
+    pub slot_moves: Vec<SlotMove>,
+    /// Whether new slots were shared by load (`--load`).
+    pub by_load: bool,
+}
+
+/// One cell in a [`BuildReport`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CellReport {
+    pub id: String,
+    pub state: CellState,
+    pub weight: f64,
+    /// Slots in the previous snapshot (None without one; 0 for a new cell).
+    pub slots_before: Option<u32>,
+    pub slots_after: u32,
+    /// `slots_before / S`.
+    pub share_before: Option<f64>,
+    /// `slots_after / S`: the share of new tenants the cell receives.
+    pub share_after: f64,
+    /// With `--load`: the cell's headroom (None if the load file does not
+    /// list it, as it may not for a draining or disabled cell).
+    pub headroom: Option<f64>,
+    /// With `--load`: the thresholds the cell meets or exceeds; not empty
+    /// means the cell is closed to new tenants.
+    pub closed_by: Vec<Breach>,
+    /// Pins to this cell in the new snapshot.
+    pub pins: usize,
+    /// Of those, pins added by this build.
+    pub pins_added: usize,
+}
+
+/// Slots that went from one cell to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlotMove {
+    pub from: String,
+    pub to: String,
+    pub slots: u32,
 }
 
 /// A built snapshot in all three forms.
@@ -165,6 +251,35 @@ pub struct Build {
 
 /// Builds a snapshot from a spec.
 pub fn build(spec: &Spec, options: &BuildOptions<'_>) -> Result<Build, PathError> {
+    build_placed(spec, options, None)
+}
+
+/// Builds a snapshot from a spec, sharing the slots among active cells by
+/// `weight × headroom` from `load` instead of weight alone, so that new
+/// tenants land in proportion to each cell's headroom and none on a cell at
+/// or over a threshold (`SPEC.md`, "Placement by load"). Everything else is
+/// as [`build`]: draining and disabled cells keep their slots, the fewest
+/// slots move, and known tenants whose slot moves are pinned (give
+/// `known_tenants` with `previous`, or the tenants of a closed cell move).
+///
+/// The load file must name only cells of the spec and give figures for every
+/// active cell; its errors have paths into the load file
+/// ([`Load::check_cells`], which callers may run first to tell the files
+/// apart).
+pub fn build_with_load(
+    spec: &Spec,
+    options: &BuildOptions<'_>,
+    load: &Load,
+) -> Result<Build, PathError> {
+    load.check_cells(&spec.cells, None, "spec")?;
+    build_placed(spec, options, Some(load))
+}
+
+fn build_placed(
+    spec: &Spec,
+    options: &BuildOptions<'_>,
+    load: Option<&Load>,
+) -> Result<Build, PathError> {
     if spec.hash.algorithm != HASH_ALGORITHM {
         return Err(PathError::new(
             "$.hash.algorithm",
@@ -224,10 +339,34 @@ pub fn build(spec: &Spec, options: &BuildOptions<'_>) -> Result<Build, PathError
         }
     };
 
-    let table = allocate_slots(slots, &spec.cells, previous.as_deref())?;
+    // By load, an active cell takes slots by weight × headroom: a closed
+    // cell's quota is 0, so all its slots go to cells with headroom.
+    let table = match load {
+        None => allocate_slots(slots, &spec.cells, previous.as_deref())?,
+        Some(load) => {
+            let placing: Vec<CellDoc> = spec
+                .cells
+                .iter()
+                .map(|c| CellDoc {
+                    weight: load.effective_weight(c),
+                    ..c.clone()
+                })
+                .collect();
+            allocate_slots(slots, &placing, previous.as_deref()).map_err(|e| {
+                PathError::new(
+                    e.path,
+                    format!(
+                        "{}; by load an active cell takes new slots by weight × headroom, so a cell at or over a threshold counts as weight 0: add a cell or raise a threshold",
+                        e.message
+                    ),
+                )
+            })?
+        }
+    };
 
     let mut report = BuildReport {
         slots,
+        by_load: load.is_some(),
         ..BuildReport::default()
     };
     if let Some(prev) = &previous {
@@ -250,11 +389,31 @@ pub fn build(spec: &Spec, options: &BuildOptions<'_>) -> Result<Build, PathError
         .map(|(c, &n)| (c.id.clone(), n))
         .collect();
 
+    let mut pins_added_to = BTreeMap::new();
     let pins = match options.previous {
-        Some(prev) => pin_tenants(spec, key, &table, prev, options.known_tenants, &mut report),
+        Some(prev) => pin_tenants(
+            spec,
+            key,
+            &table,
+            prev,
+            options.known_tenants,
+            &mut report,
+            &mut pins_added_to,
+        ),
         None => BTreeMap::new(),
     };
     report.pins = pins.len();
+    report.cells = cell_reports(
+        spec,
+        &counts,
+        previous.as_deref(),
+        load,
+        &pins,
+        &pins_added_to,
+    );
+    if let Some(prev) = options.previous {
+        report.slot_moves = slot_moves(prev, &spec.cells, &table);
+    }
 
     let version = match options.previous {
         Some(prev) => prev.version().checked_add(1).ok_or_else(|| {
@@ -288,6 +447,78 @@ pub fn build(spec: &Spec, options: &BuildOptions<'_>) -> Result<Build, PathError
         snapshot,
         report,
     })
+}
+
+/// Per-cell lines of the report.
+fn cell_reports(
+    spec: &Spec,
+    counts: &[u32],
+    previous: Option<&[Option<u16>]>,
+    load: Option<&Load>,
+    pins: &BTreeMap<String, String>,
+    pins_added_to: &BTreeMap<String, usize>,
+) -> Vec<CellReport> {
+    let total = f64::from(spec.hash.slots.max(1));
+    let held = previous.map(|prev| {
+        let mut held = vec![0u32; spec.cells.len()];
+        for cell in prev.iter().flatten() {
+            if let Some(h) = held.get_mut(usize::from(*cell)) {
+                *h += 1;
+            }
+        }
+        held
+    });
+    let mut pins_to: BTreeMap<&str, usize> = BTreeMap::new();
+    for cell in pins.values() {
+        *pins_to.entry(cell.as_str()).or_default() += 1;
+    }
+    spec.cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let slots_before = held.as_ref().map(|h| h.get(i).copied().unwrap_or(0));
+            let slots_after = counts.get(i).copied().unwrap_or(0);
+            let cell_load = load.and_then(|l| l.cell(&c.id));
+            CellReport {
+                id: c.id.clone(),
+                state: c.state,
+                weight: c.weight,
+                slots_before,
+                slots_after,
+                share_before: slots_before.map(|n| f64::from(n) / total),
+                share_after: f64::from(slots_after) / total,
+                headroom: cell_load.map(|l| l.headroom),
+                closed_by: cell_load.map(|l| l.closed_by.clone()).unwrap_or_default(),
+                pins: pins_to.get(c.id.as_str()).copied().unwrap_or(0),
+                pins_added: pins_added_to.get(&c.id).copied().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// Slots that changed hands, counted by (previous cell id, new cell id).
+pub(crate) fn slot_moves(previous: &Snapshot, cells: &[CellDoc], table: &[u16]) -> Vec<SlotMove> {
+    let mut pairs: HashMap<(u16, u16), u32> = HashMap::new();
+    for (&old, &new) in previous.slot_table().iter().zip(table) {
+        let old_id = previous.cell(old).map(|c| c.id.as_str());
+        let new_id = cells.get(usize::from(new)).map(|c| c.id.as_str());
+        if old_id != new_id {
+            *pairs.entry((old, new)).or_default() += 1;
+        }
+    }
+    let mut moves: Vec<SlotMove> = pairs
+        .into_iter()
+        .map(|((old, new), slots)| SlotMove {
+            from: previous.cell(old).map(|c| c.id.clone()).unwrap_or_default(),
+            to: cells
+                .get(usize::from(new))
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+            slots,
+        })
+        .collect();
+    moves.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
+    moves
 }
 
 /// Checks what `Snapshot::parse` would only report after the slot work:
@@ -568,6 +799,7 @@ fn pin_tenants(
     previous: &Snapshot,
     known: &[String],
     report: &mut BuildReport,
+    added_to: &mut BTreeMap<String, usize>,
 ) -> BTreeMap<String, String> {
     let explicit: BTreeSet<&str> = spec
         .overrides
@@ -612,6 +844,7 @@ fn pin_tenants(
                 report.pins_kept += 1;
             } else {
                 report.pins_added += 1;
+                *added_to.entry(previous_home.to_string()).or_default() += 1;
             }
             pins.insert(tenant.to_string(), previous_home.to_string());
         } else {

@@ -33,6 +33,16 @@ struct Tally {
     ok_200: AtomicU64,
     not_modified: AtomicU64,
     refused_connects: AtomicU64,
+    /// Connections the kernel had queued when a stopping sidecar closed its
+    /// listener: sent after the stop began, closed at once with no byte.
+    /// Like a refused connect, the client knows at once and asks again.
+    cut_while_stopping: AtomicU64,
+    /// The current restart window, in ms since `origin`: a stop begins at
+    /// `stop_began_ms`; `started_again_ms` is u64::MAX until the new process
+    /// listens.
+    origin: std::sync::OnceLock<Instant>,
+    stop_began_ms: AtomicU64,
+    started_again_ms: AtomicU64,
     /// Failures, by kind, with the first few descriptions.
     problems: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
     slowest_ms: AtomicU64,
@@ -49,6 +59,18 @@ impl Tally {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        let origin = self.origin.get_or_init(Instant::now);
+        u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a request sent at `sent_ms` went out during a restart window
+    /// (after the stop began, before the new process listened).
+    fn sent_while_stopping(&self, sent_ms: u64) -> bool {
+        sent_ms >= self.stop_began_ms.load(Ordering::SeqCst)
+            && sent_ms <= self.started_again_ms.load(Ordering::SeqCst)
+    }
+
     fn report(&self) -> String {
         let problems = self.problems.lock().unwrap();
         let problems: Vec<String> = problems
@@ -59,11 +81,12 @@ impl Tally {
             })
             .collect();
         format!(
-            "answered {} (200: {}, 304: {}), refused connects {}, slowest answer {} ms, problems: {problems:?}",
+            "answered {} (200: {}, 304: {}), refused connects {}, queued connections closed by a stopping sidecar {}, slowest answer {} ms, problems: {problems:?}",
             self.answered.load(Ordering::Relaxed),
             self.ok_200.load(Ordering::Relaxed),
             self.not_modified.load(Ordering::Relaxed),
             self.refused_connects.load(Ordering::Relaxed),
+            self.cut_while_stopping.load(Ordering::Relaxed),
             self.slowest_ms.load(Ordering::Relaxed),
         )
     }
@@ -77,6 +100,7 @@ async fn worker(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> u64 {
     while !stop.load(Ordering::Relaxed) {
         let path = format!("/snapshot?after={version}&wait={WAIT_S}");
         let sent = Instant::now();
+        let sent_ms = tally.now_ms();
         // Some slack past the limit, so a late answer is told from none.
         let reply =
             tokio::time::timeout(limit + Duration::from_secs(4), raw_get(port, &path)).await;
@@ -92,7 +116,18 @@ async fn worker(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> u64 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(Err(RawError::Cut(what))) => {
-                tally.problem("connection cut before an answer", what);
+                // A long-poll that was waiting when the stop began must get
+                // its 304; only a connection made during the stop may be
+                // closed unanswered (the kernel's queue dies with the
+                // listener).
+                if tally.sent_while_stopping(sent_ms) && what.contains("after 0 bytes") {
+                    tally.cut_while_stopping.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tally.problem(
+                        "connection cut before an answer",
+                        format!("{what} (sent at {sent_ms} ms)"),
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(Ok(reply)) => {
@@ -143,6 +178,9 @@ fn five_hundred_long_polls_ride_out_twenty_restarts() {
     let runtime = runtime();
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
+    tally.now_ms();
+    tally.stop_began_ms.store(u64::MAX, Ordering::SeqCst);
+    tally.started_again_ms.store(u64::MAX, Ordering::SeqCst);
     let workers: Vec<_> = (0..CLIENTS)
         .map(|_| runtime.spawn(worker(port, Arc::clone(&stop), Arc::clone(&tally))))
         .collect();
@@ -159,11 +197,16 @@ fn five_hundred_long_polls_ride_out_twenty_restarts() {
                 &snapshot(version, if i % 4 == 0 { "cell-b" } else { "cell-a" }),
             );
         }
+        tally.started_again_ms.store(u64::MAX, Ordering::SeqCst);
+        tally.stop_began_ms.store(tally.now_ms(), Ordering::SeqCst);
         let stopping = Instant::now();
         let status = sidecar.terminate(Duration::from_secs(5));
         stop_times.push(stopping.elapsed());
         assert!(status.success(), "restart {i}: exit status {status}");
         sidecar = start_on(port, &args);
+        tally
+            .started_again_ms
+            .store(tally.now_ms(), Ordering::SeqCst);
     }
     // A version published with no restart reaches every worker, then the
     // long-polls run into their wait (304) with nothing newer.
@@ -208,7 +251,8 @@ fn five_hundred_long_polls_ride_out_twenty_restarts() {
         tally.ok_200.load(Ordering::Relaxed) >= (CLIENTS * 2) as u64,
         "{report}"
     );
-    assert!(slowest_stop < Duration::from_secs(3), "{stop_times:?}");
+    // A stop waits at most 2 s for open requests; room for a busy machine.
+    assert!(slowest_stop < Duration::from_secs(5), "{stop_times:?}");
 }
 
 /// Over `--max-in-flight`, requests get 503 at once; a long-poll whose client

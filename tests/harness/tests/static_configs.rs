@@ -89,7 +89,12 @@ fn compose_references_files_that_exist() {
     assert!(
         compose.contains("command: [\"/etc/envoy/gateway.sh\", \"-c\", \"/etc/envoy/envoy.yaml\"")
     );
-    assert!(compose.contains("\"--persist\", \"/var/lib/cellmap/snapshot.json\""));
+    // The sidecar image's entrypoint persists; compose must not pass
+    // `--persist` again (clap refuses a repeated option).
+    assert!(
+        read("envoy/Dockerfile").contains("\"--persist\", \"/var/lib/cellmap/snapshot.json\"]")
+    );
+    assert!(!compose.contains("--persist"), "compose repeats --persist");
     assert!(compose.contains("- cellmap-state:/var/lib/cellmap:ro"));
     assert!(compose.contains("GET /cell-router/ready HTTP/1.1"));
     assert!(
@@ -235,4 +240,181 @@ fn every_shipped_http_connection_manager_uses_the_remote_address() {
         }
     }
     assert!(managers >= 12, "found only {managers} connection managers");
+}
+
+/// The WasmPlugin pins the image (a digest Istio checks after pulling),
+/// says how it is pulled, and fails closed.
+#[test]
+fn the_wasmplugin_pins_its_image_and_fails_closed() {
+    let manifest = read("envoy/istio/wasmplugin.yaml");
+    let sha = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .expect("spec.sha256")
+        .trim_matches('"');
+    assert_eq!(sha.len(), 64, "{sha}");
+    assert!(
+        sha.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert!(manifest.contains("\n  imagePullPolicy: IfNotPresent\n"));
+    assert!(manifest.contains("\n  failStrategy: FAIL_CLOSE\n"));
+    assert!(manifest.contains("\n  url: oci://"));
+}
+
+/// The Gateway API route and the Istio VirtualService send each cell header
+/// value to the same cell's service, one backendRef per cell, and neither
+/// routes a request without the header to a cell.
+#[test]
+fn the_gateway_api_route_matches_the_virtualservice() {
+    let virtual_service = read("envoy/istio/gateway-routes.yaml");
+    let http_route = read("envoy/istio/gateway-api-routes.yaml");
+    let cells: Vec<&str> = cell_router_harness::e2e::DEFAULT_CELL_PORTS
+        .iter()
+        .map(|(c, _)| *c)
+        .collect();
+    for cell in &cells {
+        assert!(
+            virtual_service.contains(&format!(
+                "- match: [{{headers: {{x-cell-id: {{exact: {cell}}}}}}}]\n      route: [{{destination: {{host: api.{cell}.svc.cluster.local}}}}]"
+            )),
+            "VirtualService: {cell}"
+        );
+        assert!(
+            http_route.contains(&format!(
+                "- matches: [{{headers: [{{type: Exact, name: x-cell-id, value: {cell}}}]}}]\n      backendRefs: [{{name: api, namespace: {cell}, port: 80}}]"
+            )),
+            "HTTPRoute: {cell}"
+        );
+        // The cell's namespace lets the route name its Service.
+        assert!(
+            http_route.contains(&format!(
+                "  name: cell-router-routes\n  namespace: {cell}\n"
+            )),
+            "ReferenceGrant: {cell}"
+        );
+    }
+    assert_eq!(http_route.matches("backendRefs:").count(), cells.len());
+    assert_eq!(http_route.matches("- matches:").count(), cells.len());
+}
+
+/// The cell id alphabet (mapping/SPEC.md): what the cell route's regex admits.
+fn is_cell_id_shaped(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Cluster names of an Envoy config: `- name:` items of `clusters:`.
+fn cluster_names(config: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_clusters: Option<usize> = None;
+    for line in config.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if trimmed == "clusters:" {
+            in_clusters = Some(indent);
+            continue;
+        }
+        match in_clusters {
+            Some(level) if indent < level || (indent == level && !trimmed.starts_with("- ")) => {
+                in_clusters = None;
+            }
+            Some(level) if indent == level => {
+                if let Some(name) = trimmed.strip_prefix("- name: ") {
+                    names.push(name.trim_matches('"').to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// The safety of routing with `cluster_header` (envoy/README.md, "Routing"):
+/// every gateway config routes its cells with the one guarded route, and
+/// every cluster that is not a cell has a name no value the route accepts
+/// can name, so a client cannot reach the sidecar (or any internal
+/// cluster) through `x-cell-id` even where the filter is absent.
+#[test]
+fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
+    const ROUTE: &str = "                  - name: x-cell-id
+                    string_match: {safe_regex: {regex: \"[A-Za-z0-9._:-]+\"}}
+                  - name: x-cell-id
+                    string_match: {safe_regex: {regex: \".*[^A-Za-z0-9._:-].*\"}}
+                    invert_match: true
+                route: {cluster_header: x-cell-id}";
+    let gateways = [
+        "envoy/envoy.yaml",
+        "envoy/docker/envoy.yaml",
+        "envoy/bench/plain.yaml",
+        "envoy/bench/cell-router.yaml",
+        "envoy/bench/jwt-lua.yaml",
+        "envoy/bench/trust-header.yaml",
+    ];
+    for path in gateways {
+        let text = read(path);
+        assert_eq!(text.matches(ROUTE).count(), 1, "{path}: the cell route");
+        assert_eq!(
+            text.matches("cluster_header:").count(),
+            1,
+            "{path}: one cluster_header route"
+        );
+        // No other route sends to a fixed cluster: a cell is reached
+        // through the guarded route only.
+        assert!(!text.contains("route: {cluster: "), "{path}");
+        let names = cluster_names(&text);
+        let cells: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| is_cell_id_shaped(n))
+            .collect();
+        assert_eq!(
+            cells,
+            ["cell-a", "cell-b", "cell-c"],
+            "{path}: a cluster whose name is a valid cell id is reachable by any client \
+             that names it in x-cell-id; give every cluster that is not a cell a `|` \
+             in its name (envoy/README.md, \"Routing\")"
+        );
+        for name in names.iter().filter(|n| !is_cell_id_shaped(n)) {
+            assert!(name.contains('|'), "{path}: cluster {name}");
+        }
+        if let Ok(config) = plugin_config_of(&text) {
+            let sidecar = config["sidecar"]["cluster"].as_str().unwrap();
+            assert!(!is_cell_id_shaped(sidecar), "{path}: {sidecar}");
+            assert!(names.iter().any(|n| n == sidecar), "{path}: {sidecar}");
+            if let Some(persisted) = config["sidecar"]["persisted"]["cluster"].as_str() {
+                assert!(!is_cell_id_shaped(persisted), "{path}: {persisted}");
+                assert!(names.iter().any(|n| n == persisted), "{path}: {persisted}");
+            }
+        }
+    }
+    // The parser sees clusters at all.
+    assert_eq!(
+        cluster_names(&read("envoy/envoy.yaml")),
+        [
+            "cellmap|sidecar",
+            "cellmap|persisted",
+            "cell-a",
+            "cell-b",
+            "cell-c"
+        ]
+    );
+    // And the alphabet is the mapping's: a cell id with `|` is refused.
+    assert!(!is_cell_id_shaped("cellmap|sidecar"));
+    assert!(is_cell_id_shaped("cellmap_sidecar"));
+    let example = read("mapping/examples/snapshot.json");
+    assert!(cell_router_mapping::Snapshot::parse(example.as_bytes()).is_ok());
+    let internal = example.replace("\"cell-a\"", "\"cellmap|sidecar\"");
+    let refused = cell_router_mapping::Snapshot::parse(internal.as_bytes())
+        .map(|_| ())
+        .expect_err("a snapshot naming cellmap|sidecar as a cell is refused");
+    assert!(
+        format!("{refused:?}").contains("cells[0].id"),
+        "{refused:?}"
+    );
 }

@@ -234,6 +234,9 @@ pub mod metric {
     pub fn shed(cell: &str) -> String {
         format!("cell_router.shed.{cell}")
     }
+    pub fn failover(cell: &str) -> String {
+        format!("cell_router.failover.{cell}")
+    }
     pub fn unavailable(cell: &str) -> String {
         format!("cell_router.unavailable.{cell}")
     }

@@ -127,6 +127,9 @@ fn define_general(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             enter(&mut c, "proxy_set_property")?;
             let path = mem!(&mut c, path_ptr, path_len);
             let value = mem!(&mut c, value_ptr, value_len);
+            if c.data().refuse_set_property {
+                return ok(Status::InternalFailure);
+            }
             // Envoy keeps properties in the stream's filter state; the root
             // context has none.
             match c.data_mut().active_stream() {

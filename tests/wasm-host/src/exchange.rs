@@ -119,6 +119,18 @@ pub struct Exchange {
     pub vm_time: std::time::Duration,
     /// Lines logged while this stream was active (for diagnosis only).
     pub logs: Vec<LogLine>,
+    /// Properties the plugin set on this stream (Envoy: filter state
+    /// `wasm.<path>`), by path.
+    pub properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Exchange {
+    /// A property the plugin set, as text.
+    pub fn property(&self, path: &str) -> Option<String> {
+        self.properties
+            .get(path.as_bytes())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
 }
 
 impl Exchange {

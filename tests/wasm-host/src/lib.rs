@@ -95,6 +95,9 @@ pub struct HostOptions {
     pub generate_request_id: bool,
     /// `:authority` when the client sent none.
     pub authority: String,
+    /// Answer `proxy_set_property` with an error (a host that keeps no
+    /// filter state), to check that a failed set fails nothing else.
+    pub refuse_set_property: bool,
 }
 
 impl Default for HostOptions {
@@ -120,6 +123,7 @@ impl Default for HostOptions {
             seed: 0x5eed_cafe_f00d_0001,
             generate_request_id: true,
             authority: "gateway.test".into(),
+            refuse_set_property: false,
         }
     }
 }
@@ -218,6 +222,7 @@ impl Host {
             host_calls: BTreeMap::new(),
             root_foreign_calls: Vec::new(),
             properties: BTreeMap::new(),
+            refuse_set_property: options.refuse_set_property,
             vm_time: Duration::ZERO,
             rng: options.seed ^ host_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         };

@@ -495,6 +495,7 @@ pub(super) fn snapshot(state: &HostState, id: u32, s: &Stream) -> Exchange {
         host_calls: s.host_calls.clone(),
         http_calls: s.http_calls.clone(),
         vm_time: s.vm_time,
+        properties: s.properties.clone(),
         logs: state
             .logs
             .iter()

@@ -316,6 +316,7 @@ pub struct HostState {
     pub(crate) host_calls: BTreeMap<&'static str, u64>,
     pub(crate) root_foreign_calls: Vec<ForeignCall>,
     pub(crate) properties: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub(crate) refuse_set_property: bool,
     pub(crate) vm_time: Duration,
     pub(crate) rng: u64,
 }

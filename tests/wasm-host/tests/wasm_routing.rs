@@ -349,3 +349,73 @@ fn ten_thousand_tenants_route_as_cellmap_route_says() {
         );
     }
 }
+
+/// The decision goes into filter state (`proxy_set_property`, which Envoy
+/// keeps as `wasm.cell_router.*` for access logs): cell, reason, snapshot;
+/// the tenant only with `log_tenant`. A host that refuses the property
+/// changes nothing else.
+#[test]
+fn the_decision_is_set_as_properties_and_a_refused_set_fails_nothing() {
+    let doc = with_override(
+        snapshot_with(7, vec![cell("cell-a"), draining("cell-b", 1.0, 3)]),
+        "acme",
+        "cell-a",
+    );
+    let mut host = router_with(&doc);
+    let r = send(&mut host, "acme");
+    assert_eq!(r.cell(), Some("cell-a"));
+    assert_eq!(r.property("cell_router.cell").as_deref(), Some("cell-a"));
+    assert_eq!(
+        r.property("cell_router.reason").as_deref(),
+        Some("override")
+    );
+    assert_eq!(r.property("cell_router.snapshot").as_deref(), Some("7"));
+    assert_eq!(r.property("cell_router.tenant"), None);
+
+    // Shed by the draining cell, every request (shed_ratio 1.0).
+    let shed = send(&mut host, &tenants_in(&doc, "cell-b", 1)[0]);
+    assert_eq!(shed.status(), Some(503));
+    assert_eq!(shed.property("cell_router.cell").as_deref(), Some("cell-b"));
+    assert_eq!(shed.property("cell_router.reason").as_deref(), Some("shed"));
+
+    // Refused: the reason only, and the client's cell header is gone even
+    // though nothing goes upstream (an access log reads the headers).
+    let refused = host
+        .request(&[(":path", "/"), ("x-cell-id", "cell-b")])
+        .unwrap();
+    assert_eq!(refused.status(), Some(401));
+    assert_eq!(
+        refused.property("cell_router.reason").as_deref(),
+        Some("missing_token")
+    );
+    assert_eq!(refused.property("cell_router.cell"), None);
+    assert!(refused.request_headers.get("x-cell-id").is_none());
+
+    // The tenant, when configured.
+    let mut host = Host::new().unwrap();
+    host.configure(
+        Config::jwt(&[Alg::HS256])
+            .fallback(&doc)
+            .set("log_tenant", true)
+            .json(),
+    )
+    .unwrap();
+    let r = send(&mut host, "acme");
+    assert_eq!(r.property("cell_router.tenant").as_deref(), Some("acme"));
+
+    // A host that keeps no filter state: the same answers.
+    let options = HostOptions {
+        refuse_set_property: true,
+        ..HostOptions::default()
+    };
+    let mut host = Host::with_options(options).unwrap();
+    host.configure(Config::jwt(&[Alg::HS256]).fallback(&doc).json())
+        .unwrap();
+    let r = send(&mut host, "acme");
+    assert!(r.forwarded());
+    assert_eq!(r.cell(), Some("cell-a"));
+    assert!(r.properties.is_empty());
+    assert!(r.host_calls.get("proxy_set_property").copied().unwrap_or(0) >= 3);
+    let refused = host.request(&[(":path", "/")]).unwrap();
+    assert_eq!(refused.status(), Some(401));
+}

@@ -1,7 +1,8 @@
 //! `cellmap build`: a snapshot from a spec.
 
 use super::{Failure, load_snapshot, path_failure, plural, read_input, write_failure};
-use cell_router_mapping::builder::{self, BuildOptions, Spec};
+use cell_router_mapping::builder::load::{Breach, Load};
+use cell_router_mapping::builder::{self, BuildOptions, BuildReport, Spec};
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,15 @@ With --previous only the slots that must move do (a removed cell's, and the fewe
 needed to reach the new quotas), and the version is the previous one + 1. With \
 --tenants, each known tenant whose cell would change because the ring changed (not \
 because of an explicit override) is pinned to its previous cell.\n\n\
+With --load (per-cell CPU, p99 and tenant figures against thresholds; see \
+mapping/SPEC.md, \"Placement by load\"), active cells take slots by weight × headroom \
+instead of weight alone: new tenants land in proportion to each cell's headroom, and \
+none on a cell at or over a threshold (its slots go to the others, its known tenants \
+are pinned to it). With --previous, --load needs --tenants: without them the tenants \
+of the slots that move would move too.\n\n\
+The report says what moved: slots from → to, pins per cell, each cell's share of \
+slots before and after, its headroom, and the cells closed to new tenants and why \
+(--report-json writes it as JSON).\n\n\
 generated_at is $SOURCE_DATE_EPOCH when set, else now, so the same inputs can give a \
 byte-identical snapshot. The output is validated before it is written; the file is \
 replaced atomically."
@@ -32,13 +42,21 @@ pub(super) struct BuildArgs {
     /// Known tenant ids, one per line, to keep in place (needs --previous)
     #[arg(long, requires = "previous")]
     tenants: Option<PathBuf>,
+    /// Per-cell load figures (JSON): new slots go by weight × headroom, none
+    /// to a cell at or over a threshold
+    #[arg(long, value_name = "FILE")]
+    load: Option<PathBuf>,
     /// Where to write the snapshot (`-` for stdout)
     #[arg(long, short = 'o')]
     output: PathBuf,
+    /// Also write the report as JSON to FILE (`-` for stdout when the
+    /// snapshot goes to a file)
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
 }
 
 /// `generated_at`: $SOURCE_DATE_EPOCH (reproducible builds) or now.
-fn generated_at() -> Result<String, Failure> {
+pub(super) fn generated_at() -> Result<String, Failure> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(value) => {
             let secs: u64 = value.trim().parse().map_err(|_| {
@@ -53,7 +71,27 @@ fn generated_at() -> Result<String, Failure> {
 }
 
 pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
+    let to_stdout = args.output == Path::new("-");
+    if args.load.is_some() && args.previous.is_some() && args.tenants.is_none() {
+        return Err(Failure::usage(
+            "--load with --previous needs --tenants: slots move by load, and without the known tenants their tenants would move with them",
+        ));
+    }
+    if to_stdout && args.report_json.as_deref() == Some(Path::new("-")) {
+        return Err(Failure::usage(
+            "the snapshot and the JSON report cannot both go to stdout",
+        ));
+    }
     let spec = Spec::parse(&read_input(&args.spec)?).map_err(|e| path_failure(e, &args.spec))?;
+    let load = match &args.load {
+        Some(path) => {
+            let load = Load::parse(&read_input(path)?).map_err(|e| path_failure(e, path))?;
+            load.check_cells(&spec.cells, None, "spec")
+                .map_err(|e| path_failure(e, path))?;
+            Some(load)
+        }
+        None => None,
+    };
     let previous = match &args.previous {
         Some(path) => Some(load_snapshot(path)?),
         None => None,
@@ -68,17 +106,17 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
         None => Vec::new(),
     };
     let generated_at = generated_at()?;
-    let built = builder::build(
-        &spec,
-        &BuildOptions {
-            previous: previous.as_ref(),
-            known_tenants: &known,
-            generated_at: &generated_at,
-        },
-    )
+    let options = BuildOptions {
+        previous: previous.as_ref(),
+        known_tenants: &known,
+        generated_at: &generated_at,
+    };
+    let built = match &load {
+        Some(load) => builder::build_with_load(&spec, &options, load),
+        None => builder::build(&spec, &options),
+    }
     .map_err(|e| path_failure(e, &args.spec))?;
 
-    let to_stdout = args.output == Path::new("-");
     if to_stdout {
         let mut out = std::io::stdout().lock();
         out.write_all(built.json.as_bytes())
@@ -92,38 +130,145 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
         })?;
     }
 
-    let r = &built.report;
-    let mut report = format!(
-        "wrote {}: version {}, {} slots, {}",
-        if to_stdout {
-            "stdout".to_string()
+    let target = if to_stdout {
+        "stdout".to_string()
+    } else {
+        args.output.display().to_string()
+    };
+    let report = text_report(&built.report, &target, previous.is_some());
+    // stdout carries the snapshot or the JSON report when asked: the text
+    // report then goes to stderr.
+    if to_stdout || args.report_json.as_deref() == Some(Path::new("-")) {
+        eprintln!("{report}");
+    } else {
+        println!("{report}");
+    }
+    if let Some(path) = &args.report_json {
+        let mut json = serde_json::to_string_pretty(&built.report)
+            .map_err(|e| Failure::invalid(format!("cannot encode the report: {e}")))?;
+        json.push('\n');
+        if path == Path::new("-") {
+            let mut out = std::io::stdout().lock();
+            out.write_all(json.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(write_failure)?;
         } else {
-            args.output.display().to_string()
-        },
+            crate::files::write_atomically(path, json.as_bytes())
+                .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// `cpu 0.9 ≥ 0.7, p99_ms 300 ≥ 250`
+pub(super) fn breaches(closed_by: &[Breach]) -> String {
+    closed_by
+        .iter()
+        .map(|b| format!("{} {} ≥ {}", b.dimension.as_str(), b.figure, b.threshold))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The human report: what was written, what moved, who is pinned, and by
+/// load which cells take no new tenants.
+fn text_report(r: &BuildReport, target: &str, with_previous: bool) -> String {
+    let mut out = format!(
+        "wrote {target}: version {}, {} slots, {}",
         r.version,
         r.slots,
         plural(r.slots_per_cell.len(), "cell", "cells")
     );
-    report.push_str("\nslots per cell:");
+    out.push_str("\nslots per cell:");
     for (cell, n) in &r.slots_per_cell {
-        report.push_str(&format!(" {cell}={n}"));
+        out.push_str(&format!(" {cell}={n}"));
     }
-    if previous.is_some() {
-        report.push_str(&format!(
+    if with_previous {
+        out.push_str(&format!(
             "\nslots moved: {} of {} ({:.4}% of the keyspace)",
             r.slots_moved,
             r.slots,
             f64::from(r.slots_moved) * 100.0 / f64::from(r.slots.max(1))
         ));
-        report.push_str(&format!(
+        if !r.slot_moves.is_empty() {
+            let moves: Vec<String> = r
+                .slot_moves
+                .iter()
+                .map(|m| format!("{} → {} {}", m.from, m.to, m.slots))
+                .collect();
+            out.push_str(&format!("\nslot moves: {}", moves.join(", ")));
+        }
+        out.push_str(&format!(
             "\npins: {} in snapshot ({} pinned now, {} kept, {} released); could not pin {} (previous cell removed)",
             r.pins, r.pins_added, r.pins_kept, r.pins_released, r.unpinnable
         ));
     }
-    if to_stdout {
-        eprintln!("{report}");
-    } else {
-        println!("{report}");
+    if r.by_load {
+        let closed: Vec<String> = r
+            .cells
+            .iter()
+            .filter(|c| !c.closed_by.is_empty())
+            .map(|c| format!("{} ({})", c.id, breaches(&c.closed_by)))
+            .collect();
+        out.push_str(&format!(
+            "\nclosed to new tenants: {}",
+            if closed.is_empty() {
+                "none".to_string()
+            } else {
+                closed.join("; ")
+            }
+        ));
     }
-    Ok(())
+    if with_previous || r.by_load {
+        let pct = |share: f64| format!("{:.2}%", share * 100.0);
+        let mut rows = vec![[
+            "cell".to_string(),
+            "state".to_string(),
+            "weight".to_string(),
+            "headroom".to_string(),
+            "slots before".to_string(),
+            "slots after".to_string(),
+            "pins (new)".to_string(),
+        ]];
+        for c in &r.cells {
+            rows.push([
+                c.id.clone(),
+                c.state.as_str().to_string(),
+                c.weight.to_string(),
+                match c.headroom {
+                    Some(h) if !c.closed_by.is_empty() => format!("{h:.3} closed"),
+                    Some(h) => format!("{h:.3}"),
+                    None => "-".to_string(),
+                },
+                match (c.slots_before, c.share_before) {
+                    (Some(n), Some(share)) => format!("{n} ({})", pct(share)),
+                    _ => "-".to_string(),
+                },
+                format!("{} ({})", c.slots_after, pct(c.share_after)),
+                format!("{} (+{})", c.pins, c.pins_added),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+/// Rows as left-aligned columns, each line starting with a newline.
+pub(super) fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        out.push('\n');
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(widths) {
+            line.push_str(cell);
+            line.push_str(&" ".repeat(w - cell.chars().count() + 2));
+        }
+        out.push_str(line.trim_end());
+    }
+    out
 }

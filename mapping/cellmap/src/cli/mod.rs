@@ -6,6 +6,7 @@
 
 mod build;
 mod diff;
+mod drain;
 mod route;
 mod validate;
 
@@ -39,6 +40,7 @@ enum Command {
     Route(route::RouteArgs),
     Diff(diff::DiffArgs),
     Build(build::BuildArgs),
+    Drain(drain::DrainArgs),
     Serve(crate::serve::ServeArgs),
 }
 
@@ -73,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Route(args) => route::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Build(args) => build::run(args),
+        Command::Drain(args) => drain::run(args),
         Command::Serve(args) => crate::serve::run(args).map_err(Failure::invalid),
     };
     match result {

@@ -97,12 +97,13 @@ pub fn start_on(port: u16, args: &[&str]) -> Sidecar {
         .spawn()
         .unwrap();
     let mut sidecar = Sidecar { child, port };
-    let up = wait_until(Duration::from_secs(10), || {
+    // Generous: a busy machine may take seconds to start a process.
+    let up = wait_until(Duration::from_secs(30), || {
         get(sidecar.port, "/healthz", &[]).is_some()
     });
     if !up {
         let exited = sidecar.child.try_wait().unwrap();
-        panic!("sidecar on port {port} did not answer /healthz within 10 s (exited: {exited:?})");
+        panic!("sidecar on port {port} did not answer /healthz within 30 s (exited: {exited:?})");
     }
     sidecar
 }
@@ -205,6 +206,8 @@ pub fn refused(sidecar: &Sidecar) -> u64 {
 
 /// Waits for `version` to be served, or fails saying what was served.
 pub fn expect_version(sidecar: &Sidecar, version: u64, within: Duration) {
+    // A wait that ends early on success: give a busy machine room.
+    let within = within.max(Duration::from_secs(30));
     let mut seen = None;
     let ok = wait_until(within, || {
         seen = served_version(sidecar);

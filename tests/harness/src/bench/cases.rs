@@ -121,6 +121,9 @@ pub struct Case {
     pub group: u8,
     pub gateway: Gateway,
     pub tokens: Tokens,
+    /// Cells in the snapshot and the gateway's clusters (3 but for the
+    /// cost-vs-cells rows, group 6).
+    pub cells: usize,
 }
 
 impl Case {
@@ -152,13 +155,42 @@ impl Case {
             group,
             gateway,
             tokens,
+            cells: DEFAULT_CELLS,
         }
+    }
+
+    /// The same case with `cells` cells (group 6, id suffix `-c<cells>`).
+    pub fn with_cells(mut self, cells: usize) -> Case {
+        if cells != DEFAULT_CELLS {
+            self.id = format!("{}-c{cells}", self.id);
+            self.group = 6;
+            self.cells = cells;
+        }
+        self
+    }
+
+    /// The 3-cell case a cost-vs-cells row is compared with.
+    pub fn at_default_cells(&self) -> Option<String> {
+        (self.cells != DEFAULT_CELLS).then(|| {
+            self.id
+                .trim_end_matches(&format!("-c{}", self.cells))
+                .to_string()
+        })
     }
 
     /// A readable label for tables.
     pub fn label(&self) -> String {
+        let label = self.base_label();
+        if self.cells == DEFAULT_CELLS {
+            label
+        } else {
+            format!("{label}, {} cells", thousands(self.cells))
+        }
+    }
+
+    fn base_label(&self) -> String {
         match self.gateway {
-            Gateway::Plain => "plain Envoy, route on client header".into(),
+            Gateway::Plain => "plain Envoy, route on client header (every cell in turn)".into(),
             Gateway::Router | Gateway::RouterUnique => {
                 format!("cell-router, {}", self.tokens.describe())
             }
@@ -179,9 +211,15 @@ impl Case {
     }
 
     /// Extra request headers (the plain gateway routes on the client's header).
+    /// The plain gateway's clients name every cell in turn (wrk.lua's
+    /// `{cells:N}`), as the router's tenants land on every cell: sending
+    /// requests to 1,000 clusters costs Envoy more than to 3, whatever
+    /// the routing (1,000 connection pools per worker, colder caches).
     pub fn headers(&self) -> Vec<String> {
-        if self.gateway == Gateway::Plain || self.gateway.is_probe() {
+        if self.gateway.is_probe() {
             vec!["x-cell-id: cell-a".to_string()]
+        } else if self.gateway == Gateway::Plain {
+            vec![format!("x-cell-id: {{cells:{}}}", self.cells)]
         } else {
             Vec::new()
         }
@@ -198,11 +236,62 @@ impl Case {
         } else {
             "cached"
         };
+        let cells = if self.cells == DEFAULT_CELLS {
+            String::new()
+        } else {
+            format!("-c{}", self.cells)
+        };
         Some(format!(
-            "jwtlua-{kind}-{}",
+            "jwtlua-{kind}-{}{cells}",
             self.tokens.alg().name().to_ascii_lowercase()
         ))
     }
+}
+
+/// Cells of every case but the cost-vs-cells rows.
+pub const DEFAULT_CELLS: usize = 3;
+
+/// The id of cell `index` of `cells`: `cell-a`, `cell-b`, `cell-c`, then
+/// `cell-0003`, `cell-0004`, ...
+pub fn cell_id(index: usize) -> String {
+    match index {
+        0 => "cell-a".into(),
+        1 => "cell-b".into(),
+        2 => "cell-c".into(),
+        _ => format!("cell-{index:04}"),
+    }
+}
+
+/// The cell the plain gateway's client names: the last one.
+pub fn plain_cell(cells: usize) -> String {
+    cell_id(cells.max(1) - 1)
+}
+
+fn thousands(n: usize) -> String {
+    if n >= 1000 {
+        format!("{},{:03}", n / 1000, n % 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The cost-vs-cells rows (group 6): plain, the router (cached HS256) and
+/// jwt_authn + Lua (cached HS256), each in its best routing style (one
+/// `cluster_header` route), at each of `cells`; `router_only` for the
+/// smoke run.
+pub fn cell_cases(cells: &[usize], router_only: bool) -> Vec<Case> {
+    use Alg::HS256;
+    let mut out = Vec::new();
+    for &n in cells.iter().filter(|n| **n != DEFAULT_CELLS) {
+        if !router_only {
+            out.push(Case::new(1, Gateway::Plain, Tokens::Cached(Alg::RS256)).with_cells(n));
+        }
+        out.push(Case::new(2, Gateway::Router, Tokens::Cached(HS256)).with_cells(n));
+        if !router_only {
+            out.push(Case::new(4, Gateway::JwtLua, Tokens::Cached(HS256)).with_cells(n));
+        }
+    }
+    out
 }
 
 /// Every case, in table order. The plain case sends the cached RS256 tokens
@@ -231,6 +320,45 @@ pub fn all_cases() -> Vec<Case> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cell_cases_name_their_cells_and_their_3_cell_rows() {
+        let cases = cell_cases(&[3, 100, 1000], false);
+        let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "plain-c100",
+                "router-cached-hs256-c100",
+                "jwtlua-cached-hs256-c100",
+                "plain-c1000",
+                "router-cached-hs256-c1000",
+                "jwtlua-cached-hs256-c1000"
+            ]
+        );
+        let all: Vec<String> = all_cases().into_iter().map(|c| c.id).collect();
+        for case in &cases {
+            assert_eq!(case.group, 6);
+            assert!(
+                all.contains(&case.at_default_cells().unwrap()),
+                "{}",
+                case.id
+            );
+        }
+        assert_eq!(
+            cases[1].baseline_jwt_lua().as_deref(),
+            Some("jwtlua-cached-hs256-c100")
+        );
+        assert_eq!(cases[3].headers(), ["x-cell-id: {cells:1000}"]);
+        assert!(
+            cases[4].label().ends_with(", 1,000 cells"),
+            "{}",
+            cases[4].label()
+        );
+        assert_eq!(cell_cases(&[1000], true).len(), 1);
+        assert_eq!(all_cases()[0].headers(), ["x-cell-id: {cells:3}"]);
+        assert_eq!(plain_cell(3), "cell-c");
+    }
 
     #[test]
     fn every_case_has_its_jwt_lua_baseline() {

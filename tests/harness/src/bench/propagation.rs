@@ -154,6 +154,7 @@ pub fn measure(
     let envoy = stack::start_gateway(
         &dir,
         Gateway::Router,
+        stack::CELLS.len(),
         backends,
         sidecar.port,
         files,

@@ -2,7 +2,7 @@
 //! interleaved rounds, memory, propagation, and the report.
 
 use super::anatomy;
-use super::cases::{Case, Gateway, Tokens, all_cases};
+use super::cases::{Case, DEFAULT_CELLS, Gateway, Tokens, all_cases, cell_cases};
 use super::inner::InnerBenches;
 use super::pools::{PoolStore, TokenFile};
 use super::propagation::{self, PropagationOptions, PropagationReport};
@@ -30,6 +30,10 @@ pub struct Options {
     pub tenants: usize,
     /// Only these case ids (plus the ones they are compared with).
     pub only: Option<Vec<String>>,
+    /// Cell counts of the cost-vs-cells rows (group 6), besides the 3 of
+    /// every other case; with `cells_router_only`, only the router's rows.
+    pub cells: Vec<usize>,
+    pub cells_router_only: bool,
     /// Unique tokens per algorithm instead of [`unique_pool_size`] (the
     /// smoke run uses a small pool).
     pub fixed_unique_pool: Option<usize>,
@@ -68,9 +72,12 @@ fn log(message: impl AsRef<str>) {
     eprintln!("cell-router-bench: {}", message.as_ref());
 }
 
-fn selected_cases(only: &Option<Vec<String>>) -> Vec<Case> {
-    let all = all_cases();
-    let Some(only) = only else { return all };
+fn selected_cases(options: &Options) -> Vec<Case> {
+    let mut all = all_cases();
+    all.extend(cell_cases(&options.cells, options.cells_router_only));
+    let Some(only) = &options.only else {
+        return all;
+    };
     let mut keep: Vec<String> = only.clone();
     keep.push("plain".into());
     if only.iter().any(|id| id.starts_with("probe")) {
@@ -82,6 +89,7 @@ fn selected_cases(only: &Option<Vec<String>>) -> Vec<Case> {
     }
     for case in all.iter().filter(|c| only.contains(&c.id)) {
         keep.extend(case.baseline_jwt_lua());
+        keep.extend(case.at_default_cells());
     }
     all.into_iter().filter(|c| keep.contains(&c.id)).collect()
 }
@@ -133,9 +141,18 @@ impl Counters {
     }
 }
 
+/// The snapshot, files and sidecar of one cell count of the cost-vs-cells rows.
+struct CellSet {
+    dir: PathBuf,
+    doc: cell_router_mapping::SnapshotDoc,
+    expected: Vec<String>,
+    files: Files,
+    sidecar: Sidecar,
+}
+
 struct Bench<'a> {
     options: &'a Options,
-    gateways: BTreeMap<Gateway, Envoy>,
+    gateways: BTreeMap<(Gateway, usize), Envoy>,
     backend_pid: u32,
     script: PathBuf,
 }
@@ -152,8 +169,10 @@ impl Bench<'_> {
     ) -> Result<Sample> {
         let envoy = self
             .gateways
-            .get(&case.gateway)
-            .with_context(|| format!("no gateway {}", case.gateway.name()))?;
+            .get(&(case.gateway, case.cells))
+            .with_context(|| {
+                format!("no gateway {} ({} cells)", case.gateway.name(), case.cells)
+            })?;
         let gateway_pid = envoy.process.pid().unwrap_or(0);
         let before = Counters::read(envoy, case.gateway);
         let gw0 = stack::cpu_seconds(gateway_pid).unwrap_or(0.0);
@@ -280,7 +299,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let dir = options.work_dir.clone();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut cases = selected_cases(&options.only);
+    let mut cases = selected_cases(options);
     if options.probe_target_dir.is_none() {
         cases.retain(|c| !c.gateway.is_probe());
     }
@@ -335,41 +354,92 @@ pub fn run(options: &Options) -> Result<Outcome> {
     log("starting the backend Envoy, the sidecar and the gateways");
     let backends = stack::start_backend(&dir, options.backend_concurrency)?;
     let sidecar = Sidecar::start(&dir, &source)?;
+    // The cost-vs-cells rows: a snapshot of that many cells, its sidecar,
+    // its Lua table, and gateways with that many cell clusters.
+    let mut cell_sets: BTreeMap<usize, CellSet> = BTreeMap::new();
+    for n in cases
+        .iter()
+        .map(|c| c.cells)
+        .filter(|n| *n != DEFAULT_CELLS)
+    {
+        if cell_sets.contains_key(&n) {
+            continue;
+        }
+        let cell_dir = dir.join(format!("cells-{n}"));
+        std::fs::create_dir_all(&cell_dir)?;
+        let doc = stack::bench_snapshot_cells(1, options.tenants, 0, n)?;
+        let expected = stack::expected_cells(&doc, options.tenants)?;
+        let files = Files::write(&cell_dir, &doc)?;
+        let source = cell_dir.join("snapshot.json");
+        e2e::publish(&source, doc.to_json().as_bytes())?;
+        let sidecar = Sidecar::start(&cell_dir, &source)?;
+        cell_sets.insert(
+            n,
+            CellSet {
+                dir: cell_dir,
+                doc,
+                expected,
+                files,
+                sidecar,
+            },
+        );
+    }
     let mut gateways = BTreeMap::new();
     for gateway in Gateway::ALL {
-        if cases.iter().any(|c| c.gateway == gateway) {
+        let mut counts: Vec<usize> = cases
+            .iter()
+            .filter(|c| c.gateway == gateway)
+            .map(|c| c.cells)
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for n in counts {
+            let (gw_dir, port, gw_files) = match cell_sets.get(&n) {
+                Some(set) => (&set.dir, set.sidecar.port, &set.files),
+                None => (&dir, sidecar.port, &files),
+            };
+            log(format!("starting gateway {} ({n} cells)", gateway.name()));
             let envoy = stack::start_gateway(
-                &dir,
+                gw_dir,
                 gateway,
+                n,
                 &backends,
-                sidecar.port,
-                &files,
+                port,
+                gw_files,
                 options.concurrency,
             )?;
-            gateways.insert(gateway, envoy);
+            gateways.insert((gateway, n), envoy);
         }
     }
-    for (gateway, envoy) in &gateways {
+    for ((gateway, n), envoy) in &gateways {
         if gateway.has_filter() {
+            let log_tail = cell_sets
+                .get(n)
+                .map_or(&sidecar, |s| &s.sidecar)
+                .process
+                .log_tail(10);
             stack::await_version(envoy, &probe, doc.version, e2e::VERSION_TIMEOUT).with_context(
                 || {
                     format!(
-                        "gateway {}: sidecar log:\n{}",
+                        "gateway {} ({n} cells): sidecar log:\n{log_tail}",
                         gateway.name(),
-                        sidecar.process.log_tail(10)
                     )
                 },
             )?;
         }
     }
     let rs256 = cached.get("RS256").context("no RS256 pool")?.tokens()?;
-    for (gateway, envoy) in &gateways {
+    for ((gateway, n), envoy) in &gateways {
         log(format!(
-            "checking the routing of gateway {}",
+            "checking the routing of gateway {} ({n} cells)",
             gateway.name()
         ));
+        let (cell_doc, cell_expected) = match cell_sets.get(n) {
+            Some(set) => (&set.doc, &set.expected),
+            None => (&doc, &expected),
+        };
         info.routing_checked +=
-            stack::check_routing(envoy, *gateway, &rs256, &expected, doc.version)?;
+            stack::check_routing(envoy, *gateway, &rs256, cell_doc, cell_expected)?;
     }
 
     let bench = Bench {
@@ -460,13 +530,17 @@ pub fn run(options: &Options) -> Result<Outcome> {
 
     // Memory after the load.
     let mut memory = Vec::new();
-    for (gateway, envoy) in &bench.gateways {
+    for ((gateway, n), envoy) in &bench.gateways {
         let stats = envoy.stats("wasm").unwrap_or_default();
         let vms = sum_matching(&stats, |k| {
             k.starts_with("wasm.envoy.wasm.runtime.") && k.ends_with(".active")
         });
         memory.push(Memory {
-            gateway: gateway.name().to_string(),
+            gateway: if *n == DEFAULT_CELLS {
+                gateway.name().to_string()
+            } else {
+                format!("{} ({n} cells)", gateway.name())
+            },
             rss_bytes: envoy.process.pid().and_then(stack::rss_bytes).unwrap_or(0),
             wasm_vms: vms.filter(|_| gateway.has_filter()),
         });
@@ -474,6 +548,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let Bench { gateways, .. } = bench;
     drop(gateways);
     drop(sidecar);
+    drop(cell_sets);
 
     let propagation: Option<PropagationReport> = match &options.propagation {
         Some(p) => {

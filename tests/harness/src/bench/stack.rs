@@ -2,7 +2,7 @@
 //! the sidecar, and one gateway Envoy per configuration, built on the e2e
 //! harness (`crate::e2e`): free ports, config templates, stop on drop.
 
-use super::cases::Gateway;
+use super::cases::{DEFAULT_CELLS, Gateway, cell_id, plain_cell};
 use super::pools::tenant;
 use crate::e2e::{
     self, Backends, DEFAULT_ADMIN_PORT, DEFAULT_CELL_PORTS, Envoy, EnvoyOptions, Process,
@@ -41,7 +41,18 @@ pub fn bench_dir() -> PathBuf {
 /// override and the hash path are measured), plus `extra_overrides` more
 /// overrides for other tenants (the 1 M-override case).
 pub fn bench_snapshot(version: u64, tenants: usize, extra_overrides: usize) -> Result<SnapshotDoc> {
-    let cells: Vec<CellDoc> = CELLS
+    bench_snapshot_cells(version, tenants, extra_overrides, DEFAULT_CELLS)
+}
+
+/// [`bench_snapshot`] with `cells` equal cells ([`cell_id`]).
+pub fn bench_snapshot_cells(
+    version: u64,
+    tenants: usize,
+    extra_overrides: usize,
+    cells: usize,
+) -> Result<SnapshotDoc> {
+    let ids: Vec<String> = (0..cells.max(1)).map(cell_id).collect();
+    let cells: Vec<CellDoc> = ids
         .iter()
         .map(|id| CellDoc {
             id: id.to_string(),
@@ -58,11 +69,11 @@ pub fn bench_snapshot(version: u64, tenants: usize, extra_overrides: usize) -> R
     for i in (0..tenants).step_by(10) {
         overrides.insert(
             tenant(i),
-            CELLS[(i / 10 + version as usize) % 3].to_string(),
+            ids[(i / 10 + version as usize) % ids.len()].clone(),
         );
     }
     for i in 0..extra_overrides {
-        overrides.insert(format!("bulk-{i:07}"), CELLS[i % 3].to_string());
+        overrides.insert(format!("bulk-{i:07}"), ids[i % ids.len()].clone());
     }
     Ok(SnapshotDoc {
         version,
@@ -96,6 +107,50 @@ pub fn expected_cells(doc: &SnapshotDoc, tenants: usize) -> Result<Vec<String>> 
             }
         })
         .collect()
+}
+
+/// The backend listener that serves the cell at `index`: the backend has
+/// the three of [`CELLS`], and cell `i`'s cluster points at listener `i % 3`.
+pub fn served_by(index: usize) -> &'static str {
+    CELLS[index % CELLS.len()]
+}
+
+/// A gateway template with `cells` cell clusters: the template's three, and
+/// for the cost-vs-cells rows [`cell_id`]`(3..cells)` appended after them
+/// (cell `i` on backend port `18001 + i % 3`, which the renderer swaps for
+/// the backend's). The template's last section must be its cell clusters.
+pub fn with_cells(template: &str, cells: usize) -> Result<String> {
+    if cells <= DEFAULT_CELLS {
+        return Ok(template.to_string());
+    }
+    let last_cluster = template
+        .lines()
+        .rfind(|l| l.starts_with("  - name: "))
+        .unwrap_or_default();
+    if last_cluster != format!("  - name: {}", cell_id(DEFAULT_CELLS - 1)) {
+        bail!("the template does not end with its cell clusters (last: {last_cluster:?})");
+    }
+    let mut out = template.trim_end().to_string();
+    out.push('\n');
+    for i in DEFAULT_CELLS..cells {
+        let _ = write!(
+            out,
+            "  - name: {id}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {id}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: {port}}}
+",
+            id = cell_id(i),
+            port = 18001 + i % CELLS.len()
+        );
+    }
+    Ok(out)
 }
 
 /// A Lua string literal.
@@ -169,7 +224,7 @@ pub fn bench_jwks() -> Value {
 
 fn sidecar_settings() -> Value {
     json!({
-        "cluster": "cellmap_sidecar",
+        "cluster": "cellmap|sidecar",
         "authority": "cellmap",
         "path": "/snapshot",
         "long_poll_s": 30,
@@ -336,18 +391,23 @@ pub fn start_backend(dir: &Path, concurrency: u32) -> Result<Backends> {
 pub fn start_gateway(
     dir: &Path,
     gateway: Gateway,
+    cells: usize,
     backends: &Backends,
     sidecar_port: u16,
     files: &Files,
     concurrency: u32,
 ) -> Result<Envoy> {
-    let template = dir.join(format!("{}.template.yaml", gateway.name()));
-    std::fs::write(&template, gateway_template(gateway, files)?)?;
+    let template = dir.join(format!("{}-{cells}.template.yaml", gateway.name()));
+    std::fs::write(
+        &template,
+        with_cells(&gateway_template(gateway, files)?, cells)?,
+    )?;
     let mut options = EnvoyOptions::new(backends, sidecar_port);
     options.template = template;
     options.concurrency = concurrency;
     options.plugin_config = plugin_config(gateway);
-    Envoy::start(dir, options).with_context(|| format!("starting gateway {}", gateway.name()))
+    Envoy::start(dir, options)
+        .with_context(|| format!("starting gateway {} ({cells} cells)", gateway.name()))
 }
 
 /// What the backend says about one request.
@@ -355,6 +415,8 @@ pub fn start_gateway(
 pub struct Routed {
     pub status: u16,
     pub served_by: Option<String>,
+    /// The cell header the gateway sent on (`x-routed-cell`).
+    pub routed_cell: Option<String>,
     pub snapshot: Option<String>,
 }
 
@@ -372,42 +434,47 @@ pub fn send(
     Ok(Routed {
         status: reply.status,
         served_by: reply.header("x-served-by").map(str::to_string),
+        routed_cell: reply.header("x-routed-cell").map(str::to_string),
         snapshot: reply.header("x-routed-snapshot").map(str::to_string),
     })
 }
 
 /// Checks that `gateway` sends every tenant's request to its cell (the plain
-/// gateway: to the cell the client named) under snapshot `version`; the
-/// number of requests checked.
+/// gateway: to the cell the client named) under snapshot `doc`: the cell
+/// header the backend saw is the expected cell's id and the backend
+/// listener that answered is the one its cluster points at; the number of
+/// requests checked.
 pub fn check_routing(
     envoy: &Envoy,
     gateway: Gateway,
     tokens: &[String],
+    doc: &SnapshotDoc,
     expected: &[String],
-    version: u64,
 ) -> Result<usize> {
     let agent = e2e::client();
-    let version = version.to_string();
+    let version = doc.version.to_string();
+    let index_of = |id: &str| doc.cells.iter().position(|c| c.id == id);
+    let plain = plain_cell(doc.cells.len());
     for (i, token) in tokens.iter().enumerate() {
-        let (want, headers): (&str, &[(&str, &str)]) = match gateway {
-            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => {
-                ("cell-a", &[("x-cell-id", "cell-a")])
-            }
+        let (want, headers): (&str, Vec<(&str, &str)>) = match gateway {
+            Gateway::ProbeEmpty | Gateway::ProbeCalls => ("cell-a", vec![("x-cell-id", "cell-a")]),
+            Gateway::Plain => (plain.as_str(), vec![("x-cell-id", plain.as_str())]),
             // A spoofed header must make no difference.
             _ => (
                 expected
                     .get(i % expected.len().max(1))
                     .map(String::as_str)
                     .unwrap_or(""),
-                &[("x-cell-id", "cell-c")],
+                vec![("x-cell-id", "cell-c")],
             ),
         };
+        let want_served = index_of(want).map(served_by);
         // A request that gets no answer at all (a busy machine) is sent
         // again, twice at most; a wrong answer is never retried.
         let mut attempt = 0;
         let routed = loop {
             attempt += 1;
-            match send(&agent, envoy, token, headers) {
+            match send(&agent, envoy, token, &headers) {
                 Ok(routed) => break routed,
                 Err(err) if attempt < 3 => {
                     eprintln!(
@@ -425,12 +492,18 @@ pub fn check_routing(
             }
         };
         let snapshot_ok = !gateway.has_filter() || routed.snapshot.as_deref() == Some(&version);
-        if routed.status != 200 || routed.served_by.as_deref() != Some(want) || !snapshot_ok {
+        if routed.status != 200
+            || routed.served_by.as_deref() != want_served
+            || routed.routed_cell.as_deref() != Some(want)
+            || !snapshot_ok
+        {
             bail!(
-                "gateway {}: {} went to {:?} (status {}, snapshot {:?}), expected {want} under {version}\n{}",
+                "gateway {} ({} cells): {} went to {:?} as {:?} (status {}, snapshot {:?}), expected {want} (served by {want_served:?}) under {version}\n{}",
                 gateway.name(),
+                doc.cells.len(),
                 tenant(i % expected.len().max(1)),
                 routed.served_by,
+                routed.routed_cell,
                 routed.status,
                 routed.snapshot,
                 envoy.process.log_tail(20)
@@ -534,7 +607,8 @@ mod tests {
     }
 
     /// The gateways differ from plain.yaml only in their filters (and the
-    /// sidecar cluster the filter needs), so the comparison is of filters.
+    /// sidecar cluster the filter needs, and the tags of the filter's own
+    /// metrics: `stats_config`), so the comparison is of filters.
     #[test]
     fn gateway_templates_are_plain_plus_filters() {
         fn skeleton(text: &str) -> String {
@@ -556,8 +630,9 @@ mod tests {
                     && !trimmed.contains("envoy.filters.http.router")
                     && (trimmed.contains("envoy.filters.http.") || trimmed.contains("cell_router"));
                 if filter
+                    || line == "stats_config:"
                     || trimmed.starts_with("# The sidecar")
-                    || trimmed == "- name: cellmap_sidecar"
+                    || trimmed == "- name: cellmap|sidecar"
                 {
                     skipping = Some(indent);
                     continue;

@@ -7,6 +7,9 @@
 --
 -- <start>: the line each thread starts at (rounded to its share), so
 -- successive runs over one pool of unique tokens start in different places.
+-- A header value "{cells:N}" names cell (line mod N) for each token line
+-- (cell-a, cell-b, cell-c, cell-0003, ...): the plain gateway's clients
+-- spread over N cells as the router's tenants do.
 -- done() prints one line: BENCH_RESULT {json}
 
 local threads = {}
@@ -19,6 +22,13 @@ function setup(thread)
 end
 
 local prepared = {}
+
+local function cell_id(i)
+  if i < 3 then
+    return ({"cell-a", "cell-b", "cell-c"})[i + 1]
+  end
+  return string.format("cell-%04d", i)
+end
 -- Globals, so done() can read them through thread:get().
 count = 0
 wraps = 0
@@ -27,15 +37,24 @@ local at = 0
 function init(args)
   local file, stride, start = args[1], tonumber(args[2]), tonumber(args[3])
   local headers = {}
+  local spread = {}
   for i = 4, #args do
     local name, value = args[i]:match("^([^:]+):%s*(.*)$")
-    headers[name] = value
+    local cells = value:match("^{cells:(%d+)}$")
+    if cells then
+      spread[name] = tonumber(cells)
+    else
+      headers[name] = value
+    end
   end
   local line = 0
   for token in io.lines(file) do
     if token ~= "" then
       if line % stride == id then
         headers["Authorization"] = "Bearer " .. token
+        for name, cells in pairs(spread) do
+          headers[name] = cell_id(line % cells)
+        end
         count = count + 1
         prepared[count] = wrk.format("GET", "/", headers)
       end

@@ -191,7 +191,10 @@ mod tests {
             script: &script,
             token_file: &tokens,
             start: 0,
-            headers: &["x-cell-id: cell-a".to_string()],
+            headers: &[
+                "x-cell-id: cell-a".to_string(),
+                "x-spread: {cells:1000}".to_string(),
+            ],
         }
         .run()
         .unwrap();
@@ -207,6 +210,11 @@ mod tests {
             );
         }
         assert!(seen.contains("x-cell-id: cell-a\r\n"));
+        // `{cells:N}`: token line i names cell i mod N.
+        for cell in ["cell-a", "cell-b", "cell-c"] {
+            assert!(seen.contains(&format!("x-spread: {cell}\r\n")), "{cell}");
+        }
+        assert!(!seen.contains("{cells:"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -58,6 +58,10 @@ struct RunArgs {
     /// cases they are compared with run too.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
+    /// Cell counts of the cost-vs-cells rows (plain, the router and
+    /// jwt_authn + Lua; every other case has 3 cells); `3` for none.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    cells: Vec<usize>,
     /// Unique tokens per algorithm (default: 200,000 HS256, 60,000 ES256,
     /// 30,000 RS256; minted once and kept for three days).
     #[arg(long)]
@@ -97,7 +101,8 @@ struct RunArgs {
     no_probe: bool,
     /// A short run that checks everything works: one round of 2 s at 16
     /// connections, 100 tenants, small fixed token pools, a 20,000-override
-    /// big snapshot; report under target/cell-router-bench/smoke/.
+    /// big snapshot, one cost-vs-cells row (the router at 1,000 cells);
+    /// report under target/cell-router-bench/smoke/.
     #[arg(long)]
     smoke: bool,
 }
@@ -132,6 +137,7 @@ fn main_run(mut args: RunArgs) -> Result<i32> {
         args.big_overrides = 20_000;
         args.small_changes = 1;
         args.big_changes = 1;
+        args.cells = vec![1000];
     }
     let run_dir = if args.smoke {
         base.join("smoke")
@@ -160,6 +166,8 @@ fn main_run(mut args: RunArgs) -> Result<i32> {
         backend_concurrency: args.backend_concurrency,
         tenants: args.tenants,
         only: args.only.clone(),
+        cells: args.cells.clone(),
+        cells_router_only: args.smoke,
         fixed_unique_pool: args.unique_pool,
         propagation: (!args.no_propagation).then_some(PropagationOptions {
             tenants: args.tenants,

@@ -75,7 +75,7 @@ impl Report<'_> {
         let rows: Vec<(&Case, Vec<String>)> = self
             .cases
             .iter()
-            .filter(|c| c.gateway != Gateway::Plain)
+            .filter(|c| c.gateway != Gateway::Plain && c.group != 6)
             .map(|c| {
                 (
                     c,
@@ -347,6 +347,9 @@ mod tests {
             cpu_vs_plain: None,
             cpu_vs_jwt_lua: None,
             jwt_lua_case: None,
+            vs_default_cells: None,
+            cpu_vs_default_cells: None,
+            default_cells_case: None,
             gateway_cpu_us: 0.0,
             cache_hit_share: None,
             errors: 0,

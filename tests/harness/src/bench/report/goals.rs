@@ -70,6 +70,36 @@ pub fn goals(summaries: &[Summary], connections: &[u32]) -> Vec<Goal> {
                 at_least: false,
             });
         }
+        // Issue 14: the router's cost does not grow with the number of cells.
+        if let Some(s) = find("router-cached-hs256-c1000", conns) {
+            out.push(Goal {
+                goal: "router-cached-hs256: cost at 1,000 cells ≤ 1.05 × at 3 cells".into(),
+                connections: conns,
+                measured: s.vs_default_cells,
+                measured_cpu: s.cpu_vs_default_cells,
+                target: 1.05,
+                at_least: false,
+            });
+            // The same without what plain Envoy pays for sending to 1,000
+            // clusters instead of 3: the router's own cost over plain's.
+            let own = |router: &str, plain: &str| {
+                let (r, p) = (find(router, conns)?, find(plain, conns)?);
+                Some(r.gateway_cpu_us - p.gateway_cpu_us)
+            };
+            let ratio = own("router-cached-hs256-c1000", "plain-c1000")
+                .zip(own("router-cached-hs256", "plain"))
+                .filter(|(_, at3)| *at3 > 0.0)
+                .map(|(at1000, at3)| at1000 / at3);
+            out.push(Goal {
+                goal: "router-cached-hs256: CPU over plain at 1,000 cells ≤ 1.05 × at 3 cells"
+                    .into(),
+                connections: conns,
+                measured: None,
+                measured_cpu: ratio,
+                target: 1.05,
+                at_least: false,
+            });
+        }
         out.push(Goal {
             goal: "router-unique-rs256: throughput ≥ 0.80 × jwt_authn+Lua (unique RS256)".into(),
             connections: conns,

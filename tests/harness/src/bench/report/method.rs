@@ -8,7 +8,10 @@ pub const METHOD: &str = r#"
   sidecar. Only the gateway being measured gets load; the others sit idle. Every
   gateway's routing is checked first: each tenant's request (with a spoofed
   `x-cell-id`) must reach the cell `cellmap` resolves for it.
-- **Configurations.** (1) `plain.yaml`: routes on the `x-cell-id` the client sends.
+- **Configurations.** Every gateway routes with one `cluster_header` route (its
+  cost does not depend on the number of cells; envoy/README.md, "Routing").
+  (1) `plain.yaml`: routes on the `x-cell-id` the client sends, naming every cell
+  in turn.
   (2) `cell-router.yaml` with 1,000 tokens, one per tenant, rotated (cache hits).
   (3) the same configuration in a separate Envoy fed only unique tokens (a `jti`
   numbers them; a new slice of the pool for every run, so no token repeats).
@@ -22,7 +25,10 @@ pub const METHOD: &str = r#"
   then verifies every request whatever the token, which is what unique tokens cost
   it, so its pool need not be unique. (5) `trust-header.yaml`: `jwt_authn` + the
   cell router in `trust_header` mode. Every request carries a bearer token (plain
-  Envoy ignores it), so request sizes match.
+  Envoy ignores it), so request sizes match. (6) (1), (2) with cached HS256 and (4)
+  with cached HS256 again with 100 and 1,000 cells: a snapshot, a Lua table and
+  gateway clusters of that many cells (cell `i`'s cluster points at backend
+  listener `i mod 3`), each with its own sidecar.
 - **Where the time goes.** `envoy/bench/probe` is a tiny proxy-wasm filter (a
   measuring instrument, not shipped) that makes exactly the host calls its
   configuration lists. The benchmark counts the real `.wasm`'s host calls for a

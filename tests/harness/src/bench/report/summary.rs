@@ -93,6 +93,12 @@ pub struct Summary {
     pub cpu_vs_plain: Option<f64>,
     pub cpu_vs_jwt_lua: Option<f64>,
     pub jwt_lua_case: Option<String>,
+    /// Cost-vs-cells rows: this case's cost over the same case's at 3
+    /// cells, as throughput (3-cell req/s over this one's) and as gateway
+    /// CPU per request (this one's over the 3-cell one's); ≤ 1 is as cheap.
+    pub vs_default_cells: Option<f64>,
+    pub cpu_vs_default_cells: Option<f64>,
+    pub default_cells_case: Option<String>,
     pub gateway_cpu_us: f64,
     pub cache_hit_share: Option<f64>,
     pub errors: u64,
@@ -145,6 +151,9 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
                 .baseline_jwt_lua()
                 .filter(|b| *b != case.id && samples.iter().any(|s| &s.case == b));
             let mut hits: Vec<f64> = runs.iter().filter_map(|s| s.cache_hit_share()).collect();
+            let base3 = case
+                .at_default_cells()
+                .filter(|b| samples.iter().any(|s| &s.case == b));
             out.push(Summary {
                 case: case.id.clone(),
                 label: case.label(),
@@ -168,6 +177,21 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
                     .as_deref()
                     .and_then(|b| per_round_ratio(samples, &case.id, b, conns, inverse_cpu)),
                 jwt_lua_case: base4,
+                vs_default_cells: base3.as_deref().and_then(|b| {
+                    per_round_ratio(samples, &case.id, b, conns, Sample::rps)
+                        .filter(|r| *r > 0.0)
+                        .map(|r| 1.0 / r)
+                }),
+                cpu_vs_default_cells: base3.as_deref().and_then(|b| {
+                    per_round_ratio(
+                        samples,
+                        &case.id,
+                        b,
+                        conns,
+                        Sample::gateway_cpu_us_per_request,
+                    )
+                }),
+                default_cells_case: base3,
                 gateway_cpu_us: median(&mut collect(&Sample::gateway_cpu_us_per_request)),
                 cache_hit_share: (!hits.is_empty()).then(|| median(&mut hits)),
                 errors: runs.iter().map(|s| s.wrk.errors()).sum(),

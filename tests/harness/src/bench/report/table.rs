@@ -15,6 +15,7 @@ impl Report<'_> {
         self.header(w);
         self.goal_table(w);
         self.throughput(w);
+        self.cells(w);
         self.anatomy(w);
         self.memory(w);
         self.inside(w);
@@ -87,7 +88,7 @@ impl Report<'_> {
 
     /// The goals, each met or not, measured and by gateway CPU.
     fn goal_table(&self, w: &mut String) {
-        let _ = writeln!(w, "## Goals (issue 6)\n");
+        let _ = writeln!(w, "## Goals (issues 6 and 14)\n");
         let _ = writeln!(
             w,
             "*measured*: the ratio of throughput (or p99) as wrk saw it, the goal's own \
@@ -177,6 +178,94 @@ impl Report<'_> {
         if let Some(svg) = self.svg_name {
             let _ = writeln!(w, "![Throughput ratios]({svg})\n");
         }
+    }
+
+    /// Issue 14: the gateway's CPU per request at 3, 100 and 1,000 cells.
+    fn cells(&self, w: &mut String) {
+        let scaled: Vec<_> = self.summaries.iter().filter(|s| s.group == 6).collect();
+        if scaled.is_empty() {
+            return;
+        }
+        // The 3-cell rows they are compared with, then theirs, in order.
+        let mut rows: Vec<&super::Summary> = Vec::new();
+        for s in self.summaries.iter().filter(|s| s.group != 6) {
+            if scaled
+                .iter()
+                .any(|x| x.default_cells_case.as_deref() == Some(s.case.as_str()))
+            {
+                rows.push(s);
+                rows.extend(
+                    scaled
+                        .iter()
+                        .filter(|x| {
+                            x.default_cells_case.as_deref() == Some(s.case.as_str())
+                                && x.connections == s.connections
+                        })
+                        .copied(),
+                );
+            }
+        }
+        let _ = writeln!(w, "## Cost and the number of cells (issue 14)\n");
+        let _ = writeln!(
+            w,
+            "Each configuration in its best routing style: one route naming the cell's \
+             cluster by the `x-cell-id` header (`cluster_header`, guarded; envoy/README.md, \
+             \"Routing\"), with that many cells in the snapshot, the Lua table and the \
+             gateway's clusters (all pointing at the same three backend listeners); the plain \
+             clients name every cell in turn, as the tenants land on every cell. *cost ×3 \
+             cells*: this row's gateway CPU per request over the same configuration's at 3 \
+             cells (median of per-round ratios). *over plain*: gateway CPU per request minus \
+             plain Envoy's at the same number of cells, i.e. what the filter (or jwt_authn + \
+             Lua) adds. Plain Envoy itself pays more at 1,000 cells than at 3 with one route \
+             either way: 1,000 clusters' connection pools per worker, each used rarely \
+             (colder caches), no new connections. Goal: the router's cost at 1,000 cells ≤ \
+             1.05 × at 3.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| configuration | connections | cells | req/s | gw CPU µs/req | at 3 cells µs/req | cost ×3 cells | by throughput | over plain µs/req |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for s in rows {
+            let base = s.default_cells_case.as_deref().and_then(|b| {
+                self.summaries
+                    .iter()
+                    .find(|x| x.case == b && x.connections == s.connections)
+            });
+            let cells = self
+                .cases
+                .iter()
+                .find(|c| c.id == s.case)
+                .map_or(3, |c| c.cells);
+            let plain_id = if cells == 3 {
+                "plain".to_string()
+            } else {
+                format!("plain-c{cells}")
+            };
+            let over_plain = |x: &super::Summary| {
+                self.summaries
+                    .iter()
+                    .find(|p| p.case == plain_id && p.connections == x.connections)
+                    .filter(|p| p.case != x.case)
+                    .map_or("–".into(), |p| {
+                        format!("{:.0}", x.gateway_cpu_us - p.gateway_cpu_us)
+                    })
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                s.label,
+                s.connections,
+                cells,
+                fmt_rps(s.rps),
+                s.gateway_cpu_us,
+                base.map_or("–".into(), |b| format!("{:.0}", b.gateway_cpu_us)),
+                fmt_ratio(s.cpu_vs_default_cells),
+                fmt_ratio(s.vs_default_cells),
+                over_plain(s),
+            );
+        }
+        let _ = writeln!(w);
     }
 
     /// Resident memory per gateway and the per-VM estimate.
