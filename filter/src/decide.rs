@@ -518,7 +518,7 @@ pub mod state_key {
 
 /// What the filter writes into filter state for a decision, as (key, value):
 /// the cell that decided (routed to, shed by or unavailable), the reason
-/// (`slot`, `override`, `pin`, `split`, `failover`, `shed`, `unavailable`,
+/// (`slot`, `override`, `pin`, `split`, `failover`, `ramp`, `shed`, `unavailable`,
 /// `no_snapshot`, or the rejection's metric name), the snapshot version
 /// consulted, and the tenant only with `log_tenant`. Nothing for the
 /// readiness answer.

@@ -128,8 +128,10 @@ impl Filter {
         match decision.outcome {
             Outcome::Routed { cell, reason } => {
                 metrics.routed(sink, cell);
-                if reason == "failover" {
-                    metrics.failover(sink, cell);
+                match reason {
+                    "failover" => metrics.failover(sink, cell),
+                    "ramp" => metrics.ramped(sink, cell),
+                    _ => {}
                 }
             }
             Outcome::Shed { cell } => metrics.shed(sink, cell),

@@ -33,6 +33,7 @@ struct CellIds {
     shed: Option<u32>,
     unavailable: Option<u32>,
     failover: Option<u32>,
+    ramped: Option<u32>,
 }
 
 /// Metric ids, defined once per VM (per cell on first use).
@@ -125,6 +126,7 @@ impl Metrics {
             shed: sink.define(MetricKind::Counter, &name(&["shed", &safe])),
             unavailable: sink.define(MetricKind::Counter, &name(&["unavailable", &safe])),
             failover: sink.define(MetricKind::Counter, &name(&["failover", &safe])),
+            ramped: sink.define(MetricKind::Counter, &name(&["ramped", &safe])),
         };
         self.cells.insert(cell.to_string(), ids);
         ids
@@ -202,6 +204,13 @@ impl Metrics {
     /// counted in `routed`).
     pub fn failover(&mut self, sink: &mut dyn MetricSink, cell: &str) {
         let id = self.cell(sink, cell).failover;
+        Self::bump(sink, id);
+    }
+
+    /// A request routed to `cell` because its own cell is ramping back and
+    /// does not take it yet (also counted in `routed`).
+    pub fn ramped(&mut self, sink: &mut dyn MetricSink, cell: &str) {
+        let id = self.cell(sink, cell).ramped;
         Self::bump(sink, id);
     }
 

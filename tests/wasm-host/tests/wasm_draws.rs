@@ -94,8 +94,11 @@ fn a_linear_ramp_follows_the_fake_clock_on_two_workers() {
         .unwrap();
     let gauge = "cell_router.ramp_share.cell-a";
 
-    // Before the start and at it: nobody on cell-a.
+    // Before the start and at it: nobody on cell-a; each request sent on to
+    // cell-b is counted as ramped there.
     assert_eq!(share_on_a(&mut one, &doc, &tenants), 0.0);
+    assert_eq!(one.metric("cell_router.ramped.cell-b"), Some(2000));
+    assert_eq!(one.metric("cell_router.routed.cell-b"), Some(2000));
     one.advance_clock(Duration::from_secs(100));
     assert_eq!(share_on_a(&mut two, &doc, &tenants), 0.0);
     one.tick().unwrap();
