@@ -434,7 +434,8 @@ fn the_decision_is_written_for_access_logs_without_the_tenant_by_default() {
     let state = |router: &mut Router, headers: &[(&str, &str)]| {
         let installed = router.installed.take();
         let log_tenant = router.config.log_tenant;
-        let now = router.now;
+        // The filter's clock is in milliseconds.
+        let now = router.now * 1000;
         let mut clock = move || now;
         let decision = cell_router_filter::decide::decide(
             &router.config,
