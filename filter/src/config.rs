@@ -7,6 +7,7 @@
 pub use crate::error::ConfigError;
 use crate::json::{self, ObjectOnly};
 use crate::jwks::{Algorithm, KeySet};
+use crate::key_subscription::{self as keysub, RemoteKeysConfig};
 use crate::subscription::{PersistedConfig, SidecarConfig};
 use cell_router_mapping::Snapshot;
 use serde::Deserialize;
@@ -57,6 +58,7 @@ pub const STRING_REGISTERED_CLAIMS: [&str; 4] = ["sub", "iss", "jti", "nonce"];
 struct RawConfig {
     token: Option<ObjectOnly<RawTokenSource>>,
     jwks: Option<Value>,
+    jwks_remote: Option<ObjectOnly<RawRemoteKeys>>,
     algorithms: Option<Vec<String>>,
     issuers: Option<Vec<String>>,
     audiences: Option<Vec<String>>,
@@ -119,6 +121,20 @@ struct RawSidecar {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRemoteKeys {
+    cluster: String,
+    authority: Option<String>,
+    path: Option<String>,
+    refresh_s: Option<u64>,
+    timeout_ms: Option<u64>,
+    unknown_kid_refetch_s: Option<u64>,
+    grace_s: Option<u64>,
+    max_jwks_bytes: Option<usize>,
+    retry_min_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPersisted {
     cluster: String,
     authority: Option<String>,
@@ -156,7 +172,13 @@ impl ClaimPath {
 #[derive(Clone, Debug)]
 pub struct JwtSettings {
     pub source: TokenSource,
+    /// The keys in force: the inline `jwks`, plus (at run time) the
+    /// fetched ones; the root context swaps in a config with new keys.
     pub keys: KeySet,
+    /// The inline `jwks` alone (empty without one).
+    pub inline_keys: KeySet,
+    /// Keys fetched at run time (`jwks_remote`).
+    pub remote: Option<RemoteKeysConfig>,
     pub algorithms: Vec<Algorithm>,
     pub issuers: Option<HashSet<String>>,
     pub audiences: Option<HashSet<String>>,
@@ -369,9 +391,10 @@ fn claim_path(raw: RawClaimPath) -> Result<ClaimPath, ConfigError> {
     Ok(ClaimPath { segments })
 }
 
-const JWT_ONLY_FIELDS: [&str; 11] = [
+const JWT_ONLY_FIELDS: [&str; 12] = [
     "token",
     "jwks",
+    "jwks_remote",
     "algorithms",
     "issuers",
     "audiences",
@@ -388,6 +411,7 @@ impl RawConfig {
         let present = [
             self.token.is_some(),
             self.jwks.is_some(),
+            self.jwks_remote.is_some(),
             self.algorithms.is_some(),
             self.issuers.is_some(),
             self.audiences.is_some(),
@@ -589,13 +613,20 @@ impl RawConfig {
             algorithms.push(alg);
         }
 
-        let Some(jwks) = &self.jwks else {
-            return Err(ConfigError::new(
-                "jwks",
-                "missing: an inline JWKS document ({\"keys\": [...]}) with the verification keys",
-            ));
+        let remote = match &self.jwks_remote {
+            Some(ObjectOnly(raw)) => Some(remote_keys(raw)?),
+            None => None,
         };
-        let keys = KeySet::from_jwks(jwks, &algorithms, "jwks")?;
+        let keys = match (&self.jwks, &remote) {
+            (Some(jwks), _) => KeySet::from_jwks(jwks, &algorithms, "jwks")?,
+            (None, Some(_)) => KeySet::default(),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "jwks",
+                    "missing: an inline JWKS document ({\"keys\": [...]}) with the verification keys, or `jwks_remote` to fetch them",
+                ));
+            }
+        };
 
         let issuers = string_set("issuers", self.issuers.clone())?;
         let audiences = string_set("audiences", self.audiences.clone())?;
@@ -636,7 +667,9 @@ impl RawConfig {
                 query_param,
                 cookie,
             },
+            inline_keys: keys.clone(),
             keys,
+            remote,
             algorithms,
             issuers,
             audiences,
@@ -686,6 +719,77 @@ fn request_path(field: &str, path: String) -> Result<String, ConfigError> {
         return Err(ConfigError::new(
             field,
             "must start with '/' and hold no query, fragment, spaces or control characters",
+        ));
+    }
+    Ok(path)
+}
+
+fn remote_keys(raw: &RawRemoteKeys) -> Result<RemoteKeysConfig, ConfigError> {
+    let refresh_s = in_range(
+        "jwks_remote.refresh_s",
+        raw.refresh_s.unwrap_or(keysub::DEFAULT_REFRESH_S),
+        1,
+        86_400,
+    )?;
+    Ok(RemoteKeysConfig {
+        cluster: cluster_name("jwks_remote.cluster", raw.cluster.clone())?,
+        authority: authority(
+            "jwks_remote.authority",
+            raw.authority
+                .clone()
+                .unwrap_or_else(|| "cellmap".to_string()),
+        )?,
+        path: request_target(
+            "jwks_remote.path",
+            raw.path.clone().unwrap_or_else(|| "/jwks".to_string()),
+        )?,
+        refresh_s,
+        timeout_ms: in_range(
+            "jwks_remote.timeout_ms",
+            raw.timeout_ms.unwrap_or(keysub::DEFAULT_TIMEOUT_MS),
+            100,
+            600_000,
+        )?,
+        unknown_kid_refetch_s: in_range(
+            "jwks_remote.unknown_kid_refetch_s",
+            raw.unknown_kid_refetch_s
+                .unwrap_or(keysub::DEFAULT_UNKNOWN_KID_REFETCH_S),
+            1,
+            3_600,
+        )?,
+        grace_s: in_range(
+            "jwks_remote.grace_s",
+            raw.grace_s.unwrap_or(keysub::DEFAULT_GRACE_S),
+            0,
+            604_800,
+        )?,
+        max_jwks_bytes: in_range(
+            "jwks_remote.max_jwks_bytes",
+            raw.max_jwks_bytes.unwrap_or(keysub::DEFAULT_MAX_JWKS_BYTES),
+            1024,
+            16 << 20,
+        )?,
+        retry_min_ms: in_range(
+            "jwks_remote.retry_min_ms",
+            raw.retry_min_ms.unwrap_or(keysub::DEFAULT_RETRY_MIN_MS),
+            10,
+            600_000,
+        )?,
+    })
+}
+
+/// A request path with an optional query: `/`, then printable ASCII
+/// without spaces or fragment.
+fn request_target(field: &str, path: String) -> Result<String, ConfigError> {
+    if !path.starts_with('/')
+        || path.len() > MAX_NAME_BYTES
+        || path
+            .bytes()
+            .any(|b| !(0x21..0x7f).contains(&b) || b == b'#')
+    {
+        return Err(ConfigError::new(
+            field,
+            "must start with '/' and hold no fragment, spaces or control characters",
         ));
     }
     Ok(path)
