@@ -14,6 +14,7 @@
 //! never stalls an answer.
 
 mod http;
+mod jwks;
 mod source;
 mod store;
 
@@ -143,6 +144,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let context = Arc::new(Context {
         store: Arc::clone(&store),
         jwks: args.jwks.clone(),
+        jwks_last_good: jwks::LastGood::default(),
         max_wait_s: args.max_wait_s,
         in_flight: Arc::new(Semaphore::new(
             args.max_in_flight.min(Semaphore::MAX_PERMITS),
