@@ -559,23 +559,46 @@ pub fn token_kid(token: &[u8], max_token_bytes: usize) -> Option<String> {
     (kid.len() <= crate::jwks::MAX_KID_BYTES).then(|| kid.to_string())
 }
 
-/// For a request refused with `unknown_kid`: the token's kid (`Some(None)`
-/// when it has none), if the config fetches keys at run time. The HTTP
-/// context queues it for the root context, which owns the subscription.
+/// An unknown kid seen by a request: the token's unverified issuer (to
+/// pick the provider) and its kid (`None` when it has none).
+pub type UnknownKid = (Option<String>, Option<String>);
+
+/// For a request refused with `unknown_kid`: the token's issuer and kid,
+/// if the config fetches keys at run time. The HTTP context queues it for
+/// the root context, which owns the subscriptions.
 pub fn unknown_kid_of<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     jwt: &crate::config::JwtSettings,
     headers: &[(K, V)],
-) -> Option<Option<String>> {
-    jwt.remote.as_ref()?;
+) -> Option<UnknownKid> {
+    if jwt.remote.is_none() && jwt.providers.iter().all(|p| p.remote.is_none()) {
+        return None;
+    }
     let token = crate::token::extract(&jwt.source, headers).ok()?;
-    Some(token_kid(&token, jwt.max_token_bytes))
+    Some((
+        crate::token::unverified_issuer(&token, jwt.max_token_bytes),
+        token_kid(&token, jwt.max_token_bytes),
+    ))
 }
 
 /// Queues an unknown kid for the root context, bounded.
-pub fn note_unknown_kid(pending: &mut Vec<Option<String>>, kid: Option<String>) {
+pub fn note_unknown_kid(pending: &mut Vec<UnknownKid>, kid: UnknownKid) {
     if pending.len() < MAX_PENDING_KIDS && !pending.contains(&kid) {
         pending.push(kid);
     }
+}
+
+/// Which key source an unknown kid is for: `Some(None)` for the top-level
+/// `jwks_remote`, `Some(Some(i))` for `providers[i]`; `None` if no source
+/// fetches keys for that issuer.
+pub fn source_for(jwt: &crate::config::JwtSettings, issuer: Option<&str>) -> Option<Option<usize>> {
+    if jwt.providers.is_empty() {
+        return jwt.remote.as_ref().map(|_| None);
+    }
+    let issuer = issuer?;
+    jwt.providers
+        .iter()
+        .position(|p| p.remote.is_some() && p.issuers.as_ref().is_some_and(|s| s.contains(issuer)))
+        .map(Some)
 }
 
 /// The keys in force for `jwt`: the inline ones, then the fetched ones

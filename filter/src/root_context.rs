@@ -82,7 +82,7 @@ pub(crate) struct Shared {
     pub clear_route_cache: ForeignCall,
     pub verify_signature: ForeignCall,
     /// Unknown kids seen by requests, for the key subscription (bounded).
-    pub unknown_kids: Vec<Option<String>>,
+    pub unknown_kids: Vec<crate::key_subscription::UnknownKid>,
 }
 
 #[derive(Default)]
@@ -93,7 +93,8 @@ pub(crate) struct Root {
     /// drive retries: without them a failed fetch is never retried).
     tick_pending: Option<u64>,
     /// Keys fetched at run time (`jwks_remote`), see `key_subscription.rs`.
-    keys: Option<KeySubscription>,
+    /// One per key source: the top-level one (`None`) or `providers[i]`.
+    keys: Vec<(Option<usize>, KeySubscription)>,
     key_metrics: KeyMetrics,
 }
 
@@ -131,10 +132,23 @@ impl Root {
         let version = shared.installed.as_ref().map_or(0, |i| i.version());
         let age = self.subscription.as_ref().map_or(0, |s| s.age_s(now_ms));
         shared.metrics.gauges(&mut HostMetrics, version, age);
-        if let Some(keys) = &self.keys {
-            let count = shared.config.jwt().map_or(0, |j| j.keys.entries().len());
+        if !self.keys.is_empty() {
+            let count = shared.config.jwt().map_or(0, |j| {
+                j.keys.entries().len()
+                    + j.providers
+                        .iter()
+                        .map(|p| p.keys.entries().len())
+                        .sum::<usize>()
+            });
+            let version = self.keys.iter().map(|(_, k)| k.version()).sum();
+            let age = self
+                .keys
+                .iter()
+                .map(|(_, k)| k.age_s(now_ms))
+                .max()
+                .unwrap_or(0);
             self.key_metrics
-                .gauges(&mut HostMetrics, keys.version(), keys.age_s(now_ms), count);
+                .gauges(&mut HostMetrics, version, age, count);
         }
     }
 
@@ -146,10 +160,10 @@ impl Root {
         }
     }
 
-    /// Puts the fetched keys in force (a new config with them, for new
-    /// requests); empties the token cache when a key left.
-    fn install_keys(&self) {
-        let (Some(keys), Some(shared)) = (&self.keys, &self.shared) else {
+    /// Puts the fetched keys of source `slot` in force (a new config with
+    /// them, for new requests); empties the token cache when a key left.
+    fn install_keys(&self, slot: usize) {
+        let (Some((provider, keys)), Some(shared)) = (self.keys.get(slot), &self.shared) else {
             return;
         };
         let Ok(mut shared) = shared.try_borrow_mut() else {
@@ -158,21 +172,30 @@ impl Root {
         let Some(jwt) = shared.config.jwt() else {
             return;
         };
-        let (settings, removed) = crate::key_subscription::with_keys(jwt, &keys.keys());
+        let mut top = jwt.clone();
+        let target = match provider {
+            None => &mut top,
+            Some(i) => match top.providers.get_mut(*i) {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let (settings, removed) = crate::key_subscription::with_keys(target, &keys.keys());
+        *target = settings;
         let mut config = (*shared.config).clone();
-        config.auth = crate::config::Auth::Jwt(Box::new(settings));
+        config.auth = crate::config::Auth::Jwt(Box::new(top));
         shared.config = Rc::new(config);
         if removed {
             shared.vm.cache.clear();
         }
     }
 
-    /// Feeds unknown kids to the key subscription, drops keys past their
-    /// grace, and starts the key fetch when due.
+    /// Feeds unknown kids to the key subscriptions, drops keys past their
+    /// grace, and starts the key fetches that are due.
     fn fetch_keys_if_due(&mut self, now_ms: u64) {
-        let Some(keys) = self.keys.as_mut() else {
+        if self.keys.is_empty() {
             return;
-        };
+        }
         let kids = self
             .shared
             .as_ref()
@@ -182,56 +205,76 @@ impl Root {
                     .map(|mut s| std::mem::take(&mut s.unknown_kids))
             })
             .unwrap_or_default();
-        for kid in kids {
-            keys.unknown_kid(kid.as_deref(), now_ms);
-        }
-        if keys.expire(now_ms) {
-            log(
-                LogLevel::Info,
-                "cell-router: removed verification keys reached the end of their grace period",
-            );
-            self.install_keys();
-        }
-        let Some(keys) = self.keys.as_mut() else {
-            return;
-        };
-        let Some(request) = keys.poll(now_ms) else {
-            return;
-        };
-        let refetch = keys.refetch_pending();
-        let headers: Vec<(&str, &str)> = request
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        let timeout_ms = u32::try_from(request.timeout.as_millis()).unwrap_or(u32::MAX);
-        match hostcalls::http_call(&request.cluster, &headers, timeout_ms) {
-            Ok(token) => {
-                keys.dispatched(token, now_ms);
-                if refetch {
-                    self.key_metrics.refetch(&mut HostMetrics);
+        if !kids.is_empty() {
+            let config = self
+                .shared
+                .as_ref()
+                .and_then(|s| s.try_borrow().ok().map(|s| Rc::clone(&s.config)));
+            if let Some(jwt) = config.as_deref().and_then(|c| c.jwt()) {
+                for (issuer, kid) in kids {
+                    let Some(source) = crate::key_subscription::source_for(jwt, issuer.as_deref())
+                    else {
+                        continue;
+                    };
+                    if let Some((_, keys)) = self.keys.iter_mut().find(|(p, _)| *p == source) {
+                        keys.unknown_kid(kid.as_deref(), now_ms);
+                    }
                 }
             }
-            Err(status) => {
-                keys.dispatch_failed(now_ms);
-                self.key_metrics.fetch_failed(&mut HostMetrics);
-                let failures = keys.consecutive_failures();
-                if failures.is_power_of_two() {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "cell-router: cannot call JWKS cluster {:?} (status {status}); {failures} failure(s) in a row, keeping the last good keys",
-                            request.cluster
-                        ),
-                    );
+        }
+        for slot in 0..self.keys.len() {
+            let expired = self
+                .keys
+                .get_mut(slot)
+                .is_some_and(|(_, keys)| keys.expire(now_ms));
+            if expired {
+                log(
+                    LogLevel::Info,
+                    "cell-router: removed verification keys reached the end of their grace period",
+                );
+                self.install_keys(slot);
+            }
+            let Some((_, keys)) = self.keys.get_mut(slot) else {
+                continue;
+            };
+            let Some(request) = keys.poll(now_ms) else {
+                continue;
+            };
+            let refetch = keys.refetch_pending();
+            let headers: Vec<(&str, &str)> = request
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
+            let timeout_ms = u32::try_from(request.timeout.as_millis()).unwrap_or(u32::MAX);
+            match hostcalls::http_call(&request.cluster, &headers, timeout_ms) {
+                Ok(token) => {
+                    keys.dispatched(token, now_ms);
+                    if refetch {
+                        self.key_metrics.refetch(&mut HostMetrics);
+                    }
+                }
+                Err(status) => {
+                    keys.dispatch_failed(now_ms);
+                    self.key_metrics.fetch_failed(&mut HostMetrics);
+                    let failures = keys.consecutive_failures();
+                    if failures.is_power_of_two() {
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "cell-router: cannot call JWKS cluster {:?} (status {status}); {failures} failure(s) in a row, keeping the last good keys",
+                                request.cluster
+                            ),
+                        );
+                    }
                 }
             }
         }
     }
 
     /// Handles the answer to the key fetch.
-    fn on_keys_response(&mut self, token: u32, now: u64, body_size: usize) {
-        let Some(keys) = self.keys.as_mut() else {
+    fn on_keys_response(&mut self, slot: usize, token: u32, now: u64, body_size: usize) {
+        let Some((_, keys)) = self.keys.get_mut(slot) else {
             return;
         };
         let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
@@ -274,14 +317,17 @@ impl Root {
                         &format!("cell-router: JWKS key skipped: {why}"),
                     );
                 }
-                self.install_keys();
+                self.install_keys(slot);
             }
             KeysOutcome::Refused { why, .. } => log(
                 LogLevel::Warn,
                 &format!("cell-router: JWKS refused, keeping the last good keys: {why}"),
             ),
             KeysOutcome::Failed { why } => {
-                let failures = self.keys.as_ref().map_or(0, |k| k.consecutive_failures());
+                let failures = self
+                    .keys
+                    .get(slot)
+                    .map_or(0, |(_, k)| k.consecutive_failures());
                 if failures.is_power_of_two() {
                     log(
                         LogLevel::Warn,
@@ -341,8 +387,8 @@ impl Root {
 
     pub fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize) {
         let now = now_ms();
-        if self.keys.as_ref().is_some_and(|k| k.owns(token)) {
-            self.on_keys_response(token, now, body_size);
+        if let Some(slot) = self.keys.iter().position(|(_, k)| k.owns(token)) {
+            self.on_keys_response(slot, token, now, body_size);
             return;
         }
         let Some(subscription) = self.subscription.as_mut() else {
@@ -486,11 +532,20 @@ impl Root {
             let seed = getrandom::u64().unwrap_or(now);
             Subscription::new(sidecar, now, seed)
         });
-        self.keys = config.jwt().and_then(|jwt| {
-            let remote = jwt.remote.clone()?;
-            Some(KeySubscription::new(remote, jwt.algorithms.clone(), now))
-        });
-        if self.keys.is_some() {
+        self.keys = Vec::new();
+        if let Some(jwt) = config.jwt() {
+            if let Some(remote) = jwt.remote.clone() {
+                let keys = KeySubscription::new(remote, jwt.algorithms.clone(), now);
+                self.keys.push((None, keys));
+            }
+            for (i, provider) in jwt.providers.iter().enumerate() {
+                if let Some(remote) = provider.remote.clone() {
+                    let keys = KeySubscription::new(remote, provider.algorithms.clone(), now);
+                    self.keys.push((Some(i), keys));
+                }
+            }
+        }
+        if !self.keys.is_empty() {
             self.key_metrics = KeyMetrics::define(&mut HostMetrics);
         }
         let tick_ms = self
@@ -498,7 +553,7 @@ impl Root {
             .as_ref()
             .map_or(1000, |s| s.config().tick_ms);
         // Unknown kids reach the key subscription on ticks.
-        let tick_ms = if self.keys.is_some() {
+        let tick_ms = if !self.keys.is_empty() {
             tick_ms.min(100)
         } else {
             tick_ms

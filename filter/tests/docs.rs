@@ -100,6 +100,10 @@ fn schema_names_exactly_the_accepted_fields() {
         schema_fields(&schema, "/properties/jwks_remote/properties"),
         accepted_fields(r#"{"jwks_remote": {"cluster": "c", "zzz": 1}}"#)
     );
+    assert_eq!(
+        schema_fields(&schema, "/properties/providers/items/properties"),
+        accepted_fields(r#"{"providers": [{"issuer": "i", "zzz": 1}]}"#)
+    );
     let algorithms: BTreeSet<String> = schema["$defs"]["algorithm"]["enum"]
         .as_array()
         .unwrap()

@@ -55,8 +55,7 @@ fn answer(
     etag: Option<&[u8]>,
     body: &[u8],
 ) -> KeysOutcome {
-    let request = sub.poll(now).expect("a fetch is due");
-    assert_eq!(request.cluster, "idp");
+    sub.poll(now).expect("a fetch is due");
     sub.dispatched(token, now);
     sub.on_response(token, now, status, etag, Body::Read(body))
 }
@@ -390,7 +389,7 @@ fn requests_verify_with_fetched_keys_and_unknown_kids_are_named() {
     assert_eq!(decision.reply().unwrap().status, 401);
     assert_eq!(
         cell_router_filter::key_subscription::unknown_kid_of(jwt, &headers),
-        Some(Some("k1".to_string()))
+        Some((Some(ISSUER.to_string()), Some("k1".to_string())))
     );
 
     let mut sub = KeySubscription::new(jwt.remote.clone().unwrap(), jwt.algorithms.clone(), T0);
@@ -426,4 +425,162 @@ fn the_readme_documents_every_key_metric() {
     for name in cell_router_filter::key_subscription::metric_names() {
         assert!(readme.contains(&format!("`{name}`")), "{name}");
     }
+}
+
+fn two_providers() -> Config {
+    Config::from_json(
+        json!({
+            "providers": [
+                {"issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
+                 "jwks": {"keys": [ec256_jwk("a-1")]}},
+                {"issuer": "https://other.test", "audiences": ["other-api"], "algorithms": ["EdDSA"],
+                 "jwks_remote": {"cluster": "other-idp", "path": "/keys"}}
+            ],
+            "tenant_claim": "tenant_id",
+            "fallback_snapshot": serde_json::from_str::<Value>(&snapshot_doc(1).to_json()).unwrap(),
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn providers_each_verify_their_own_issuer_with_their_keys_algorithms_and_audiences() {
+    let config = two_providers();
+    let jwt = config.jwt().unwrap();
+    assert_eq!(jwt.providers.len(), 2);
+    assert!(jwt.providers[0].remote.is_none());
+    assert_eq!(
+        jwt.providers[1].remote.as_ref().unwrap().cluster,
+        "other-idp"
+    );
+    let installed = Installed::new(config.fallback_snapshot.clone().unwrap());
+    let mut vm = VmState::new(&config, [7; 16]);
+    let mut clock = || NOW;
+    let claims = |iss: &str, aud: &str| {
+        let mut c = tenant_claims("acme");
+        c.issuer = Some(iss.to_string());
+        c.audiences = Some(jwt_simple::prelude::Audiences::AsString(aud.to_string()));
+        c
+    };
+    let mut status = |token: String| {
+        let headers = [("authorization".to_string(), format!("Bearer {token}"))];
+        let d = decide(&config, &mut vm, &headers, &mut clock, Some(&installed));
+        (
+            d.reply().map(|r| r.status),
+            d.reply().and_then(|r| r.error_code()),
+        )
+    };
+    // Provider 1: its issuer, key, algorithm and audience.
+    assert_eq!(
+        status(sign_as("ES256", "a-1", claims(ISSUER, AUDIENCE))).0,
+        None
+    );
+    // Its audience only.
+    assert_eq!(
+        status(sign_as("ES256", "a-1", claims(ISSUER, "other-api"))).0,
+        Some(403)
+    );
+    // Provider 2 has no keys yet (remote, not fetched): unknown kid.
+    assert_eq!(
+        status(sign_as(
+            "EdDSA",
+            "b-1",
+            claims("https://other.test", "other-api")
+        ))
+        .0,
+        Some(401)
+    );
+    // Provider 1's key does not sign for provider 2's issuer.
+    assert_eq!(
+        status(sign_as(
+            "ES256",
+            "a-1",
+            claims("https://other.test", "other-api")
+        ))
+        .0,
+        Some(401)
+    );
+    // An issuer no provider has.
+    assert_eq!(
+        status(sign_as(
+            "ES256",
+            "a-1",
+            claims("https://evil.test", AUDIENCE)
+        ))
+        .0,
+        Some(401)
+    );
+
+    // Provider 2's keys arrive: its tokens verify, and an unknown kid of
+    // its issuer is routed to its subscription.
+    let remote = jwt.providers[1].remote.clone().unwrap();
+    let mut sub = KeySubscription::new(remote, vec![Algorithm::EdDSA], T0);
+    answer(
+        &mut sub,
+        T0,
+        1,
+        Some(200),
+        None,
+        &jwks(&[ed25519_jwk("b-1")]),
+    );
+    let mut top = jwt.clone();
+    let (settings, _) = with_keys(&top.providers[1], &sub.keys());
+    top.providers[1] = settings;
+    let mut config2 = config.clone();
+    config2.auth = cell_router_filter::config::Auth::Jwt(Box::new(top));
+    let token = sign_as("EdDSA", "b-1", claims("https://other.test", "other-api"));
+    let headers = [("authorization".to_string(), format!("Bearer {token}"))];
+    let d = decide(&config2, &mut vm, &headers, &mut clock, Some(&installed));
+    assert!(d.reply().is_none(), "{:?}", d.reply());
+    assert_eq!(
+        cell_router_filter::key_subscription::source_for(jwt, Some("https://other.test")),
+        Some(Some(1))
+    );
+    assert_eq!(
+        cell_router_filter::key_subscription::source_for(jwt, Some(ISSUER)),
+        None
+    );
+    assert_eq!(
+        cell_router_filter::key_subscription::source_for(jwt, None),
+        None
+    );
+}
+
+#[test]
+fn providers_refuse_top_level_key_fields_and_duplicate_issuers() {
+    let base = |extra: Value| {
+        let mut v = json!({
+            "providers": [{"issuer": "i", "algorithms": ["ES256"], "jwks": {"keys": [ec256_jwk("a")]}}],
+            "tenant_claim": "t", "sidecar": {"cluster": "c"}
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        Config::from_json(v.to_string().as_bytes())
+    };
+    assert!(base(json!({})).is_ok());
+    for field in ["algorithms", "issuers", "audiences"] {
+        let error = base(json!({ field: ["x"] })).unwrap_err();
+        assert_eq!(error.field, field, "{error}");
+    }
+    let dup = base(json!({"providers": [
+        {"issuer": "i", "algorithms": ["ES256"], "jwks": {"keys": [ec256_jwk("a")]}},
+        {"issuer": "i", "algorithms": ["ES256"], "jwks": {"keys": [ec256_jwk("a")]}}
+    ]}))
+    .unwrap_err();
+    assert_eq!(dup.field, "providers[1].issuer", "{dup}");
+    let no_keys =
+        base(json!({"providers": [{"issuer": "i", "algorithms": ["ES256"]}]})).unwrap_err();
+    assert_eq!(no_keys.field, "providers[0].jwks", "{no_keys}");
+    let bad_remote = base(
+        json!({"providers": [{"issuer": "i", "algorithms": ["ES256"],
+        "jwks_remote": {"cluster": "c", "refresh_s": 0}}]}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        bad_remote.field, "providers[0].jwks_remote.refresh_s",
+        "{bad_remote}"
+    );
 }
