@@ -189,3 +189,69 @@ fn an_oversized_jwks_is_refused_and_the_keys_stay() {
     assert_eq!(metric(&host, "refused"), 1);
     assert!(send(&mut host, "k1").forwarded());
 }
+
+#[test]
+fn each_provider_fetches_its_own_keys_and_an_unknown_kid_refetches_its_issuer_only() {
+    const OTHER: &str = "https://other-issuer.test";
+    let mut host = Host::new().expect("start the filter VM");
+    let provider = |issuer: &str, cluster: &str| {
+        serde_json::json!({
+            "issuer": issuer, "audiences": [cell_router_kit::fixtures::AUDIENCE],
+            "algorithms": ["ES256"],
+            "jwks_remote": {"cluster": cluster, "unknown_kid_refetch_s": 30}
+        })
+    };
+    let config = Config::jwt(&[Alg::ES256])
+        .without("jwks")
+        .without("algorithms")
+        .without("issuers")
+        .without("audiences")
+        .set(
+            "providers",
+            serde_json::json!([
+                provider(cell_router_kit::fixtures::ISSUER, "idp-a"),
+                provider(OTHER, "idp-b")
+            ]),
+        )
+        .fallback(&snapshot(1));
+    host.configure(config.json()).expect("configure the filter");
+    host.advance(Duration::from_millis(200)).unwrap();
+    let calls = host.pending_http_calls();
+    let mut clusters: Vec<&str> = calls.iter().map(|c| c.upstream.as_str()).collect();
+    clusters.sort();
+    assert_eq!(
+        clusters,
+        ["idp-a", "idp-b"],
+        "one subscription per provider"
+    );
+    for call in &calls {
+        let kid = if call.upstream == "idp-a" { "a1" } else { "b1" };
+        host.respond_http_call(call.token, 200, &[], jwks(&[kid]))
+            .unwrap();
+    }
+    let send_as = |host: &mut Host, issuer: &str, kid: &str| {
+        let t = token_builder(Alg::ES256, host.now_unix(), "acme")
+            .issuer(issuer)
+            .kid(kid)
+            .sign();
+        host.request(&[(":path", "/v1/sms"), ("authorization", &bearer(&t))])
+            .expect("request through the filter")
+    };
+    assert!(send_as(&mut host, cell_router_kit::fixtures::ISSUER, "a1").forwarded());
+    assert!(send_as(&mut host, OTHER, "b1").forwarded());
+    // The same key material under provider A's kid does not sign for B.
+    assert_eq!(send_as(&mut host, OTHER, "a1").status(), Some(401));
+    // That unknown kid of B's asks for B's keys only (deferred to 30 s
+    // after B's first fetch); B has rotated to b2 meanwhile.
+    assert_eq!(send_as(&mut host, OTHER, "b2").status(), Some(401));
+    host.advance(Duration::from_secs(31)).unwrap();
+    let calls = host.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].upstream, "idp-b");
+    host.respond_http_call(calls[0].token, 200, &[], jwks(&["b2"]))
+        .unwrap();
+    // b1 is in its grace period.
+    assert!(send_as(&mut host, OTHER, "b1").forwarded());
+    assert!(send_as(&mut host, OTHER, "b2").forwarded());
+    assert!(send_as(&mut host, cell_router_kit::fixtures::ISSUER, "a1").forwarded());
+}
