@@ -31,6 +31,8 @@ pub(crate) struct Context {
     pub(crate) store: Arc<Store>,
     pub(crate) jwks: Option<PathBuf>,
     pub(crate) jwks_last_good: super::jwks::LastGood,
+    /// `--jwks-url`: the JWKS followed per issuer.
+    pub(crate) jwks_followed: std::collections::HashMap<String, super::jwks::Followed>,
     pub(crate) max_wait_s: u64,
     /// One permit per request being handled (long-polls included).
     pub(crate) in_flight: Arc<Semaphore>,
@@ -84,6 +86,16 @@ async fn route<B>(context: &Context, request: &Request<B>) -> Response<Body> {
                 .headers()
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok());
+            if let Some(response) = super::jwks::serve_followed(
+                &context.jwks_followed,
+                request.uri().query().unwrap_or(""),
+                if_none_match,
+                context.max_wait_s,
+            )
+            .await
+            {
+                return response;
+            }
             super::jwks::serve(context.jwks.clone(), &context.jwks_last_good, if_none_match).await
         }
         _ => error(

@@ -14,9 +14,12 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use siphasher::sip::SipHasher13;
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Largest JWKS file served (the filter's own default limit is 256 KiB).
 pub const MAX_JWKS_BYTES: u64 = 1 << 20;
@@ -119,4 +122,210 @@ pub(crate) async fn serve(
         response.headers_mut().insert(header::ETAG, value);
     }
     response
+}
+
+/// A JWKS followed from an identity provider (`--jwks-url ISSUER=URL`):
+/// its last good content and ETag.
+#[derive(Debug)]
+pub(crate) struct Held {
+    bytes: Bytes,
+    etag: String,
+}
+
+pub(crate) type Followed = watch::Receiver<Option<Arc<Held>>>;
+
+/// Splits `ISSUER=URL` (the URL starts at the first `=http`).
+pub(crate) fn parse_follow(arg: &str) -> Result<(String, String), String> {
+    let at = arg
+        .find("=http://")
+        .or_else(|| arg.find("=https://"))
+        .ok_or_else(|| format!("--jwks-url {arg:?}: expected ISSUER=URL (http or https)"))?;
+    let (issuer, url) = arg.split_at(at);
+    let url = url.trim_start_matches('=');
+    if issuer.is_empty() {
+        return Err(format!("--jwks-url {arg:?}: the issuer is empty"));
+    }
+    Ok((issuer.to_string(), url.to_string()))
+}
+
+/// `max-age` of a Cache-Control value.
+fn max_age(value: &str) -> Option<u64> {
+    value.split(',').find_map(|d| {
+        let (name, v) = d.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| v.trim().trim_matches('"').parse().ok())?
+    })
+}
+
+/// Starts following `url` on its own thread: polled every `poll` at most
+/// (sooner when Cache-Control max-age says so, never more than once a
+/// second) with If-None-Match; a good new set replaces the held one, a
+/// failure or a bad set keeps it.
+pub(crate) fn follow(issuer: String, url: String, poll: Duration) -> Followed {
+    let (tx, rx) = watch::channel(None::<Arc<Held>>);
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut upstream_etag: Option<String> = None;
+        let mut last_problem = String::new();
+        loop {
+            let mut request = agent.get(&url);
+            if let Some(etag) = &upstream_etag {
+                request = request.header("If-None-Match", etag);
+            }
+            let mut wait = poll;
+            let problem = match request.call() {
+                Ok(mut response) => {
+                    let header = |name: &str| {
+                        response
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    if let Some(age) = header("cache-control").as_deref().and_then(max_age) {
+                        wait = Duration::from_secs(age.max(1)).min(poll);
+                    }
+                    let etag = header("etag");
+                    match response.status().as_u16() {
+                        304 => None,
+                        200 => match response
+                            .body_mut()
+                            .with_config()
+                            .limit(MAX_JWKS_BYTES)
+                            .read_to_vec()
+                        {
+                            Ok(bytes) => match refusal(&bytes) {
+                                None => {
+                                    let new = etag_of(&bytes);
+                                    let same = tx.borrow().as_ref().is_some_and(|h| h.etag == new);
+                                    if !same {
+                                        super::log(
+                                            "info",
+                                            &format!("JWKS of {issuer} taken from {url}"),
+                                        );
+                                        tx.send_replace(Some(Arc::new(Held {
+                                            bytes: Bytes::from(bytes),
+                                            etag: new,
+                                        })));
+                                    }
+                                    upstream_etag = etag;
+                                    None
+                                }
+                                Some(why) => Some(format!("{url}: refused ({why})")),
+                            },
+                            Err(err) => Some(format!("{url}: {err}")),
+                        },
+                        status => Some(format!("{url} answered {status}")),
+                    }
+                }
+                Err(err) => Some(format!("{url}: {err}")),
+            };
+            match problem {
+                Some(problem) if problem != last_problem => {
+                    super::log(
+                        "warn",
+                        &format!("JWKS of {issuer}: {problem}; keeping the last good set"),
+                    );
+                    last_problem = problem;
+                }
+                Some(_) => {}
+                None => last_problem.clear(),
+            }
+            std::thread::sleep(wait);
+        }
+    });
+    rx
+}
+
+/// Percent-decodes a query value (`+` is a space).
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /jwks?issuer=<issuer>[&wait=<s>]`: the followed JWKS of that
+/// issuer, with its ETag; a matching If-None-Match with `wait` holds the
+/// request until the set changes or `wait` seconds pass (then 304).
+pub(crate) async fn serve_followed(
+    followed: &HashMap<String, Followed>,
+    query: &str,
+    if_none_match: Option<&str>,
+    max_wait_s: u64,
+) -> Option<Response<Body>> {
+    let mut issuer = None;
+    let mut wait_s = 0u64;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "issuer" => issuer = percent_decode(value),
+            "wait" => wait_s = value.parse::<u64>().unwrap_or(0).min(max_wait_s),
+            _ => {}
+        }
+    }
+    let issuer = issuer?;
+    let Some(rx) = followed.get(&issuer) else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "unknown_issuer",
+            "no --jwks-url for this issuer",
+        ));
+    };
+    let mut rx = rx.clone();
+    let matches =
+        |held: &Held| if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == held.etag));
+    let current = rx.borrow_and_update().clone();
+    let current = match current {
+        Some(held) if matches(&held) && wait_s > 0 => {
+            let _ = tokio::time::timeout(Duration::from_secs(wait_s), rx.changed()).await;
+            rx.borrow().clone().unwrap_or(held)
+        }
+        Some(held) => held,
+        None => {
+            return Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jwks_unavailable",
+                "the identity provider's JWKS was not fetched yet",
+            ));
+        }
+    };
+    let mut response = if matches(&current) {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(current.bytes.clone()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    if let Ok(value) = HeaderValue::from_str(&current.etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    Some(response)
 }

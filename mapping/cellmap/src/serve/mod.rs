@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// A JWKS file to serve at /jwks.
     #[arg(long)]
     pub jwks: Option<PathBuf>,
+    /// Follow an identity provider's JWKS: `ISSUER=URL`, repeatable. Served
+    /// at /jwks?issuer=ISSUER (ETag; If-None-Match with &wait=<s> long-polls);
+    /// the last good set is kept through failures and bad sets.
+    #[arg(long = "jwks-url", value_name = "ISSUER=URL")]
+    pub jwks_url: Vec<String>,
+    /// Longest time between two polls of a --jwks-url, in seconds (sooner
+    /// when its Cache-Control max-age says so, at most once a second).
+    #[arg(long, default_value_t = 300)]
+    pub jwks_poll_s: u64,
     /// Longest a long-poll (`wait`) may hold a request, in seconds.
     #[arg(long, default_value_t = 60)]
     pub max_wait_s: u64,
@@ -140,11 +149,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         &format!("listening on http://{} (source: {source})", args.listen),
     );
 
+    let mut jwks_followed = std::collections::HashMap::new();
+    for arg in &args.jwks_url {
+        let (issuer, url) = jwks::parse_follow(arg)?;
+        let poll = Duration::from_secs(args.jwks_poll_s.max(1));
+        jwks_followed.insert(issuer.clone(), jwks::follow(issuer, url, poll));
+    }
     let (stop, shutdown) = watch::channel(false);
     let context = Arc::new(Context {
         store: Arc::clone(&store),
         jwks: args.jwks.clone(),
         jwks_last_good: jwks::LastGood::default(),
+        jwks_followed,
         max_wait_s: args.max_wait_s,
         in_flight: Arc::new(Semaphore::new(
             args.max_in_flight.min(Semaphore::MAX_PERMITS),
