@@ -228,8 +228,12 @@ fn rotated_keys_reach_every_worker_old_ones_last_the_grace_and_bogus_kids_are_ra
         rotated.elapsed()
     );
     assert_eq!(during, 20, "k1 within the grace period");
-    // ...and not after it (the cached verification is dropped too).
-    std::thread::sleep(Duration::from_secs(GRACE_S + 2).saturating_sub(rotated.elapsed()));
+    // ...and not after it (the cached verification is dropped too). Each
+    // VM counts the grace from when it took k2, up to REFETCH_S after the
+    // rotation (+ a tick).
+    std::thread::sleep(
+        Duration::from_secs(GRACE_S + REFETCH_S + 3).saturating_sub(rotated.elapsed()),
+    );
     let after = accepted(&agent, &envoy, &k1, 20)?;
     assert_eq!(after, 0, "k1 after the grace period");
 
@@ -300,5 +304,102 @@ fn rotated_keys_reach_every_worker_old_ones_last_the_grace_and_bogus_kids_are_ra
         "{fetches} fetches > {allowed} allowed in {elapsed:?}"
     );
     assert_eq!(accepted(&agent, &envoy, &k2, 10)?, 10);
+    Ok(())
+}
+
+/// The sidecar as the key source: `cellmap serve --jwks-url` follows the
+/// IdP stand-in, and every worker long-polls `/jwks?issuer=…&wait=…`
+/// (re-polling 1 s after each answer); a rotation at the IdP reaches every
+/// worker within that second, without any unknown kid, and
+/// with the sidecar and the IdP down the keys in force keep verifying.
+#[test]
+fn through_the_sidecar_a_rotation_reaches_every_worker_by_long_poll() -> Result<()> {
+    let dir = work_dir("keys-sidecar")?;
+    let source = dir.join("snapshot.json");
+    publish(
+        &source,
+        &std::fs::read(e2e::repo_root().join("mapping/examples/snapshot.json"))?,
+    )?;
+    let idp = Idp::start(&["k1"])?;
+    let cells: Vec<&str> = e2e::DEFAULT_CELL_PORTS.iter().map(|(c, _)| *c).collect();
+    let backends = Backends::start(&dir, &cells)?;
+    let port = e2e::free_port()?;
+    let mut command = std::process::Command::new(e2e::cellmap_bin()?);
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--file")
+        .arg(&source)
+        .arg("--jwks-url")
+        .arg(format!(
+            "https://idp.test/=http://127.0.0.1:{}/jwks",
+            idp.port
+        ))
+        .arg("--jwks-poll-s")
+        .arg("1");
+    let mut sidecar = e2e::Process::spawn("sidecar-jwks", command, &dir)?;
+    e2e::wait_for_http(
+        &mut sidecar,
+        &format!("http://127.0.0.1:{port}/healthz"),
+        e2e::HELPER_START_TIMEOUT,
+    )?;
+    let mut options = EnvoyOptions::new(&backends, port);
+    let mut plugin = plugin_config_of(&std::fs::read_to_string(&options.template)?)?;
+    plugin["jwks_remote"] = serde_json::json!({
+        "cluster": "cellmap_sidecar", "authority": "cellmap",
+        "path": "/jwks?issuer=https%3A%2F%2Fidp.test%2F&wait=20",
+        "refresh_s": 1, "timeout_ms": 25000, "unknown_kid_refetch_s": 30, "grace_s": 600
+    });
+    options.plugin_config = Some(plugin);
+    let envoy = Envoy::start(&dir, options)?;
+    let agent = client();
+    let k1 = token("k1", "acme-corp");
+    let took = until_accepted(&agent, &envoy, &k1, Duration::from_secs(60))
+        .with_context(|| sidecar.log_tail(20))?;
+    eprintln!("sidecar source: k1 accepted on every worker {took:?} after Envoy was ready");
+
+    // Rotate at the IdP. No k2 request is sent before the workers have it:
+    // the long-polls bring it (the unknown-kid refetch is 30 s here).
+    let fetches_before = idp.fetches();
+    idp.rotate(&["k2"]);
+    let rotated = Instant::now();
+    let sidecar_url = format!("http://127.0.0.1:{port}/jwks?issuer=https%3A%2F%2Fidp.test%2F");
+    while !e2e::get(&agent, &sidecar_url, &[])?.body.contains("\"k2\"") {
+        ensure!(
+            rotated.elapsed() < Duration::from_secs(15),
+            "the sidecar did not take k2 within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at_sidecar = rotated.elapsed();
+    // A VM re-polls `refresh_s` (1 s) after each answer, then waits on the
+    // sidecar: within that second plus a moment every worker has k2, and
+    // must accept it at the first try.
+    std::thread::sleep(Duration::from_millis(1500));
+    let k2 = token("k2", "acme-corp");
+    let first_round = accepted(&agent, &envoy, &k2, 20)?;
+    let took = until_accepted(&agent, &envoy, &k2, Duration::from_secs(10))?;
+    eprintln!(
+        "sidecar source: IdP rotated → sidecar had k2 after {at_sidecar:?}; {first_round}/20 accepted at the first round, all after {:?} more; IdP saw {} polls",
+        took,
+        idp.fetches() - fetches_before
+    );
+    assert_eq!(
+        first_round, 20,
+        "k2 should arrive by long-poll, before any k2 request"
+    );
+    assert_eq!(
+        accepted(&agent, &envoy, &k1, 20)?,
+        20,
+        "k1 in its grace period"
+    );
+
+    // Sidecar and IdP down: both keys keep verifying.
+    idp.set_up(false);
+    sidecar.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(accepted(&agent, &envoy, &k2, 20)?, 20, "k2, sidecar down");
+    assert_eq!(accepted(&agent, &envoy, &k1, 20)?, 20, "k1, sidecar down");
     Ok(())
 }
