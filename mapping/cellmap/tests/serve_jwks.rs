@@ -225,3 +225,31 @@ fn follows_an_identity_provider_keeps_the_last_good_set_and_long_polls() {
     assert!(took < std::time::Duration::from_secs(10), "{took:?}");
     assert_ne!(reply.etag.as_deref(), Some(etag.as_str()));
 }
+
+#[test]
+fn a_followed_jwks_is_persisted_and_served_after_a_restart_with_the_idp_down() {
+    let (port, upstream) = start_upstream(K1);
+    let snapshot_file = temp_file("jwks-persist-snapshot");
+    publish(&snapshot_file, &snapshot(1, "cell-a"));
+    let persist = temp_file("jwks-persist");
+    let follow = format!("{ISSUER}=http://127.0.0.1:{port}/keys");
+    let args = [
+        "--file",
+        snapshot_file.to_str().unwrap(),
+        "--persist",
+        persist.to_str().unwrap(),
+        "--jwks-url",
+        &follow,
+    ];
+    let path = format!("/jwks?issuer={ISSUER_Q}");
+    let mut first = start(&args);
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        get(first.port, &path, &[]).is_some_and(|r| r.status == 200)
+    }));
+    first.terminate(std::time::Duration::from_secs(5));
+    upstream.lock().unwrap().status = 500;
+    let second = start(&args);
+    let reply = get(second.port, &path, &[]).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, K1);
+}

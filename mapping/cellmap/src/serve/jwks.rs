@@ -162,8 +162,33 @@ fn max_age(value: &str) -> Option<u64> {
 /// (sooner when Cache-Control max-age says so, never more than once a
 /// second) with If-None-Match; a good new set replaces the held one, a
 /// failure or a bad set keeps it.
-pub(crate) fn follow(issuer: String, url: String, poll: Duration) -> Followed {
-    let (tx, rx) = watch::channel(None::<Arc<Held>>);
+pub(crate) fn follow(
+    issuer: String,
+    url: String,
+    poll: Duration,
+    persist: Option<&std::path::Path>,
+) -> Followed {
+    // The set persisted by an earlier run, served until the IdP answers.
+    let persist = persist.map(|p| persisted_path(p, &issuer));
+    let restored = persist.as_deref().and_then(|path| {
+        let bytes = crate::serve::source::read_limited(path, MAX_JWKS_BYTES).ok()??;
+        if let Some(why) = refusal(&bytes) {
+            super::log(
+                "warn",
+                &format!("persisted JWKS {} refused: {why}", path.display()),
+            );
+            return None;
+        }
+        super::log(
+            "info",
+            &format!("JWKS of {issuer} restored from {}", path.display()),
+        );
+        Some(Arc::new(Held {
+            etag: etag_of(&bytes),
+            bytes: Bytes::from(bytes),
+        }))
+    });
+    let (tx, rx) = watch::channel(restored);
     std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -208,6 +233,9 @@ pub(crate) fn follow(issuer: String, url: String, poll: Duration) -> Followed {
                                             "info",
                                             &format!("JWKS of {issuer} taken from {url}"),
                                         );
+                                        if let Some(path) = &persist {
+                                            save(path, &bytes);
+                                        }
                                         tx.send_replace(Some(Arc::new(Held {
                                             bytes: Bytes::from(bytes),
                                             etag: new,
@@ -240,6 +268,34 @@ pub(crate) fn follow(issuer: String, url: String, poll: Duration) -> Followed {
         }
     });
     rx
+}
+
+/// Where `--persist <path>` keeps the JWKS followed for `issuer`: next to
+/// it, named by a hash of the issuer.
+pub(crate) fn persisted_path(persist: &std::path::Path, issuer: &str) -> PathBuf {
+    let mut hasher = SipHasher13::new_with_keys(0, 0);
+    hasher.write(issuer.as_bytes());
+    let mut name = persist.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".jwks-{:016x}.json", hasher.finish()));
+    persist.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename);
+/// a failure is logged, the set is served anyway.
+fn save(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("json.tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(err) = result {
+        super::log(
+            "warn",
+            &format!("cannot persist the JWKS to {}: {err}", path.display()),
+        );
+    }
 }
 
 /// Percent-decodes a query value (`+` is a space).

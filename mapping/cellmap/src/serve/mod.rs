@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub upstream: Option<String>,
     /// Keep the last good snapshot in this file (written atomically on every
-    /// change, served first at start)
+    /// change, served first at start); each --jwks-url set is kept next to
+    /// it (`<file>.jwks-<hash of the issuer>.json`) the same way
     #[arg(long, value_name = "PATH")]
     pub persist: Option<PathBuf>,
     /// How often to check the file for changes, in milliseconds.
@@ -155,7 +156,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     for arg in &args.jwks_url {
         let (issuer, url) = jwks::parse_follow(arg)?;
         let poll = Duration::from_secs(args.jwks_poll_s.max(1));
-        jwks_followed.insert(issuer.clone(), jwks::follow(issuer, url, poll));
+        let followed = jwks::follow(issuer.clone(), url, poll, args.persist.as_deref());
+        jwks_followed.insert(issuer, followed);
     }
     let (stop, shutdown) = watch::channel(false);
     let context = Arc::new(Context {
