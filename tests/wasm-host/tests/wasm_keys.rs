@@ -255,3 +255,60 @@ fn each_provider_fetches_its_own_keys_and_an_unknown_kid_refetches_its_issuer_on
     assert!(send_as(&mut host, OTHER, "b2").forwarded());
     assert!(send_as(&mut host, cell_router_kit::fixtures::ISSUER, "a1").forwarded());
 }
+
+#[test]
+fn random_jwks_answers_and_random_tokens_never_trap_the_vm() {
+    use cell_router_kit::rng::SplitMix64;
+    let mut host = configured();
+    let call = next_fetch(&mut host, Duration::from_secs(1));
+    host.respond_http_call(call.token, 200, &[("etag", "\"e1\"")], jwks(&["k1"]))
+        .unwrap();
+    let mut rng = SplitMix64::new(42);
+    let good = jwks(&["k1"]);
+    for round in 0..300u32 {
+        // A JWKS answer: random bytes, a mangled good set, or odd shapes.
+        let body: Vec<u8> = match rng.below(5) {
+            0 => {
+                let n = rng.index(2048);
+                rng.bytes(n)
+            }
+            1 => {
+                let mut b = good.clone().into_bytes();
+                for _ in 0..8 {
+                    let i = rng.index(b.len());
+                    b[i] = rng.next_u64() as u8;
+                }
+                b
+            }
+            2 => format!(
+                "{{\"keys\": [{}]}}",
+                "{\"kty\":\"EC\"},".repeat(rng.index(100)) + "{}"
+            )
+            .into_bytes(),
+            3 => b"{\"keys\": {\"keys\": []}, \"keys\": 1}".to_vec(),
+            _ => "[".repeat(rng.index(5000)).into_bytes(),
+        };
+        let etag = format!("\"r{}\"", rng.next_u64());
+        let status = [200u16, 200, 304, 500, 404][rng.index(5)];
+        // An unknown kid asks for a fetch; answer whatever is pending.
+        let kid = format!("x{}{}", round, "\u{0}".repeat(rng.index(3)));
+        send(&mut host, &kid);
+        host.advance(Duration::from_secs(31)).unwrap();
+        for call in idp_calls(&host) {
+            host.respond_http_call(call.token, status, &[("etag", etag.as_str())], &body)
+                .unwrap();
+        }
+        // Random token-ish headers.
+        let n = rng.index(300);
+        let junk = String::from_utf8_lossy(&rng.bytes(n)).into_owned();
+        let _ = host.request(&[(":path", "/"), ("authorization", &format!("Bearer {junk}"))]);
+    }
+    // Alive, and k1 was never replaced by anything invalid.
+    let reply = send(&mut host, "k1");
+    assert!(
+        reply.forwarded() || reply.status() == Some(401),
+        "{}",
+        host.log_text()
+    );
+    assert!(metric(&host, "refused") + metric(&host, "fetch_failures") > 0);
+}
