@@ -117,11 +117,11 @@ fn serve(stream: TcpStream, state: &Mutex<IdpState>) -> Result<()> {
     Ok(())
 }
 
-/// `envoy/envoy.yaml` with an `idp` cluster pointing at the stand-in.
+/// `envoy/envoy.yaml` with an `idp|keys` cluster (a `|` in its name, like every non-cell cluster, so no `x-cell-id` can name it) pointing at the stand-in.
 fn template_with_idp(dir: &std::path::Path, idp_port: u16) -> Result<std::path::PathBuf> {
     let template = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy.yaml"))?;
     let cluster = format!(
-        "  clusters:\n  - name: idp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: idp\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address:\n                address: 127.0.0.1\n                port_value: {idp_port}\n"
+        "  clusters:\n  - name: idp|keys\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: idp|keys\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address:\n                address: 127.0.0.1\n                port_value: {idp_port}\n"
     );
     ensure!(
         template.contains("\n  clusters:\n"),
@@ -195,7 +195,7 @@ fn rotated_keys_reach_every_worker_old_ones_last_the_grace_and_bogus_kids_are_ra
     options.template = template_with_idp(&dir, idp.port)?;
     let mut plugin = plugin_config_of(&std::fs::read_to_string(&options.template)?)?;
     plugin["jwks_remote"] = serde_json::json!({
-        "cluster": "idp", "authority": "idp.test", "path": "/jwks",
+        "cluster": "idp|keys", "authority": "idp.test", "path": "/jwks",
         "refresh_s": 3600, "unknown_kid_refetch_s": REFETCH_S, "grace_s": GRACE_S,
         "timeout_ms": 2000, "retry_min_ms": 500
     });
