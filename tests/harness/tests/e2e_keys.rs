@@ -117,7 +117,8 @@ fn serve(stream: TcpStream, state: &Mutex<IdpState>) -> Result<()> {
     Ok(())
 }
 
-/// `envoy/envoy.yaml` with an `idp|keys` cluster (a `|` in its name, like every non-cell cluster, so no `x-cell-id` can name it) pointing at the stand-in.
+/// `envoy/envoy.yaml` with an `idp|keys` cluster pointing at the stand-in
+/// (a `|` in its name, like every non-cell cluster: no `x-cell-id` names it).
 fn template_with_idp(dir: &std::path::Path, idp_port: u16) -> Result<std::path::PathBuf> {
     let template = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy.yaml"))?;
     let cluster = format!(
