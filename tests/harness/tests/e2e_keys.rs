@@ -347,8 +347,10 @@ fn through_the_sidecar_a_rotation_reaches_every_worker_by_long_poll() -> Result<
     )?;
     let mut options = EnvoyOptions::new(&backends, port);
     let mut plugin = plugin_config_of(&std::fs::read_to_string(&options.template)?)?;
+    // The sidecar's cluster, as the shipped config names it.
+    let sidecar_cluster = plugin["sidecar"]["cluster"].clone();
     plugin["jwks_remote"] = serde_json::json!({
-        "cluster": "cellmap_sidecar", "authority": "cellmap",
+        "cluster": sidecar_cluster, "authority": "cellmap",
         "path": "/jwks?issuer=https%3A%2F%2Fidp.test%2F&wait=20",
         "refresh_s": 1, "timeout_ms": 25000, "unknown_kid_refetch_s": 30, "grace_s": 600
     });
