@@ -73,6 +73,12 @@ impl TokenCache {
         }
     }
 
+    /// Forgets every entry (a verification key left the key set: tokens it
+    /// verified must be checked again).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     pub fn enabled(&self) -> bool {
         self.capacity > 0
     }

@@ -7,6 +7,7 @@
 pub use crate::error::ConfigError;
 use crate::json::{self, ObjectOnly};
 use crate::jwks::{Algorithm, KeySet};
+use crate::key_subscription::{self as keysub, RemoteKeysConfig};
 use crate::subscription::{PersistedConfig, SidecarConfig};
 use cell_router_mapping::Snapshot;
 use serde::Deserialize;
@@ -60,6 +61,8 @@ pub const STRING_REGISTERED_CLAIMS: [&str; 4] = ["sub", "iss", "jti", "nonce"];
 struct RawConfig {
     token: Option<ObjectOnly<RawTokenSource>>,
     jwks: Option<Value>,
+    jwks_remote: Option<ObjectOnly<RawRemoteKeys>>,
+    providers: Option<Vec<ObjectOnly<RawProvider>>>,
     algorithms: Option<Vec<String>>,
     issuers: Option<Vec<String>>,
     audiences: Option<Vec<String>>,
@@ -101,7 +104,7 @@ struct RawTokenSource {
     cookie: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum RawClaimPath {
     Dotted(String),
@@ -122,6 +125,35 @@ struct RawSidecar {
     min_fetch_interval_ms: Option<u64>,
     max_snapshot_bytes: Option<usize>,
     persisted: Option<ObjectOnly<RawPersisted>>,
+}
+
+/// One identity provider (as a `jwt_authn` provider): its issuer, keys,
+/// algorithms and audiences.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: String,
+    audiences: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    jwks: Option<Value>,
+    jwks_remote: Option<ObjectOnly<RawRemoteKeys>>,
+}
+
+/// Most entries in `providers`.
+pub const MAX_PROVIDERS: usize = 16;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteKeys {
+    cluster: String,
+    authority: Option<String>,
+    path: Option<String>,
+    refresh_s: Option<u64>,
+    timeout_ms: Option<u64>,
+    unknown_kid_refetch_s: Option<u64>,
+    grace_s: Option<u64>,
+    max_jwks_bytes: Option<usize>,
+    retry_min_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -163,7 +195,13 @@ impl ClaimPath {
 #[derive(Clone, Debug)]
 pub struct JwtSettings {
     pub source: TokenSource,
+    /// The keys in force: the inline `jwks`, plus (at run time) the
+    /// fetched ones; the root context swaps in a config with new keys.
     pub keys: KeySet,
+    /// The inline `jwks` alone (empty without one).
+    pub inline_keys: KeySet,
+    /// Keys fetched at run time (`jwks_remote`).
+    pub remote: Option<RemoteKeysConfig>,
     pub algorithms: Vec<Algorithm>,
     pub issuers: Option<HashSet<String>>,
     pub audiences: Option<HashSet<String>>,
@@ -178,6 +216,10 @@ pub struct JwtSettings {
     /// Let Envoy's `verify_signature` (BoringSSL) check RS256/384/512 and
     /// ES256/384 signatures when the host offers it.
     pub host_signatures: bool,
+    /// With `providers`: one settings per identity provider (its issuer
+    /// alone in `issuers`), chosen by the token's `iss`; the fields above
+    /// then hold no keys. Empty otherwise.
+    pub providers: Vec<JwtSettings>,
 }
 
 /// How the tenant is found.
@@ -394,9 +436,11 @@ fn claim_path_of(field: &str, raw: RawClaimPath) -> Result<ClaimPath, ConfigErro
     Ok(ClaimPath { segments })
 }
 
-const JWT_ONLY_FIELDS: [&str; 12] = [
+const JWT_ONLY_FIELDS: [&str; 14] = [
     "token",
     "jwks",
+    "jwks_remote",
+    "providers",
     "algorithms",
     "issuers",
     "audiences",
@@ -414,6 +458,8 @@ impl RawConfig {
         let present = [
             self.token.is_some(),
             self.jwks.is_some(),
+            self.jwks_remote.is_some(),
+            self.providers.is_some(),
             self.algorithms.is_some(),
             self.issuers.is_some(),
             self.audiences.is_some(),
@@ -582,48 +628,31 @@ impl RawConfig {
             None => None,
         };
 
-        let Some(names) = &self.algorithms else {
-            return Err(ConfigError::new(
-                "algorithms",
-                "missing: list the JWS algorithms to accept, e.g. [\"RS256\"]",
-            ));
-        };
-        if names.is_empty() {
-            return Err(ConfigError::new(
-                "algorithms",
-                "must list at least one algorithm",
-            ));
-        }
-        let mut algorithms = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let field = format!("algorithms[{i}]");
-            if name.eq_ignore_ascii_case("none") {
-                return Err(ConfigError::new(
-                    field,
-                    "\"none\" (unsigned tokens) is never allowed",
-                ));
+        if let Some(providers) = &self.providers {
+            for field in ["jwks", "jwks_remote", "algorithms", "issuers", "audiences"] {
+                let present = match field {
+                    "jwks" => self.jwks.is_some(),
+                    "jwks_remote" => self.jwks_remote.is_some(),
+                    "algorithms" => self.algorithms.is_some(),
+                    "issuers" => self.issuers.is_some(),
+                    _ => self.audiences.is_some(),
+                };
+                if present {
+                    return Err(ConfigError::new(
+                        field,
+                        "is set per provider with `providers`; move it into each entry of providers[]",
+                    ));
+                }
             }
-            let Some(alg) = Algorithm::from_name(name) else {
-                return Err(ConfigError::new(
-                    field,
-                    format!(
-                        "unknown algorithm {name:?}; one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
-                    ),
-                ));
-            };
-            if algorithms.contains(&alg) {
-                return Err(ConfigError::new(field, format!("duplicate {alg}")));
-            }
-            algorithms.push(alg);
+            return self.providers_settings(providers, header, prefix, query_param, cookie);
         }
-
-        let Some(jwks) = &self.jwks else {
-            return Err(ConfigError::new(
-                "jwks",
-                "missing: an inline JWKS document ({\"keys\": [...]}) with the verification keys",
-            ));
-        };
-        let keys = KeySet::from_jwks(jwks, &algorithms, "jwks")?;
+        let algorithms = algorithm_list("algorithms", self.algorithms.as_ref())?;
+        let (keys, remote) = key_sources(
+            "",
+            self.jwks.as_ref(),
+            self.jwks_remote.as_ref().map(|r| &r.0),
+            &algorithms,
+        )?;
 
         let issuers = string_set("issuers", self.issuers.clone())?;
         let audiences = string_set("audiences", self.audiences.clone())?;
@@ -678,7 +707,9 @@ impl RawConfig {
                 query_param,
                 cookie,
             },
+            inline_keys: keys.clone(),
             keys,
+            remote,
             algorithms,
             issuers,
             audiences,
@@ -689,8 +720,164 @@ impl RawConfig {
             split_claim,
             token_cache_entries,
             host_signatures: self.host_signatures.unwrap_or(true),
+            providers: Vec::new(),
         })
     }
+
+    /// The settings with `providers`: the shared fields once, then one
+    /// settings per provider.
+    fn providers_settings(
+        &self,
+        providers: &[ObjectOnly<RawProvider>],
+        header: String,
+        prefix: String,
+        query_param: Option<String>,
+        cookie: Option<String>,
+    ) -> Result<JwtSettings, ConfigError> {
+        if providers.is_empty() || providers.len() > MAX_PROVIDERS {
+            return Err(ConfigError::new(
+                "providers",
+                format!("must list 1 to {MAX_PROVIDERS} identity providers"),
+            ));
+        }
+        // The shared fields, validated once with a stand-in key source.
+        let shared = RawConfig {
+            token: None,
+            jwks: None,
+            jwks_remote: Some(ObjectOnly(RawRemoteKeys {
+                cluster: "unused".to_string(),
+                authority: None,
+                path: None,
+                refresh_s: None,
+                timeout_ms: None,
+                unknown_kid_refetch_s: None,
+                grace_s: None,
+                max_jwks_bytes: None,
+                retry_min_ms: None,
+            })),
+            algorithms: Some(vec!["RS256".to_string()]),
+            tenant_claim: match &self.tenant_claim {
+                Some(RawClaimPath::Dotted(s)) => Some(RawClaimPath::Dotted(s.clone())),
+                Some(RawClaimPath::Segments(v)) => Some(RawClaimPath::Segments(v.clone())),
+                None => None,
+            },
+            split_claim: self.split_claim.clone(),
+            require_exp: self.require_exp,
+            clock_skew_s: self.clock_skew_s,
+            max_token_bytes: self.max_token_bytes,
+            token_cache_entries: self.token_cache_entries,
+            host_signatures: self.host_signatures,
+            ..RawConfig::default()
+        };
+        let mut base = shared.jwt_settings("", "")?;
+        base.source = TokenSource {
+            header,
+            prefix,
+            query_param,
+            cookie,
+        };
+        base.remote = None;
+        let mut list = Vec::with_capacity(providers.len());
+        let mut issuers = HashSet::new();
+        let mut all_algorithms: Vec<Algorithm> = Vec::new();
+        for (i, ObjectOnly(raw)) in providers.iter().enumerate() {
+            let at = format!("providers[{i}]");
+            if raw.issuer.is_empty() || !issuers.insert(raw.issuer.clone()) {
+                return Err(ConfigError::new(
+                    format!("{at}.issuer"),
+                    "must be a non-empty issuer, different in every provider",
+                ));
+            }
+            let algorithms = algorithm_list(&format!("{at}.algorithms"), raw.algorithms.as_ref())?;
+            let (keys, remote) = key_sources(
+                &format!("{at}."),
+                raw.jwks.as_ref(),
+                raw.jwks_remote.as_ref().map(|r| &r.0),
+                &algorithms,
+            )?;
+            for alg in &algorithms {
+                if !all_algorithms.contains(alg) {
+                    all_algorithms.push(*alg);
+                }
+            }
+            let mut provider = base.clone();
+            provider.inline_keys = keys.clone();
+            provider.keys = keys;
+            provider.remote = remote;
+            provider.algorithms = algorithms;
+            provider.issuers = Some(HashSet::from([raw.issuer.clone()]));
+            provider.audiences = string_set(&format!("{at}.audiences"), raw.audiences.clone())?;
+            list.push(provider);
+        }
+        base.algorithms = all_algorithms;
+        base.issuers = Some(issuers);
+        base.providers = list;
+        Ok(base)
+    }
+}
+
+/// `algorithms` (or a provider's): a non-empty list of known names.
+fn algorithm_list(field: &str, names: Option<&Vec<String>>) -> Result<Vec<Algorithm>, ConfigError> {
+    let Some(names) = names else {
+        return Err(ConfigError::new(
+            field,
+            "missing: list the JWS algorithms to accept, e.g. [\"RS256\"]",
+        ));
+    };
+    if names.is_empty() {
+        return Err(ConfigError::new(field, "must list at least one algorithm"));
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        if name.eq_ignore_ascii_case("none") {
+            return Err(ConfigError::new(
+                field,
+                "\"none\" (unsigned tokens) is never allowed",
+            ));
+        }
+        let Some(alg) = Algorithm::from_name(name) else {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "unknown algorithm {name:?}; one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                ),
+            ));
+        };
+        if algorithms.contains(&alg) {
+            return Err(ConfigError::new(field, format!("duplicate {alg}")));
+        }
+        algorithms.push(alg);
+    }
+    Ok(algorithms)
+}
+
+/// The inline keys and the remote source; at least one of them. `at` is the
+/// field prefix (`""` or `"providers[i]."`).
+fn key_sources(
+    at: &str,
+    jwks: Option<&Value>,
+    remote: Option<&RawRemoteKeys>,
+    algorithms: &[Algorithm],
+) -> Result<(KeySet, Option<RemoteKeysConfig>), ConfigError> {
+    let remote = match remote {
+        Some(raw) => Some(
+            remote_keys(raw)
+                .map_err(|e| ConfigError::new(format!("{at}{}", e.field), e.message))?,
+        ),
+        None => None,
+    };
+    let keys = match (jwks, &remote) {
+        (Some(jwks), _) => KeySet::from_jwks(jwks, algorithms, &format!("{at}jwks"))?,
+        (None, Some(_)) => KeySet::default(),
+        (None, None) => {
+            return Err(ConfigError::new(
+                format!("{at}jwks"),
+                "missing: an inline JWKS document ({\"keys\": [...]}) with the verification keys, or `jwks_remote` to fetch them",
+            ));
+        }
+    };
+    Ok((keys, remote))
 }
 
 fn cluster_name(field: &str, cluster: String) -> Result<String, ConfigError> {
@@ -729,6 +916,77 @@ fn request_path(field: &str, path: String) -> Result<String, ConfigError> {
         return Err(ConfigError::new(
             field,
             "must start with '/' and hold no query, fragment, spaces or control characters",
+        ));
+    }
+    Ok(path)
+}
+
+fn remote_keys(raw: &RawRemoteKeys) -> Result<RemoteKeysConfig, ConfigError> {
+    let refresh_s = in_range(
+        "jwks_remote.refresh_s",
+        raw.refresh_s.unwrap_or(keysub::DEFAULT_REFRESH_S),
+        1,
+        86_400,
+    )?;
+    Ok(RemoteKeysConfig {
+        cluster: cluster_name("jwks_remote.cluster", raw.cluster.clone())?,
+        authority: authority(
+            "jwks_remote.authority",
+            raw.authority
+                .clone()
+                .unwrap_or_else(|| "cellmap".to_string()),
+        )?,
+        path: request_target(
+            "jwks_remote.path",
+            raw.path.clone().unwrap_or_else(|| "/jwks".to_string()),
+        )?,
+        refresh_s,
+        timeout_ms: in_range(
+            "jwks_remote.timeout_ms",
+            raw.timeout_ms.unwrap_or(keysub::DEFAULT_TIMEOUT_MS),
+            100,
+            600_000,
+        )?,
+        unknown_kid_refetch_s: in_range(
+            "jwks_remote.unknown_kid_refetch_s",
+            raw.unknown_kid_refetch_s
+                .unwrap_or(keysub::DEFAULT_UNKNOWN_KID_REFETCH_S),
+            1,
+            3_600,
+        )?,
+        grace_s: in_range(
+            "jwks_remote.grace_s",
+            raw.grace_s.unwrap_or(keysub::DEFAULT_GRACE_S),
+            0,
+            604_800,
+        )?,
+        max_jwks_bytes: in_range(
+            "jwks_remote.max_jwks_bytes",
+            raw.max_jwks_bytes.unwrap_or(keysub::DEFAULT_MAX_JWKS_BYTES),
+            1024,
+            16 << 20,
+        )?,
+        retry_min_ms: in_range(
+            "jwks_remote.retry_min_ms",
+            raw.retry_min_ms.unwrap_or(keysub::DEFAULT_RETRY_MIN_MS),
+            10,
+            600_000,
+        )?,
+    })
+}
+
+/// A request path with an optional query: `/`, then printable ASCII
+/// without spaces or fragment.
+fn request_target(field: &str, path: String) -> Result<String, ConfigError> {
+    if !path.starts_with('/')
+        || path.len() > MAX_NAME_BYTES
+        || path
+            .bytes()
+            .any(|b| !(0x21..0x7f).contains(&b) || b == b'#')
+    {
+        return Err(ConfigError::new(
+            field,
+            "must start with '/' and hold no fragment, spaces or control characters",
         ));
     }
     Ok(path)

@@ -104,6 +104,7 @@ impl Filter {
             metrics,
             clear_route_cache,
             verify_signature,
+            unknown_kids,
             ..
         } = &mut *shared;
         let mut crypto = EnvoyCrypto {
@@ -137,7 +138,16 @@ impl Filter {
             Outcome::Shed { cell } => metrics.shed(sink, cell),
             Outcome::Unavailable { cell } => metrics.unavailable(sink, cell),
             Outcome::NoSnapshot => metrics.no_snapshot(sink),
-            Outcome::Rejected(reason) => metrics.rejected(sink, reason),
+            Outcome::Rejected(reason) => {
+                metrics.rejected(sink, reason);
+                // Keys fetched at run time: an unknown kid may be a new key.
+                if reason == crate::token::Reason::UnknownKid
+                    && let Some(jwt) = config.jwt()
+                    && let Some(kid) = crate::key_subscription::unknown_kid_of(jwt, &headers)
+                {
+                    crate::key_subscription::note_unknown_kid(unknown_kids, kid);
+                }
+            }
             Outcome::Readiness { .. } => {}
         }
 

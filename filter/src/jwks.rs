@@ -214,6 +214,14 @@ impl KeyEntry {
     pub fn algorithm(&self) -> Algorithm {
         self.key.algorithm()
     }
+
+    /// Same kid, algorithm and key material (compared through the DER
+    /// public key where there is one; HMAC secrets by kid and algorithm).
+    pub fn same_key(&self, other: &KeyEntry) -> bool {
+        self.kid == other.kid
+            && self.algorithm() == other.algorithm()
+            && self.spki_der == other.spki_der
+    }
 }
 
 /// The keys of a JWKS, expanded to one entry per usable algorithm.
@@ -308,6 +316,89 @@ impl KeySet {
                     None => true,
                 }
         })
+    }
+
+    /// A key set of these entries, as they are (no clash check).
+    pub fn from_entries(entries: Vec<KeyEntry>) -> KeySet {
+        KeySet { entries }
+    }
+
+    /// Adds the entries of `other` that do not clash (same kid and
+    /// algorithm) with one held; answers how many were left out.
+    pub fn extend_unique(&mut self, other: &KeySet) -> usize {
+        let mut skipped = 0;
+        for entry in &other.entries {
+            let clash = self.entries.iter().any(|e| {
+                e.algorithm() == entry.algorithm()
+                    && match (&e.kid, &entry.kid) {
+                        (Some(a), Some(b)) => a == b,
+                        (None, None) => e.same_key(entry),
+                        _ => false,
+                    }
+            });
+            if clash {
+                skipped += 1;
+            } else {
+                self.entries.push(entry.clone());
+            }
+        }
+        skipped
+    }
+
+    /// Parses a JWKS fetched at run time: the document must be a JWKS, but
+    /// a key the filter cannot use (another `use`, a type or algorithm not
+    /// allowed, bad material) is skipped, as identity providers publish
+    /// such keys next to the signing ones. At most [`MAX_KEYS`] keys are
+    /// read; the set must end up with at least one usable key. Answers the
+    /// set and why each skipped key was skipped.
+    pub fn from_jwks_lenient(
+        jwks: &Value,
+        allowed: &[Algorithm],
+        field: &str,
+    ) -> Result<(KeySet, Vec<ConfigError>), ConfigError> {
+        let Some(object) = jwks.as_object() else {
+            return Err(ConfigError::new(
+                field,
+                "must be a JWKS object: {\"keys\": [...]}",
+            ));
+        };
+        let keys_field = format!("{field}.keys");
+        let Some(keys) = object.get("keys").and_then(Value::as_array) else {
+            return Err(ConfigError::new(keys_field, "missing, or not an array"));
+        };
+        if keys.len() > MAX_KEYS {
+            return Err(ConfigError::new(
+                keys_field,
+                format!("at most {MAX_KEYS} keys, got {}", keys.len()),
+            ));
+        }
+        let mut set = KeySet::default();
+        let mut skipped = Vec::new();
+        for (i, jwk) in keys.iter().enumerate() {
+            let path = format!("{keys_field}[{i}]");
+            match parse_jwk(jwk, allowed, &path) {
+                Ok(entries) => {
+                    let one = KeySet { entries };
+                    if set.extend_unique(&one) > 0 {
+                        skipped.push(ConfigError::new(
+                            format!("{path}.kid"),
+                            "another key already has this kid for the same algorithm",
+                        ));
+                    }
+                }
+                Err(error) => skipped.push(error),
+            }
+        }
+        if set.is_empty() {
+            return Err(ConfigError::new(
+                keys_field,
+                match skipped.first() {
+                    Some(first) => format!("no usable key (first refusal: {first})"),
+                    None => "no usable key".to_string(),
+                },
+            ));
+        }
+        Ok((set, skipped))
     }
 
     /// Whether any key carries `kid` (whatever its algorithm).

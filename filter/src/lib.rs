@@ -15,6 +15,7 @@ pub mod error;
 pub mod header_pairs;
 pub mod json;
 pub mod jwks;
+pub mod key_subscription;
 pub mod metrics;
 pub mod shed_draw;
 pub mod subscription;

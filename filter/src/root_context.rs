@@ -7,6 +7,7 @@
 use crate::config::Config;
 use crate::decide::{Installed, SnapshotSource, VmKeys, VmState};
 use crate::hostcalls::{self, Buffer, LogLevel, Map, MetricType};
+use crate::key_subscription::{KeyMetrics, KeySubscription, KeysOutcome};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
 use crate::subscription::{
     Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, Source, Subscription,
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub clear_route_cache: ForeignCall,
     pub verify_signature: ForeignCall,
+    /// Unknown kids seen by requests, for the key subscription (bounded).
+    pub unknown_kids: Vec<crate::key_subscription::UnknownKid>,
 }
 
 #[derive(Default)]
@@ -89,6 +92,10 @@ pub(crate) struct Root {
     /// Tick period asked of the host and not yet accepted by it (ticks
     /// drive retries: without them a failed fetch is never retried).
     tick_pending: Option<u64>,
+    /// Keys fetched at run time (`jwks_remote`), see `key_subscription.rs`.
+    /// One per key source: the top-level one (`None`) or `providers[i]`.
+    keys: Vec<(Option<usize>, KeySubscription)>,
+    key_metrics: KeyMetrics,
 }
 
 impl Root {
@@ -130,6 +137,24 @@ impl Root {
                 .metrics
                 .ramp_shares(&mut HostMetrics, installed.snapshot(), now_ms);
         }
+        if !self.keys.is_empty() {
+            let count = shared.config.jwt().map_or(0, |j| {
+                j.keys.entries().len()
+                    + j.providers
+                        .iter()
+                        .map(|p| p.keys.entries().len())
+                        .sum::<usize>()
+            });
+            let version = self.keys.iter().map(|(_, k)| k.version()).sum();
+            let age = self
+                .keys
+                .iter()
+                .map(|(_, k)| k.age_s(now_ms))
+                .max()
+                .unwrap_or(0);
+            self.key_metrics
+                .gauges(&mut HostMetrics, version, age, count);
+        }
     }
 
     fn count(&self, what: impl FnOnce(&Metrics, &mut HostMetrics)) {
@@ -140,8 +165,193 @@ impl Root {
         }
     }
 
+    /// Puts the fetched keys of source `slot` in force (a new config with
+    /// them, for new requests); empties the token cache when a key left.
+    fn install_keys(&self, slot: usize) {
+        let (Some((provider, keys)), Some(shared)) = (self.keys.get(slot), &self.shared) else {
+            return;
+        };
+        let Ok(mut shared) = shared.try_borrow_mut() else {
+            return;
+        };
+        let Some(jwt) = shared.config.jwt() else {
+            return;
+        };
+        let mut top = jwt.clone();
+        let target = match provider {
+            None => &mut top,
+            Some(i) => match top.providers.get_mut(*i) {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let (settings, removed) = crate::key_subscription::with_keys(target, &keys.keys());
+        *target = settings;
+        let mut config = (*shared.config).clone();
+        config.auth = crate::config::Auth::Jwt(Box::new(top));
+        shared.config = Rc::new(config);
+        if removed {
+            shared.vm.cache.clear();
+        }
+    }
+
+    /// Feeds unknown kids to the key subscriptions, drops keys past their
+    /// grace, and starts the key fetches that are due.
+    fn fetch_keys_if_due(&mut self, now_ms: u64) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let kids = self
+            .shared
+            .as_ref()
+            .and_then(|s| {
+                s.try_borrow_mut()
+                    .ok()
+                    .map(|mut s| std::mem::take(&mut s.unknown_kids))
+            })
+            .unwrap_or_default();
+        if !kids.is_empty() {
+            let config = self
+                .shared
+                .as_ref()
+                .and_then(|s| s.try_borrow().ok().map(|s| Rc::clone(&s.config)));
+            if let Some(jwt) = config.as_deref().and_then(|c| c.jwt()) {
+                for (issuer, kid) in kids {
+                    let Some(source) = crate::key_subscription::source_for(jwt, issuer.as_deref())
+                    else {
+                        continue;
+                    };
+                    if let Some((_, keys)) = self.keys.iter_mut().find(|(p, _)| *p == source) {
+                        keys.unknown_kid(kid.as_deref(), now_ms);
+                    }
+                }
+            }
+        }
+        for slot in 0..self.keys.len() {
+            let expired = self
+                .keys
+                .get_mut(slot)
+                .is_some_and(|(_, keys)| keys.expire(now_ms));
+            if expired {
+                log(
+                    LogLevel::Info,
+                    "cell-router: removed verification keys reached the end of their grace period",
+                );
+                self.install_keys(slot);
+            }
+            let Some((_, keys)) = self.keys.get_mut(slot) else {
+                continue;
+            };
+            let Some(request) = keys.poll(now_ms) else {
+                continue;
+            };
+            let refetch = keys.refetch_pending();
+            let headers: Vec<(&str, &str)> = request
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
+            let timeout_ms = u32::try_from(request.timeout.as_millis()).unwrap_or(u32::MAX);
+            match hostcalls::http_call(&request.cluster, &headers, timeout_ms) {
+                Ok(token) => {
+                    keys.dispatched(token, now_ms);
+                    if refetch {
+                        self.key_metrics.refetch(&mut HostMetrics);
+                    }
+                }
+                Err(status) => {
+                    keys.dispatch_failed(now_ms);
+                    self.key_metrics.fetch_failed(&mut HostMetrics);
+                    let failures = keys.consecutive_failures();
+                    if failures.is_power_of_two() {
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "cell-router: cannot call JWKS cluster {:?} (status {status}); {failures} failure(s) in a row, keeping the last good keys",
+                                request.cluster
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles the answer to the key fetch.
+    fn on_keys_response(&mut self, slot: usize, token: u32, now: u64, body_size: usize) {
+        let Some((_, keys)) = self.keys.get_mut(slot) else {
+            return;
+        };
+        let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
+        let pairs = hostcalls::pairs(&raw);
+        let header = |name: &[u8]| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let status =
+            header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+        let etag = header(b"etag");
+        let bytes;
+        let body = match keys.body_plan(status, body_size) {
+            BodyPlan::Skip => Body::Read(&[]),
+            BodyPlan::TooLarge => Body::TooLarge(body_size),
+            BodyPlan::Read if body_size == 0 => Body::Read(&[]),
+            BodyPlan::Read => match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
+                Ok(Some(read)) if read.len() == body_size => {
+                    bytes = read;
+                    Body::Read(&bytes)
+                }
+                _ => Body::Unreadable,
+            },
+        };
+        let outcome = keys.on_response(token, now, status, etag, body);
+        self.key_metrics.outcome(&mut HostMetrics, &outcome);
+        match &outcome {
+            KeysOutcome::Applied {
+                keys: count,
+                skipped,
+                retired,
+            } => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "cell-router: JWKS applied ({count} keys, {} skipped, {retired} kept for the grace period)",
+                        skipped.len()
+                    ),
+                );
+                for why in skipped.iter().take(4) {
+                    log(
+                        LogLevel::Info,
+                        &format!("cell-router: JWKS key skipped: {why}"),
+                    );
+                }
+                self.install_keys(slot);
+            }
+            KeysOutcome::Refused { why, .. } => log(
+                LogLevel::Warn,
+                &format!("cell-router: JWKS refused, keeping the last good keys: {why}"),
+            ),
+            KeysOutcome::Failed { why } => {
+                let failures = self
+                    .keys
+                    .get(slot)
+                    .map_or(0, |(_, k)| k.consecutive_failures());
+                if failures.is_power_of_two() {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cell-router: JWKS fetch failed: {why}; {failures} failure(s) in a row, keeping the last good keys"
+                        ),
+                    );
+                }
+            }
+            KeysOutcome::Unchanged | KeysOutcome::Stale => {}
+        }
+        self.arm_tick();
+        self.fetch_keys_if_due(now);
+        self.update_gauges(now);
+    }
+
     /// Starts the fetches that are due (the sidecar's, the persisted copy's).
     fn fetch_if_due(&mut self, now_ms: u64) {
+        self.fetch_keys_if_due(now_ms);
         // Each source starts at most one call per round; the bound only
         // guards against a state machine that kept answering.
         for _ in 0..4 {
@@ -182,6 +392,10 @@ impl Root {
 
     pub fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize) {
         let now = now_ms();
+        if let Some(slot) = self.keys.iter().position(|(_, k)| k.owns(token)) {
+            self.on_keys_response(slot, token, now, body_size);
+            return;
+        }
         let Some(subscription) = self.subscription.as_mut() else {
             return;
         };
@@ -329,10 +543,32 @@ impl Root {
             let seed = getrandom::u64().unwrap_or(now);
             Subscription::new(sidecar, now, seed)
         });
+        self.keys = Vec::new();
+        if let Some(jwt) = config.jwt() {
+            if let Some(remote) = jwt.remote.clone() {
+                let keys = KeySubscription::new(remote, jwt.algorithms.clone(), now);
+                self.keys.push((None, keys));
+            }
+            for (i, provider) in jwt.providers.iter().enumerate() {
+                if let Some(remote) = provider.remote.clone() {
+                    let keys = KeySubscription::new(remote, provider.algorithms.clone(), now);
+                    self.keys.push((Some(i), keys));
+                }
+            }
+        }
+        if !self.keys.is_empty() {
+            self.key_metrics = KeyMetrics::define(&mut HostMetrics);
+        }
         let tick_ms = self
             .subscription
             .as_ref()
             .map_or(1000, |s| s.config().tick_ms);
+        // Unknown kids reach the key subscription on ticks.
+        let tick_ms = if !self.keys.is_empty() {
+            tick_ms.min(100)
+        } else {
+            tick_ms
+        };
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config: Rc::new(config),
             vm,
@@ -340,6 +576,7 @@ impl Root {
             metrics,
             clear_route_cache: ForeignCall::Unknown,
             verify_signature: ForeignCall::Unknown,
+            unknown_kids: Vec::new(),
         })));
         self.tick_pending = Some(tick_ms);
         self.arm_tick();

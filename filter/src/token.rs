@@ -367,6 +367,19 @@ impl<'de> serde::Deserialize<'de> for ExtraClaims {
     }
 }
 
+/// The `iss` claim of a compact JWS, before any verification (to pick
+/// the provider); `None` if the token is too large or `iss` cannot be read.
+pub fn unverified_issuer(token: &[u8], max_token_bytes: usize) -> Option<String> {
+    if token.len() > max_token_bytes {
+        return None;
+    }
+    let mut parts = token.split(|b| *b == b'.');
+    let claims_b64 = parts.nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(claims_b64).ok()?;
+    let claims = json::parse_object(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
+}
+
 /// Registered claims holding a time (NumericDate).
 const TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
 
@@ -418,6 +431,29 @@ pub fn verify_with(
     now_s: u64,
     host: &mut dyn SignatureHost,
 ) -> Result<Verified, Rejection> {
+    if let Some(first) = settings.providers.first() {
+        // Several identity providers: the token's (unverified) `iss` picks
+        // the provider whose keys, algorithms and audiences apply. A token
+        // whose `iss` cannot be read is checked by the first provider, which
+        // names what is wrong with it.
+        let provider = match unverified_issuer(token, settings.max_token_bytes) {
+            Some(iss) => match settings
+                .providers
+                .iter()
+                .find(|p| p.issuers.as_ref().is_some_and(|set| set.contains(&iss)))
+            {
+                Some(provider) => provider,
+                None => {
+                    return Err(Rejection::new(
+                        Reason::WrongIssuer,
+                        format!("issuer {:?} is not one of the providers", truncate(&iss)),
+                    ));
+                }
+            },
+            None => first,
+        };
+        return verify_with(provider, max_tenant_bytes, token, now_s, host);
+    }
     if token.len() > settings.max_token_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,

@@ -96,6 +96,14 @@ fn schema_names_exactly_the_accepted_fields() {
             r#"{"sidecar": {"cluster": "c", "persisted": {"cluster": "p", "zzz": 1}}}"#
         )
     );
+    assert_eq!(
+        schema_fields(&schema, "/properties/jwks_remote/properties"),
+        accepted_fields(r#"{"jwks_remote": {"cluster": "c", "zzz": 1}}"#)
+    );
+    assert_eq!(
+        schema_fields(&schema, "/properties/providers/items/properties"),
+        accepted_fields(r#"{"providers": [{"issuer": "i", "zzz": 1}]}"#)
+    );
     let algorithms: BTreeSet<String> = schema["$defs"]["algorithm"]["enum"]
         .as_array()
         .unwrap()
@@ -174,6 +182,24 @@ fn schema_defaults_match_the_code() {
         default("/properties/readiness_path"),
         config.readiness_path.as_deref().unwrap()
     );
+    let remote = Config::from_json(
+        br#"{"jwks_remote": {"cluster": "c"}, "algorithms": ["ES256"], "tenant_claim": "t", "sidecar": {"cluster": "c"}}"#,
+    )
+    .unwrap()
+    .jwt()
+    .unwrap()
+    .remote
+    .clone()
+    .unwrap();
+    let rd = |field: &str| default(&format!("/properties/jwks_remote/properties/{field}"));
+    assert_eq!(rd("authority"), remote.authority.as_str());
+    assert_eq!(rd("path"), remote.path.as_str());
+    assert_eq!(rd("refresh_s"), remote.refresh_s);
+    assert_eq!(rd("timeout_ms"), remote.timeout_ms);
+    assert_eq!(rd("unknown_kid_refetch_s"), remote.unknown_kid_refetch_s);
+    assert_eq!(rd("grace_s"), remote.grace_s);
+    assert_eq!(rd("max_jwks_bytes"), remote.max_jwks_bytes);
+    assert_eq!(rd("retry_min_ms"), remote.retry_min_ms);
     let persisted = Config::from_json(
         br#"{"trust_header": "x-t", "sidecar": {"cluster": "c", "persisted": {"cluster": "p"}}}"#,
     )

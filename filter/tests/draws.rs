@@ -268,3 +268,24 @@ fn a_ramp_follows_the_clock_and_keeps_users() {
     assert_eq!(share_at(700), 1.0, "{shares:?}");
     assert_eq!(share_at(800), 1.0, "{shares:?}");
 }
+
+/// With several identity providers, `split_claim` applies to every one.
+#[test]
+fn split_claim_applies_to_every_provider() {
+    let (on_a, on_b) = keys_on_each_side("uid");
+    let mut router = Router::from_json(&json!({
+        "providers": [
+            {"issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["HS256"],
+             "jwks": {"keys": [oct_jwk("hs-1")]}},
+            {"issuer": "https://other.test", "algorithms": ["EdDSA"],
+             "jwks": {"keys": [ed25519_jwk("ed-1")]}}
+        ],
+        "tenant_claim": "tenant_id",
+        "split_claim": "uid",
+        "fallback_snapshot": snapshot_json(1),
+    }));
+    for (uid, cell) in [(&on_a, "a"), (&on_b, "b")] {
+        let token = token_with("t-moving", Some("same"), json!({ "uid": uid }));
+        assert_eq!(routed(&mut router, &token, "x"), cell, "{uid}");
+    }
+}

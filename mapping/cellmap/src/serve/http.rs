@@ -7,7 +7,8 @@
 //!   seconds pass, so every worker hears of a change at once. While the
 //!   sidecar stops, waiting long-polls are answered 304 at once.
 //! - `GET /healthz` answers 200 with the version served, 503 before the first.
-//! - `GET /jwks` answers the `--jwks` file, re-read on each request.
+//! - `GET /jwks` answers the `--jwks` file, re-read on each request, with
+//!   an ETag (304 on a match) and its last good content kept (`jwks.rs`).
 //! - Other methods 405, other paths 404, a bad query 400, more than
 //!   `--max-in-flight` requests at once 503 `busy`; every error has a JSON
 //!   body `{"error": …, "detail": …}`.
@@ -29,6 +30,9 @@ pub(crate) type Body = Full<Bytes>;
 pub(crate) struct Context {
     pub(crate) store: Arc<Store>,
     pub(crate) jwks: Option<PathBuf>,
+    pub(crate) jwks_last_good: super::jwks::LastGood,
+    /// `--jwks-url`: the JWKS followed per issuer.
+    pub(crate) jwks_followed: std::collections::HashMap<String, super::jwks::Followed>,
     pub(crate) max_wait_s: u64,
     /// One permit per request being handled (long-polls included).
     pub(crate) in_flight: Arc<Semaphore>,
@@ -77,7 +81,23 @@ async fn route<B>(context: &Context, request: &Request<B>) -> Response<Body> {
     match request.uri().path() {
         "/snapshot" => snapshot(context, request).await,
         "/healthz" => healthz(&context.store),
-        "/jwks" => jwks(context.jwks.clone()).await,
+        "/jwks" => {
+            let if_none_match = request
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok());
+            if let Some(response) = super::jwks::serve_followed(
+                &context.jwks_followed,
+                request.uri().query().unwrap_or(""),
+                if_none_match,
+                context.max_wait_s,
+            )
+            .await
+            {
+                return response;
+            }
+            super::jwks::serve(context.jwks.clone(), &context.jwks_last_good, if_none_match).await
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -180,31 +200,6 @@ fn healthz(store: &Store) -> Response<Body> {
         ),
     };
     json(status, Bytes::from(body.to_string()))
-}
-
-async fn jwks(file: Option<PathBuf>) -> Response<Body> {
-    let Some(file) = file else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no --jwks file configured",
-        );
-    };
-    // A small file, but a file read blocks: off the serving thread.
-    let read = tokio::task::spawn_blocking(move || std::fs::read(file)).await;
-    match read {
-        Ok(Ok(bytes)) => json(StatusCode::OK, Bytes::from(bytes)),
-        Ok(Err(err)) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "jwks_unavailable",
-            &err.to_string(),
-        ),
-        Err(err) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "jwks_unavailable",
-            &err.to_string(),
-        ),
-    }
 }
 
 /// `{"error": …, "detail": …}` with `status`.

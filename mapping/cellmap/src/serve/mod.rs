@@ -14,6 +14,7 @@
 //! never stalls an answer.
 
 mod http;
+mod jwks;
 mod source;
 mod store;
 
@@ -35,7 +36,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 #[command(
     long_about = "Run the sidecar that serves snapshots to the local gateway.\n\n\
 It serves the last good snapshot at GET /snapshot (ETag, If-None-Match, ?after=<version> \
-and &wait=<s> long-polls), GET /healthz, and GET /jwks with --jwks. Every new snapshot \
+and &wait=<s> long-polls), GET /healthz, GET /jwks with --jwks (ETag; the last good file \
+content kept), and GET /jwks?issuer=<issuer> for each --jwks-url ISSUER=URL it follows \
+(ETag; If-None-Match with &wait=<s> long-polls; the last good set kept). Every new snapshot \
 from the source is validated and must carry a greater version; a bad one is refused and \
 logged while the last good one stays served.\n\n\
 The file source is looked at every --watch-interval-ms: a change of size, mtime, ctime or \
@@ -68,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub upstream: Option<String>,
     /// Keep the last good snapshot in this file (written atomically on every
-    /// change, served first at start)
+    /// change, served first at start); each --jwks-url set is kept next to
+    /// it (`<file>.jwks-<hash of the issuer>.json`) the same way
     #[arg(long, value_name = "PATH")]
     pub persist: Option<PathBuf>,
     /// How often to check the file for changes, in milliseconds.
@@ -80,6 +84,15 @@ pub struct ServeArgs {
     /// A JWKS file to serve at /jwks.
     #[arg(long)]
     pub jwks: Option<PathBuf>,
+    /// Follow an identity provider's JWKS: `ISSUER=URL`, repeatable. Served
+    /// at /jwks?issuer=ISSUER (ETag; If-None-Match with &wait=<s> long-polls);
+    /// the last good set is kept through failures and bad sets.
+    #[arg(long = "jwks-url", value_name = "ISSUER=URL")]
+    pub jwks_url: Vec<String>,
+    /// Longest time between two polls of a --jwks-url, in seconds (sooner
+    /// when its Cache-Control max-age says so, at most once a second).
+    #[arg(long, default_value_t = 300)]
+    pub jwks_poll_s: u64,
     /// Longest a long-poll (`wait`) may hold a request, in seconds.
     #[arg(long, default_value_t = 60)]
     pub max_wait_s: u64,
@@ -139,10 +152,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         &format!("listening on http://{} (source: {source})", args.listen),
     );
 
+    let mut jwks_followed = std::collections::HashMap::new();
+    for arg in &args.jwks_url {
+        let (issuer, url) = jwks::parse_follow(arg)?;
+        let poll = Duration::from_secs(args.jwks_poll_s.max(1));
+        let followed = jwks::follow(issuer.clone(), url, poll, args.persist.as_deref());
+        jwks_followed.insert(issuer, followed);
+    }
     let (stop, shutdown) = watch::channel(false);
     let context = Arc::new(Context {
         store: Arc::clone(&store),
         jwks: args.jwks.clone(),
+        jwks_last_good: jwks::LastGood::default(),
+        jwks_followed,
         max_wait_s: args.max_wait_s,
         in_flight: Arc::new(Semaphore::new(
             args.max_in_flight.min(Semaphore::MAX_PERMITS),
