@@ -282,26 +282,14 @@ impl Root {
         let Some((_, keys)) = self.keys.get_mut(slot) else {
             return;
         };
-        let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
-        let pairs = hostcalls::pairs(&raw);
-        let header = |name: &[u8]| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let status =
-            header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
-        let etag = header(b"etag");
-        let bytes;
-        let body = match keys.body_plan(status, body_size) {
-            BodyPlan::Skip => Body::Read(&[]),
-            BodyPlan::TooLarge => Body::TooLarge(body_size),
-            BodyPlan::Read if body_size == 0 => Body::Read(&[]),
-            BodyPlan::Read => match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
-                Ok(Some(read)) if read.len() == body_size => {
-                    bytes = read;
-                    Body::Read(&bytes)
-                }
-                _ => Body::Unreadable,
-            },
-        };
-        let outcome = keys.on_response(token, now, status, etag, body);
+        let response = CallResponse::read(body_size, |status| keys.body_plan(status, body_size));
+        let outcome = keys.on_response(
+            token,
+            now,
+            response.status,
+            response.etag.as_deref(),
+            response.body(),
+        );
         self.key_metrics.outcome(&mut HostMetrics, &outcome);
         match &outcome {
             KeysOutcome::Applied {
@@ -399,27 +387,18 @@ impl Root {
         let Some(subscription) = self.subscription.as_mut() else {
             return;
         };
-        let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
-        let pairs = hostcalls::pairs(&raw);
-        let header = |name: &[u8]| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let status =
-            header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
-        let etag = header(b"etag");
-        // The body is read only when wanted, and never past the size limit.
-        let bytes;
-        let body = match subscription.body_plan(status, body_size) {
-            BodyPlan::Skip => Body::Read(&[]),
-            BodyPlan::TooLarge => Body::TooLarge(body_size),
-            BodyPlan::Read if body_size == 0 => Body::Read(&[]),
-            BodyPlan::Read => match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
-                Ok(Some(read)) if read.len() == body_size => {
-                    bytes = read;
-                    Body::Read(&bytes)
-                }
-                _ => Body::Unreadable,
+        let response = CallResponse::read(body_size, |status| {
+            subscription.body_plan(status, body_size)
+        });
+        let outcome = subscription.on_response(
+            token,
+            now,
+            FetchResponse {
+                status: response.status,
+                etag: response.etag.as_deref(),
+                body: response.body(),
             },
-        };
-        let outcome = subscription.on_response(token, now, FetchResponse { status, etag, body });
+        );
         match outcome {
             FetchOutcome::Applied { snapshot, source } => {
                 let version = snapshot.version();
@@ -605,5 +584,49 @@ impl Root {
         let now = now_ms();
         self.fetch_if_due(now);
         self.update_gauges(now);
+    }
+}
+
+/// The answer to one of the root context's http calls, as the host holds it
+/// during `on_http_call_response`: the status, the ETag, and the body, read
+/// only when `plan` wants it and never past the size limit it applied.
+struct CallResponse {
+    status: Option<u16>,
+    etag: Option<Vec<u8>>,
+    body: CallBody,
+}
+
+enum CallBody {
+    Read(Vec<u8>),
+    TooLarge(usize),
+    Unreadable,
+}
+
+impl CallResponse {
+    fn read(body_size: usize, plan: impl FnOnce(Option<u16>) -> BodyPlan) -> CallResponse {
+        let raw = hostcalls::header_map(Map::HttpCallResponseHeaders).unwrap_or_default();
+        let pairs = hostcalls::pairs(&raw);
+        let header = |name: &[u8]| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let status =
+            header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+        let etag = header(b"etag").map(<[u8]>::to_vec);
+        let body = match plan(status) {
+            BodyPlan::Skip => CallBody::Read(Vec::new()),
+            BodyPlan::TooLarge => CallBody::TooLarge(body_size),
+            BodyPlan::Read if body_size == 0 => CallBody::Read(Vec::new()),
+            BodyPlan::Read => match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
+                Ok(Some(read)) if read.len() == body_size => CallBody::Read(read),
+                _ => CallBody::Unreadable,
+            },
+        };
+        CallResponse { status, etag, body }
+    }
+
+    fn body(&self) -> Body<'_> {
+        match &self.body {
+            CallBody::Read(bytes) => Body::Read(bytes),
+            CallBody::TooLarge(size) => Body::TooLarge(*size),
+            CallBody::Unreadable => Body::Unreadable,
+        }
     }
 }

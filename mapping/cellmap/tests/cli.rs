@@ -10,11 +10,14 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use cell_router_mapping::{Draws, Outcome, Snapshot};
+use common::{stderr, stdout};
 use serde_json::{Value, json};
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const EXAMPLE_EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
@@ -40,7 +43,7 @@ fn scratch() -> PathBuf {
 }
 
 fn cellmap(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellmap"));
+    let mut cmd = Command::new(common::binary());
     cmd.args(args).env_remove("SOURCE_DATE_EPOCH");
     cmd
 }
@@ -50,26 +53,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
-    let mut child = cellmap(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    out
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
+    common::output_with_stdin(cellmap(args), input)
 }
 
 fn example_doc() -> Value {

@@ -13,12 +13,14 @@
 
 mod common;
 
+use common::{stderr, stdout};
+
 use cell_router_mapping::Snapshot;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const EPOCH: &str = "1767225600";
@@ -32,27 +34,9 @@ fn cellmap(args: &[&str]) -> Output {
 }
 
 fn cellmap_stdin(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(common::binary())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    out
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
+    let mut command = Command::new(common::binary());
+    command.args(args).env("SOURCE_DATE_EPOCH", EPOCH);
+    common::output_with_stdin(command, input)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
