@@ -46,6 +46,9 @@ pub struct EnvoyOptions {
     /// adds the drain options itself and drains on SIGTERM; its environment
     /// names the Envoy binary and the admin address.
     pub launcher: Option<PathBuf>,
+    /// Extra environment for Envoy (e.g. `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`
+    /// for `envoy/envoy-native.yaml`).
+    pub env: Vec<(String, String)>,
 }
 
 impl EnvoyOptions {
@@ -64,6 +67,7 @@ impl EnvoyOptions {
             ports: None,
             persisted: None,
             launcher: None,
+            env: Vec::new(),
         }
     }
 }
@@ -233,9 +237,14 @@ impl Envoy {
         ensure_placeholder(&persisted)?;
         let plugin_config = options.plugin_config;
         let config = dir.join(format!("envoy-{port}.yaml"));
-        let rendered =
-            render_envoy_config(&template, &ports, &wasm_path()?, plugin_config.as_ref())?
-                .replace(DEFAULT_PERSISTED_PATH, &persisted.display().to_string());
+        // A template without the Wasm filter (the native build) needs no `.wasm`.
+        let wasm = if template.contains("envoy.extensions.filters.http.wasm.v3.Wasm") {
+            wasm_path()?
+        } else {
+            PathBuf::new()
+        };
+        let rendered = render_envoy_config(&template, &ports, &wasm, plugin_config.as_ref())?
+            .replace(DEFAULT_PERSISTED_PATH, &persisted.display().to_string());
         std::fs::write(&config, rendered)?;
 
         let mut command = match &options.launcher {
@@ -257,6 +266,7 @@ impl Envoy {
                 command
             }
         };
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
         command
             .arg("-c")
             .arg(&config)

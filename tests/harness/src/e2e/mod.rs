@@ -94,6 +94,19 @@ pub fn wasm_path() -> Result<PathBuf> {
     Ok(wasm)
 }
 
+/// The directory holding the native build, `libcell_router_native.so`:
+/// `$CELL_ROUTER_NATIVE_DIR`, else `dist/` (`make native`).
+pub fn native_dir() -> Result<PathBuf> {
+    let dir = from_env_or("CELL_ROUTER_NATIVE_DIR", repo_root().join("dist"));
+    if !dir.join("libcell_router_native.so").exists() {
+        bail!(
+            "no libcell_router_native.so in {} (run `make native`, or set CELL_ROUTER_NATIVE_DIR)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// `cell-backend`, built with this package: next to the running executable
 /// (the demo) or one directory up (integration tests live in `deps/`).
 pub fn backend_bin() -> Result<PathBuf> {
