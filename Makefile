@@ -10,7 +10,7 @@ ENVOY := .venv/bin/envoy
 
 all: build
 
-build: wasm cellmap
+build: wasm cellmap native
 
 wasm:
 	scripts/build-wasm.sh
@@ -82,7 +82,7 @@ validate-configs:
 validate-manifests:
 	scripts/validate-manifests.sh
 
-TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP)
+TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) CELL_ROUTER_NATIVE_DIR=$(CURDIR)/dist ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP)
 
 ## The main job: the whole path on this machine, checked and summarised.
 demo: tools build envoy demo-bins

@@ -15,6 +15,7 @@
 
 mod abi;
 mod envoy;
+mod subscriber;
 
 use abi::{
     HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr, HttpFilterEnvoyPtr, HttpFilterModulePtr,
@@ -24,7 +25,7 @@ use cell_router_filter::decide::{self, Action, Installed, VmState};
 use envoy::Stream;
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,18 +34,26 @@ struct FilterConfig {
     /// Tells the workers' token caches of different configs apart.
     id: u64,
     config: Config,
-    /// The snapshot in force; requests clone the `Arc` (no copy of the map).
-    installed: RwLock<Option<Arc<Installed>>>,
+    /// The snapshot in force (requests clone the `Arc`, no copy of the map),
+    /// swapped by the subscription thread.
+    shared: Arc<subscriber::Shared>,
 }
 
 impl FilterConfig {
     fn installed(&self) -> Option<Arc<Installed>> {
-        match self.installed.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.shared.installed()
     }
 }
+
+impl Drop for FilterConfig {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where the subscription thread finds the sidecar.
+const SIDECAR_ADDRESS_ENV: &str = "CELL_ROUTER_SIDECAR_ADDRESS";
+const DEFAULT_SIDECAR_ADDRESS: &str = "127.0.0.1:18000";
 
 static NEXT_CONFIG_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -133,12 +142,27 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                             .map_or("none".to_string(), |i| format!("v{}", i.version())),
                     ),
                 );
-                let shared = Box::new(FilterConfig {
+                let shared = Arc::new(subscriber::Shared {
+                    installed: RwLock::new(installed),
+                    stop: AtomicBool::new(false),
+                });
+                if let Some(sidecar) = config.sidecar.clone() {
+                    let address = std::env::var(SIDECAR_ADDRESS_ENV)
+                        .unwrap_or_else(|_| DEFAULT_SIDECAR_ADDRESS.to_string());
+                    if let Err(err) = subscriber::start(Arc::clone(&shared), sidecar, address) {
+                        envoy::log(
+                            abi::LOG_LEVEL_ERROR,
+                            &format!("cell-router: no snapshot subscription thread: {err}"),
+                        );
+                        return std::ptr::null();
+                    }
+                }
+                let filter_config = Box::new(FilterConfig {
                     id: NEXT_CONFIG_ID.fetch_add(1, Ordering::Relaxed),
                     config,
-                    installed: RwLock::new(installed),
+                    shared,
                 });
-                Box::into_raw(shared) as HttpFilterConfigModulePtr
+                Box::into_raw(filter_config) as HttpFilterConfigModulePtr
             }
             Err(err) => {
                 envoy::log(

@@ -1,8 +1,9 @@
 //! The native build (`filter/native`, a dynamic module) through real Envoy
 //! 1.40: `envoy/envoy-native.yaml`, the module found through
 //! `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (`make native` puts it in `dist/`).
-//! Step 1 of issue #14 part 3: the snapshot is the config's inline
-//! `fallback_snapshot` (no sidecar subscription yet).
+//! The snapshot is the config's inline `fallback_snapshot`, or the
+//! sidecar's (`cellmap serve`), long-polled by the module's subscription
+//! thread at `$CELL_ROUTER_SIDECAR_ADDRESS`.
 //!
 //! Callbacks these tests exercise: `log` (config message), `get_headers_size`
 //! and `get_headers` (every request), `set_header` (set and remove),
@@ -10,12 +11,14 @@
 
 use anyhow::{Context, Result};
 use cell_router_harness::e2e::{
-    self, Backends, DEFAULT_CELL_PORTS, Envoy, EnvoyOptions, Reply, client, free_port, work_dir,
+    self, Backends, DEFAULT_CELL_PORTS, Envoy, EnvoyOptions, Reply, Sidecar, client, free_port,
+    next_snapshot, probe_body_version, publish, work_dir,
 };
 use cell_router_kit::fixtures::{bearer, token, token_builder, unix_now};
 use cell_router_kit::tokens::Alg;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn example_snapshot_path() -> PathBuf {
     e2e::repo_root().join("mapping/examples/snapshot.json")
@@ -42,19 +45,33 @@ struct NativeGateway {
 }
 
 fn start(name: &str, plugin_config: serde_json::Value, concurrency: u32) -> Result<NativeGateway> {
-    let dir = work_dir(name)?;
-    let cells: Vec<&str> = DEFAULT_CELL_PORTS.iter().map(|(c, _)| *c).collect();
-    let backends = Backends::start(&dir, &cells)?;
     // No sidecar in this config: the port only fills the template's cluster.
-    let mut options = EnvoyOptions::new(&backends, free_port()?);
+    start_in(&work_dir(name)?, plugin_config, concurrency, free_port()?)
+}
+
+fn start_in(
+    dir: &Path,
+    plugin_config: serde_json::Value,
+    concurrency: u32,
+    sidecar_port: u16,
+) -> Result<NativeGateway> {
+    let cells: Vec<&str> = DEFAULT_CELL_PORTS.iter().map(|(c, _)| *c).collect();
+    let backends = Backends::start(dir, &cells)?;
+    let mut options = EnvoyOptions::new(&backends, sidecar_port);
     options.template = e2e::repo_root().join("envoy/envoy-native.yaml");
     options.concurrency = concurrency;
     options.plugin_config = Some(plugin_config);
-    options.env = vec![(
-        "ENVOY_DYNAMIC_MODULES_SEARCH_PATH".into(),
-        e2e::native_dir()?.display().to_string(),
-    )];
-    let envoy = Envoy::start(&dir, options)?;
+    options.env = vec![
+        (
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH".into(),
+            e2e::native_dir()?.display().to_string(),
+        ),
+        (
+            "CELL_ROUTER_SIDECAR_ADDRESS".into(),
+            format!("127.0.0.1:{sidecar_port}"),
+        ),
+    ];
+    let envoy = Envoy::start(dir, options)?;
     Ok(NativeGateway {
         envoy,
         _backends: backends,
@@ -158,5 +175,49 @@ fn native_module_refuses_a_bad_config_and_envoy_does_not_start() -> Result<()> {
         message.contains("cell-router: configuration refused"),
         "{message}"
     );
+    Ok(())
+}
+
+#[test]
+fn native_module_follows_the_sidecar_on_every_worker_and_keeps_it_when_the_sidecar_dies()
+-> Result<()> {
+    let dir = work_dir("native-sidecar")?;
+    let source = dir.join("snapshot.json");
+    let v1 = std::fs::read(example_snapshot_path())?;
+    publish(&source, &v1)?;
+    let mut sidecar = Sidecar::start(&dir, &source)?;
+    // The shipped plugin config: sidecar, no fallback snapshot.
+    let template = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy-native.yaml"))?;
+    let config = e2e::plugin_config_of(&template)?;
+    let gateway = start_in(&dir, config, 2, sidecar.port)?;
+    let probe = |agent: &ureq::Agent| {
+        let authorization = bearer(&token(Alg::HS256, unix_now(), "probe-tenant"));
+        probe_body_version(e2e::get(
+            agent,
+            &gateway.envoy.url("/"),
+            &[
+                ("authorization", authorization.as_str()),
+                ("connection", "close"),
+            ],
+        ))
+    };
+    e2e::await_version(&gateway.envoy, 1, Duration::from_secs(60), probe)
+        .context("version 1 from the sidecar")?;
+
+    let v2 = next_snapshot(&v1, |_| {})?;
+    publish(&source, &v2)?;
+    let reached = e2e::await_version(&gateway.envoy, 2, Duration::from_secs(60), probe)
+        .context("version 2 on every worker")?;
+    println!("version 2 reached: {reached:?}");
+
+    // The sidecar goes away: the snapshot in force stays.
+    sidecar.process.kill();
+    for _ in 0..20 {
+        let reply = call(&gateway, "acme-corp", &[("connection", "close")])?;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let body = reply.json()?;
+        assert_eq!(body["cell"], "cell-c", "{body}");
+        assert_eq!(body["snapshot"], "2", "{body}");
+    }
     Ok(())
 }
