@@ -223,8 +223,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }
     // SAFETY: Envoy keeps the config alive while any of its filters lives.
     let shared = unsafe { &*(filter as *const FilterConfig) };
-    let answered = guarded("request_headers", true, || {
-        on_request_headers(&stream, shared)
+    // A panic (caught) answers 503: fail closed, never a hung request.
+    let answered = guarded("request_headers", None, || {
+        Some(on_request_headers(&stream, shared))
+    })
+    .unwrap_or_else(|| {
+        respond_503(&stream, "cell_router_panic", "the cell router failed");
+        true
     });
     if answered {
         abi::REQUEST_HEADERS_STOP_ITERATION
