@@ -57,20 +57,11 @@ fn start_in(
 ) -> Result<NativeGateway> {
     let cells: Vec<&str> = DEFAULT_CELL_PORTS.iter().map(|(c, _)| *c).collect();
     let backends = Backends::start(dir, &cells)?;
+    e2e::native_dir()?; // says how to build it when it is missing
     let mut options = EnvoyOptions::new(&backends, sidecar_port);
-    options.template = e2e::repo_root().join("envoy/envoy-native.yaml");
+    options.use_native_build();
     options.concurrency = concurrency;
     options.plugin_config = Some(plugin_config);
-    options.env = vec![
-        (
-            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH".into(),
-            e2e::native_dir()?.display().to_string(),
-        ),
-        (
-            "CELL_ROUTER_SIDECAR_ADDRESS".into(),
-            format!("127.0.0.1:{sidecar_port}"),
-        ),
-    ];
     let envoy = Envoy::start(dir, options)?;
     Ok(NativeGateway {
         envoy,

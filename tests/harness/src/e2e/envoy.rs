@@ -58,7 +58,7 @@ impl EnvoyOptions {
 
     /// For cells that are not a [`Backends`] process (e.g. [`super::SlowCells`]).
     pub fn with_cells(cells: Vec<(String, u16)>, sidecar_port: u16) -> Self {
-        EnvoyOptions {
+        let mut options = EnvoyOptions {
             template: repo_root().join("envoy/envoy.yaml"),
             cells,
             sidecar_port,
@@ -68,7 +68,29 @@ impl EnvoyOptions {
             persisted: None,
             launcher: None,
             env: Vec::new(),
+        };
+        if super::build() == super::Build::Native {
+            options.use_native_build();
         }
+        options
+    }
+
+    /// Runs `envoy/envoy-native.yaml` (the native dynamic module) instead of
+    /// the Wasm filter, with the module's search path and sidecar address.
+    pub fn use_native_build(&mut self) {
+        self.template = repo_root().join("envoy/envoy-native.yaml");
+        let dir = super::native_dir().unwrap_or_else(|_| repo_root().join("dist"));
+        self.env.retain(|(k, _)| {
+            k != "ENVOY_DYNAMIC_MODULES_SEARCH_PATH" && k != "CELL_ROUTER_SIDECAR_ADDRESS"
+        });
+        self.env.push((
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH".into(),
+            dir.display().to_string(),
+        ));
+        self.env.push((
+            "CELL_ROUTER_SIDECAR_ADDRESS".into(),
+            format!("127.0.0.1:{}", self.sidecar_port),
+        ));
     }
 }
 
