@@ -21,7 +21,7 @@ use abi::{
     HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr, HttpFilterEnvoyPtr, HttpFilterModulePtr,
 };
 use cell_router_filter::Config;
-use cell_router_filter::decide::{self, Action, Installed, VmState};
+use cell_router_filter::decide::{self, Action, Installed, VmKeys, VmState};
 use envoy::Stream;
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -78,10 +78,11 @@ fn now_nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-fn now_s() -> u64 {
+/// The core's clock: unix milliseconds.
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs a hook body; a panic becomes `fallback` (and a log line) instead of
@@ -276,7 +277,16 @@ fn on_request_headers(stream: &Stream, shared: &FilterConfig) -> bool {
             return true;
         };
         if worker.as_ref().is_none_or(|(id, _)| *id != shared.id) {
-            *worker = Some((shared.id, VmState::new(&shared.config, random_key())));
+            *worker = Some((
+                shared.id,
+                VmState::new(
+                    &shared.config,
+                    VmKeys {
+                        cache: random_key(),
+                        shed: random_key(),
+                    },
+                ),
+            ));
         }
         let Some((_, vm)) = worker.as_mut() else {
             respond_503(
@@ -286,7 +296,7 @@ fn on_request_headers(stream: &Stream, shared: &FilterConfig) -> bool {
             );
             return true;
         };
-        let mut clock = now_s;
+        let mut clock = now_ms;
         let decision = decide::decide(
             &shared.config,
             vm,
