@@ -141,8 +141,23 @@ pub fn backend_bin() -> Result<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks; the listener is closed again).
+///
+/// Never the same port twice in one test process: the OS may hand a port
+/// that was just released to the next `bind(0)`, and Envoy listens with
+/// `SO_REUSEPORT`, so two gateways given one port would both bind it and
+/// share its connections silently (seen: a request to one gateway answered
+/// 404 by another's persisted-copy listener).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port left that this process has not handed out already")
 }
 
 /// A fresh directory under `target/e2e/` for one test's files and logs.
