@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use cell_router_filter::config::Config;
-use cell_router_filter::decide::{Installed, VmState, decide};
+use cell_router_filter::decide::{Installed, VmKeys, VmState, decide};
 use cell_router_filter::token;
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value, json};
@@ -96,8 +96,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
         let header = format!("Bearer {token}");
         let headers = [("authorization", header.as_str()), ("x-request-id", "r-1")];
-        let mut clock = || NOW;
-        let mut uncached = VmState::new(&config, [1; 16]);
+        let mut clock = || NOW * 1000;
+        let mut uncached = VmState::new(&config, VmKeys::fixed(1));
         let start = Instant::now();
         for _ in 0..n {
             uncached.cache = cell_router_filter::cache::TokenCache::new(0, 60, [1; 16]);
@@ -114,7 +114,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         let decide_uncached = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
 
-        let mut cached = VmState::new(&config, [1; 16]);
+        let mut cached = VmState::new(&config, VmKeys::fixed(1));
         let m = 200_000;
         let start = Instant::now();
         for _ in 0..m {

@@ -32,6 +32,7 @@ impl Hasher for KeyAsHash {
 #[derive(Clone, Debug)]
 struct Entry {
     tenant: Box<str>,
+    split_key: Option<Box<str>>,
     /// Usable from (nbf/iat minus the skew), unix seconds.
     from: u64,
     /// Usable until (exp plus the skew), unix seconds; none = no exp.
@@ -96,15 +97,18 @@ impl TokenCache {
         TokenKey(hasher.finish128().as_u128())
     }
 
-    /// The tenant of a cached token still valid at `now_s`. An entry outside
-    /// its window is dropped, so the token is verified (and refused) again.
-    pub fn get(&mut self, key: TokenKey, now_s: u64) -> Option<&str> {
+    /// The tenant and split key of a cached token still valid at `now_s`. An
+    /// entry outside its window is dropped, so the token is verified (and
+    /// refused) again.
+    pub fn get(&mut self, key: TokenKey, now_s: u64) -> Option<(&str, Option<&str>)> {
         let usable = self.map.get(&key)?.usable_at(now_s);
         if !usable {
             self.map.remove(&key);
             return None;
         }
-        self.map.get(&key).map(|e| &*e.tenant)
+        self.map
+            .get(&key)
+            .map(|e| (&*e.tenant, e.split_key.as_deref()))
     }
 
     pub fn insert(&mut self, key: TokenKey, verified: &Verified, now_s: u64) {
@@ -113,6 +117,7 @@ impl TokenCache {
         }
         let entry = Entry {
             tenant: verified.tenant.clone().into_boxed_str(),
+            split_key: verified.split_key.as_deref().map(Box::from),
             from: verified
                 .valid_from
                 .map_or(0, |t| t.saturating_sub(self.skew_s)),

@@ -30,6 +30,9 @@ pub const MAX_MAX_TENANT_BYTES: usize = 4096;
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
 pub const MAX_TOKEN_CACHE_ENTRIES: usize = 1_000_000;
 pub const MAX_CLAIM_PATH_SEGMENTS: usize = 8;
+/// `split_claim` default: gradual moves and ramps split by the token's
+/// subject (mapping/SPEC.md, "Routing function").
+pub const DEFAULT_SPLIT_CLAIM: &str = "sub";
 /// `sidecar.max_snapshot_bytes` default: 64 MiB (a 1,000,000-override
 /// snapshot is about 28 MB). The sidecar has its own limit,
 /// `cellmap serve --max-snapshot-mib` (512 by default).
@@ -67,6 +70,9 @@ struct RawConfig {
     clock_skew_s: Option<u64>,
     max_token_bytes: Option<usize>,
     tenant_claim: Option<RawClaimPath>,
+    /// Absent: `sub`; `null`: the tenant.
+    #[serde(default, deserialize_with = "present")]
+    split_claim: Option<Option<RawClaimPath>>,
     token_cache_entries: Option<usize>,
     host_signatures: Option<bool>,
     trust_header: Option<String>,
@@ -98,7 +104,7 @@ struct RawTokenSource {
     cookie: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum RawClaimPath {
     Dotted(String),
@@ -204,6 +210,9 @@ pub struct JwtSettings {
     pub clock_skew_s: u64,
     pub max_token_bytes: usize,
     pub tenant_claim: ClaimPath,
+    /// The claim gradual moves and ramps split by (a stable key the client
+    /// cannot choose freely); `None`, or a token without it: the tenant.
+    pub split_claim: Option<ClaimPath>,
     pub token_cache_entries: usize,
     /// Let Envoy's `verify_signature` (BoringSSL) check RS256/384/512 and
     /// ES256/384 signatures when the host offers it.
@@ -380,36 +389,47 @@ fn in_range<T: PartialOrd + fmt::Display + Copy>(
 }
 
 fn claim_path(raw: RawClaimPath) -> Result<ClaimPath, ConfigError> {
-    const FIELD: &str = "tenant_claim";
+    claim_path_of("tenant_claim", raw)
+}
+
+/// A claim path for `field` (`tenant_claim`, `split_claim`).
+fn claim_path_of(field: &str, raw: RawClaimPath) -> Result<ClaimPath, ConfigError> {
     let segments: Vec<String> = match raw {
         RawClaimPath::Dotted(path) => path.split('.').map(str::to_string).collect(),
         RawClaimPath::Segments(segments) => segments,
     };
     if segments.is_empty() {
-        return Err(ConfigError::new(FIELD, "must name a claim"));
+        return Err(ConfigError::new(field, "must name a claim"));
     }
     if segments.len() > MAX_CLAIM_PATH_SEGMENTS {
         return Err(ConfigError::new(
-            FIELD,
+            field,
             format!("at most {MAX_CLAIM_PATH_SEGMENTS} levels deep"),
         ));
     }
     if segments.iter().any(String::is_empty) {
         return Err(ConfigError::new(
-            FIELD,
+            field,
             "has an empty segment (a dotted path like \"org.id\"; for claim names with dots use an array: [\"https://example.com/tenant\"])",
         ));
     }
     if let Some(first) = segments.first() {
         if NON_TENANT_CLAIMS.contains(&first.as_str()) {
             return Err(ConfigError::new(
-                FIELD,
-                format!("{first:?} is a registered claim that cannot hold a tenant"),
+                field,
+                format!(
+                    "{first:?} is a registered claim that cannot hold {}",
+                    if field == "split_claim" {
+                        "a user id"
+                    } else {
+                        "a tenant"
+                    }
+                ),
             ));
         }
         if STRING_REGISTERED_CLAIMS.contains(&first.as_str()) && segments.len() > 1 {
             return Err(ConfigError::new(
-                FIELD,
+                field,
                 format!("{first:?} is a string claim; it has no nested fields"),
             ));
         }
@@ -417,7 +437,7 @@ fn claim_path(raw: RawClaimPath) -> Result<ClaimPath, ConfigError> {
     Ok(ClaimPath { segments })
 }
 
-const JWT_ONLY_FIELDS: [&str; 13] = [
+const JWT_ONLY_FIELDS: [&str; 14] = [
     "token",
     "jwks",
     "jwks_remote",
@@ -429,6 +449,7 @@ const JWT_ONLY_FIELDS: [&str; 13] = [
     "clock_skew_s",
     "max_token_bytes",
     "tenant_claim",
+    "split_claim",
     "token_cache_entries",
     "host_signatures",
 ];
@@ -447,6 +468,7 @@ impl RawConfig {
             self.clock_skew_s.is_some(),
             self.max_token_bytes.is_some(),
             self.tenant_claim.is_some(),
+            self.split_claim.is_some(),
             self.token_cache_entries.is_some(),
             self.host_signatures.is_some(),
         ];
@@ -664,6 +686,20 @@ impl RawConfig {
             Some(RawClaimPath::Dotted(s)) => claim_path(RawClaimPath::Dotted(s.clone()))?,
             Some(RawClaimPath::Segments(v)) => claim_path(RawClaimPath::Segments(v.clone()))?,
         };
+        let split_claim = match &self.split_claim {
+            None => Some(ClaimPath {
+                segments: vec![DEFAULT_SPLIT_CLAIM.to_string()],
+            }),
+            Some(None) => None,
+            Some(Some(RawClaimPath::Dotted(s))) => Some(claim_path_of(
+                "split_claim",
+                RawClaimPath::Dotted(s.clone()),
+            )?),
+            Some(Some(RawClaimPath::Segments(v))) => Some(claim_path_of(
+                "split_claim",
+                RawClaimPath::Segments(v.clone()),
+            )?),
+        };
 
         Ok(JwtSettings {
             source: TokenSource {
@@ -682,6 +718,7 @@ impl RawConfig {
             clock_skew_s,
             max_token_bytes,
             tenant_claim,
+            split_claim,
             token_cache_entries,
             host_signatures: self.host_signatures.unwrap_or(true),
             providers: Vec::new(),
@@ -725,6 +762,7 @@ impl RawConfig {
                 Some(RawClaimPath::Segments(v)) => Some(RawClaimPath::Segments(v.clone())),
                 None => None,
             },
+            split_claim: self.split_claim.clone(),
             require_exp: self.require_exp,
             clock_skew_s: self.clock_skew_s,
             max_token_bytes: self.max_token_bytes,

@@ -5,8 +5,9 @@
 use crate::cache::TokenCache;
 use crate::config::{Auth, Config};
 use crate::envoy_verify::{NoHost, SignatureHost};
+use crate::shed_draw::ShedDraws;
 use crate::token::{self, Reason, Rejection};
-use cell_router_mapping::{Outcome as Resolved, Snapshot};
+use cell_router_mapping::{Draws, Outcome as Resolved, Snapshot};
 
 /// Where the snapshot in force came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,19 +74,62 @@ impl Installed {
 /// Per-VM mutable state used by requests.
 pub struct VmState {
     pub cache: TokenCache,
-    request_counter: u64,
+    /// Where shed draws come from: never from the request.
+    pub shed: ShedDraws,
+}
+
+/// The per-VM secrets, taken from the host's random source once.
+#[derive(Clone, Copy, Debug)]
+pub struct VmKeys {
+    /// The token cache's SipHash key (see [`TokenCache`]).
+    pub cache: [u8; 16],
+    /// The shed-draw generator's key (see [`ShedDraws`]).
+    pub shed: [u8; 16],
+}
+
+impl VmKeys {
+    /// Fixed keys for tests and fuzzing: not secret.
+    pub fn fixed(byte: u8) -> VmKeys {
+        VmKeys {
+            cache: [byte; 16],
+            shed: [byte ^ 0x5a; 16],
+        }
+    }
 }
 
 impl VmState {
-    /// `cache_key` must be random per VM (see [`TokenCache`]).
-    pub fn new(config: &Config, cache_key: [u8; 16]) -> Self {
+    /// `keys` must be random per VM.
+    pub fn new(config: &Config, keys: VmKeys) -> Self {
         let (entries, skew) = config
             .jwt()
             .map_or((0, 0), |jwt| (jwt.token_cache_entries, jwt.clock_skew_s));
         VmState {
-            cache: TokenCache::new(entries, skew, cache_key),
-            request_counter: 0,
+            cache: TokenCache::new(entries, skew, keys.cache),
+            shed: ShedDraws::new(keys.shed),
         }
+    }
+}
+
+/// The host clock, read at most once per request, and only when needed.
+struct Clock<'c> {
+    read: &'c mut dyn FnMut() -> u64,
+    now_ms: Option<u64>,
+}
+
+impl Clock<'_> {
+    fn ms(&mut self) -> u64 {
+        match self.now_ms {
+            Some(now) => now,
+            None => {
+                let now = (self.read)();
+                self.now_ms = Some(now);
+                now
+            }
+        }
+    }
+
+    fn s(&mut self) -> u64 {
+        self.ms() / 1000
     }
 }
 
@@ -206,16 +250,17 @@ fn header<'h, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         .map(|(_, v)| v.as_ref())
 }
 
-/// Decides one request, every signature checked in the VM. `now_s` (unix
-/// seconds, host clock) is only called when a token needs checking.
+/// Decides one request, every signature checked in the VM. `now_ms` (Unix
+/// milliseconds, host clock) is called at most once: when a token needs
+/// checking or the tenant is routed.
 pub fn decide<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
     config: &'a Config,
     vm: &mut VmState,
     headers: &[(K, V)],
-    now_s: &mut dyn FnMut() -> u64,
+    now_ms: &mut dyn FnMut() -> u64,
     installed: Option<&'a Installed>,
 ) -> Decision<'a> {
-    decide_with(config, vm, headers, now_s, installed, &mut NoHost)
+    decide_with(config, vm, headers, now_ms, installed, &mut NoHost)
 }
 
 /// Like [`decide`], with a host that may check RSA/ECDSA signatures.
@@ -223,10 +268,14 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
     config: &'a Config,
     vm: &mut VmState,
     headers: &[(K, V)],
-    now_s: &mut dyn FnMut() -> u64,
+    now_ms: &mut dyn FnMut() -> u64,
     installed: Option<&'a Installed>,
     host: &mut dyn SignatureHost,
 ) -> Decision<'a> {
+    let mut clock = Clock {
+        read: now_ms,
+        now_ms: None,
+    };
     // 1. Client copies of our headers never reach a cell.
     let mut remove = Vec::new();
     for name in [config.cell_header.as_str(), config.version_header.as_str()] {
@@ -245,32 +294,35 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
     // 2. Who is this?
     let mut cache_hit = None;
     let mut verified_by_host = None;
-    let tenant = match &config.auth {
+    // The tenant, and the split key moves and ramps use (the token's
+    // `split_claim`; the tenant when there is none).
+    let identity = match &config.auth {
         Auth::TrustHeader { header } => {
             token::tenant_from_header(headers, header, config.max_tenant_bytes)
+                .map(|tenant| (tenant, None))
         }
         Auth::Jwt(jwt) => token::extract(&jwt.source, headers).and_then(|token| {
-            let now = now_s();
+            let now = clock.s();
             if vm.cache.enabled() {
                 let key = vm.cache.key(&token);
-                if let Some(tenant) = vm.cache.get(key, now) {
+                if let Some((tenant, split_key)) = vm.cache.get(key, now) {
                     cache_hit = Some(true);
-                    return Ok(tenant.to_string());
+                    return Ok((tenant.to_string(), split_key.map(str::to_string)));
                 }
                 cache_hit = Some(false);
                 let verified = token::verify_with(jwt, config.max_tenant_bytes, &token, now, host)?;
                 verified_by_host = Some(verified.by_host);
                 vm.cache.insert(key, &verified, now);
-                Ok(verified.tenant)
+                Ok((verified.tenant, verified.split_key))
             } else {
                 let verified = token::verify_with(jwt, config.max_tenant_bytes, &token, now, host)?;
                 verified_by_host = Some(verified.by_host);
-                Ok(verified.tenant)
+                Ok((verified.tenant, verified.split_key))
             }
         }),
     };
-    let tenant = match tenant {
-        Ok(tenant) => tenant,
+    let (tenant, split_key) = match identity {
+        Ok(identity) => identity,
         Err(rejection) => {
             return Decision {
                 remove,
@@ -302,16 +354,15 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         };
     };
     let snapshot = installed.snapshot();
-    let counter;
-    let request_key: &[u8] = match header(headers, "x-request-id") {
-        Some(id) if !id.is_empty() => id,
-        _ => {
-            vm.request_counter = vm.request_counter.wrapping_add(1);
-            counter = vm.request_counter.to_string();
-            counter.as_bytes()
-        }
-    };
-    let resolution = snapshot.resolve(tenant.as_bytes(), request_key);
+    // Nothing the client sends per request (x-request-id included) enters
+    // the draws: moves and ramps split by the verified split key, and the
+    // shed draw comes from the VM's own generator.
+    let draws = Draws::new(
+        split_key.as_deref().unwrap_or(&tenant).as_bytes(),
+        vm.shed.draw(),
+        clock.ms(),
+    );
+    let resolution = snapshot.resolve(tenant.as_bytes(), &draws);
     let cell_id = |index: u16| snapshot.cell(index).map_or("", |c| c.id.as_str());
 
     let (action, outcome) = match resolution.outcome {
@@ -467,7 +518,7 @@ pub mod state_key {
 
 /// What the filter writes into filter state for a decision, as (key, value):
 /// the cell that decided (routed to, shed by or unavailable), the reason
-/// (`slot`, `override`, `pin`, `split`, `failover`, `shed`, `unavailable`,
+/// (`slot`, `override`, `pin`, `split`, `failover`, `ramp`, `shed`, `unavailable`,
 /// `no_snapshot`, or the rejection's metric name), the snapshot version
 /// consulted, and the tenant only with `log_tenant`. Nothing for the
 /// readiness answer.

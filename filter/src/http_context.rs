@@ -98,7 +98,7 @@ impl Filter {
         let installed = shared.installed.clone();
         let raw = hostcalls::header_map(Map::RequestHeaders).unwrap_or_default();
         let headers = hostcalls::pairs(&raw);
-        let mut clock = || hostcalls::now_nanos() / 1_000_000_000;
+        let mut clock = || hostcalls::now_nanos() / 1_000_000;
         let Shared {
             vm,
             metrics,
@@ -129,8 +129,10 @@ impl Filter {
         match decision.outcome {
             Outcome::Routed { cell, reason } => {
                 metrics.routed(sink, cell);
-                if reason == "failover" {
-                    metrics.failover(sink, cell);
+                match reason {
+                    "failover" => metrics.failover(sink, cell),
+                    "ramp" => metrics.ramped(sink, cell),
+                    _ => {}
                 }
             }
             Outcome::Shed { cell } => metrics.shed(sink, cell),

@@ -17,6 +17,7 @@ pub mod json;
 pub mod jwks;
 pub mod key_subscription;
 pub mod metrics;
+pub mod shed_draw;
 pub mod subscription;
 pub mod token;
 
@@ -31,5 +32,6 @@ mod root_context;
 
 pub use config::{Config, ConfigError};
 pub use decide::{
-    Action, Decision, Installed, LocalReply, Outcome, SnapshotSource, VmState, decide, decide_with,
+    Action, Decision, Installed, LocalReply, Outcome, SnapshotSource, VmKeys, VmState, decide,
+    decide_with,
 };

@@ -33,6 +33,7 @@ struct CellIds {
     shed: Option<u32>,
     unavailable: Option<u32>,
     failover: Option<u32>,
+    ramped: Option<u32>,
 }
 
 /// Metric ids, defined once per VM (per cell on first use).
@@ -40,6 +41,8 @@ struct CellIds {
 pub struct Metrics {
     rejected: HashMap<Reason, u32>,
     cells: HashMap<String, CellIds>,
+    /// `ramp_share.<cell>` gauges of cells that have had a ramp.
+    ramp_shares: HashMap<String, Option<u32>>,
     no_snapshot: Option<u32>,
     cache_hit: Option<u32>,
     cache_miss: Option<u32>,
@@ -123,6 +126,7 @@ impl Metrics {
             shed: sink.define(MetricKind::Counter, &name(&["shed", &safe])),
             unavailable: sink.define(MetricKind::Counter, &name(&["unavailable", &safe])),
             failover: sink.define(MetricKind::Counter, &name(&["failover", &safe])),
+            ramped: sink.define(MetricKind::Counter, &name(&["ramped", &safe])),
         };
         self.cells.insert(cell.to_string(), ids);
         ids
@@ -139,6 +143,51 @@ impl Metrics {
     /// is defined again under the same name and counts on.
     pub fn retain_cells(&mut self, keep: impl Fn(&str) -> bool) {
         self.cells.retain(|id, _| keep(id));
+        self.ramp_shares.retain(|id, _| keep(id));
+    }
+
+    /// Records `ramp_share.<cell>`, the share of its tenants' requests a
+    /// ramping cell takes at `now_ms`, in basis points (0–10,000), for every
+    /// cell of `snapshot` with a ramp (also once it is over: 10,000). A cell
+    /// whose ramp was removed is recorded at 10,000 once, then forgotten.
+    pub fn ramp_shares(
+        &mut self,
+        sink: &mut dyn MetricSink,
+        snapshot: &cell_router_mapping::Snapshot,
+        now_ms: u64,
+    ) {
+        for cell in snapshot.cells() {
+            if cell.ramp.is_none() {
+                continue;
+            }
+            let id = match self.ramp_shares.get(&cell.id) {
+                Some(id) => *id,
+                None => {
+                    if self.ramp_shares.len() >= MAX_TRACKED_CELLS {
+                        self.ramp_shares.clear();
+                    }
+                    let id = sink.define(
+                        MetricKind::Gauge,
+                        &name(&["ramp_share", &stat_safe(&cell.id)]),
+                    );
+                    self.ramp_shares.insert(cell.id.clone(), id);
+                    id
+                }
+            };
+            if let Some(id) = id {
+                sink.record(id, u64::from(cell.ramp_share_bp(now_ms)));
+            }
+        }
+        self.ramp_shares.retain(|id, gauge| {
+            let ramping = snapshot
+                .cell_index(id)
+                .and_then(|i| snapshot.cell(i))
+                .is_some_and(|c| c.ramp.is_some());
+            if !ramping && let Some(gauge) = gauge {
+                sink.record(*gauge, u64::from(cell_router_mapping::hash::BASIS_POINTS));
+            }
+            ramping
+        });
     }
 
     pub fn routed(&mut self, sink: &mut dyn MetricSink, cell: &str) {
@@ -155,6 +204,13 @@ impl Metrics {
     /// counted in `routed`).
     pub fn failover(&mut self, sink: &mut dyn MetricSink, cell: &str) {
         let id = self.cell(sink, cell).failover;
+        Self::bump(sink, id);
+    }
+
+    /// A request routed to `cell` because its own cell is ramping back and
+    /// does not take it yet (also counted in `routed`).
+    pub fn ramped(&mut self, sink: &mut dyn MetricSink, cell: &str) {
+        let id = self.cell(sink, cell).ramped;
         Self::bump(sink, id);
     }
 

@@ -5,7 +5,7 @@
 //! Only built for wasm.
 
 use crate::config::Config;
-use crate::decide::{Installed, SnapshotSource, VmState};
+use crate::decide::{Installed, SnapshotSource, VmKeys, VmState};
 use crate::hostcalls::{self, Buffer, LogLevel, Map, MetricType};
 use crate::key_subscription::{KeyMetrics, KeySubscription, KeysOutcome};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
@@ -37,7 +37,7 @@ fn random_key() -> [u8; 16] {
         // Not secret then, but still per-VM: the cache keeps working.
         log(
             LogLevel::Warn,
-            "cell-router: no random source; token cache key derived from the clock",
+            "cell-router: no random source; a per-VM key (token cache, shed draws) derived from the clock",
         );
         for (slot, byte) in key.iter_mut().zip(hostcalls::now_nanos().to_le_bytes()) {
             *slot = byte;
@@ -126,12 +126,17 @@ impl Root {
 
     fn update_gauges(&self, now_ms: u64) {
         let Some(shared) = &self.shared else { return };
-        let Ok(shared) = shared.try_borrow() else {
+        let Ok(mut shared) = shared.try_borrow_mut() else {
             return;
         };
         let version = shared.installed.as_ref().map_or(0, |i| i.version());
         let age = self.subscription.as_ref().map_or(0, |s| s.age_s(now_ms));
         shared.metrics.gauges(&mut HostMetrics, version, age);
+        if let Some(installed) = shared.installed.clone() {
+            shared
+                .metrics
+                .ramp_shares(&mut HostMetrics, installed.snapshot(), now_ms);
+        }
         if !self.keys.is_empty() {
             let count = shared.config.jwt().map_or(0, |j| {
                 j.keys.entries().len()
@@ -474,7 +479,13 @@ impl Root {
             .fallback_snapshot
             .take()
             .map(|s| Rc::new(Installed::new(s)));
-        let vm = VmState::new(&config, random_key());
+        let vm = VmState::new(
+            &config,
+            VmKeys {
+                cache: random_key(),
+                shed: random_key(),
+            },
+        );
         let metrics = Metrics::define(&mut HostMetrics);
         let mode = match config.jwt() {
             Some(jwt) => format!(

@@ -299,6 +299,10 @@ pub fn extract<'h, K: AsRef<[u8]>, V: AsRef<[u8]>>(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
     pub tenant: String,
+    /// The `split_claim` value (a string or an integer, non-empty, at most
+    /// [`MAX_SPLIT_KEY_BYTES`]); `None` when absent or unusable: the tenant
+    /// is the split key then.
+    pub split_key: Option<String>,
     /// Earliest time the token is valid (max of nbf and iat), unix seconds.
     pub valid_from: Option<u64>,
     /// exp, unix seconds.
@@ -591,12 +595,17 @@ pub fn verify_with(
         ));
     }
     let tenant = tenant_from_claims(&claims, &settings.tenant_claim, max_tenant_bytes)?;
+    let split_key = settings
+        .split_claim
+        .as_ref()
+        .and_then(|path| split_key_from_claims(&claims, path));
     let valid_from = match (claims.invalid_before, claims.issued_at) {
         (Some(a), Some(b)) => Some(a.max(b).as_secs()),
         (a, b) => a.or(b).map(|t| t.as_secs()),
     };
     Ok(Verified {
         tenant,
+        split_key,
         valid_from,
         expires_at: claims.expires_at.map(|t| t.as_secs()),
         by_host,
@@ -793,6 +802,44 @@ pub fn check_tenant(tenant: &str, max_bytes: usize, what: &str) -> Result<(), Re
     Ok(())
 }
 
+/// A claim's value as text.
+enum ClaimText {
+    Text(String),
+    Missing,
+    /// Present but neither a string nor an integer.
+    WrongType,
+}
+
+fn claim_text(claims: &JWTClaims<ExtraClaims>, path: &ClaimPath) -> ClaimText {
+    let Some((first, rest)) = path.segments.split_first() else {
+        return ClaimText::Missing;
+    };
+    if rest.is_empty() && STRING_REGISTERED_CLAIMS.contains(&first.as_str()) {
+        let value = match first.as_str() {
+            "sub" => claims.subject.as_ref(),
+            "iss" => claims.issuer.as_ref(),
+            "jti" => claims.jwt_id.as_ref(),
+            _ => claims.nonce.as_ref(),
+        };
+        return value.map_or(ClaimText::Missing, |v| ClaimText::Text(v.clone()));
+    }
+    let Some(mut value) = claims.custom.0.get(first.as_str()) else {
+        return ClaimText::Missing;
+    };
+    for segment in rest {
+        match value.as_object().and_then(|o| o.get(segment.as_str())) {
+            Some(v) => value = v,
+            None => return ClaimText::Missing,
+        }
+    }
+    match value {
+        Value::String(s) => ClaimText::Text(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => ClaimText::Text(n.to_string()),
+        Value::Null => ClaimText::Missing,
+        _ => ClaimText::WrongType,
+    }
+}
+
 fn tenant_from_claims(
     claims: &JWTClaims<ExtraClaims>,
     path: &ClaimPath,
@@ -800,44 +847,36 @@ fn tenant_from_claims(
 ) -> Result<String, Rejection> {
     let name = path.display();
     let what = format!("claim {name}");
-    let missing = || {
-        Rejection::new(
-            Reason::TenantMissing,
-            format!("the token has no {name} claim"),
-        )
-    };
-    let (first, rest) = path.segments.split_first().ok_or_else(missing)?;
-
-    let tenant = if rest.is_empty() && STRING_REGISTERED_CLAIMS.contains(&first.as_str()) {
-        let value = match first.as_str() {
-            "sub" => claims.subject.as_ref(),
-            "iss" => claims.issuer.as_ref(),
-            "jti" => claims.jwt_id.as_ref(),
-            _ => claims.nonce.as_ref(),
-        };
-        value.cloned().ok_or_else(missing)?
-    } else {
-        let mut value = claims.custom.0.get(first.as_str()).ok_or_else(missing)?;
-        for segment in rest {
-            value = value
-                .as_object()
-                .and_then(|o| o.get(segment.as_str()))
-                .ok_or_else(missing)?;
+    let tenant = match claim_text(claims, path) {
+        ClaimText::Text(tenant) => tenant,
+        ClaimText::Missing => {
+            return Err(Rejection::new(
+                Reason::TenantMissing,
+                format!("the token has no {name} claim"),
+            ));
         }
-        match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-            Value::Null => return Err(missing()),
-            _ => {
-                return Err(Rejection::new(
-                    Reason::TenantInvalid,
-                    format!("{what} must be a string or an integer"),
-                ));
-            }
+        ClaimText::WrongType => {
+            return Err(Rejection::new(
+                Reason::TenantInvalid,
+                format!("{what} must be a string or an integer"),
+            ));
         }
     };
     check_tenant(&tenant, max_bytes, &what)?;
     Ok(tenant)
+}
+
+/// Longest split key taken from a token; a longer one is not used (the
+/// tenant is the split key then).
+pub const MAX_SPLIT_KEY_BYTES: usize = 1024;
+
+/// The split key of a verified token: the claim's text when it is a
+/// non-empty string or integer of at most [`MAX_SPLIT_KEY_BYTES`].
+fn split_key_from_claims(claims: &JWTClaims<ExtraClaims>, path: &ClaimPath) -> Option<String> {
+    match claim_text(claims, path) {
+        ClaimText::Text(key) if !key.is_empty() && key.len() <= MAX_SPLIT_KEY_BYTES => Some(key),
+        _ => None,
+    }
 }
 
 /// Trust-header mode: the tenant from a header `jwt_authn` set.

@@ -40,7 +40,7 @@ fn readme_full_example_is_a_valid_config() {
     assert_eq!(jwt.source.cookie.as_deref(), Some("session"));
     let snapshot = config.fallback_snapshot.unwrap();
     assert_eq!(snapshot.cells().len(), 3);
-    let acme = snapshot.resolve(b"acme-corp", b"r");
+    let acme = snapshot.resolve(b"acme-corp", &cell_router_mapping::Draws::default());
     assert_eq!(
         snapshot.cell(acme.routed_cell().unwrap()).unwrap().id,
         "cell-b"
@@ -160,6 +160,10 @@ fn schema_defaults_match_the_code() {
         config::DEFAULT_TOKEN_CACHE_ENTRIES
     );
     assert_eq!(default("/properties/require_exp"), true);
+    assert_eq!(
+        default("/properties/split_claim"),
+        config::DEFAULT_SPLIT_CLAIM
+    );
 
     // The sidecar defaults, as the validated config applies them.
     let config =

@@ -13,7 +13,7 @@
 mod common;
 
 use cell_router_filter::config::Config;
-use cell_router_filter::decide::{Installed, VmState, decide};
+use cell_router_filter::decide::{Installed, VmKeys, VmState, decide};
 use cell_router_filter::jwks::Algorithm;
 use cell_router_filter::key_subscription::{
     KeySubscription, KeysOutcome, RemoteKeysConfig, token_kid, with_keys,
@@ -384,8 +384,8 @@ fn requests_verify_with_fetched_keys_and_unknown_kids_are_named() {
     let token = sign_as("ES256", "k1", tenant_claims("acme"));
     assert_eq!(token_kid(token.as_bytes(), 8192).as_deref(), Some("k1"));
     let headers = [("authorization".to_string(), format!("Bearer {token}"))];
-    let mut vm = VmState::new(&config, [7; 16]);
-    let mut clock = || NOW;
+    let mut vm = VmState::new(&config, VmKeys::fixed(7));
+    let mut clock = || NOW * 1000; // the filter reads milliseconds
     // No keys yet: unknown kid, and the kid is what the subscription hears.
     let decision = decide(&config, &mut vm, &headers, &mut clock, Some(&installed));
     assert_eq!(decision.reply().unwrap().status, 401);
@@ -458,8 +458,8 @@ fn providers_each_verify_their_own_issuer_with_their_keys_algorithms_and_audienc
         "other-idp"
     );
     let installed = Installed::new(config.fallback_snapshot.clone().unwrap());
-    let mut vm = VmState::new(&config, [7; 16]);
-    let mut clock = || NOW;
+    let mut vm = VmState::new(&config, VmKeys::fixed(7));
+    let mut clock = || NOW * 1000; // the filter reads milliseconds
     let claims = |iss: &str, aud: &str| {
         let mut c = tenant_claims("acme");
         c.issuer = Some(iss.to_string());

@@ -198,3 +198,46 @@ fn the_persisted_copy_is_counted_apart() {
         assert!(fixed_names().contains(&name.to_string()), "{name}");
     }
 }
+
+/// `ramp_share.<cell>`: the basis points a ramping cell takes, as the clock
+/// moves; 10,000 once the ramp is over, and once more when a snapshot drops
+/// the ramp (then the gauge is left alone).
+#[test]
+fn ramp_share_gauge_follows_the_clock() {
+    let mut sink = Recorder::default();
+    let mut metrics = Metrics::define(&mut sink);
+    let mut doc = snapshot_doc(1);
+    doc.cells[0].failover = Some("b".into());
+    doc.cells[0].ramp =
+        Some(serde_json::from_value(serde_json::json!({"start": NOW, "duration_s": 100})).unwrap());
+    let ramped = cell_router_mapping::Snapshot::parse(doc.to_json().as_bytes()).unwrap();
+    let start_ms = NOW * 1000;
+    for (at_ms, want) in [
+        (start_ms - 5000, 0),
+        (start_ms, 0),
+        (start_ms + 25_000, 2500),
+        (start_ms + 50_000, 5000),
+        (start_ms + 99_999, 9999),
+        (start_ms + 100_000, 10_000),
+    ] {
+        metrics.ramp_shares(&mut sink, &ramped, at_ms);
+        assert_eq!(sink.value("cell_router.ramp_share.a"), want, "at {at_ms}");
+    }
+    // Only ramping cells get the gauge.
+    assert!(
+        !sink
+            .names
+            .iter()
+            .any(|(_, n)| n == "cell_router.ramp_share.b")
+    );
+    assert!(
+        sink.names
+            .iter()
+            .any(|(k, n)| *k == MetricKind::Gauge && n == "cell_router.ramp_share.a")
+    );
+    // Mid-ramp, a snapshot without the ramp: the gauge says 10,000.
+    metrics.ramp_shares(&mut sink, &ramped, start_ms + 10_000);
+    assert_eq!(sink.value("cell_router.ramp_share.a"), 1000);
+    metrics.ramp_shares(&mut sink, &snapshot(2), start_ms + 10_000);
+    assert_eq!(sink.value("cell_router.ramp_share.a"), 10_000);
+}

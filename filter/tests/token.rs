@@ -62,7 +62,7 @@ fn rejected_token(router: &mut Router, token: &str, reason: Reason) {
 
 fn expected_cell(tenant: &str) -> String {
     let snapshot = snapshot(1);
-    let resolution = snapshot.resolve(tenant.as_bytes(), b"r1");
+    let resolution = snapshot.resolve(tenant.as_bytes(), &cell_router_mapping::Draws::default());
     let index = resolution.routed_cell().unwrap();
     snapshot.cell(index).unwrap().id.clone()
 }

@@ -26,7 +26,7 @@
 
 use cell_router_mapping::builder::allocate_slots;
 use cell_router_mapping::snapshot::{CellDoc, CellState, HashDoc, SnapshotDoc, encode_slot_table};
-use cell_router_mapping::{Outcome, Snapshot};
+use cell_router_mapping::{Draws, Outcome, Snapshot};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -56,6 +56,7 @@ fn snapshot_json(overrides: usize) -> String {
             shed_ratio: 0.0,
             retry_after_s: 5,
             failover: None,
+            ramp: None,
         })
         .collect();
     let table = allocate_slots(65_536, &cells, None).expect("slots");
@@ -225,7 +226,7 @@ fn time_resolves(
             // The next probe's index waits for this answer: no overlap.
             let mut i = 0usize;
             for _ in 0..n {
-                let r = snapshot.resolve(black_box(probes.get(i)), b"");
+                let r = snapshot.resolve(black_box(probes.get(i)), &Draws::default());
                 acc = acc.wrapping_add(route_code(r.outcome));
                 i += 1 + (r.slot >> 31) as usize;
                 if i >= n {
@@ -234,7 +235,7 @@ fn time_resolves(
             }
         } else {
             for i in 0..n {
-                let r = snapshot.resolve(black_box(probes.get(i)), b"");
+                let r = snapshot.resolve(black_box(probes.get(i)), &Draws::default());
                 acc = acc.wrapping_add(route_code(r.outcome));
             }
         }

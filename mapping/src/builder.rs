@@ -889,6 +889,7 @@ mod tests {
             shed_ratio: 0.0,
             retry_after_s: 5,
             failover: None,
+            ramp: None,
         }
     }
 

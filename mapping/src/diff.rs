@@ -1,6 +1,7 @@
 //! What changed between two snapshots: slots per cell, the share of the
 //! keyspace that moved, overrides, pins, moves and cell states.
 
+use crate::ramp::{Curve, RampDoc};
 use crate::snapshot::{CellState, Snapshot};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ pub struct CellSlots {
     pub lost: u32,
 }
 
-/// A cell whose state, weight, shed ratio or failover changed, or that was
+/// A cell whose state, weight, shed ratio, failover or ramp changed, or that was
 /// added or removed (`old`/`new` is `None`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CellChange {
@@ -32,6 +33,20 @@ pub struct CellSummary {
     pub shed_ratio: f64,
     pub retry_after_s: u32,
     pub failover: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampDoc>,
+}
+
+/// `ramp 10%→100% from 2026-01-01T00:00:00Z over 600s, aggression 1.5`.
+pub fn describe_ramp(ramp: &RampDoc) -> String {
+    let mut out = format!(
+        "ramp {}%→100% from {} over {}s",
+        ramp.from_percent, ramp.start, ramp.duration_s
+    );
+    if let Some(Curve::Aggression(a)) = ramp.curve {
+        out.push_str(&format!(", aggression {a}"));
+    }
+    out
 }
 
 /// Entries of a tenant → value map that were added, removed or changed.
@@ -104,6 +119,7 @@ fn summary(snapshot: &Snapshot, index: usize) -> Option<CellSummary> {
             .failover
             .and_then(|f| snapshot.cell(f))
             .map(|c| c.id.clone()),
+        ramp: cell.ramp.as_ref().map(|r| r.doc.clone()),
     })
 }
 
@@ -276,6 +292,9 @@ fn describe(cell: &Option<CellSummary>) -> String {
             }
             if let Some(f) = &c.failover {
                 out.push_str(&format!(" failover {f}"));
+            }
+            if let Some(r) = &c.ramp {
+                out.push_str(&format!(" {}", describe_ramp(r)));
             }
             out
         }

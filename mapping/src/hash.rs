@@ -10,10 +10,14 @@ use std::hash::Hasher;
 /// so that shares compare as integers in every language.
 pub const BASIS_POINTS: u16 = 10_000;
 
-/// Domain byte prepended to the request key when deciding a gradual move.
+/// Domain byte prepended to the split key when deciding a gradual move.
 pub const DRAW_DOMAIN_MOVE: u8 = b'm';
-/// Domain byte prepended to the request key when deciding to shed.
-pub const DRAW_DOMAIN_SHED: u8 = b's';
+/// Domain byte prepended to the split key when deciding whether a ramping
+/// cell keeps a request.
+pub const DRAW_DOMAIN_RAMP: u8 = b'r';
+// No domain for shedding: the shed draw is not a hash of anything the
+// client sends but random per request, chosen by the gateway
+// ([`crate::Draws::shed`]). (`s` was its domain once; keep it unused.)
 
 /// The 16-byte SipHash key of a snapshot (`hash.key`, 32 hex characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,14 +87,14 @@ impl HashKey {
         hasher.finish()
     }
 
-    /// A per-request draw in `0..10_000`: SipHash-1-3 over the domain byte
-    /// followed by the request key, modulo 10,000. Compared with a share in
-    /// basis points: `draw < share` selects.
+    /// A keyed draw in `0..10_000`: SipHash-1-3 over the domain byte
+    /// followed by the key (the split key for moves and ramps), modulo
+    /// 10,000. Compared with a share in basis points: `draw < share` selects.
     #[inline]
-    pub fn draw(&self, domain: u8, request_key: &[u8]) -> u16 {
+    pub fn draw(&self, domain: u8, key: &[u8]) -> u16 {
         let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
         hasher.write(&[domain]);
-        hasher.write(request_key);
+        hasher.write(key);
         (hasher.finish() % u64::from(BASIS_POINTS)) as u16
     }
 }
@@ -131,11 +135,11 @@ mod tests {
     }
 
     #[test]
-    fn draw_hashes_domain_then_request_key_as_one_message() {
+    fn draw_hashes_domain_then_key_as_one_message() {
         let key = HashKey::from_hex("00112233445566778899aabbccddeeff").unwrap();
-        let whole = key.hash(b"sreq-123456789") % 10_000;
+        let whole = key.hash(b"ruser-123456789") % 10_000;
         assert_eq!(
-            u64::from(key.draw(DRAW_DOMAIN_SHED, b"req-123456789")),
+            u64::from(key.draw(DRAW_DOMAIN_RAMP, b"user-123456789")),
             whole
         );
     }
@@ -147,7 +151,7 @@ mod tests {
         for i in 0..1000u32 {
             let id = i.to_string();
             let m = key.draw(DRAW_DOMAIN_MOVE, id.as_bytes());
-            let s = key.draw(DRAW_DOMAIN_SHED, id.as_bytes());
+            let s = key.draw(DRAW_DOMAIN_RAMP, id.as_bytes());
             assert!(m < BASIS_POINTS && s < BASIS_POINTS);
             differ += usize::from(m != s);
         }

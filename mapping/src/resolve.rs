@@ -1,8 +1,62 @@
 //! Tenant → cell resolution: the routing function of `SPEC.md`.
 
-use crate::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
+use crate::hash::{BASIS_POINTS, DRAW_DOMAIN_MOVE, DRAW_DOMAIN_RAMP};
 use crate::snapshot::{CellState, Snapshot};
 use crate::table::EntryKind;
+
+/// What the routing function needs from the request besides the tenant
+/// (`SPEC.md`, "Routing function").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Draws<'a> {
+    /// A stable key the client cannot choose freely: the verified token's
+    /// subject (falling back to the tenant). Moves and ramps hash it, so a
+    /// user stays on one side of a split for its whole duration.
+    pub split_key: &'a [u8],
+    /// The shed draw, uniform in `0..10_000` and independent per request,
+    /// from a generator the client cannot influence (not a function of
+    /// anything it sends). A draining cell sheds the request when
+    /// `shed < shed_ratio` in basis points. Values ≥ 10,000 never shed.
+    pub shed: u16,
+    /// The gateway's clock, Unix milliseconds: ramps are computed from it.
+    pub now_ms: u64,
+}
+
+impl<'a> Draws<'a> {
+    /// The highest in-range shed draw: sheds only at a shed ratio of 1.
+    pub const LUCKIEST_SHED: u16 = BASIS_POINTS - 1;
+
+    pub fn new(split_key: &'a [u8], shed: u16, now_ms: u64) -> Self {
+        Draws {
+            split_key,
+            shed,
+            now_ms,
+        }
+    }
+
+    /// `split_key` at `now_ms`, with the luckiest shed draw: how the request
+    /// is routed unless shed (explanations, tests).
+    pub fn unshed(split_key: &'a [u8], now_ms: u64) -> Self {
+        Draws::new(split_key, Self::LUCKIEST_SHED, now_ms)
+    }
+}
+
+impl Default for Draws<'_> {
+    /// An empty split key, the luckiest shed draw and time 0 (before every
+    /// ramp's start).
+    fn default() -> Self {
+        Draws::unshed(b"", 0)
+    }
+}
+
+/// A ramping cell met on the way: the share it takes at this time, and
+/// whether it kept this request (else the request went on to its failover).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RampStep {
+    pub cell: u16,
+    /// Basis points, below 10,000 (a finished ramp is not reported).
+    pub share_bp: u16,
+    pub kept: bool,
+}
 
 /// Where the tenant's home cell came from, before cell states apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,13 +92,19 @@ pub struct Resolution {
     pub home: u16,
     /// Whether a disabled cell's failover was followed.
     pub failed_over: bool,
+    /// The first cell met whose ramp was in force, if any.
+    pub ramp: Option<RampStep>,
     pub outcome: Outcome,
 }
 
 impl Resolution {
-    /// The operator-facing reason: `failover` when a failover was followed,
-    /// else `override`, `pin`, `split` or `slot`.
+    /// The operator-facing reason: `ramp` when a ramping cell sent the
+    /// request on to its failover, `failover` when a disabled cell's failover
+    /// was followed, else `override`, `pin`, `split` or `slot`.
     pub fn reason(&self) -> &'static str {
+        if self.ramp.is_some_and(|r| !r.kept) {
+            return "ramp";
+        }
         if self.failed_over {
             return "failover";
         }
@@ -75,10 +135,10 @@ impl Resolution {
 }
 
 impl Snapshot {
-    /// Resolves a tenant. `request_key` (e.g. the `x-request-id`) is only
-    /// hashed when a gradual move or a draining cell needs a per-request draw.
+    /// Resolves a tenant. The split key is only hashed when a gradual move or
+    /// a ramp needs it; the shed draw is only compared for a draining cell.
     #[inline]
-    pub fn resolve(&self, tenant: &[u8], request_key: &[u8]) -> Resolution {
+    pub fn resolve(&self, tenant: &[u8], draws: &Draws<'_>) -> Resolution {
         let key = self.key();
         let h = key.hash(tenant);
         let table = self.slot_table();
@@ -91,25 +151,49 @@ impl Snapshot {
             Some((EntryKind::Pin, cell)) => (Source::Pin, cell),
             Some((EntryKind::Move, index)) => match self.moves().get(usize::from(index)) {
                 Some(m) => {
-                    let moved = key.draw(DRAW_DOMAIN_MOVE, request_key) < m.to_basis_points;
+                    let moved = key.draw(DRAW_DOMAIN_MOVE, draws.split_key) < m.to_basis_points;
                     (Source::Split { moved }, if moved { m.to } else { m.from })
                 }
                 None => (Source::Slot, slot_cell),
             },
         };
 
-        // Follow failovers of disabled cells; validation refused loops, and the
-        // bound keeps this finite whatever the table holds.
+        // Follow failovers of disabled cells and of ramping cells that do not
+        // take this key yet; validation refused loops, and the bound keeps
+        // this finite whatever the table holds.
         let mut cell = home;
         let mut failed_over = false;
+        let mut ramp = None;
+        let mut ramp_draw = None;
         let outcome = 'outcome: {
             for _ in 0..=self.cells().len() {
                 let Some(info) = self.cell(cell) else { break };
                 match info.state {
-                    CellState::Active => break 'outcome Outcome::Route { cell },
+                    CellState::Active => {
+                        let (Some(r), Some(next)) = (&info.ramp, info.failover) else {
+                            break 'outcome Outcome::Route { cell };
+                        };
+                        let share_bp = r.share_bp(draws.now_ms);
+                        if share_bp >= BASIS_POINTS {
+                            break 'outcome Outcome::Route { cell };
+                        }
+                        let d = *ramp_draw
+                            .get_or_insert_with(|| key.draw(DRAW_DOMAIN_RAMP, draws.split_key));
+                        let kept = d < share_bp;
+                        if ramp.is_none() {
+                            ramp = Some(RampStep {
+                                cell,
+                                share_bp,
+                                kept,
+                            });
+                        }
+                        if kept {
+                            break 'outcome Outcome::Route { cell };
+                        }
+                        cell = next;
+                    }
                     CellState::Draining => {
-                        let shed = info.shed_basis_points > 0
-                            && key.draw(DRAW_DOMAIN_SHED, request_key) < info.shed_basis_points;
+                        let shed = draws.shed < info.shed_basis_points;
                         break 'outcome if shed {
                             Outcome::Shed {
                                 cell,
@@ -135,6 +219,7 @@ impl Snapshot {
             source,
             home,
             failed_over,
+            ramp,
             outcome,
         }
     }

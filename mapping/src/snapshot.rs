@@ -4,6 +4,7 @@
 
 use crate::error::{ObjectOnly, PathError, index_path, key_path, push_key};
 use crate::hash::{HashKey, ratio_to_basis_points};
+use crate::ramp::{Ramp, RampDoc};
 use crate::table::{EntryKind, TenantTable};
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
@@ -81,6 +82,9 @@ pub struct CellDoc {
     pub retry_after_s: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<String>,
+    /// A recovery ramp (active cells with a failover only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampDoc>,
 }
 
 fn default_state() -> CellState {
@@ -143,6 +147,19 @@ pub struct Cell {
     pub shed_basis_points: u16,
     pub retry_after_s: u32,
     pub failover: Option<u16>,
+    /// A recovery ramp: the cell keeps [`Ramp::share_bp`] of its requests,
+    /// the rest go to `failover`.
+    pub ramp: Option<Ramp>,
+}
+
+impl Cell {
+    /// The share of its requests the cell keeps at `now_ms` (Unix ms), in
+    /// basis points: 10,000 without a ramp.
+    pub fn ramp_share_bp(&self, now_ms: u64) -> u16 {
+        self.ramp
+            .as_ref()
+            .map_or(crate::hash::BASIS_POINTS, |r| r.share_bp(now_ms))
+    }
 }
 
 /// A validated gradual move.
@@ -309,6 +326,7 @@ impl Snapshot {
                     shed_ratio: c.shed_ratio,
                     retry_after_s: c.retry_after_s,
                     failover: c.failover.map(id),
+                    ramp: c.ramp.as_ref().map(|r| r.doc.clone()),
                 })
                 .collect(),
             slot_table: encode_slot_table(&self.slot_table),
@@ -672,6 +690,7 @@ pub fn validate_cells(docs: &[CellDoc]) -> Result<Vec<Cell>, PathError> {
         ));
     }
     let mut index_of: HashMap<&str, u16> = HashMap::with_capacity(docs.len());
+    let mut ramps: Vec<Option<Ramp>> = Vec::with_capacity(docs.len());
     for (i, doc) in docs.iter().enumerate() {
         let path = index_path("cells", i);
         check_cell_id(&doc.id).map_err(|e| PathError::new(format!("{path}.id"), e))?;
@@ -693,9 +712,31 @@ pub fn validate_cells(docs: &[CellDoc]) -> Result<Vec<Cell>, PathError> {
                 format!("must be between 0 and 1, got {}", doc.shed_ratio),
             ));
         }
+        if let Some(ramp) = &doc.ramp {
+            if doc.state != CellState::Active {
+                return Err(PathError::new(
+                    format!("{path}.ramp"),
+                    format!(
+                        "only an active cell can ramp; this one is {}",
+                        doc.state.as_str()
+                    ),
+                ));
+            }
+            if doc.failover.is_none() {
+                return Err(PathError::new(
+                    format!("{path}.ramp"),
+                    "a ramp needs a failover: the requests the cell does not take yet go there",
+                ));
+            }
+            let ramp = Ramp::from_doc(ramp)
+                .map_err(|(field, why)| PathError::new(format!("{path}.ramp.{field}"), why))?;
+            ramps.push(Some(ramp));
+        } else {
+            ramps.push(None);
+        }
     }
     let mut cells = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.iter().enumerate() {
+    for ((i, doc), ramp) in docs.iter().enumerate().zip(ramps) {
         let failover = match &doc.failover {
             None => None,
             Some(target) => Some(*index_of.get(target.as_str()).ok_or_else(|| {
@@ -713,6 +754,7 @@ pub fn validate_cells(docs: &[CellDoc]) -> Result<Vec<Cell>, PathError> {
             shed_basis_points: ratio_to_basis_points(doc.shed_ratio),
             retry_after_s: doc.retry_after_s,
             failover,
+            ramp,
         });
     }
     // A failover chain must end: following it from any cell may not come

@@ -11,7 +11,7 @@
 )]
 
 use cell_router_mapping::builder::{self, Build, BuildOptions, Spec};
-use cell_router_mapping::{CellState, Snapshot, Source};
+use cell_router_mapping::{CellState, Draws, Snapshot, Source};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -258,7 +258,7 @@ proptest! {
     fn known_tenants_stay_put(weights in cells_strategy(6), w2 in prop::collection::vec(1u32..9, 8), w3 in prop::collection::vec(1u32..9, 9)) {
         let known: Vec<String> = (0..400).map(|i| format!("tenant-{i}")).collect();
         let v1 = build(&spec_json(1031, &active(&weights)), None, &[]);
-        let home = |s: &Snapshot, t: &str| s.cells()[usize::from(s.resolve(t.as_bytes(), b"").home)].id.clone();
+        let home = |s: &Snapshot, t: &str| s.cells()[usize::from(s.resolve(t.as_bytes(), &Draws::default()).home)].id.clone();
         // v2: new weights and two more cells; v3: weights again and one more.
         let mut g2 = weights.clone();
         g2.iter_mut().zip(&w2).for_each(|(w, n)| *w = *n);
@@ -275,7 +275,7 @@ proptest! {
         }
         for s in [&v2.snapshot, &v3.snapshot] {
             for (tenant, cell) in s.pins() {
-                let r = s.resolve(tenant.as_bytes(), b"");
+                let r = s.resolve(tenant.as_bytes(), &Draws::default());
                 prop_assert_eq!(r.source, Source::Pin);
                 let ring = &s.cells()[usize::from(s.slot_table()[r.slot as usize])].id;
                 prop_assert_ne!(ring, &cell, "pin of {} is not needed", tenant);
@@ -381,7 +381,7 @@ fn pinning_reports_and_respects_deliberate_migrations() {
         .chain(["acme-corp".to_string(), "globex".to_string()])
         .collect();
     let home = |s: &Snapshot, t: &str| {
-        s.cells()[usize::from(s.resolve(t.as_bytes(), b"").home)]
+        s.cells()[usize::from(s.resolve(t.as_bytes(), &Draws::default()).home)]
             .id
             .clone()
     };
@@ -397,7 +397,7 @@ fn pinning_reports_and_respects_deliberate_migrations() {
     let ring_moved = known[..3000]
         .iter()
         .filter(|t| {
-            let r = v2.snapshot.resolve(t.as_bytes(), b"");
+            let r = v2.snapshot.resolve(t.as_bytes(), &Draws::default());
             v2.snapshot.cells()[usize::from(v2.snapshot.slot_table()[r.slot as usize])].id
                 != home(&v1, t)
         })
@@ -410,11 +410,11 @@ fn pinning_reports_and_respects_deliberate_migrations() {
     }
     // The removed override is a deliberate migration: acme-corp follows the
     // ring, and globex (a move) is left to its move.
-    let acme = v2.snapshot.resolve(b"acme-corp", b"");
+    let acme = v2.snapshot.resolve(b"acme-corp", &Draws::default());
     assert_eq!(acme.source, Source::Slot);
     assert!(!v2.snapshot.pins().contains_key("acme-corp"));
     assert!(matches!(
-        v2.snapshot.resolve(b"globex", b"").source,
+        v2.snapshot.resolve(b"globex", &Draws::default()).source,
         Source::Split { .. }
     ));
     // Unknown tenants are not pinned.

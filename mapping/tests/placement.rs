@@ -47,9 +47,12 @@ fn load(doc: &Value) -> Load {
 }
 
 fn home(s: &Snapshot, tenant: &str) -> String {
-    s.cells()[usize::from(s.resolve(tenant.as_bytes(), b"").home)]
-        .id
-        .clone()
+    s.cells()[usize::from(
+        s.resolve(tenant.as_bytes(), &cell_router_mapping::Draws::default())
+            .home,
+    )]
+    .id
+    .clone()
 }
 
 fn slot_counts(s: &Snapshot) -> BTreeMap<String, u32> {
@@ -113,7 +116,9 @@ fn new_tenants_avoid_a_cell_over_its_threshold_and_follow_headroom() {
     for i in 0..10_000 {
         let t = format!("new-tenant-{i}");
         assert!(!known.contains(&t));
-        let r = v2.snapshot.resolve(t.as_bytes(), b"");
+        let r = v2
+            .snapshot
+            .resolve(t.as_bytes(), &cell_router_mapping::Draws::default());
         assert_eq!(r.source, Source::Slot);
         *landed
             .entry(v2.snapshot.cells()[usize::from(r.home)].id.clone())
@@ -207,7 +212,7 @@ fn known_tenants_stay_across_successive_load_builds() {
     for s in [&v2.snapshot, &v3.snapshot, &v4.snapshot] {
         assert!(!s.pins().contains_key("known-7"));
         for (t, c) in s.pins() {
-            let r = s.resolve(t.as_bytes(), b"");
+            let r = s.resolve(t.as_bytes(), &cell_router_mapping::Draws::default());
             assert_ne!(
                 s.cells()[usize::from(s.slot_table()[r.slot as usize])].id,
                 c
@@ -680,7 +685,9 @@ fn drain_in_one_percent_steps_moves_the_cells_tenants_once_and_only_them() {
         worst = worst.max((share - k as f64 / 100.0).abs());
         // Every pin is still needed: the ring gives another cell.
         for (t, c) in s.pins() {
-            let slot = s.resolve(t.as_bytes(), b"").slot as usize;
+            let slot = s
+                .resolve(t.as_bytes(), &cell_router_mapping::Draws::default())
+                .slot as usize;
             assert_ne!(&s.cells()[usize::from(s.slot_table()[slot])].id, &c, "{t}");
         }
     }
@@ -700,7 +707,9 @@ fn drain_in_one_percent_steps_moves_the_cells_tenants_once_and_only_them() {
     assert_eq!((last.slots_on_cell, last.pins_on_cell), (0, 0));
     assert_eq!(last.basis_points, 10_000);
     for (i, t) in tenants.iter().enumerate() {
-        let r = s.resolve(t.as_bytes(), format!("req-{i}").as_bytes());
+        let user = format!("user-{i}");
+        let draws = cell_router_mapping::Draws::new(user.as_bytes(), (i % 10_000) as u16, 0);
+        let r = s.resolve(t.as_bytes(), &draws);
         assert_ne!(r.home, b);
         assert!(matches!(r.outcome, Outcome::Route { .. }), "{t}");
     }

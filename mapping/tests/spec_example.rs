@@ -10,8 +10,8 @@
     clippy::indexing_slicing
 )]
 
-use cell_router_mapping::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
-use cell_router_mapping::{CellState, Outcome, Snapshot, Source};
+use cell_router_mapping::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_RAMP};
+use cell_router_mapping::{CellState, Draws, Outcome, RampDoc, RampStep, Snapshot, Source};
 
 fn example() -> Snapshot {
     Snapshot::parse(
@@ -23,6 +23,9 @@ fn example() -> Snapshot {
     )
     .unwrap()
 }
+
+/// 2026-01-01T00:00:00Z in Unix milliseconds.
+const NEW_YEAR_MS: u64 = 1_767_225_600_000;
 
 #[test]
 fn worked_example_numbers() {
@@ -39,36 +42,39 @@ fn worked_example_numbers() {
     let h = key.hash(b"tenant-3");
     assert_eq!(h, 0x6f6dec27dc84f6ec);
     assert_eq!(h, 8029333366619043564);
-    let r = s.resolve(b"tenant-3", b"");
+    let r = s.resolve(b"tenant-3", &Draws::default());
     assert_eq!(r.slot, 63212);
     assert_eq!(r.source, Source::Slot);
     assert_eq!(r.outcome, Outcome::Route { cell: 0 });
 
     assert_eq!(key.hash(b"tenant-1"), 10765836628613159011);
-    assert_eq!(s.resolve(b"tenant-1", b"").slot, 22627);
-    assert_eq!(s.resolve(b"tenant-1", b"").home, 2);
+    assert_eq!(s.resolve(b"tenant-1", &Draws::default()).slot, 22627);
+    assert_eq!(s.resolve(b"tenant-1", &Draws::default()).home, 2);
 
     assert_eq!(key.hash(b"acme-corp"), 5644414979235057051);
-    let acme = s.resolve(b"acme-corp", b"");
+    let acme = s.resolve(b"acme-corp", &Draws::default());
     assert_eq!(
         (acme.slot, acme.source, acme.home),
         (3483, Source::Override, 2)
     );
 
-    assert_eq!(key.hash(b"mreq-5"), 18294753008135900011);
-    assert_eq!(key.draw(DRAW_DOMAIN_MOVE, b"req-5"), 11);
-    assert_eq!(key.draw(DRAW_DOMAIN_MOVE, b"req-1"), 6961);
-    let g5 = s.resolve(b"globex", b"req-5");
+    assert_eq!(key.hash(b"muser-7"), 12761032725855070241);
+    assert_eq!(key.draw(DRAW_DOMAIN_MOVE, b"user-7"), 241);
+    assert_eq!(key.draw(DRAW_DOMAIN_MOVE, b"user-1"), 5590);
+    let g7 = s.resolve(b"globex", &Draws::unshed(b"user-7", 0));
     assert_eq!(
-        (g5.slot, g5.source, g5.home),
+        (g7.slot, g7.source, g7.home),
         (37195, Source::Split { moved: true }, 1)
     );
-    let g1 = s.resolve(b"globex", b"req-1");
+    let g1 = s.resolve(b"globex", &Draws::unshed(b"user-1", 0));
     assert_eq!((g1.source, g1.home), (Source::Split { moved: false }, 0));
-
-    assert_eq!(key.hash(b"sreq-5"), 871374518575161522);
-    assert_eq!(key.draw(DRAW_DOMAIN_SHED, b"req-5"), 1522);
-    assert_eq!(key.draw(DRAW_DOMAIN_SHED, b"req-1"), 7196);
+    // The shed draw and the time change nothing about a move.
+    for shed in [0, 5000, 9999] {
+        for now_ms in [0, NEW_YEAR_MS, u64::MAX] {
+            let r = s.resolve(b"globex", &Draws::new(b"user-7", shed, now_ms));
+            assert_eq!(r.outcome, Outcome::Route { cell: 1 });
+        }
+    }
 }
 
 #[test]
@@ -77,21 +83,34 @@ fn worked_example_draining_and_disabled() {
     doc.cells[0].state = CellState::Draining;
     doc.cells[0].shed_ratio = 0.5;
     let drained = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
-    assert_eq!(
-        drained.resolve(b"tenant-3", b"req-5").outcome,
-        Outcome::Shed {
-            cell: 0,
-            retry_after_s: 5
+    // 5000 basis points: shed draws 0…4999 shed, 5000…9999 do not.
+    for (shed, outcome) in [
+        (
+            0,
+            Outcome::Shed {
+                cell: 0,
+                retry_after_s: 5,
+            },
+        ),
+        (
+            4999,
+            Outcome::Shed {
+                cell: 0,
+                retry_after_s: 5,
+            },
+        ),
+        (5000, Outcome::Route { cell: 0 }),
+        (9999, Outcome::Route { cell: 0 }),
+    ] {
+        for split_key in [&b""[..], b"user-1", b"user-7"] {
+            let r = drained.resolve(b"tenant-3", &Draws::new(split_key, shed, NEW_YEAR_MS));
+            assert_eq!(r.outcome, outcome, "shed draw {shed}");
         }
-    );
-    assert_eq!(
-        drained.resolve(b"tenant-3", b"req-1").outcome,
-        Outcome::Route { cell: 0 }
-    );
+    }
 
     doc.cells[0].state = CellState::Disabled;
     let disabled = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
-    let r = disabled.resolve(b"tenant-3", b"req-1");
+    let r = disabled.resolve(b"tenant-3", &Draws::new(b"user-1", 0, NEW_YEAR_MS));
     assert_eq!(
         (r.outcome, r.reason()),
         (Outcome::Route { cell: 1 }, "failover")
@@ -99,74 +118,65 @@ fn worked_example_draining_and_disabled() {
     doc.cells[1].state = CellState::Disabled;
     let both = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
     assert_eq!(
-        both.resolve(b"tenant-3", b"").outcome,
+        both.resolve(b"tenant-3", &Draws::default()).outcome,
         Outcome::Route { cell: 2 }
     );
     doc.cells[2].state = CellState::Disabled;
     let none = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
     assert_eq!(
-        none.resolve(b"tenant-3", b"").outcome,
+        none.resolve(b"tenant-3", &Draws::default()).outcome,
         Outcome::Unavailable { cell: 2 }
     );
 }
 
-/// Raising a move's percent never sends a request back to `from`.
+/// SPEC "Worked example", the ramp: cell-a back from disabled with a
+/// 600-second linear ramp from 2026-01-01T00:00:00Z.
 #[test]
-fn raising_a_move_never_sends_a_request_back() {
+fn worked_example_ramp() {
     let mut doc = example().to_doc();
-    let requests: Vec<String> = (0..2000).map(|i| format!("req-{i}")).collect();
-    let mut moved_before = vec![false; requests.len()];
-    for percent in [0.0, 1.0, 10.0, 25.0, 50.0, 99.99, 100.0] {
-        doc.moves[0].percent = percent;
-        let s = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
-        let mut count = 0;
-        for (i, req) in requests.iter().enumerate() {
-            let moved = s.resolve(b"globex", req.as_bytes()).home == 1;
-            assert!(moved || !moved_before[i], "{req} went back at {percent}%");
-            moved_before[i] = moved;
-            count += usize::from(moved);
-        }
-        // The share moved is close to the percent (2000 draws).
-        let share = count as f64 / requests.len() as f64 * 100.0;
-        assert!((share - percent).abs() < 4.0, "{percent}% → {share}%");
-        if percent == 0.0 {
-            assert_eq!(count, 0);
-        }
-        if percent == 100.0 {
-            assert_eq!(count, requests.len());
-        }
-    }
-}
+    doc.cells[0].ramp = Some(
+        serde_json::from_str::<RampDoc>(r#"{"start": "2026-01-01T00:00:00Z", "duration_s": 600}"#)
+            .unwrap(),
+    );
+    let s = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
+    let key = s.key();
+    assert_eq!(key.hash(b"ruser-2"), 4355137935312463044);
+    assert_eq!(key.draw(DRAW_DOMAIN_RAMP, b"user-2"), 3044);
+    assert_eq!(key.draw(DRAW_DOMAIN_RAMP, b"user-1"), 6978);
+    let at = |secs: u64, split_key: &'static [u8]| {
+        s.resolve(
+            b"tenant-3",
+            &Draws::unshed(split_key, NEW_YEAR_MS + secs * 1000),
+        )
+    };
+    assert_eq!(s.cells()[0].ramp_share_bp(NEW_YEAR_MS + 300_000), 5000);
 
-/// A draining cell sheds about `shed_ratio` of its requests, the others
-/// are routed to it.
-#[test]
-fn draining_sheds_its_share() {
-    let mut doc = example().to_doc();
-    doc.cells[0].state = CellState::Draining;
-    for ratio in [0.0, 0.05, 0.3, 1.0] {
-        doc.cells[0].shed_ratio = ratio;
-        let s = Snapshot::parse(doc.to_json().as_bytes()).unwrap();
-        let n = 10_000;
-        let shed = (0..n)
-            .filter(|i| {
-                let r = s.resolve(b"tenant-3", format!("{i}").as_bytes());
-                match r.outcome {
-                    Outcome::Shed {
-                        cell,
-                        retry_after_s,
-                    } => {
-                        assert_eq!((cell, retry_after_s), (0, 5));
-                        true
-                    }
-                    other => {
-                        assert_eq!(other, Outcome::Route { cell: 0 });
-                        false
-                    }
-                }
-            })
-            .count();
-        let share = shed as f64 / f64::from(n);
-        assert!((share - ratio).abs() < 0.02, "{ratio} → {share}");
-    }
+    let r = at(300, b"user-2");
+    assert_eq!(r.outcome, Outcome::Route { cell: 0 });
+    assert_eq!(
+        r.ramp,
+        Some(RampStep {
+            cell: 0,
+            share_bp: 5000,
+            kept: true
+        })
+    );
+    assert_eq!(r.reason(), "slot");
+    let r = at(300, b"user-1");
+    assert_eq!(
+        (r.outcome, r.reason()),
+        (Outcome::Route { cell: 1 }, "ramp")
+    );
+    // At 120 s (2000 bp) user-2 is not back yet; user-1 comes back at 420 s
+    // (7000 bp > 6978), not at 360 s (6000).
+    assert_eq!(at(120, b"user-2").outcome, Outcome::Route { cell: 1 });
+    assert_eq!(at(360, b"user-1").outcome, Outcome::Route { cell: 1 });
+    assert_eq!(at(420, b"user-1").outcome, Outcome::Route { cell: 0 });
+    // Before the start: the from share, 0: everyone on cell-b. After: cell-a.
+    assert_eq!(at(0, b"user-7").outcome, Outcome::Route { cell: 1 });
+    let after = at(600, b"user-1");
+    assert_eq!(
+        (after.outcome, after.ramp),
+        (Outcome::Route { cell: 0 }, None)
+    );
 }

@@ -11,7 +11,7 @@
 )]
 
 use base64::Engine as _;
-use cell_router_mapping::Snapshot;
+use cell_router_mapping::{Draws, Snapshot};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -20,14 +20,16 @@ fn table(indexes: &[u16]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A small valid snapshot: 3 cells, 8 slots, an override, a pin and a move.
+/// A small valid snapshot: 3 cells (one ramping), 8 slots, an override, a
+/// pin and a move.
 fn valid() -> Value {
     json!({
         "version": 7,
         "generated_at": "2026-01-01T00:00:00Z",
         "hash": {"algorithm": "siphash-1-3", "key": "000102030405060708090a0b0c0d0e0f", "slots": 8},
         "cells": [
-            {"id": "cell-a", "state": "active", "weight": 1, "retry_after_s": 5, "failover": "cell-b"},
+            {"id": "cell-a", "state": "active", "weight": 1, "retry_after_s": 5, "failover": "cell-b",
+             "ramp": {"start": "2026-01-01T00:00:00Z", "duration_s": 600, "from_percent": 10, "curve": {"aggression": 1.5}}},
             {"id": "cell-b", "state": "draining", "weight": 1, "shed_ratio": 0.5, "retry_after_s": 5},
             {"id": "cell-c", "state": "disabled", "weight": 2, "retry_after_s": 5, "failover": "cell-a"}
         ],
@@ -242,6 +244,79 @@ fn bad_move_percent() {
         |d| d["moves"][0]["to"] = json!("cell-a"),
         "$.moves[0].to",
         "must differ",
+    );
+}
+
+#[test]
+fn bad_ramps() {
+    refused(
+        |d| d["cells"][1]["ramp"] = json!({"start": 0, "duration_s": 60}),
+        "$.cells[1].ramp",
+        "only an active cell can ramp; this one is draining",
+    );
+    refused(
+        |d| {
+            d["cells"][0].as_object_mut().unwrap().remove("failover");
+        },
+        "$.cells[0].ramp",
+        "a ramp needs a failover",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["duration_s"] = json!(0),
+        "$.cells[0].ramp.duration_s",
+        "between 1 and 2592000",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["duration_s"] = json!(1.5),
+        "$.cells[0].ramp.duration_s",
+        "invalid type",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["from_percent"] = json!(-1),
+        "$.cells[0].ramp.from_percent",
+        "between 0 and 100",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["start"] = json!("2026-02-30T00:00:00Z"),
+        "$.cells[0].ramp.start",
+        "day out of range",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["start"] = json!(-5),
+        "$.cells[0].ramp.start",
+        "Unix seconds",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["curve"] = json!({"aggression": 0}),
+        "$.cells[0].ramp.curve",
+        "aggression must be between",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["curve"] = json!("cubic"),
+        "$.cells[0].ramp.curve",
+        "unknown curve",
+    );
+    refused(
+        |d| d["cells"][0]["ramp"]["speed"] = json!(2),
+        "$.cells[0].ramp.speed",
+        "unknown field `speed`",
+    );
+    refused(
+        |d| {
+            d["cells"][0]["ramp"]
+                .as_object_mut()
+                .unwrap()
+                .remove("start");
+        },
+        "$.cells[0].ramp.start",
+        "missing field",
+    );
+    // A ramp may point its rest along a chain that ends; a loop is refused
+    // as for any failover.
+    refused(
+        |d| d["cells"][1]["failover"] = json!("cell-a"),
+        "$.cells[0].failover",
+        "failover loop",
     );
 }
 
@@ -499,7 +574,12 @@ fn any_json() -> impl Strategy<Value = Value> {
 fn exercise(bytes: &[u8]) {
     if let Ok(s) = Snapshot::parse(bytes) {
         for tenant in [&b"acme"[..], b"globex", b"initech", b"", b"x"] {
-            let _ = s.resolve(tenant, b"req");
+            for (shed, now_ms) in [(0, 0), (5000, 1_767_225_600_000), (u16::MAX, u64::MAX)] {
+                let _ = s.resolve(tenant, &Draws::new(b"user", shed, now_ms));
+            }
+        }
+        for cell in s.cells() {
+            let _ = cell.ramp_share_bp(u64::MAX);
         }
         let _ = s.to_doc().to_json();
     }

@@ -21,8 +21,8 @@
 )]
 
 use cell_router_mapping::builder::{self, BuildOptions, Spec};
-use cell_router_mapping::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_SHED};
-use cell_router_mapping::{Snapshot, Source};
+use cell_router_mapping::hash::{DRAW_DOMAIN_MOVE, DRAW_DOMAIN_RAMP};
+use cell_router_mapping::{Draws, Outcome, Ramp, RampDoc, Resolution, Snapshot, Source};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -81,13 +81,16 @@ fn tenants() -> Vec<String> {
     ids
 }
 
-fn request_keys() -> Vec<String> {
+/// Split keys for the draw vectors (token subjects, tenants, edge lengths).
+fn draw_keys() -> Vec<String> {
     let mut keys: Vec<String> = [
         "",
         "0",
         "1",
         "req-1",
         "req-2",
+        "user-1",
+        "auth0|5f7c8ec7c33c6c004bbafe82",
         "123e4567-e89b-12d3-a456-426614174000",
         "f47ac10b-58cc-4372-a567-0e02b2c3d479",
         "0123456",
@@ -146,10 +149,10 @@ fn vectors_for(snapshot: &Snapshot) -> Value {
         })
         .collect();
     let mut draws = Vec::new();
-    for (domain, byte) in [("m", DRAW_DOMAIN_MOVE), ("s", DRAW_DOMAIN_SHED)] {
-        for key in request_keys() {
+    for (domain, byte) in [("m", DRAW_DOMAIN_MOVE), ("r", DRAW_DOMAIN_RAMP)] {
+        for key in draw_keys() {
             let draw = snapshot.key().draw(byte, key.as_bytes());
-            draws.push(json!({"domain": domain, "request_key": key, "draw": draw}));
+            draws.push(json!({"domain": domain, "key": key, "draw": draw}));
         }
     }
     json!({
@@ -161,10 +164,152 @@ fn vectors_for(snapshot: &Snapshot) -> Value {
     })
 }
 
+/// Ramps whose share is checked at instants around and inside the window:
+/// the edges, the midpoint, one millisecond either side, for the linear
+/// curve and Envoy's slow-start curve with several aggressions.
+fn ramp_docs() -> Vec<Value> {
+    vec![
+        json!({"start": 1_767_225_600, "duration_s": 600}),
+        json!({"start": "2026-01-01T00:00:00Z", "duration_s": 10, "from_percent": 20}),
+        json!({"start": "2026-01-01T01:00:00.5+01:00", "duration_s": 3, "from_percent": 33.33, "curve": "linear"}),
+        json!({"start": 1_767_225_600, "duration_s": 600, "curve": {"aggression": 1}}),
+        json!({"start": 1_767_225_600, "duration_s": 600, "curve": {"aggression": 2}}),
+        json!({"start": 1_767_225_600, "duration_s": 600, "curve": {"aggression": 0.5}}),
+        json!({"start": 1_767_225_600, "duration_s": 7, "from_percent": 5, "curve": {"aggression": 1.5}}),
+        json!({"start": "2025-12-31T23:59:59.999999Z", "duration_s": 2_592_000, "curve": {"aggression": 3}}),
+        json!({"start": 0, "duration_s": 1, "from_percent": 100}),
+    ]
+}
+
+fn ramp_vectors() -> Vec<Value> {
+    let mut out = Vec::new();
+    for doc in ramp_docs() {
+        let ramp =
+            Ramp::from_doc(&serde_json::from_value::<RampDoc>(doc.clone()).unwrap()).unwrap();
+        let (start, d) = (ramp.start_ms, ramp.duration_ms);
+        let mut instants = vec![0, start.saturating_sub(1), start, start + 1];
+        for (num, den) in [(1, 10), (1, 4), (1, 3), (1, 2), (2, 3), (3, 4), (9, 10)] {
+            instants.push(start + d * num / den);
+            instants.push(start + d * num / den + 1);
+        }
+        instants.extend([start + d - 1, start + d, start + d + 1, u64::MAX]);
+        for now_ms in instants {
+            out.push(json!({
+                "ramp": doc,
+                "now_ms": now_ms.to_string(),
+                "share_bp": ramp.share_bp(now_ms),
+            }));
+        }
+    }
+    out
+}
+
+/// The routing snapshot: every state, a failover chain, two ramps (linear,
+/// and aggression 2 starting later from 10 %), overrides, a pin and moves.
+fn routing_doc() -> Value {
+    let cells = ["a", "b", "c", "d", "e", "f"];
+    // Slots go round-robin over the cells.
+    let table: Vec<u16> = (0..64u16).map(|i| i % 6).collect();
+    let bytes: Vec<u8> = table.iter().flat_map(|i| i.to_le_bytes()).collect();
+    use base64::Engine as _;
+    let _ = cells;
+    json!({
+        "version": 3,
+        "generated_at": "vectors",
+        "hash": {"algorithm": "siphash-1-3", "key": "5a1e7d0c9b8a7f6e5d4c3b2a19087f6e", "slots": 64},
+        "cells": [
+            {"id": "a", "failover": "b", "ramp": {"start": "2026-01-01T00:00:00Z", "duration_s": 600}},
+            {"id": "b", "state": "draining", "shed_ratio": 0.3, "retry_after_s": 7, "failover": "c"},
+            {"id": "c"},
+            {"id": "d", "state": "disabled", "failover": "a"},
+            {"id": "e", "failover": "d", "ramp": {"start": 1_767_225_900, "duration_s": 600, "from_percent": 10, "curve": {"aggression": 2}}},
+            {"id": "f", "state": "disabled"}
+        ],
+        "slot_table": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "overrides": {"acme": "a", "hooli": "e", "umbrella": "f"},
+        "pins": {"initech": "d"},
+        "moves": [
+            {"tenant": "globex", "from": "a", "to": "c", "percent": 25},
+            {"tenant": "soylent", "from": "c", "to": "b", "percent": 60},
+            {"tenant": "wonka", "from": "e", "to": "a", "percent": 12.5}
+        ]
+    })
+}
+
+fn outcome_name(r: &Resolution) -> &'static str {
+    match r.outcome {
+        Outcome::Route { .. } => "route",
+        Outcome::Shed { .. } => "shed",
+        Outcome::Unavailable { .. } => "unavailable",
+    }
+}
+
+fn routing_vectors() -> Value {
+    let doc = routing_doc();
+    let snapshot = Snapshot::parse(doc.to_string().as_bytes()).unwrap();
+    let id = |i: u16| snapshot.cell(i).unwrap().id.clone();
+    let mut tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+    tenants.extend(
+        [
+            "acme", "hooli", "umbrella", "initech", "globex", "soylent", "wonka",
+        ]
+        .map(String::from),
+    );
+    let start = 1_767_225_600_000u64;
+    let times = [
+        0,
+        start - 1,
+        start,
+        start + 150_000,
+        start + 300_000,
+        start + 450_000,
+        start + 600_000,
+        start + 750_000,
+        start + 900_000,
+        u64::MAX,
+    ];
+    let split_keys = ["", "user-1", "user-2", "user-7", "auth0|42", "tenant-3"];
+    let sheds = [0u16, 2999, 3000, 9999];
+    let mut requests = Vec::new();
+    // A fixed walk over the combinations: every tenant at every time, the
+    // keys and shed draws rotating, so the file stays small.
+    let mut k = 0usize;
+    for tenant in &tenants {
+        for &now_ms in &times {
+            for round in 0..2 {
+                let split_key = split_keys[(k + round * 3) % split_keys.len()];
+                let shed = sheds[(k / 2 + round) % sheds.len()];
+                k += 1;
+                let r = snapshot.resolve(
+                    tenant.as_bytes(),
+                    &Draws::new(split_key.as_bytes(), shed, now_ms),
+                );
+                let ramp = r.ramp.map(|step| {
+                    json!({"cell": id(step.cell), "share_bp": step.share_bp, "kept": step.kept})
+                });
+                requests.push(json!({
+                    "tenant": tenant,
+                    "split_key": split_key,
+                    "shed": shed,
+                    "now_ms": now_ms.to_string(),
+                    "home": id(r.home),
+                    "cell": id(r.final_cell()),
+                    "outcome": outcome_name(&r),
+                    "reason": r.reason(),
+                    "ramp": ramp,
+                }));
+            }
+        }
+    }
+    json!({"snapshot": doc, "requests": requests})
+}
+
 fn generate() -> String {
     let doc = json!({
-        "about": "Routing test vectors for mapping/SPEC.md. For each snapshot and tenant: hash = SipHash-1-3 of the tenant's UTF-8 bytes keyed with hash.key (decimal u64 string), slot = hash mod hash.slots, cell = cells[slot_table[slot]]. draws: SipHash-1-3 of (domain byte ++ request_key) mod 10000. Generated by mapping/tests/vectors.rs; check with mapping/tests/vectors_check.py.",
+        "about": "Routing test vectors for mapping/SPEC.md. snapshots: for each snapshot and tenant, hash = SipHash-1-3 of the tenant's UTF-8 bytes keyed with hash.key (decimal u64 string), slot = hash mod hash.slots, cell = cells[slot_table[slot]]; draws = SipHash-1-3 of (domain byte ++ key) mod 10000 (m: moves, r: ramps). ramps: a ramp's share in basis points at now_ms (Unix ms, decimal string). routing: a whole snapshot and requests (tenant, split_key, shed draw, now_ms) with the routing function's answer. Generated by mapping/tests/vectors.rs; check with mapping/tests/vectors_check.py.",
         "snapshots": [vectors_for(&example_snapshot()), vectors_for(&odd_snapshot())],
+        "ramps": ramp_vectors(),
+        "routing": routing_vectors(),
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap();
     text.push('\n');
@@ -221,7 +366,7 @@ fn engine_agrees_with_every_vector() {
             let tenant = v["tenant"].as_str().unwrap().as_bytes();
             let expected_hash: u64 = v["hash"].as_str().unwrap().parse().unwrap();
             assert_eq!(snapshot.key().hash(tenant), expected_hash, "{v}");
-            let r = snapshot.resolve(tenant, b"any request");
+            let r = snapshot.resolve(tenant, &Draws::new(b"any key", 0, u64::MAX));
             assert_eq!(u64::from(r.slot), v["slot"].as_u64().unwrap(), "{v}");
             assert_eq!(r.source, Source::Slot);
             let cell = snapshot.cell(r.home).unwrap().id.as_str();
@@ -232,10 +377,10 @@ fn engine_agrees_with_every_vector() {
         for d in snap["draws"].as_array().unwrap() {
             let domain = match d["domain"].as_str().unwrap() {
                 "m" => DRAW_DOMAIN_MOVE,
-                "s" => DRAW_DOMAIN_SHED,
+                "r" => DRAW_DOMAIN_RAMP,
                 other => panic!("unknown domain {other}"),
             };
-            let key = d["request_key"].as_str().unwrap().as_bytes();
+            let key = d["key"].as_str().unwrap().as_bytes();
             assert_eq!(
                 u64::from(snapshot.key().draw(domain, key)),
                 d["draw"].as_u64().unwrap()
@@ -245,6 +390,53 @@ fn engine_agrees_with_every_vector() {
     }
     assert!(slot_counts.contains(&65_536) && slot_counts.contains(&1031));
     assert!(checked > 400);
+
+    // Ramp shares, from the ramp as written in the file.
+    let ramps = doc["ramps"].as_array().unwrap();
+    assert!(ramps.len() > 100);
+    for v in ramps {
+        let ramp = Ramp::from_doc(&serde_json::from_value(v["ramp"].clone()).unwrap()).unwrap();
+        let now_ms: u64 = v["now_ms"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            u64::from(ramp.share_bp(now_ms)),
+            v["share_bp"].as_u64().unwrap(),
+            "{v}"
+        );
+    }
+
+    // Whole requests through the routing snapshot as written in the file.
+    let routing = &doc["routing"];
+    let snapshot = Snapshot::parse(routing["snapshot"].to_string().as_bytes()).unwrap();
+    let id = |i: u16| snapshot.cell(i).unwrap().id.as_str();
+    let requests = routing["requests"].as_array().unwrap();
+    assert!(requests.len() >= 300);
+    let mut seen = std::collections::BTreeSet::new();
+    for v in requests {
+        let now_ms: u64 = v["now_ms"].as_str().unwrap().parse().unwrap();
+        let shed = u16::try_from(v["shed"].as_u64().unwrap()).unwrap();
+        let draws = Draws::new(v["split_key"].as_str().unwrap().as_bytes(), shed, now_ms);
+        let r = snapshot.resolve(v["tenant"].as_str().unwrap().as_bytes(), &draws);
+        assert_eq!(id(r.home), v["home"], "{v}");
+        assert_eq!(id(r.final_cell()), v["cell"], "{v}");
+        assert_eq!(outcome_name(&r), v["outcome"], "{v}");
+        assert_eq!(r.reason(), v["reason"], "{v}");
+        seen.insert((outcome_name(&r), r.reason(), r.ramp.map(|s| s.kept)));
+    }
+    // The requests reach every outcome and reason, and ramps both ways.
+    for want in [
+        ("shed", "slot", None),
+        ("route", "ramp", Some(false)),
+        ("route", "slot", Some(true)),
+        ("unavailable", "override", None),
+        ("route", "failover", Some(true)),
+        ("route", "split", Some(true)),
+        ("shed", "split", None),
+        ("route", "split", None),
+        ("route", "override", Some(true)),
+        ("shed", "ramp", Some(false)),
+    ] {
+        assert!(seen.contains(&want), "no request gives {want:?}: {seen:?}");
+    }
 }
 
 /// The first vector snapshot is the committed example: the demo, the tests

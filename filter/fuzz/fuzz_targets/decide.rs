@@ -5,7 +5,7 @@
 //! local 401/403/503 with a JSON body (or the readiness answer).
 #![no_main]
 
-use cell_router_filter::decide::{Action, Outcome, VmState, decide};
+use cell_router_filter::decide::{Action, Outcome, VmKeys, VmState, decide};
 use cell_router_filter::{Config, Installed};
 use cell_router_filter_fuzz::{JWT_CONFIG, NOW, TRUST_CONFIG, fixed_config, header_lines};
 use libfuzzer_sys::fuzz_target;
@@ -20,7 +20,7 @@ struct Router {
 fn router(bytes: &[u8]) -> Router {
     let mut config = fixed_config(bytes);
     let installed = config.fallback_snapshot.take().map(Installed::new);
-    let vm = Mutex::new(VmState::new(&config, [9; 16]));
+    let vm = Mutex::new(VmState::new(&config, VmKeys::fixed(9)));
     Router {
         config,
         installed,
@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         &router.config,
         &mut vm,
         &headers,
-        &mut || NOW,
+        &mut || NOW * 1000,
         router.installed.as_ref(),
     );
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use cell_router_filter::config::Config;
-use cell_router_filter::decide::{Decision, Installed, VmState, decide};
+use cell_router_filter::decide::{Decision, Installed, VmKeys, VmState, decide};
 use cell_router_kit as kit;
 use cell_router_mapping::snapshot::encode_slot_table;
 use cell_router_mapping::{CellDoc, CellState, HashDoc, MoveDoc, Snapshot, SnapshotDoc};
@@ -158,6 +158,7 @@ fn cell(id: &str, state: CellState, shed_ratio: f64, failover: Option<&str>) -> 
         shed_ratio,
         retry_after_s: 7,
         failover: failover.map(str::to_string),
+        ramp: None,
     }
 }
 
@@ -241,18 +242,22 @@ pub struct Router {
     pub config: Config,
     pub vm: VmState,
     pub installed: Option<Installed>,
+    /// The clock, Unix seconds (the filter reads milliseconds: `now` × 1000
+    /// + `now_ms_extra`).
     pub now: u64,
+    pub now_ms_extra: u64,
 }
 
 impl Router {
     pub fn new(mut config: Config) -> Self {
         let installed = config.fallback_snapshot.take().map(Installed::new);
-        let vm = VmState::new(&config, [7; 16]);
+        let vm = VmState::new(&config, VmKeys::fixed(7));
         Router {
             config,
             vm,
             installed,
             now: NOW,
+            now_ms_extra: 0,
         }
     }
 
@@ -261,7 +266,7 @@ impl Router {
     }
 
     pub fn request(&mut self, headers: &[(&str, &str)]) -> Decision<'_> {
-        let now = self.now;
+        let now = self.now * 1000 + self.now_ms_extra;
         let mut clock = move || now;
         decide(
             &self.config,
@@ -273,7 +278,7 @@ impl Router {
     }
 
     pub fn request_bytes(&mut self, headers: &[(&[u8], &[u8])]) -> Decision<'_> {
-        let now = self.now;
+        let now = self.now * 1000 + self.now_ms_extra;
         let mut clock = move || now;
         decide(
             &self.config,
@@ -342,7 +347,7 @@ impl Router {
         headers: &[(&str, &str)],
         host: &mut RustCryptoHost,
     ) -> Decision<'_> {
-        let now = self.now;
+        let now = self.now * 1000 + self.now_ms_extra;
         let mut clock = move || now;
         cell_router_filter::decide::decide_with(
             &self.config,

@@ -11,6 +11,16 @@ pub fn utc_now_rfc3339() -> String {
     rfc3339_from_unix(secs)
 }
 
+/// Formats Unix milliseconds as RFC 3339 UTC, with `.mmm` when not whole
+/// seconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let whole = rfc3339_from_unix(ms / 1000);
+    match ms % 1000 {
+        0 => whole,
+        frac => format!("{}.{frac:03}Z", whole.trim_end_matches('Z')),
+    }
+}
+
 /// Formats Unix seconds as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
 pub fn rfc3339_from_unix(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -43,5 +53,7 @@ mod tests {
         assert_eq!(rfc3339_from_unix(1_795_323_683), "2026-11-22T05:01:23Z");
         // The largest u64 does not overflow (days fit an i64).
         assert!(rfc3339_from_unix(u64::MAX).ends_with('Z'));
+        assert_eq!(rfc3339_ms(1_767_225_600_000), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339_ms(1_767_225_600_050), "2026-01-01T00:00:00.050Z");
     }
 }

@@ -12,7 +12,7 @@
 
 mod common;
 
-use cell_router_mapping::{Outcome, Snapshot};
+use cell_router_mapping::{Draws, Outcome, Snapshot};
 use common::{stderr, stdout};
 use serde_json::{Value, json};
 
@@ -85,7 +85,11 @@ fn every_command_has_help() {
     for command in ["validate", "route", "diff", "build", "serve"] {
         assert!(top.contains(command), "{command} missing from --help");
     }
-    assert!(stdout(&run(&["route", "--help"])).contains("--request-id"));
+    let help = stdout(&run(&["route", "--help"]));
+    assert!(
+        help.contains("--split-key") && help.contains("--at"),
+        "{help}"
+    );
     // The sidecar documents its persisted copy and what SIGHUP does.
     let serve = stdout(&run(&["serve", "--help"]));
     for needle in ["--persist", "SIGHUP", "SIGTERM", "--max-connections"] {
@@ -175,7 +179,7 @@ fn route_explains_each_tenant() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let s = Snapshot::parse(&std::fs::read(&snap).unwrap()).unwrap();
-    let slot = |t: &str| s.resolve(t.as_bytes(), b"").slot;
+    let slot = |t: &str| s.resolve(t.as_bytes(), &Draws::default()).slot;
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -185,7 +189,7 @@ fn route_explains_each_tenant() {
             slot("acme-corp")
         )
     );
-    let r = s.resolve(b"tenant-1", b"");
+    let r = s.resolve(b"tenant-1", &Draws::default());
     let cell = &s.cells()[usize::from(r.home)].id;
     assert_eq!(
         lines[1],
@@ -207,8 +211,8 @@ fn route_json_matches_the_library_for_10000_tenants_on_stdin() {
             "--snapshot",
             snap.to_str().unwrap(),
             "--json",
-            "--request-id",
-            "req-42",
+            "--split-key",
+            "user-42",
         ],
         &input,
     );
@@ -221,13 +225,14 @@ fn route_json_matches_the_library_for_10000_tenants_on_stdin() {
     assert_eq!(lines.len(), 10_000);
     let id = |i: u16| s.cells()[usize::from(i)].id.as_str();
     for (tenant, line) in tenants.iter().zip(&lines) {
-        let r = s.resolve(tenant.as_bytes(), b"req-42");
+        let r = s.resolve(tenant.as_bytes(), &Draws::unshed(b"user-42", 0));
         assert_eq!(line["tenant"], json!(tenant));
         assert_eq!(line["cell"], json!(id(r.final_cell())));
         assert_eq!(line["home"], json!(id(r.home)));
         assert_eq!(line["slot"], json!(r.slot));
         assert_eq!(line["reason"], json!(r.reason()));
         assert_eq!(line["outcome"], json!("route"));
+        assert_eq!(line["split_key"], json!("user-42"));
         assert_eq!(
             line["slot_cell"],
             json!(id(s.slot_table()[r.slot as usize]))
@@ -255,7 +260,7 @@ fn route_reports_splits_shedding_failover_and_unavailable() {
     let on = |cell: u16| {
         (0..)
             .map(|i| format!("t{i}"))
-            .find(|t| s.resolve(t.as_bytes(), b"").home == cell)
+            .find(|t| s.resolve(t.as_bytes(), &Draws::default()).home == cell)
             .unwrap()
     };
     let (a, b, c) = (on(0), on(1), on(2));
@@ -280,20 +285,20 @@ fn route_reports_splits_shedding_failover_and_unavailable() {
     let text = stdout(&run(&["route", "-s", &path, &b]));
     assert!(text.contains("shed, retry after 30s"), "{text}");
 
-    // The split follows the per-request draw.
+    // The split follows the split key.
     let snap = example("snapshot.json");
     let s = Snapshot::parse(&std::fs::read(&snap).unwrap()).unwrap();
     let mut seen = [false, false];
     for i in 0..64 {
-        let req = format!("req-{i}");
-        let r = s.resolve(b"globex", req.as_bytes());
+        let user = format!("user-{i}");
+        let r = s.resolve(b"globex", &Draws::unshed(user.as_bytes(), 0));
         let out = run(&[
             "route",
             "-s",
             snap.to_str().unwrap(),
             "--json",
-            "--request-id",
-            &req,
+            "--split-key",
+            &user,
             "globex",
         ]);
         let line: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -309,8 +314,148 @@ fn route_reports_splits_shedding_failover_and_unavailable() {
     assert_eq!(
         seen,
         [true, true],
-        "a 25% move should send some of 64 requests each way"
+        "a 25% move should send some of 64 users each way"
     );
+    // SPEC worked example: user-7 has moved, user-1 has not.
+    let text = stdout(&run(&[
+        "route",
+        "-s",
+        snap.to_str().unwrap(),
+        "--split-key",
+        "user-7",
+        "globex",
+    ]));
+    assert_eq!(
+        text.trim_end(),
+        "globex -> cell-b (slot 37195, split, route); move cell-a → cell-b at 25%: key \"user-7\" has moved"
+    );
+    let text = stdout(&run(&[
+        "route",
+        "-s",
+        snap.to_str().unwrap(),
+        "--split-key",
+        "user-1",
+        "globex",
+    ]));
+    assert!(
+        text.contains("globex -> cell-a (slot 37195, split, route)"),
+        "{text}"
+    );
+    assert!(text.contains("has not moved yet"), "{text}");
+}
+
+/// Shedding is random per request: route explains it as a probability.
+#[test]
+fn route_explains_shedding_as_a_probability() {
+    let dir = scratch();
+    let mut doc = example_doc();
+    doc["cells"][0]["state"] = json!("draining");
+    doc["cells"][0]["shed_ratio"] = json!(0.3);
+    let path = write_json(&dir, "draining.json", &doc);
+    let text = stdout(&run(&["route", "-s", &path, "tenant-3"]));
+    assert_eq!(
+        text.trim_end(),
+        "tenant-3 -> cell-a (slot 63212, slot, route); cell-a is draining: it sheds 30% of requests at random (503, retry after 5s)"
+    );
+    let out = run(&[
+        "route",
+        "-s",
+        &path,
+        "--json",
+        "--split-key",
+        "anything",
+        "tenant-3",
+    ]);
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["outcome"], json!("route"));
+    assert_eq!(line["shed_percent"], json!(30.0));
+    assert_eq!(line["retry_after_s"], json!(5));
+    // Nothing about shedding on an active cell.
+    let out = run(&["route", "-s", &path, "--json", "tenant-1"]);
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(line.get("shed_percent").is_none(), "{line}");
+}
+
+/// A tenant of a ramping cell: its share now, when it is full, and where
+/// this key goes, at --at times before, during and after the ramp.
+#[test]
+fn route_explains_a_ramping_tenant() {
+    let dir = scratch();
+    let mut doc = example_doc();
+    doc["cells"][0]["ramp"] = json!({"start": "2026-01-01T00:00:00Z", "duration_s": 600});
+    let path = write_json(&dir, "ramp.json", &doc);
+    // SPEC worked example: draw('r', "user-2") = 3044, draw('r', "user-1") = 6978.
+    let at = |time: &str, key: &str| {
+        let out = run(&[
+            "route",
+            "-s",
+            &path,
+            "--at",
+            time,
+            "--split-key",
+            key,
+            "tenant-3",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out).trim_end().to_string()
+    };
+    assert_eq!(
+        at("2026-01-01T00:05:00Z", "user-2"),
+        "tenant-3 -> cell-a (slot 63212, slot, route); cell-a is ramping up: it takes 50% of keys now, 100% at 2026-01-01T00:10:00Z; key \"user-2\" is back on it"
+    );
+    assert_eq!(
+        at("1767225900", "user-1"),
+        "tenant-3 -> cell-b (slot 63212, ramp, route); cell-a is ramping up: it takes 50% of keys now, 100% at 2026-01-01T00:10:00Z; key \"user-1\" still goes to its failover cell-b"
+    );
+    assert!(at("2026-01-01T00:07:00Z", "user-1").starts_with("tenant-3 -> cell-a (slot 63212, slot, route); cell-a is ramping up: it takes 70% of keys now"));
+    assert!(at("2025-12-31T23:00:00Z", "user-2").contains("it takes 0% of keys now"));
+    assert_eq!(
+        at("2026-01-01T00:10:00Z", "user-1"),
+        "tenant-3 -> cell-a (slot 63212, slot, route)"
+    );
+    // JSON carries the same.
+    let out = run(&[
+        "route",
+        "-s",
+        &path,
+        "--json",
+        "--at",
+        "2026-01-01T00:05:00Z",
+        "--split-key",
+        "user-1",
+        "tenant-3",
+    ]);
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        line["ramp"],
+        json!({"cell": "cell-a", "share_percent": 50.0, "kept": false, "full_at": "2026-01-01T00:10:00Z"})
+    );
+    assert_eq!(
+        (line["cell"].clone(), line["reason"].clone()),
+        (json!("cell-b"), json!("ramp"))
+    );
+    // diff shows the ramp that starts.
+    let out = run(&["diff", example("snapshot.json").to_str().unwrap(), &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("~ cell-a: active weight 1 failover cell-b ⇒ active weight 1 failover cell-b ramp 0%→100% from 2026-01-01T00:00:00Z over 600s"),
+        "{text}"
+    );
+    let out = run(&[
+        "diff",
+        "--json",
+        example("snapshot.json").to_str().unwrap(),
+        &path,
+    ]);
+    let diff: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        diff["cell_changes"][0]["new"]["ramp"],
+        json!({"start": "2026-01-01T00:00:00Z", "duration_s": 600})
+    );
+    // A bad --at is a usage error.
+    let out = run(&["route", "-s", &path, "--at", "noon", "tenant-3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 #[test]
@@ -406,8 +551,8 @@ fn build_with_previous_and_tenants_then_diff() {
     );
     for t in &known {
         assert_eq!(
-            v1.resolve(t.as_bytes(), b"").home,
-            v2.resolve(t.as_bytes(), b"").home,
+            v1.resolve(t.as_bytes(), &Draws::default()).home,
+            v2.resolve(t.as_bytes(), &Draws::default()).home,
             "{t}"
         );
     }

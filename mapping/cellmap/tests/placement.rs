@@ -50,9 +50,12 @@ fn snapshot(path: &str) -> Snapshot {
 }
 
 fn home(s: &Snapshot, tenant: &str) -> String {
-    s.cells()[usize::from(s.resolve(tenant.as_bytes(), b"").home)]
-        .id
-        .clone()
+    s.cells()[usize::from(
+        s.resolve(tenant.as_bytes(), &cell_router_mapping::Draws::default())
+            .home,
+    )]
+    .id
+    .clone()
 }
 
 const SPEC: &str = r#"{"hash": {"key": "7b1f3c9a2e4d6f80a1c3e5f70b2d4f61"},

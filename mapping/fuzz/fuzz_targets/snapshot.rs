@@ -4,7 +4,7 @@
 //! gateway's VM at once.
 #![no_main]
 
-use cell_router_mapping::{Outcome, Snapshot};
+use cell_router_mapping::{Draws, Outcome, Snapshot};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,8 +24,13 @@ fuzz_target!(|data: &[u8]| {
     tenants.extend(data.split(|b| *b == b'"').take(64));
     let cells = snapshot.cells().len();
     for tenant in tenants {
-        for request in [&b""[..], b"req-1", b"\x00\xff", tenant] {
-            let r = snapshot.resolve(tenant, request);
+        for (split_key, shed, now_ms) in [
+            (&b""[..], 0, 0),
+            (b"user-1", 4999, 1_767_225_600_000),
+            (b"\x00\xff", 9999, u64::MAX),
+            (tenant, u16::MAX, 1),
+        ] {
+            let r = snapshot.resolve(tenant, &Draws::new(split_key, shed, now_ms));
             let cell = match r.outcome {
                 Outcome::Route { cell }
                 | Outcome::Shed { cell, .. }

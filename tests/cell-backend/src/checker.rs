@@ -42,7 +42,6 @@ pub struct Labels<'a> {
     pub tenant: Option<&'a str>,
     pub routed_cell: Option<&'a str>,
     pub version: Option<&'a str>,
-    pub request_id: Option<&'a str>,
     pub canary: bool,
 }
 
@@ -161,9 +160,17 @@ impl Checker {
                 "{tenant}: served by {cell} with unknown snapshot {version:?}"
             ));
         };
+        // The right cell is the one the request's tenant is routed to: the
+        // chaos load's tokens carry no subject, so the tenant is the split
+        // key; a shed request never reaches a cell (the luckiest shed draw
+        // is the route of every request that does); chaos snapshots have
+        // no ramps, so the time is the checker's own.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let resolution = snapshot.resolve(
             tenant.as_bytes(),
-            request.request_id.unwrap_or("").as_bytes(),
+            &cell_router_mapping::Draws::unshed(tenant.as_bytes(), now_ms),
         );
         let want = resolution
             .routed_cell()
@@ -251,7 +258,6 @@ mod tests {
             tenant: Some(tenant),
             routed_cell: Some(cell),
             version: Some(version),
-            request_id: None,
             canary: false,
         }
     }
@@ -260,7 +266,10 @@ mod tests {
     fn judges_each_request_by_the_version_it_carried() {
         let v1 =
             cell_router_mapping::Snapshot::parse(snapshot_json(&snapshot(1)).as_bytes()).unwrap();
-        let home = v1.resolve(b"t", b"").routed_cell().unwrap();
+        let home = v1
+            .resolve(b"t", &cell_router_mapping::Draws::default())
+            .routed_cell()
+            .unwrap();
         let home = v1.cell(home).unwrap().id.clone();
         let moved = if home == "cell-a" { "cell-b" } else { "cell-a" };
         let checker = checker(moved);

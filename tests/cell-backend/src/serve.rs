@@ -94,11 +94,10 @@ impl Cell {
             },
         };
         if let Some(checker) = &self.checker {
-            let (tenant, routed_cell, version, request_id) = (
+            let (tenant, routed_cell, version) = (
                 header(&checker.tenant_header),
                 header("x-cell-id"),
                 header("x-cell-snapshot"),
-                header("x-request-id"),
             );
             checker.judge(
                 &self.name,
@@ -106,7 +105,6 @@ impl Cell {
                     tenant: tenant.as_deref(),
                     routed_cell: routed_cell.as_deref(),
                     version: version.as_deref(),
-                    request_id: request_id.as_deref(),
                     canary: header("x-chaos-canary").is_some(),
                 },
             );

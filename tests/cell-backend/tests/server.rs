@@ -335,7 +335,10 @@ fn the_checker_flags_a_planted_misroute() {
     let v1 = snapshot(1);
     std::fs::write(dir.join("v1.json"), snapshot_json(&v1)).unwrap();
     let parsed = cell_router_kit::fixtures::parsed(&v1);
-    let home = parsed.resolve(b"t", b"").routed_cell().unwrap();
+    let home = parsed
+        .resolve(b"t", &cell_router_mapping::Draws::default())
+        .routed_cell()
+        .unwrap();
     let home = parsed.cell(home).unwrap().id.clone();
     let wrong = if home == "cell-a" { "cell-b" } else { "cell-a" };
 

@@ -211,6 +211,37 @@ fn every_shipped_http_connection_manager_refuses_underscores() {
     assert!(managers >= 12, "found only {managers} connection managers");
 }
 
+/// Every HTTP connection manager shipped under envoy/ is the edge
+/// (`use_remote_address: true`): the client address comes from the
+/// connection, `x-envoy-*` and `x-request-id` from outside are untrusted; the
+/// gateways say how many proxies in front they trust (`xff_num_trusted_hops`).
+#[test]
+fn every_shipped_http_connection_manager_uses_the_remote_address() {
+    let mut managers = 0;
+    let mut dirs = vec![repo_root().join("envoy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let hcm = text.matches("v3.HttpConnectionManager").count();
+            let remote = text.matches("use_remote_address: true").count();
+            assert_eq!(remote, hcm, "{}", path.display());
+            let gateways = text.matches("stat_prefix: gateway").count();
+            let hops = text.matches("xff_num_trusted_hops: 0").count();
+            assert_eq!(hops, gateways, "{}", path.display());
+            managers += hcm;
+        }
+    }
+    assert!(managers >= 12, "found only {managers} connection managers");
+}
+
 /// The WasmPlugin pins the image (a digest Istio checks after pulling),
 /// says how it is pulled, and fails closed.
 #[test]

@@ -38,6 +38,7 @@ pub fn cell(id: &str) -> CellDoc {
         shed_ratio: 0.0,
         retry_after_s: 5,
         failover: None,
+        ramp: None,
     }
 }
 

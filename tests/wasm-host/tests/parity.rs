@@ -4,7 +4,7 @@
 //! reason in the body), so a difference between the core and its glue shows
 //! up here rather than in Envoy.
 
-use cell_router_filter::decide::{Action, Installed, VmState, decide};
+use cell_router_filter::decide::{Action, Installed, VmKeys, VmState, decide};
 use cell_router_kit::fixtures::{
     Config, bearer, cell, disabled, draining, parsed, snapshot_with, token_builder, with_move,
     with_override,
@@ -142,7 +142,7 @@ fn the_core_and_the_wasm_decide_every_request_alike() {
 
     let mut config = cell_router_filter::Config::from_json(config_json.as_bytes()).unwrap();
     let installed = config.fallback_snapshot.take().map(Installed::new);
-    let mut vm = VmState::new(&config, [7; 16]);
+    let mut vm = VmState::new(&config, VmKeys::fixed(7));
 
     // The oracle for good tokens: the mapping library's routing function
     // (every draw in this scenario is certain: shed 100 %, move 100 %).
@@ -157,7 +157,13 @@ fn the_core_and_the_wasm_decide_every_request_alike() {
         ];
         all.extend(headers);
 
-        let decision = decide(&config, &mut vm, &all, &mut || now, installed.as_ref());
+        let decision = decide(
+            &config,
+            &mut vm,
+            &all,
+            &mut || now * 1000,
+            installed.as_ref(),
+        );
         let native = match decision.action {
             Action::Continue { set } => Verdict::Forwarded {
                 cell: set
@@ -185,7 +191,8 @@ fn the_core_and_the_wasm_decide_every_request_alike() {
         assert_eq!(native, wasm, "{what}: core and .wasm disagree");
         match tenant {
             Some(tenant) => {
-                let resolution = mapping.resolve(tenant.as_bytes(), b"");
+                let draws = cell_router_mapping::Draws::unshed(tenant.as_bytes(), now * 1000);
+                let resolution = mapping.resolve(tenant.as_bytes(), &draws);
                 let expected = match resolution.routed_cell() {
                     Some(index) => Verdict::Forwarded {
                         cell: mapping

@@ -150,17 +150,13 @@ fn check(
             return Err("forwarded without the router's version header".into());
         }
         // The cell must be the one the router computes for a tenant whose
-        // valid token was in the request.
-        let request_id = r
-            .request_headers
-            .get_bytes("x-request-id")
-            .unwrap_or_default();
+        // valid token was in the request (no subject: the tenant is the
+        // split key; whether a draining cell sheds is the VM's draw, so the
+        // cell that decided is compared).
         let routed = cells[0];
-        // The tenant's cell; the request key only decides whether a
-        // draining cell sheds, and the filter may draw with its own counter
-        // (empty or duplicate x-request-id), so it is not compared.
         let matches = valid.iter().any(|(tenant, _)| {
-            let cell = snapshot.resolve(tenant.as_bytes(), request_id).final_cell();
+            let draws = cell_router_mapping::Draws::unshed(tenant.as_bytes(), 0);
+            let cell = snapshot.resolve(tenant.as_bytes(), &draws).final_cell();
             snapshot
                 .cell(cell)
                 .is_some_and(|c| c.id.as_bytes() == routed)

@@ -51,7 +51,7 @@ fn tenant_not_in(doc: &SnapshotDoc, cell: &str) -> String {
     (0..)
         .map(|i| format!("tenant-{i}"))
         .find(|t| {
-            let r = s.resolve(t.as_bytes(), b"");
+            let r = s.resolve(t.as_bytes(), &cell_router_mapping::Draws::default());
             s.cell(r.routed_cell().unwrap()).unwrap().id != cell
         })
         .unwrap()

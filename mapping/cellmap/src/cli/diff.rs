@@ -12,7 +12,7 @@ use std::path::PathBuf;
 Shows the slots each cell gained and lost, the share of the keyspace that moved (the \
 share of tenants routed by slot whose cell changes), overrides, pins and moves added, \
 removed and changed, and cells added, removed or changed (state, weight, shed ratio, \
-failover).")]
+failover, recovery ramp).")]
 pub(super) struct DiffArgs {
     /// The snapshot in force
     old: PathBuf,

@@ -104,6 +104,7 @@ pub(super) fn run(args: DrainArgs) -> Result<(), Failure> {
                     shed_ratio: c.shed_ratio,
                     retry_after_s: c.retry_after_s,
                     failover: None,
+                    ramp: None,
                 })
                 .collect();
             load.check_cells(&cells, Some(&args.cell), "snapshot")

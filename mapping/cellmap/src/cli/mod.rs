@@ -23,9 +23,11 @@ use std::process::ExitCode;
     about = "Build, check, explain and serve cell-router mapping snapshots",
     long_about = "Build, check, explain and serve cell-router mapping snapshots.\n\n\
 A snapshot maps every tenant to a cell: an explicit override or pin wins, a gradual \
-move splits a tenant's requests between two cells, and everyone else is placed by \
-SipHash-1-3 of the tenant id over a fixed table of slots (see mapping/SPEC.md). Cell \
-states then apply: draining cells shed a share of requests, disabled cells fail over.\n\n\
+move splits a tenant's users (by a split key such as the token's subject) between two \
+cells, and everyone else is placed by SipHash-1-3 of the tenant id over a fixed table of \
+slots (see mapping/SPEC.md). Cell states then apply: draining cells shed a random share \
+of requests, disabled cells fail over, and a cell ramping back after an outage takes a \
+rising share of its users, the rest going to its failover.\n\n\
 Exit codes: 0 ok, 1 invalid input (the error names the JSON path), 2 usage.",
     propagate_version = true
 )]

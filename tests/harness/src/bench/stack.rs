@@ -61,6 +61,7 @@ pub fn bench_snapshot_cells(
             shed_ratio: 0.0,
             retry_after_s: 5,
             failover: None,
+            ramp: None,
         })
         .collect();
     let table = allocate_slots(SLOTS, &cells, None).map_err(|e| anyhow!("slots: {e:?}"))?;
@@ -96,7 +97,7 @@ pub fn expected_cells(doc: &SnapshotDoc, tenants: usize) -> Result<Vec<String>> 
         Snapshot::parse(doc.to_json().as_bytes()).map_err(|e| anyhow!("snapshot: {e:?}"))?;
     (0..tenants)
         .map(|i| {
-            let r = snapshot.resolve(tenant(i).as_bytes(), b"");
+            let r = snapshot.resolve(tenant(i).as_bytes(), &cell_router_mapping::Draws::default());
             match r.outcome {
                 Outcome::Route { cell } => snapshot
                     .cell(cell)

@@ -85,7 +85,11 @@ pub const CANARIES: u64 = 20;
 /// The backends count them apart (`x-chaos-canary`).
 pub fn send_canaries(gateway: &Gateway, first: &SnapshotDoc, tenants: &[String]) -> Result<()> {
     let snapshot = fixtures::parsed(first);
-    let cell_of = |t: &str| snapshot.resolve(t.as_bytes(), b"").routed_cell();
+    let cell_of = |t: &str| {
+        snapshot
+            .resolve(t.as_bytes(), &cell_router_mapping::Draws::default())
+            .routed_cell()
+    };
     let token_tenant = tenants.first().ok_or_else(|| anyhow!("no tenants"))?;
     let label = tenants
         .iter()

@@ -178,7 +178,7 @@ mod tests {
                 let tenant = tenant_name(t);
                 assert!(
                     snapshot
-                        .resolve(tenant.as_bytes(), b"")
+                        .resolve(tenant.as_bytes(), &cell_router_mapping::Draws::default())
                         .routed_cell()
                         .is_some(),
                     "v{} {tenant}",
