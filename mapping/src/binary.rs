@@ -92,6 +92,7 @@ fn cell_docs(snapshot: &Snapshot) -> Vec<CellDoc> {
             shed_ratio: c.shed_ratio,
             retry_after_s: c.retry_after_s,
             failover: c.failover.map(id),
+            ramp: c.ramp.as_ref().map(|r| r.doc.clone()),
         })
         .collect()
 }

@@ -11,7 +11,7 @@
 
 use base64::Engine as _;
 use cell_router_mapping::binary::{self, HEADER_LEN};
-use cell_router_mapping::{Snapshot, Source};
+use cell_router_mapping::{Draws, Snapshot, Source};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -41,11 +41,32 @@ fn parse(doc: &Value) -> Snapshot {
     Snapshot::parse(doc.to_string().as_bytes()).unwrap()
 }
 
-/// Every probe routes the same in both snapshots, for several request keys.
+/// Split keys, shed draws and clocks that exercise moves, shedding and
+/// ramps.
+fn some_draws() -> Vec<Draws<'static>> {
+    let mut out = Vec::new();
+    for (split_key, shed) in [
+        (&b""[..], 0u16),
+        (b"user-1", 2999),
+        (b"user-7", 5000),
+        (b"u", 9999),
+    ] {
+        for now_ms in [0, 1_767_225_600_000, 1_767_225_900_000, u64::MAX] {
+            out.push(Draws::new(split_key, shed, now_ms));
+        }
+    }
+    out
+}
+
+/// Every probe routes the same in both snapshots, for several draws.
 fn assert_same_routes(a: &Snapshot, b: &Snapshot, probes: &[Vec<u8>]) {
     for probe in probes {
-        for req in [&b""[..], b"req-1", b"req-5", b"r"] {
-            assert_eq!(a.resolve(probe, req), b.resolve(probe, req), "{probe:?}");
+        for draws in some_draws() {
+            assert_eq!(
+                a.resolve(probe, &draws),
+                b.resolve(probe, &draws),
+                "{probe:?}"
+            );
         }
     }
 }
@@ -125,7 +146,7 @@ fn a_resealed_but_inconsistent_body_is_refused() {
                 // the same bucket with its Bloom bits set): then it must be
                 // a different, valid snapshot, never a crash.
                 accepted += 1;
-                let _ = s.resolve(b"acme", b"");
+                let _ = s.resolve(b"acme", &Draws::default());
             }
         }
     }
@@ -217,14 +238,15 @@ fn adversarial_ids_never_route_a_stranger_to_an_override() {
     );
     for s in &strangers {
         for snap in [&json, &bin] {
-            let r = snap.resolve(s, b"");
+            let r = snap.resolve(s, &Draws::default());
             assert_eq!(r.source, Source::Slot, "{s:?}");
             assert_eq!(r.routed_cell(), Some(0), "{s:?}");
         }
     }
     for m in &members {
-        assert_eq!(bin.resolve(m.as_bytes(), b"").source, Source::Override);
-        assert_eq!(bin.resolve(m.as_bytes(), b"").routed_cell(), Some(1));
+        let r = bin.resolve(m.as_bytes(), &Draws::default());
+        assert_eq!(r.source, Source::Override);
+        assert_eq!(r.routed_cell(), Some(1));
     }
 }
 
@@ -269,6 +291,12 @@ fn to_json(g: &Gen) -> Value {
             // Failovers only point forward: no loops.
             if let Some(f) = failover.filter(|f| *f > i && *f < n) {
                 c["failover"] = json!(format!("c{f}"));
+                // An active cell with a failover ramps (from the shed ratio
+                // as a start share, over 1,000 s from t = 1,000 s).
+                if state == "active" {
+                    c["ramp"] =
+                        json!({"start": 1000, "duration_s": 1000, "from_percent": shed * 100.0});
+                }
             }
             c
         })
@@ -314,7 +342,10 @@ proptest! {
     fn json_and_binary_route_identically(
         g in gen_snapshot(),
         probes in prop::collection::vec("[a-e]{0,7}", 0..40),
-        keys in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 1..6),
+        keys in prop::collection::vec(
+            (prop::collection::vec(any::<u8>(), 0..12), 0u16..10_001, 0u64..2_000_000_000_000),
+            1..6,
+        ),
     ) {
         let json = parse(&to_json(&g));
         let bytes = binary::encode(&json);
@@ -322,8 +353,9 @@ proptest! {
         prop_assert_eq!(bin.to_doc(), json.to_doc());
         let listed = g.tenants.iter().map(|t| t.0.as_bytes().to_vec());
         for probe in listed.chain(probes.iter().map(|p| p.as_bytes().to_vec())) {
-            for key in &keys {
-                prop_assert_eq!(json.resolve(&probe, key), bin.resolve(&probe, key));
+            for (split_key, shed, now_ms) in &keys {
+                let draws = Draws::new(split_key, *shed, *now_ms);
+                prop_assert_eq!(json.resolve(&probe, &draws), bin.resolve(&probe, &draws));
             }
         }
     }
@@ -353,7 +385,7 @@ proptest! {
             bytes[i] = value;
         }
         if let Ok(s) = binary::decode(&reseal(bytes)) {
-            let _ = s.resolve(b"a", b"k");
+            let _ = s.resolve(b"a", &Draws::unshed(b"k", 0));
             let _ = binary::encode(&s);
         }
     }
@@ -382,10 +414,11 @@ fn vector_snapshot() -> Snapshot {
             {"id": "cell-a"},
             {"id": "cell-b", "state": "draining", "shed_ratio": 0.5, "retry_after_s": 9},
             {"id": "cell-c", "state": "disabled", "failover": "cell-a"},
-            {"id": "cell-d", "state": "disabled"}
+            {"id": "cell-d", "state": "disabled"},
+            {"id": "cell-e", "failover": "cell-a", "ramp": {"start": "2026-01-01T00:00:00Z", "duration_s": 600}}
         ],
-        "slot_table": table(&[0, 1, 2, 3, 0, 0, 1, 2, 0, 3, 1, 0, 2]),
-        "overrides": {"acme": "cell-b", "acme-corp": "cell-c", (long.clone()): "cell-d", "\u{79df}\u{6237}": "cell-a"},
+        "slot_table": table(&[0, 1, 2, 3, 4, 0, 1, 2, 4, 3, 1, 0, 4]),
+        "overrides": {"acme": "cell-b", "acme-corp": "cell-c", (long.clone()): "cell-d", "\u{79df}\u{6237}": "cell-a", "ramped": "cell-e"},
         "pins": {"tenant-1077": "cell-b", "a": "cell-a"},
         "moves": [
             {"tenant": "globex", "from": "cell-a", "to": "cell-b", "percent": 25},
@@ -404,6 +437,7 @@ fn vector_probes() -> Vec<String> {
         "a",
         "globex",
         "initech",
+        "ramped",
         // Strangers: one byte off, case, trailing space, prefixes, empty.
         "acmf",
         "Acme",
@@ -435,22 +469,37 @@ fn binary_vectors() -> String {
     let bytes = binary::encode(&snapshot);
     let names = |i: u16| snapshot.cell(i).unwrap().id.clone();
     let mut routes = Vec::new();
+    // Before, during and after cell-e's ramp (2026-01-01T00:00:00Z + 600 s).
+    let start = 1_767_225_600_000u64;
+    let combos = [
+        ("user-1", 0u16, start - 1),
+        ("user-2", 2999, start + 150_000),
+        ("user-7", 5000, start + 450_000),
+        ("", 9999, start + 600_000),
+    ];
     for tenant in vector_probes() {
-        for request_key in ["req-1", "req-5", ""] {
-            let r = snapshot.resolve(tenant.as_bytes(), request_key.as_bytes());
-            let (outcome, cell) = match r.outcome {
-                cell_router_mapping::Outcome::Route { cell } => ("route", cell),
-                cell_router_mapping::Outcome::Shed { cell, .. } => ("shed", cell),
-                cell_router_mapping::Outcome::Unavailable { cell } => ("unavailable", cell),
+        for (split_key, shed, now_ms) in combos {
+            let r = snapshot.resolve(
+                tenant.as_bytes(),
+                &Draws::new(split_key.as_bytes(), shed, now_ms),
+            );
+            let outcome = match r.outcome {
+                cell_router_mapping::Outcome::Route { .. } => "route",
+                cell_router_mapping::Outcome::Shed { .. } => "shed",
+                cell_router_mapping::Outcome::Unavailable { .. } => "unavailable",
             };
+            let ramp = r.ramp.map(|step| {
+                json!({"cell": names(step.cell), "share_bp": step.share_bp, "kept": step.kept})
+            });
             routes.push(json!({
-                "tenant": tenant, "request_key": request_key, "slot": r.slot,
-                "home": names(r.home), "reason": r.reason(), "outcome": outcome, "cell": names(cell),
+                "tenant": tenant, "split_key": split_key, "shed": shed, "now_ms": now_ms.to_string(),
+                "slot": r.slot, "home": names(r.home), "cell": names(r.final_cell()),
+                "outcome": outcome, "reason": r.reason(), "ramp": ramp,
             }));
         }
     }
     let doc = json!({
-        "about": "Binary snapshot form (mapping/SPEC.md, Binary form): `binary` is the base64 of one binary snapshot; every route is what the routing function gives for tenant and request_key. Generated by mapping/tests/binary.rs; check with mapping/tests/binary_check.py, which decodes the bytes on its own.",
+        "about": "Binary snapshot form (mapping/SPEC.md, Binary form): `binary` is the base64 of one binary snapshot; every route is what the routing function gives for tenant, split_key, shed draw and now_ms (Unix ms, decimal string). Generated by mapping/tests/binary.rs; check with mapping/tests/binary_check.py, which decodes the bytes on its own.",
         "binary": base64::engine::general_purpose::STANDARD.encode(&bytes),
         "routes": routes,
     });

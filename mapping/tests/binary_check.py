@@ -4,21 +4,20 @@
 Decodes mapping/tests/binary_vectors.json's `binary` from the layout in
 mapping/SPEC.md ("Binary form") alone: header, checksum, contiguous
 sections, the tenant arena walked bucket by bucket (each record must hash to
-its bucket and set its Bloom bits; no tenant twice), and routes every vector
-with the routing function of the SPEC, looking tenants up by their full
-bytes. Also refuses a copy with one flipped byte (the checksum).
+its bucket and set its Bloom bits; no tenant twice), looks every vector's
+tenant up through the bucket directory by its full bytes, and routes every
+vector with vectors_check.py's routing function over the decoded snapshot. Also refuses a copy with one flipped byte (the checksum).
 Uses the from-scratch SipHash-1-3 of vectors_check.py.
 Usage: binary_check.py [binary_vectors.json]   (exit 0 = all vectors agree)
 """
 import base64
-from decimal import ROUND_HALF_UP, Decimal
 import json
 import os
 import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vectors_check import siphash13  # noqa: E402
+from vectors_check import Routing, siphash13  # noqa: E402
 
 MAGIC = b"CELLMAPB"
 HEADER_LEN = 48 + 6 * 16
@@ -33,11 +32,6 @@ class Refused(Exception):
 def need(cond, why):
     if not cond:
         raise Refused(why)
-
-
-def basis_points(ratio: float) -> int:
-    x = min(max(ratio, 0.0), 1.0) * 10000.0
-    return int(Decimal(x).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def decode(data: bytes) -> dict:
@@ -58,8 +52,6 @@ def decode(data: bytes) -> dict:
         expected = off + length
     need(expected == len(body), "sections end")
     cells = json.loads(sec["cells"])
-    ids = [c["id"] for c in cells]
-    index = {cid: i for i, cid in enumerate(ids)}
     table = list(struct.unpack(f"<{slots}H", sec["slot_table"]))
     need(all(t < len(cells) for t in table), "slot index")
     moves = json.loads(sec["moves"])
@@ -89,43 +81,45 @@ def decode(data: bytes) -> dict:
     need(len(tenants) == entries and count == max(1, -(-entries // 4)), "entries")
     for i, m in enumerate(moves):
         need(tenants.get(m["tenant"].encode("utf-8")) == ("move", i), "move in table")
-    return {"version": version, "key": key, "cells": cells, "index": index, "table": table,
-            "moves": moves, "tenants": tenants}
+    return {"version": version, "key": key, "cells": cells, "table": table,
+            "moves": moves, "tenants": tenants, "dirs": dirs, "arena": arena}
 
 
-def route(snap: dict, tenant: bytes, request_key: bytes) -> dict:
-    key, cells, index = snap["key"], snap["cells"], snap["index"]
-    h = siphash13(key, tenant)
-    slot = h % len(snap["table"])
-    entry = snap["tenants"].get(tenant)  # full-key lookup: no collision can match
-    if entry is None:
-        reason, home = "slot", snap["table"][slot]
-    elif entry[0] == "move":
-        m = snap["moves"][entry[1]]
-        share = basis_points(m["percent"] / 100.0)
-        moved = siphash13(key, b"m" + request_key) % 10000 < share
-        reason, home = "split", index[m["to"] if moved else m["from"]]
-    else:
-        reason, home = entry
-    cell, failed_over = home, False
-    while True:
-        c = cells[cell]
-        state = c.get("state", "active")
-        if state == "active":
-            outcome = "route"
-            break
-        if state == "draining":
-            shed = basis_points(c.get("shed_ratio", 0))
-            draw = siphash13(key, b"s" + request_key) % 10000
-            outcome = "shed" if shed > 0 and draw < shed else "route"
-            break
-        if "failover" in c:
-            cell, failed_over = index[c["failover"]], True
-            continue
-        outcome = "unavailable"
-        break
-    return {"slot": slot, "home": cells[home]["id"], "reason": "failover" if failed_over else reason,
-            "outcome": outcome, "cell": cells[cell]["id"]}
+def lookup(snap: dict, tenant: bytes):
+    """The SPEC's lookup through the bucket directory: Bloom word, then the
+    bucket's records compared by their full bytes."""
+    dirs, arena = snap["dirs"], snap["arena"]
+    count = len(dirs) - 1
+    h = siphash13(snap["key"], tenant)
+    b = ((h & 0xFFFFFFFF) * count) >> 32
+    bits = (1 << ((h >> 32) & 31)) | (1 << ((h >> 40) & 31))
+    if (dirs[b] >> 32) & bits != bits:
+        return None
+    off, end = dirs[b] & 0xFFFFFFFF, dirs[b + 1] & 0xFFFFFFFF
+    while off < end:
+        len_kind, value = struct.unpack_from("<HH", arena, off)
+        length = len_kind & 0x3FFF
+        if bytes(arena[off + 4:off + 4 + length]) == tenant:
+            return (KINDS[len_kind >> 14], value)
+        off += 4 + length
+    return None
+
+
+def as_document(snap: dict) -> dict:
+    """The decoded binary snapshot as the JSON document it stands for."""
+    ids = [c["id"] for c in snap["cells"]]
+    doc = {
+        "hash": {"algorithm": "siphash-1-3", "key": snap["key"].hex(), "slots": len(snap["table"])},
+        "cells": snap["cells"],
+        "slot_table": base64.b64encode(struct.pack(f"<{len(snap['table'])}H", *snap["table"])).decode(),
+        "overrides": {},
+        "pins": {},
+        "moves": snap["moves"],
+    }
+    for tenant, (kind, value) in snap["tenants"].items():
+        if kind != "move":
+            doc["overrides" if kind == "override" else "pins"][tenant.decode("utf-8")] = ids[value]
+    return doc
 
 
 def main() -> int:
@@ -135,13 +129,21 @@ def main() -> int:
     data = base64.b64decode(doc["binary"], validate=True)
     snap = decode(data)
     failures = checked = 0
+    routing = Routing(as_document(snap))
     for v in doc["routes"]:
-        got = route(snap, v["tenant"].encode("utf-8"), v["request_key"].encode("utf-8"))
-        want = {k: v[k] for k in ("slot", "home", "reason", "outcome", "cell")}
+        tenant = v["tenant"].encode("utf-8")
+        got = routing.resolve(v["tenant"], v["split_key"].encode("utf-8"), v["shed"], int(v["now_ms"]))
+        got["slot"] = siphash13(snap["key"], tenant) % len(snap["table"])
+        want = {k: v[k] for k in ("slot", "home", "cell", "outcome", "reason", "ramp")}
         checked += 1
         if got != want:
             failures += 1
-            print(f"MISMATCH {v['tenant']!r}/{v['request_key']!r}: python says {got}")
+            print(f"MISMATCH {v!r}: python says {got}")
+        # The bucket walk finds exactly the tenants of the table.
+        checked += 1
+        if lookup(snap, tenant) != snap["tenants"].get(tenant):
+            failures += 1
+            print(f"LOOKUP MISMATCH {v['tenant']!r}")
     # The checksum catches a flipped byte anywhere (sampled positions).
     for i in range(0, len(data), max(1, len(data) // 64)):
         bad = bytearray(data)

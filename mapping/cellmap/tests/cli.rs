@@ -695,8 +695,8 @@ fn build_writes_the_binary_form_and_validate_reads_both() {
     assert_eq!(bin.to_doc(), json.to_doc());
     for tenant in ["tenant-3", "acme-corp", "globex", "nobody"] {
         assert_eq!(
-            bin.resolve(tenant.as_bytes(), b"req-5"),
-            json.resolve(tenant.as_bytes(), b"req-5")
+            bin.resolve(tenant.as_bytes(), &Draws::unshed(b"user-5", 0)),
+            json.resolve(tenant.as_bytes(), &Draws::unshed(b"user-5", 0))
         );
     }
 

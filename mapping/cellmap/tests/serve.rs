@@ -475,7 +475,12 @@ fn serves_the_binary_form_to_clients_that_ask_for_it() {
     assert_eq!(body, binary::encode(&json));
     let served = binary::decode(&body).unwrap();
     assert_eq!(served.to_doc(), json.to_doc());
-    assert_eq!(served.resolve(b"acme", b"").routed_cell(), Some(1));
+    assert_eq!(
+        served
+            .resolve(b"acme", &cell_router_mapping::Draws::default())
+            .routed_cell(),
+        Some(1)
+    );
 
     // JSON to everyone else: no Accept, */*, JSON, or the binary type at q=0.
     for accept in [
