@@ -4,9 +4,16 @@
 //!
 //! ```sh
 //! cargo run --release -p cell-router-mapping --example binary_apply -- write /tmp/snap.bin
-//! cargo build --release -p cell-router-mapping --example binary_apply --target wasm32-wasip1
-//! node mapping/examples/binary_apply_wasi.mjs target/wasm32-wasip1/release/examples/binary_apply.wasm /tmp
+//! cargo run --release -p cell-router-mapping --example binary_apply -- apply /tmp/snap.bin
 //! ```
+//!
+//! For the VM: the package's dev-dependencies (proptest) do not build for
+//! wasm32-wasip1, and examples get them, so build this file as the `main.rs`
+//! of a throwaway crate with only `cell-router-mapping = { path = … }` and
+//! the workspace's release profile, then
+//! `node --no-liftoff mapping/examples/binary_apply_wasi.mjs FILE.wasm /tmp`
+//! (it reads `/tmp/snap.bin`; without `--no-liftoff` V8 may still run the
+//! baseline compiler's code during the apply).
 //!
 //! In the VM the file is read into linear memory first (as the filter holds
 //! the response body), then decoded; "held by the snapshot" is the growth of

@@ -384,11 +384,18 @@ impl TenantTable {
             buckets: Vec::new(),
         };
         let mut entries = 0usize;
+        // The bucket's tenants so far, for the duplicate check (pairwise in
+        // small buckets, a hash set in large ones, as in `build_index`);
+        // done in this pass rather than a second walk over the arena.
+        let mut seen: Vec<&[u8]> = Vec::new();
+        let mut seen_set: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
         for b in 0..count {
             let (mut offset, end) = (start_of(b), start_of(b + 1));
             if end < offset {
                 return Err(format!("bucket {b} ends before it starts"));
             }
+            seen.clear();
+            seen_set.clear();
             let bloom = buckets.get(b).map_or(0, |w| (w >> 32) as u32);
             while offset < end {
                 let header = table
@@ -428,6 +435,19 @@ impl TenantTable {
                         "record at offset {offset} has an out-of-range value {value}"
                     ));
                 }
+                let repeated = if seen.len() < PAIRWISE_LIMIT {
+                    let repeated = seen.contains(&tenant);
+                    seen.push(tenant);
+                    repeated
+                } else {
+                    if seen_set.is_empty() {
+                        seen_set.extend(seen.iter().copied());
+                    }
+                    !seen_set.insert(tenant)
+                };
+                if repeated {
+                    return Err("a tenant appears more than once".into());
+                }
                 entries += 1;
                 offset = next;
             }
@@ -443,9 +463,6 @@ impl TenantTable {
             entries,
             buckets,
         };
-        if table.has_repeated_tenant() {
-            return Err("a tenant appears more than once".into());
-        }
         Ok(table)
     }
 
@@ -576,6 +593,34 @@ mod tests {
             t.entry(0).map(|(b, k, v)| (b.len(), k, v)),
             Some((MAX_TENANT_BYTES, EntryKind::Pin, 3))
         );
+    }
+
+    #[test]
+    fn adopted_parts_refuse_a_repeated_tenant_in_small_and_large_buckets() {
+        // Every tenant hashes to 0: one bucket, Bloom bit 0.
+        for (others, repeat) in [(1usize, true), (40, true), (40, false)] {
+            let mut t = TenantTable::default();
+            for i in 0..others {
+                t.push(format!("t{i}").as_bytes(), EntryKind::Override, 0)
+                    .unwrap();
+            }
+            if repeat {
+                t.push(b"t0", EntryKind::Pin, 0).unwrap();
+            }
+            let entries = t.len();
+            let count = entries.div_ceil(BUCKET_LOAD).max(1);
+            // All in bucket 0: the first word holds the Bloom bit, the
+            // others start (and end) at the arena's end.
+            let mut words = vec![t.arena.len() as u64; count + 1];
+            words[0] = 1u64 << 32;
+            let got = TenantTable::from_indexed_parts(t.arena.clone(), words, |_| 0, |_, _| true);
+            if repeat {
+                assert_eq!(got.unwrap_err(), "a tenant appears more than once");
+            } else {
+                // Only bucket 0 may hold them: with hash 0 they are all there.
+                assert_eq!(got.unwrap().len(), entries);
+            }
+        }
     }
 
     proptest::proptest! {
