@@ -6,17 +6,31 @@ WASM := dist/cell_router.wasm
 CELLMAP := target/release/cellmap
 ENVOY := .venv/bin/envoy
 
-.PHONY: all build wasm cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs validate-manifests demo demo-up demo-down chaos bench bench-smoke bench-mapping clean
+.PHONY: all build wasm native e2e-native cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs validate-manifests demo demo-up demo-down chaos bench bench-smoke bench-mapping clean
 
 all: build
 
-build: wasm cellmap
+build: wasm cellmap native
 
 wasm:
 	scripts/build-wasm.sh
 
 cellmap:
 	$(CARGO) build --locked --release -p cellmap --bin cellmap
+
+# The same core as a native Envoy dynamic module: dist/libcell_router_native.so
+# (envoy/envoy-native.yaml loads it through ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+# The `native` profile is release with unwinding, so the hooks' catch_unwind works.
+NATIVE_TARGET = $${CARGO_TARGET_DIR:-target}
+native:
+	$(CARGO) build --locked --profile native -p cell-router-native
+	mkdir -p dist
+	cp $(NATIVE_TARGET)/native/libcell_router_native.so dist/
+
+## The native build through real Envoy (tests/harness/tests/e2e_native.rs).
+e2e-native: native cellmap envoy
+	$(CARGO) build --locked -p cell-router-cell-backend --bins
+	$(TEST_ENV) CELL_ROUTER_NATIVE_DIR=$(CURDIR)/dist $(CARGO) test --locked -p cell-router-harness --test e2e_native
 
 # The demo, the cell backends and demo-token (debug: they share the test build).
 demo-bins:
@@ -69,7 +83,7 @@ validate-configs:
 validate-manifests:
 	scripts/validate-manifests.sh
 
-TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP)
+TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) CELL_ROUTER_NATIVE_DIR=$(CURDIR)/dist ENVOY_BIN=$(CURDIR)/$(ENVOY) CELLMAP_BIN=$(CURDIR)/$(CELLMAP)
 
 ## The main job: the whole path on this machine, checked and summarised.
 demo: tools build envoy demo-bins

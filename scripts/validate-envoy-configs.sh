@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 envoy=${ENVOY_BIN:-.venv/bin/envoy}
+# envoy/envoy-native.yaml loads dist/libcell_router_native.so (`make native`).
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=${ENVOY_DYNAMIC_MODULES_SEARCH_PATH:-$PWD/dist}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 placeholder="$tmp/persisted-snapshot.json"

@@ -34,7 +34,8 @@ struct Tally {
     not_modified: AtomicU64,
     refused_connects: AtomicU64,
     /// Connections the kernel had queued when a stopping sidecar closed its
-    /// listener: sent after the stop began, closed at once with no byte.
+    /// listener: sent during (or just before) the stop, closed or reset with
+    /// no byte of an answer.
     /// Like a refused connect, the client knows at once and asks again.
     cut_while_stopping: AtomicU64,
     /// The current restart window, in ms since `origin`: a stop begins at
@@ -64,10 +65,13 @@ impl Tally {
         u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a request sent at `sent_ms` went out during a restart window
-    /// (after the stop began, before the new process listened).
+    /// Whether a request sent at `sent_ms` can have been still in the
+    /// kernel's accept queue when a stop began: sent during the restart
+    /// window, or in the second before it (a busy machine can take that
+    /// long to accept). A long-poll sent earlier was accepted and waiting,
+    /// and must get its 304.
     fn sent_while_stopping(&self, sent_ms: u64) -> bool {
-        sent_ms >= self.stop_began_ms.load(Ordering::SeqCst)
+        sent_ms.saturating_add(1000) >= self.stop_began_ms.load(Ordering::SeqCst)
             && sent_ms <= self.started_again_ms.load(Ordering::SeqCst)
     }
 
@@ -120,7 +124,10 @@ async fn worker(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> u64 {
                 // its 304; only a connection made during the stop may be
                 // closed unanswered (the kernel's queue dies with the
                 // listener).
-                if tally.sent_while_stopping(sent_ms) && what.contains("after 0 bytes") {
+                // Closed before any byte of an answer, or reset: what the
+                // kernel does to its queue when the listener closes.
+                let unanswered = what.contains("after 0 bytes") || what.contains("reset");
+                if tally.sent_while_stopping(sent_ms) && unanswered {
                     tally.cut_while_stopping.fetch_add(1, Ordering::Relaxed);
                 } else {
                     tally.problem(

@@ -167,6 +167,11 @@ fn the_real_filter_accepts_every_shipped_plugin_config() {
             "envoy/docker/envoy.yaml",
             plugin_config_of(&read("envoy/docker/envoy.yaml")).unwrap(),
         ),
+        // The native build reads the same JSON.
+        (
+            "envoy/envoy-native.yaml",
+            plugin_config_of(&read("envoy/envoy-native.yaml")).unwrap(),
+        ),
         ("envoy/istio/wasmplugin.yaml", istio_plugin_config()),
     ];
     for (name, config) in configs {
@@ -350,6 +355,7 @@ fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
                 route: {cluster_header: x-cell-id}";
     let gateways = [
         "envoy/envoy.yaml",
+        "envoy/envoy-native.yaml",
         "envoy/docker/envoy.yaml",
         "envoy/bench/plain.yaml",
         "envoy/bench/cell-router.yaml",

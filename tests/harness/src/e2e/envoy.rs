@@ -46,6 +46,9 @@ pub struct EnvoyOptions {
     /// adds the drain options itself and drains on SIGTERM; its environment
     /// names the Envoy binary and the admin address.
     pub launcher: Option<PathBuf>,
+    /// Extra environment for Envoy (e.g. `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`
+    /// for `envoy/envoy-native.yaml`).
+    pub env: Vec<(String, String)>,
 }
 
 impl EnvoyOptions {
@@ -55,7 +58,7 @@ impl EnvoyOptions {
 
     /// For cells that are not a [`Backends`] process (e.g. [`super::SlowCells`]).
     pub fn with_cells(cells: Vec<(String, u16)>, sidecar_port: u16) -> Self {
-        EnvoyOptions {
+        let mut options = EnvoyOptions {
             template: repo_root().join("envoy/envoy.yaml"),
             cells,
             sidecar_port,
@@ -64,7 +67,30 @@ impl EnvoyOptions {
             ports: None,
             persisted: None,
             launcher: None,
+            env: Vec::new(),
+        };
+        if super::build() == super::Build::Native {
+            options.use_native_build();
         }
+        options
+    }
+
+    /// Runs `envoy/envoy-native.yaml` (the native dynamic module) instead of
+    /// the Wasm filter, with the module's search path and sidecar address.
+    pub fn use_native_build(&mut self) {
+        self.template = repo_root().join("envoy/envoy-native.yaml");
+        let dir = super::native_dir().unwrap_or_else(|_| repo_root().join("dist"));
+        self.env.retain(|(k, _)| {
+            k != "ENVOY_DYNAMIC_MODULES_SEARCH_PATH" && k != "CELL_ROUTER_SIDECAR_ADDRESS"
+        });
+        self.env.push((
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH".into(),
+            dir.display().to_string(),
+        ));
+        self.env.push((
+            "CELL_ROUTER_SIDECAR_ADDRESS".into(),
+            format!("127.0.0.1:{}", self.sidecar_port),
+        ));
     }
 }
 
@@ -233,9 +259,14 @@ impl Envoy {
         ensure_placeholder(&persisted)?;
         let plugin_config = options.plugin_config;
         let config = dir.join(format!("envoy-{port}.yaml"));
-        let rendered =
-            render_envoy_config(&template, &ports, &wasm_path()?, plugin_config.as_ref())?
-                .replace(DEFAULT_PERSISTED_PATH, &persisted.display().to_string());
+        // A template without the Wasm filter (the native build) needs no `.wasm`.
+        let wasm = if template.contains("envoy.extensions.filters.http.wasm.v3.Wasm") {
+            wasm_path()?
+        } else {
+            PathBuf::new()
+        };
+        let rendered = render_envoy_config(&template, &ports, &wasm, plugin_config.as_ref())?
+            .replace(DEFAULT_PERSISTED_PATH, &persisted.display().to_string());
         std::fs::write(&config, rendered)?;
 
         let mut command = match &options.launcher {
@@ -257,6 +288,7 @@ impl Envoy {
                 command
             }
         };
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
         command
             .arg("-c")
             .arg(&config)

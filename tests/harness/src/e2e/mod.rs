@@ -94,6 +94,36 @@ pub fn wasm_path() -> Result<PathBuf> {
     Ok(wasm)
 }
 
+/// Which build of the filter the e2e gateways run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// `dist/cell_router.wasm` in `envoy/envoy.yaml` (the default).
+    Wasm,
+    /// `dist/libcell_router_native.so` in `envoy/envoy-native.yaml`.
+    Native,
+}
+
+/// `$CELL_ROUTER_BUILD`: `native`, else the Wasm build.
+pub fn build() -> Build {
+    match std::env::var("CELL_ROUTER_BUILD").as_deref() {
+        Ok("native") => Build::Native,
+        _ => Build::Wasm,
+    }
+}
+
+/// The directory holding the native build, `libcell_router_native.so`:
+/// `$CELL_ROUTER_NATIVE_DIR`, else `dist/` (`make native`).
+pub fn native_dir() -> Result<PathBuf> {
+    let dir = from_env_or("CELL_ROUTER_NATIVE_DIR", repo_root().join("dist"));
+    if !dir.join("libcell_router_native.so").exists() {
+        bail!(
+            "no libcell_router_native.so in {} (run `make native`, or set CELL_ROUTER_NATIVE_DIR)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// `cell-backend`, built with this package: next to the running executable
 /// (the demo) or one directory up (integration tests live in `deps/`).
 pub fn backend_bin() -> Result<PathBuf> {
