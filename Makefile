@@ -60,6 +60,7 @@ lint:
 
 vectors:
 	python3 mapping/tests/vectors_check.py mapping/tests/vectors.json
+	python3 mapping/tests/binary_check.py mapping/tests/binary_vectors.json
 
 unit:
 	$(TEST_ENV) $(CARGO) test --locked --workspace

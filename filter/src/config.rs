@@ -124,6 +124,7 @@ struct RawSidecar {
     tick_ms: Option<u64>,
     min_fetch_interval_ms: Option<u64>,
     max_snapshot_bytes: Option<usize>,
+    binary: Option<bool>,
     persisted: Option<ObjectOnly<RawPersisted>>,
 }
 
@@ -1076,6 +1077,7 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         tick_ms,
         min_fetch_interval_ms,
         max_snapshot_bytes,
+        binary: raw.binary.unwrap_or(true),
         persisted,
     })
 }

@@ -7,7 +7,10 @@
 //! newer one within `wait` seconds. `after=0` (nothing held yet) answers what
 //! the sidecar has at once.
 
-use cell_router_mapping::{PathError, Snapshot};
+use cell_router_mapping::{PathError, Snapshot, binary};
+
+/// `Accept` when the binary form is wanted: it first, JSON second.
+const BINARY_THEN_JSON: &str = "application/vnd.cellmap.snapshot, application/json;q=0.5";
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -37,6 +40,11 @@ pub struct SidecarConfig {
     /// Largest snapshot body read into the VM; a larger answer is refused
     /// before its body is read.
     pub max_snapshot_bytes: usize,
+    /// Ask the sidecar for the binary snapshot form (`mapping/SPEC.md`,
+    /// "Binary form"), JSON as the second choice. Either answer is taken
+    /// (told apart by its first bytes), so a sidecar that only speaks JSON
+    /// still works.
+    pub binary: bool,
     /// A second source: the sidecar's last accepted snapshot as persisted on
     /// disk and served by Envoy itself (a `direct_response` from the file).
     pub persisted: Option<PersistedConfig>,
@@ -346,7 +354,7 @@ impl Subscription {
                         (":method", "GET".to_string()),
                         (":path", config.path.clone()),
                         (":authority", config.authority.clone()),
-                        ("accept", "application/json".to_string()),
+                        ("accept", self.accept().to_string()),
                     ],
                     timeout: Duration::from_millis(config.timeout_ms),
                 })
@@ -359,6 +367,15 @@ impl Subscription {
     /// a newer one it offered and the VM refused.
     fn after(&self) -> Option<u64> {
         self.version.max(self.refused)
+    }
+
+    /// The media types asked for.
+    fn accept(&self) -> &'static str {
+        if self.config.binary {
+            BINARY_THEN_JSON
+        } else {
+            "application/json"
+        }
     }
 
     /// The request for the version held now.
@@ -375,7 +392,7 @@ impl Subscription {
                 ),
             ),
             (":authority", self.config.authority.clone()),
-            ("accept", "application/json".to_string()),
+            ("accept", self.accept().to_string()),
         ];
         if let Some(version) = held {
             headers.push(("if-none-match", format!("\"{version}\"")));
@@ -471,7 +488,7 @@ impl Subscription {
                         };
                     }
                 };
-                match Snapshot::parse_newer(body, self.version) {
+                match binary::parse_any_newer(body, self.version) {
                     Ok(snapshot) => {
                         // Recorded once installed, not before: a snapshot
                         // dropped on the way must be asked for again.
@@ -547,7 +564,7 @@ impl Subscription {
                     }
                 };
                 self.persisted = PersistedState::Done;
-                match Snapshot::parse(body) {
+                match binary::parse_any(body) {
                     Err(error) => FetchOutcome::Refused {
                         source,
                         error,
@@ -651,12 +668,13 @@ impl Subscription {
     }
 }
 
-/// The version an ETag names: `"42"` or `W/"42"` (what `cellmap serve`
-/// sends); anything else names none.
+/// The version an ETag names: `"42"`, `W/"42"` or `"42-bin"` (the binary
+/// form's; what `cellmap serve` sends); anything else names none.
 fn etag_version(etag: &[u8]) -> Option<u64> {
     let etag = std::str::from_utf8(etag).ok()?.trim();
     let etag = etag.strip_prefix("W/").unwrap_or(etag);
     let digits = etag.strip_prefix('"')?.strip_suffix('"')?;
+    let digits = digits.strip_suffix("-bin").unwrap_or(digits);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -667,6 +685,11 @@ fn etag_version(etag: &[u8]) -> Option<u64> {
 /// that has exactly one. Skims the document without building it (a refused
 /// body may be tens of megabytes).
 fn claimed_version(body: &[u8]) -> Option<u64> {
+    // A binary body names its version at a fixed place in its header.
+    if binary::is_binary(body) {
+        let bytes: [u8; 8] = body.get(16..24)?.try_into().ok()?;
+        return Some(u64::from_le_bytes(bytes));
+    }
     struct Claimed;
 
     impl<'de> Visitor<'de> for Claimed {

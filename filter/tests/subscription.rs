@@ -28,6 +28,7 @@ fn sidecar() -> SidecarConfig {
         tick_ms: 100,
         min_fetch_interval_ms: 100,
         max_snapshot_bytes: 64 << 20,
+        binary: true,
         persisted: None,
     }
 }
@@ -800,4 +801,65 @@ fn without_a_persisted_copy_nothing_else_is_asked() {
         }
         now += 1_000;
     }
+}
+
+#[test]
+fn the_binary_form_is_asked_first_and_either_form_is_applied() {
+    use cell_router_mapping::binary;
+    let mut sub = Subscription::new(sidecar(), T0, 1);
+    let request = start(&mut sub, T0, 1);
+    assert_eq!(
+        request.header("accept"),
+        Some("application/vnd.cellmap.snapshot, application/json;q=0.5")
+    );
+    // A binary answer is applied, and routes as the JSON it came from.
+    let bytes = binary::encode(&snapshot(5));
+    match respond(&mut sub, 1, T0 + 10, Some(200), &bytes) {
+        FetchOutcome::Applied { snapshot: got, .. } => {
+            assert_eq!(got.version(), 5);
+            assert_eq!(got.to_doc(), snapshot(5).to_doc());
+            let draws = cell_router_mapping::Draws::default();
+            assert_eq!(
+                got.resolve(b"t-b", &draws),
+                snapshot(5).resolve(b"t-b", &draws)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Then JSON from a sidecar that only speaks JSON.
+    start(&mut sub, T0 + 200, 2);
+    assert!(matches!(
+        respond(&mut sub, 2, T0 + 210, Some(200), &body(6)),
+        FetchOutcome::Applied { .. }
+    ));
+    assert_eq!(sub.version(), Some(6));
+    // A corrupted binary body is refused; its header names the version, so
+    // it is not fetched again.
+    start(&mut sub, T0 + 400, 3);
+    let mut bad = binary::encode(&snapshot(7));
+    let middle = bad.len() / 2;
+    bad[middle] ^= 1;
+    match respond_with(
+        &mut sub,
+        3,
+        T0 + 410,
+        FetchResponse {
+            etag: Some(b"\"7-bin\""),
+            ..FetchResponse::new(Some(200), &bad)
+        },
+    ) {
+        FetchOutcome::Refused { error, .. } => assert!(error.path.contains("checksum"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let request = sub.request();
+    assert_eq!(request.header(":path"), Some("/snapshot?after=7&wait=30"));
+
+    // binary: false asks for JSON only.
+    let mut config = sidecar();
+    config.binary = false;
+    let mut sub = Subscription::new(config, T0, 1);
+    assert_eq!(
+        start(&mut sub, T0, 1).header("accept"),
+        Some("application/json")
+    );
 }

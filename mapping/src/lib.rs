@@ -3,6 +3,7 @@
 //! used by the control plane. No proxy-wasm dependency and no I/O: the filter, the
 //! `cellmap` CLI and the sidecar (the `cellmap` crate) all share this code.
 
+pub mod binary;
 pub mod builder;
 pub mod diff;
 pub mod error;

@@ -283,6 +283,28 @@ impl Snapshot {
             + self.moves.capacity() * std::mem::size_of::<Move>()
     }
 
+    /// Assembles a snapshot from parts the caller has validated (the binary
+    /// form, `crate::binary`).
+    pub(crate) fn from_parts(
+        version: u64,
+        generated_at: String,
+        key: HashKey,
+        cells: Vec<Cell>,
+        slot_table: Vec<u16>,
+        tenants: TenantTable,
+        moves: Vec<Move>,
+    ) -> Snapshot {
+        Snapshot {
+            version,
+            generated_at,
+            key,
+            cells,
+            slot_table,
+            tenants,
+            moves,
+        }
+    }
+
     /// The owned document form (for the builder and `cellmap` output).
     pub fn to_doc(&self) -> SnapshotDoc {
         let id = |i: u16| self.cell(i).map(|c| c.id.clone()).unwrap_or_default();

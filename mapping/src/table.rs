@@ -336,6 +336,136 @@ impl TenantTable {
         None
     }
 
+    /// The indexed table's two parts as stored in the binary snapshot form:
+    /// the record arena in bucket order and the bucket directory (one word per
+    /// bucket plus a sentinel). Empty directory if not indexed.
+    pub fn indexed_parts(&self) -> (&[u8], &[u64]) {
+        (&self.arena, &self.buckets)
+    }
+
+    /// Adopts an arena and a bucket directory as written by
+    /// [`Self::indexed_parts`] after [`Self::build_index`], checking everything
+    /// a lookup relies on, in one pass and without a per-entry allocation:
+    /// the directory has the bucket count `build_index` would choose, starts
+    /// at 0, never goes back and ends at the arena's end; every record fits
+    /// its bucket, has a 1 … 1,024-byte tenant and a known kind, hashes
+    /// (with `hash`) to the bucket it sits in and has its Bloom bits set;
+    /// `value_ok` accepts its value; and no tenant appears twice. A table
+    /// that passes answers [`Self::get`] exactly as the table `build_index`
+    /// builds from the same records.
+    pub fn from_indexed_parts(
+        arena: Vec<u8>,
+        buckets: Vec<u64>,
+        hash: impl Fn(&[u8]) -> u64,
+        mut value_ok: impl FnMut(EntryKind, u16) -> bool,
+    ) -> Result<Self, String> {
+        let count = buckets
+            .len()
+            .checked_sub(1)
+            .filter(|&c| c > 0)
+            .ok_or("the bucket directory needs at least two words")?;
+        let start_of = |i: usize| -> usize { buckets.get(i).map_or(0, |w| (*w as u32) as usize) };
+        if start_of(0) != 0 {
+            return Err("the first bucket must start at offset 0".into());
+        }
+        if start_of(count) != arena.len() {
+            return Err(format!(
+                "the directory ends at offset {}, the arena has {} bytes",
+                start_of(count),
+                arena.len()
+            ));
+        }
+        if buckets.last().is_some_and(|w| (w >> 32) != 0) {
+            return Err("the sentinel word must have no Bloom bits".into());
+        }
+        let table = TenantTable {
+            arena,
+            entries: 0,
+            buckets: Vec::new(),
+        };
+        let mut entries = 0usize;
+        // The bucket's tenants so far, for the duplicate check (pairwise in
+        // small buckets, a hash set in large ones, as in `build_index`);
+        // done in this pass rather than a second walk over the arena.
+        let mut seen: Vec<&[u8]> = Vec::new();
+        let mut seen_set: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        for b in 0..count {
+            let (mut offset, end) = (start_of(b), start_of(b + 1));
+            if end < offset {
+                return Err(format!("bucket {b} ends before it starts"));
+            }
+            seen.clear();
+            seen_set.clear();
+            let bloom = buckets.get(b).map_or(0, |w| (w >> 32) as u32);
+            while offset < end {
+                let header = table
+                    .arena
+                    .get(offset..offset + HEADER)
+                    .ok_or_else(|| format!("record at offset {offset} is cut short"))?;
+                let len_kind = match header {
+                    [a, b, ..] => u16::from_le_bytes([*a, *b]),
+                    _ => 0,
+                };
+                if len_kind >> LEN_BITS > 2 {
+                    return Err(format!("record at offset {offset} has an unknown kind"));
+                }
+                let len = usize::from(len_kind & LEN_MASK);
+                if len == 0 || len > MAX_TENANT_BYTES {
+                    return Err(format!(
+                        "record at offset {offset} has a tenant of {len} bytes (1 … {MAX_TENANT_BYTES})"
+                    ));
+                }
+                let (tenant, kind, value, next) = table
+                    .record(offset)
+                    .filter(|r| r.3 <= end)
+                    .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))?;
+                let h = hash(tenant);
+                if bucket_of(h, count) != b {
+                    return Err(format!(
+                        "record at offset {offset} is not in its tenant's bucket"
+                    ));
+                }
+                if bloom & bloom_bits(h) != bloom_bits(h) {
+                    return Err(format!(
+                        "bucket {b} lacks the Bloom bits of the record at offset {offset}"
+                    ));
+                }
+                if !value_ok(kind, value) {
+                    return Err(format!(
+                        "record at offset {offset} has an out-of-range value {value}"
+                    ));
+                }
+                let repeated = if seen.len() < PAIRWISE_LIMIT {
+                    let repeated = seen.contains(&tenant);
+                    seen.push(tenant);
+                    repeated
+                } else {
+                    if seen_set.is_empty() {
+                        seen_set.extend(seen.iter().copied());
+                    }
+                    !seen_set.insert(tenant)
+                };
+                if repeated {
+                    return Err("a tenant appears more than once".into());
+                }
+                entries += 1;
+                offset = next;
+            }
+        }
+        if entries.div_ceil(BUCKET_LOAD).max(1) != count {
+            return Err(format!(
+                "{entries} records need {} buckets, the directory has {count}",
+                entries.div_ceil(BUCKET_LOAD).max(1)
+            ));
+        }
+        let table = TenantTable {
+            arena: table.arena,
+            entries,
+            buckets,
+        };
+        Ok(table)
+    }
+
     /// Heap bytes held (for memory reports).
     pub fn heap_bytes(&self) -> usize {
         self.arena.capacity() + self.buckets.capacity() * std::mem::size_of::<u64>()
@@ -463,6 +593,34 @@ mod tests {
             t.entry(0).map(|(b, k, v)| (b.len(), k, v)),
             Some((MAX_TENANT_BYTES, EntryKind::Pin, 3))
         );
+    }
+
+    #[test]
+    fn adopted_parts_refuse_a_repeated_tenant_in_small_and_large_buckets() {
+        // Every tenant hashes to 0: one bucket, Bloom bit 0.
+        for (others, repeat) in [(1usize, true), (40, true), (40, false)] {
+            let mut t = TenantTable::default();
+            for i in 0..others {
+                t.push(format!("t{i}").as_bytes(), EntryKind::Override, 0)
+                    .unwrap();
+            }
+            if repeat {
+                t.push(b"t0", EntryKind::Pin, 0).unwrap();
+            }
+            let entries = t.len();
+            let count = entries.div_ceil(BUCKET_LOAD).max(1);
+            // All in bucket 0: the first word holds the Bloom bit, the
+            // others start (and end) at the arena's end.
+            let mut words = vec![t.arena.len() as u64; count + 1];
+            words[0] = 1u64 << 32;
+            let got = TenantTable::from_indexed_parts(t.arena.clone(), words, |_| 0, |_, _| true);
+            if repeat {
+                assert_eq!(got.unwrap_err(), "a tenant appears more than once");
+            } else {
+                // Only bucket 0 may hold them: with hash 0 they are all there.
+                assert_eq!(got.unwrap().len(), entries);
+            }
+        }
     }
 
     proptest::proptest! {

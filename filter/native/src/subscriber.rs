@@ -89,14 +89,19 @@ fn run(shared: &Shared, config: SidecarConfig, address: &str) {
         subscription.dispatched(Source::Sidecar, token, now);
         let path = request.header(":path").unwrap_or("/snapshot").to_string();
         let authority = request.header(":authority").unwrap_or("").to_string();
-        let if_none_match = request.header("if-none-match").map(str::to_string);
+        // Forwarded as the subscription wrote them: the conditional and
+        // the media types (the binary form first when `sidecar.binary`).
+        let forward: Vec<(&str, &str)> = ["accept", "if-none-match"]
+            .into_iter()
+            .filter_map(|name| Some((name, request.header(name)?)))
+            .collect();
         let max = subscription.config().max_snapshot_bytes;
         let fetched = fetch(
             address,
             max,
             &path,
             &authority,
-            if_none_match.as_deref(),
+            &forward,
             request.timeout,
             |status, size| subscription.body_plan(status, size),
         );
@@ -155,7 +160,7 @@ fn fetch(
     max: usize,
     path: &str,
     authority: &str,
-    if_none_match: Option<&str>,
+    forward: &[(&str, &str)],
     timeout: Duration,
     plan: impl FnOnce(Option<u16>, usize) -> BodyPlan,
 ) -> Result<(u16, Option<String>, FetchedBody), ureq::Error> {
@@ -164,14 +169,12 @@ fn fetch(
         .http_status_as_error(false)
         .build()
         .into();
-    let mut request = agent
-        .get(format!("http://{address}{path}"))
-        .header("accept", "application/json");
+    let mut request = agent.get(format!("http://{address}{path}"));
     if !authority.is_empty() {
         request = request.header("host", authority);
     }
-    if let Some(tag) = if_none_match {
-        request = request.header("if-none-match", tag);
+    for (name, value) in forward {
+        request = request.header(*name, *value);
     }
     let mut response = request.call()?;
     let status = response.status().as_u16();

@@ -665,3 +665,59 @@ fn build_and_diff_refuse_bad_input_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
 }
+
+#[test]
+fn build_writes_the_binary_form_and_validate_reads_both() {
+    let dir = scratch();
+    let json_path = dir.join("snapshot.json");
+    let bin_path = dir.join("snapshot.bin");
+    let out = cellmap(&[
+        "build",
+        "--spec",
+        example("spec.json").to_str().unwrap(),
+        "-o",
+        json_path.to_str().unwrap(),
+        "--binary",
+        bin_path.to_str().unwrap(),
+    ])
+    .env("SOURCE_DATE_EPOCH", EXAMPLE_EPOCH)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The JSON output is unchanged by --binary.
+    assert_eq!(
+        std::fs::read(&json_path).unwrap(),
+        std::fs::read(example("snapshot.json")).unwrap()
+    );
+    let bytes = std::fs::read(&bin_path).unwrap();
+    let json = Snapshot::parse(&std::fs::read(&json_path).unwrap()).unwrap();
+    let bin = cell_router_mapping::binary::decode(&bytes).unwrap();
+    assert_eq!(bin.to_doc(), json.to_doc());
+    for tenant in ["tenant-3", "acme-corp", "globex", "nobody"] {
+        assert_eq!(
+            bin.resolve(tenant.as_bytes(), &Draws::unshed(b"user-5", 0)),
+            json.resolve(tenant.as_bytes(), &Draws::unshed(b"user-5", 0))
+        );
+    }
+
+    let ok = run(&["validate", bin_path.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let line = stdout(&ok);
+    assert!(line.starts_with("ok: version 1, generated_at 2026-01-01T00:00:00Z, 3 cells"));
+    assert!(
+        line.contains("1 override, 0 pins, 1 move (binary form)"),
+        "{line}"
+    );
+    let newer = run(&["validate", "--newer-than", "1", bin_path.to_str().unwrap()]);
+    assert_eq!(newer.status.code(), Some(1));
+
+    // One flipped byte: refused, with the reason.
+    let mut bad = bytes.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 1;
+    let bad_path = dir.join("bad.bin");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let out = run(&["validate", bad_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("binary:checksum"), "{}", stderr(&out));
+}

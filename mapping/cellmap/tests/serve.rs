@@ -426,3 +426,105 @@ fn the_persisted_copy_is_served_when_the_source_is_bad_or_gone() {
     assert!(wait_until(Duration::from_secs(2), || persisted()
         == Some(snapshot(1, "cell-b"))));
 }
+
+/// `GET /snapshot` with the raw body and the headers that negotiation sets.
+fn get_raw(port: u16, path: &str, accept: Option<&str>) -> (u16, String, String, String, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let mut response = request.call().unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (content_type, etag, vary) = (header("content-type"), header("etag"), header("vary"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap_or_default();
+    (status, content_type, etag, vary, body)
+}
+
+#[test]
+fn serves_the_binary_form_to_clients_that_ask_for_it() {
+    use cell_router_mapping::{Snapshot, binary};
+    let file = temp_file("binary");
+    publish(&file, &snapshot(1, "cell-b"));
+    let sidecar = start(&["--file", file.to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(5), || served_version(
+        &sidecar
+    ) == Some(1)));
+    let json = Snapshot::parse(snapshot(1, "cell-b").as_bytes()).unwrap();
+
+    let (status, content_type, etag, vary, body) = get_raw(
+        sidecar.port,
+        "/snapshot",
+        Some("application/vnd.cellmap.snapshot, application/json;q=0.5"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(content_type, binary::MEDIA_TYPE);
+    assert_eq!(etag, "\"1-bin\"");
+    assert_eq!(vary, "accept");
+    assert_eq!(body, binary::encode(&json));
+    let served = binary::decode(&body).unwrap();
+    assert_eq!(served.to_doc(), json.to_doc());
+    assert_eq!(
+        served
+            .resolve(b"acme", &cell_router_mapping::Draws::default())
+            .routed_cell(),
+        Some(1)
+    );
+
+    // JSON to everyone else: no Accept, */*, JSON, or the binary type at q=0.
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/json"),
+        Some("application/vnd.cellmap.snapshot;q=0"),
+    ] {
+        let (status, content_type, etag, _, body) = get_raw(sidecar.port, "/snapshot", accept);
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "application/json"),
+            "{accept:?}"
+        );
+        assert_eq!(etag, "\"1\"");
+        assert_eq!(body, snapshot(1, "cell-b").into_bytes());
+    }
+    // The binary ETag works for conditional GETs and long-polls.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let reply = agent
+        .get(format!("http://127.0.0.1:{}/snapshot", sidecar.port))
+        .header("accept", binary::MEDIA_TYPE)
+        .header("if-none-match", "\"1-bin\"")
+        .call()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 304);
+    assert_eq!(
+        reply.headers().get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"1-bin\"")
+    );
+
+    // A binary snapshot published to the file is taken too, and served in
+    // both forms.
+    let next = Snapshot::parse(snapshot(2, "cell-a").as_bytes()).unwrap();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, binary::encode(&next)).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    expect_version(&sidecar, 2, Duration::from_secs(5));
+    let (_, _, etag, _, body) = get_raw(sidecar.port, "/snapshot", Some(binary::MEDIA_TYPE));
+    assert_eq!(etag, "\"2-bin\"");
+    assert_eq!(body, binary::encode(&next));
+    let (_, _, _, _, body) = get_raw(sidecar.port, "/snapshot", None);
+    assert_eq!(Snapshot::parse(&body).unwrap().to_doc(), next.to_doc());
+}

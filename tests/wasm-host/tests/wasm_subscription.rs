@@ -303,3 +303,42 @@ fn an_unknown_sidecar_cluster_is_a_fetch_failure_not_a_crash() {
     assert!((1..=20).contains(&failures), "{failures} failures in 5 s");
     assert!(send(&mut host, "acme").forwarded());
 }
+
+/// The real `.wasm` asks for the binary form and installs it: routing
+/// follows the binary snapshot exactly as it follows the JSON one; a
+/// corrupted binary body is refused and the last good snapshot serves.
+#[test]
+fn the_binary_form_is_asked_for_and_installed() {
+    use cell_router_mapping::binary;
+    let mut host = subscribed();
+    let call = next_fetch(&mut host);
+    assert_eq!(
+        call.header("accept"),
+        Some("application/vnd.cellmap.snapshot, application/json;q=0.5")
+    );
+    let v1 = with_override(snapshot(1), "acme", "cell-c");
+    host.respond_http_call(
+        call.token,
+        200,
+        &[("content-type", binary::MEDIA_TYPE), ("etag", "\"1-bin\"")],
+        binary::encode(&parsed(&v1)),
+    )
+    .unwrap();
+    let r = send(&mut host, "acme");
+    assert_eq!(r.cell(), Some("cell-c"));
+    assert_eq!(r.header("x-cell-snapshot"), Some("1"));
+    assert_eq!(host.metric(metric::SNAPSHOTS_APPLIED), Some(1));
+
+    let call = next_fetch(&mut host);
+    assert_eq!(call.path(), Some("/snapshot?after=1&wait=30"));
+    let v2 = with_override(snapshot(2), "acme", "cell-a");
+    let mut bad = binary::encode(&parsed(&v2));
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x10;
+    host.respond_http_call(call.token, 200, &[("etag", "\"2-bin\"")], bad)
+        .unwrap();
+    let r = send(&mut host, "acme");
+    assert_eq!(r.cell(), Some("cell-c"), "the last good snapshot serves");
+    assert_eq!(r.header("x-cell-snapshot"), Some("1"));
+    assert_eq!(host.metric(metric::SNAPSHOTS_APPLIED), Some(1));
+}

@@ -49,6 +49,10 @@ pub(super) struct BuildArgs {
     /// Where to write the snapshot (`-` for stdout)
     #[arg(long, short = 'o')]
     output: PathBuf,
+    /// Also write the snapshot's binary form (mapping/SPEC.md, "Binary
+    /// form") to FILE, decoded back and checked before it is written
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
     /// Also write the report as JSON to FILE (`-` for stdout when the
     /// snapshot goes to a file)
     #[arg(long, value_name = "FILE")]
@@ -117,6 +121,20 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
     }
     .map_err(|e| path_failure(e, &args.spec))?;
 
+    if let Some(path) = &args.binary {
+        let bytes = cell_router_mapping::binary::encode(&built.snapshot);
+        // The binary form is checked like the JSON one: decoded back, it is
+        // the same snapshot.
+        let back = cell_router_mapping::binary::decode(&bytes)
+            .map_err(|e| Failure::invalid(format!("the binary form does not decode: {e}")))?;
+        if back.to_doc() != built.snapshot.to_doc() {
+            return Err(Failure::invalid(
+                "the binary form decodes to another snapshot",
+            ));
+        }
+        crate::files::write_atomically(path, &bytes)
+            .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
+    }
     if to_stdout {
         let mut out = std::io::stdout().lock();
         out.write_all(built.json.as_bytes())

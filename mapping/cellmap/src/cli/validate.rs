@@ -1,15 +1,15 @@
 //! `cellmap validate`: check a snapshot file.
 
 use super::{Failure, plural, read_input};
+use cell_router_mapping::CellState;
 use cell_router_mapping::table::EntryKind;
-use cell_router_mapping::{CellState, Snapshot};
 use clap::Args;
 use std::path::PathBuf;
 
 /// Check a snapshot file
 #[derive(Args)]
 #[command(
-    long_about = "Check a snapshot file against the format of mapping/SPEC.md.\n\n\
+    long_about = "Check a snapshot file, JSON or binary (told apart by the first bytes), against the format of mapping/SPEC.md.\n\n\
 Prints a one-line summary and exits 0, or prints `error: $.json.path: why` for the first \
 problem and exits 1."
 )]
@@ -24,7 +24,12 @@ pub(super) struct ValidateArgs {
 
 pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
     let bytes = read_input(&args.file)?;
-    let snapshot = Snapshot::parse_newer(&bytes, args.newer_than)
+    let form = if cell_router_mapping::binary::is_binary(&bytes) {
+        " (binary form)"
+    } else {
+        ""
+    };
+    let snapshot = cell_router_mapping::binary::parse_any_newer(&bytes, args.newer_than)
         .map_err(|e| Failure::invalid(e.to_string()))?;
     let count = |state| snapshot.cells().iter().filter(|c| c.state == state).count();
     let overrides = snapshot
@@ -38,7 +43,7 @@ pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
         .filter(|(_, k, _)| *k == EntryKind::Pin)
         .count();
     println!(
-        "ok: version {}, generated_at {}, {} ({} active, {} draining, {} disabled), {} slots, {}, {}, {}",
+        "ok: version {}, generated_at {}, {} ({} active, {} draining, {} disabled), {} slots, {}, {}, {}{}",
         snapshot.version(),
         snapshot.generated_at(),
         plural(snapshot.cells().len(), "cell", "cells"),
@@ -49,6 +54,7 @@ pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
         plural(overrides, "override", "overrides"),
         plural(pins, "pin", "pins"),
         plural(snapshot.moves().len(), "move", "moves"),
+        form,
     );
     Ok(())
 }

@@ -6,6 +6,9 @@
 //!   long-poll, at most `--max-wait-s`) until a newer version arrives or `s`
 //!   seconds pass, so every worker hears of a change at once. While the
 //!   sidecar stops, waiting long-polls are answered 304 at once.
+//!   With `Accept: application/vnd.cellmap.snapshot` the body is the
+//!   binary form (`mapping/SPEC.md`, "Binary form"; ETag `"<version>-bin"`),
+//!   else JSON; both carry `Vary: Accept`.
 //! - `GET /healthz` answers 200 with the version served, 503 before the first.
 //! - `GET /jwks` answers the `--jwks` file, re-read on each request, with
 //!   an ETag (304 on a match) and its last good content kept (`jwks.rs`).
@@ -125,6 +128,7 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
             _ => {}
         }
     }
+    let binary = wants_binary(request.headers().get(header::ACCEPT));
     // A conditional GET names the version it has, like `after`.
     if after.is_none() {
         after = request
@@ -135,6 +139,7 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
                 v.trim()
                     .trim_start_matches("W/")
                     .trim_matches('"')
+                    .trim_end_matches(BINARY_ETAG_SUFFIX)
                     .parse()
                     .ok()
             });
@@ -145,13 +150,24 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
         .newer_than(after, Duration::from_secs(wait_s), &mut shutdown)
         .await;
     if let Some(served) = newer {
-        let mut response = Response::new(Full::new(served.body.clone()));
+        let (body, content_type, etag) = if binary {
+            (
+                served.binary.clone(),
+                cell_router_mapping::binary::MEDIA_TYPE,
+                binary_etag(served.version),
+            )
+        } else {
+            (
+                served.body.clone(),
+                "application/json",
+                etag(served.version),
+            )
+        };
+        let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(etag) = etag(served.version) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::VARY, HeaderValue::from_static("accept"));
+        if let Some(etag) = etag {
             headers.insert(header::ETAG, etag);
         }
         headers.insert(X_CELL_SNAPSHOT_VERSION, HeaderValue::from(served.version));
@@ -161,9 +177,17 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
         Some(version) => {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
-            if let Some(etag) = etag(version) {
+            let etag = if binary {
+                binary_etag(version)
+            } else {
+                etag(version)
+            };
+            if let Some(etag) = etag {
                 response.headers_mut().insert(header::ETAG, etag);
             }
+            response
+                .headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept"));
             response
         }
         None => error(
@@ -172,6 +196,37 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
             "the sidecar has no valid snapshot yet",
         ),
     }
+}
+
+/// The binary form's ETag is `"<version>-bin"`: two representations of one
+/// version need two entity tags (a cache keyed by ETag alone must not hand
+/// JSON to a binary client). `If-None-Match` accepts either.
+const BINARY_ETAG_SUFFIX: &str = "-bin";
+
+fn binary_etag(version: u64) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("\"{version}{BINARY_ETAG_SUFFIX}\"")).ok()
+}
+
+/// Whether `Accept` lists the binary snapshot media type with a q above 0.
+/// Anything else (no `Accept`, `*/*`, `application/json`) gets JSON: the
+/// binary form is only for clients that ask for it by name.
+fn wants_binary(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case(cell_router_mapping::binary::MEDIA_TYPE) {
+            return false;
+        }
+        !parts.any(|p| {
+            p.trim().split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("q")
+                    && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+            })
+        })
+    })
 }
 
 fn etag(version: u64) -> Option<HeaderValue> {

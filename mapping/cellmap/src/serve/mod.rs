@@ -36,7 +36,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 #[command(
     long_about = "Run the sidecar that serves snapshots to the local gateway.\n\n\
 It serves the last good snapshot at GET /snapshot (ETag, If-None-Match, ?after=<version> \
-and &wait=<s> long-polls), GET /healthz, GET /jwks with --jwks (ETag; the last good file \
+and &wait=<s> long-polls; JSON, or the binary form with Accept: application/vnd.cellmap.snapshot; \
+the source may be either form), GET /healthz, GET /jwks with --jwks (ETag; the last good file \
 content kept), and GET /jwks?issuer=<issuer> for each --jwks-url ISSUER=URL it follows \
 (ETag; If-None-Match with &wait=<s> long-polls; the last good set kept). Every new snapshot \
 from the source is validated and must carry a greater version; a bad one is refused and \

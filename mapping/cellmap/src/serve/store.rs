@@ -8,7 +8,7 @@
 
 use super::log;
 use bytes::Bytes;
-use cell_router_mapping::Snapshot;
+use cell_router_mapping::binary;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,11 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct Served {
     pub(crate) version: u64,
+    /// The JSON form (for people, and for `--persist`).
     pub(crate) body: Bytes,
+    /// The binary form (`mapping/SPEC.md`, "Binary form"), for clients that
+    /// ask for it (`Accept: application/vnd.cellmap.snapshot`).
+    pub(crate) binary: Bytes,
     pub(crate) cells: usize,
     pub(crate) tenant_entries: usize,
     /// Where it came from (`file …`, `upstream …`, `persisted copy …`).
@@ -82,15 +86,24 @@ impl Store {
     /// Validates `bytes` and serves them if their version is greater than the
     /// served one (the same version with the same bytes is `Unchanged`).
     pub(crate) fn offer(&self, bytes: Vec<u8>, origin: &str) -> Result<Offer, String> {
-        let snapshot = Snapshot::parse(&bytes).map_err(|e| e.to_string())?;
+        // Either form is taken; both are served.
+        let snapshot = binary::parse_any(&bytes).map_err(|e| e.to_string())?;
         let version = snapshot.version();
         let cells = snapshot.cells().len();
         let tenant_entries = snapshot.tenant_entries();
+        let (bytes, binary_form) = if binary::is_binary(&bytes) {
+            (snapshot.to_doc().to_json().into_bytes(), bytes)
+        } else {
+            let encoded = binary::encode(&snapshot);
+            (bytes, encoded)
+        };
         drop(snapshot);
         let mut outcome = Err(String::new());
         self.current.send_if_modified(|current| {
             if let Some(current) = current.as_ref() {
-                if version == current.version && bytes == current.body {
+                if version == current.version
+                    && (bytes == current.body || binary_form == current.binary)
+                {
                     outcome = Ok(Offer::Unchanged);
                     return false;
                 }
@@ -105,6 +118,7 @@ impl Store {
             let served = Arc::new(Served {
                 version,
                 body: Bytes::from(bytes),
+                binary: Bytes::from(binary_form),
                 cells,
                 tenant_entries,
                 origin: origin.to_string(),

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Independent decoder and router for the binary snapshot form.
+
+Decodes mapping/tests/binary_vectors.json's `binary` from the layout in
+mapping/SPEC.md ("Binary form") alone: header, checksum, contiguous
+sections, the tenant arena walked bucket by bucket (each record must hash to
+its bucket and set its Bloom bits; no tenant twice), looks every vector's
+tenant up through the bucket directory by its full bytes, and routes every
+vector with vectors_check.py's routing function over the decoded snapshot. Also refuses a copy with one flipped byte (the checksum).
+Uses the from-scratch SipHash-1-3 of vectors_check.py.
+Usage: binary_check.py [binary_vectors.json]   (exit 0 = all vectors agree)
+"""
+import base64
+import json
+import os
+import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vectors_check import Routing, siphash13  # noqa: E402
+
+MAGIC = b"CELLMAPB"
+HEADER_LEN = 48 + 6 * 16
+SECTIONS = ["generated_at", "cells", "slot_table", "moves", "tenant_arena", "tenant_buckets"]
+KINDS = {0: "override", 1: "pin", 2: "move"}
+
+
+class Refused(Exception):
+    pass
+
+
+def need(cond, why):
+    if not cond:
+        raise Refused(why)
+
+
+def decode(data: bytes) -> dict:
+    need(data[:8] == MAGIC, "magic")
+    need(len(data) >= HEADER_LEN + 8, "short")
+    fmt, reserved, version = struct.unpack_from("<IIQ", data, 8)
+    need(fmt == 1 and reserved == 0, "format")
+    body, (stored,) = data[:-8], struct.unpack("<Q", data[-8:])
+    need(siphash13(bytes(16), body) == stored, "checksum")
+    key = data[24:40]
+    slots, entries = struct.unpack_from("<II", data, 40)
+    need(1 <= slots <= 1 << 20, "slots")
+    sec, expected = {}, HEADER_LEN
+    for i, name in enumerate(SECTIONS):
+        off, length = struct.unpack_from("<QQ", data, 48 + 16 * i)
+        need(off == expected and off + length <= len(body), name)
+        sec[name] = body[off:off + length]
+        expected = off + length
+    need(expected == len(body), "sections end")
+    cells = json.loads(sec["cells"])
+    table = list(struct.unpack(f"<{slots}H", sec["slot_table"]))
+    need(all(t < len(cells) for t in table), "slot index")
+    moves = json.loads(sec["moves"])
+    arena, words = sec["tenant_arena"], sec["tenant_buckets"]
+    need(len(words) % 8 == 0, "buckets")
+    dirs = [struct.unpack_from("<Q", words, 8 * i)[0] for i in range(len(words) // 8)]
+    count = len(dirs) - 1
+    need(count >= 1 and dirs[0] & 0xFFFFFFFF == 0, "directory start")
+    need(dirs[-1] == len(arena), "directory end")
+    tenants = {}
+    for b in range(count):
+        off, end, bloom = dirs[b] & 0xFFFFFFFF, dirs[b + 1] & 0xFFFFFFFF, dirs[b] >> 32
+        while off < end:
+            len_kind, value = struct.unpack_from("<HH", arena, off)
+            length, kind = len_kind & 0x3FFF, len_kind >> 14
+            need(kind in KINDS and 1 <= length <= 1024 and off + 4 + length <= end, "record")
+            tenant = bytes(arena[off + 4:off + 4 + length])
+            h = siphash13(key, tenant)
+            need((((h & 0xFFFFFFFF) * count) >> 32) == b, "record bucket")
+            bits = (1 << ((h >> 32) & 31)) | (1 << ((h >> 40) & 31))
+            need(bloom & bits == bits, "bloom")
+            need(tenant not in tenants, "duplicate tenant")
+            limit = len(moves) if kind == 2 else len(cells)
+            need(value < limit, "value")
+            tenants[tenant] = (KINDS[kind], value)
+            off += 4 + length
+    need(len(tenants) == entries and count == max(1, -(-entries // 4)), "entries")
+    for i, m in enumerate(moves):
+        need(tenants.get(m["tenant"].encode("utf-8")) == ("move", i), "move in table")
+    return {"version": version, "key": key, "cells": cells, "table": table,
+            "moves": moves, "tenants": tenants, "dirs": dirs, "arena": arena}
+
+
+def lookup(snap: dict, tenant: bytes):
+    """The SPEC's lookup through the bucket directory: Bloom word, then the
+    bucket's records compared by their full bytes."""
+    dirs, arena = snap["dirs"], snap["arena"]
+    count = len(dirs) - 1
+    h = siphash13(snap["key"], tenant)
+    b = ((h & 0xFFFFFFFF) * count) >> 32
+    bits = (1 << ((h >> 32) & 31)) | (1 << ((h >> 40) & 31))
+    if (dirs[b] >> 32) & bits != bits:
+        return None
+    off, end = dirs[b] & 0xFFFFFFFF, dirs[b + 1] & 0xFFFFFFFF
+    while off < end:
+        len_kind, value = struct.unpack_from("<HH", arena, off)
+        length = len_kind & 0x3FFF
+        if bytes(arena[off + 4:off + 4 + length]) == tenant:
+            return (KINDS[len_kind >> 14], value)
+        off += 4 + length
+    return None
+
+
+def as_document(snap: dict) -> dict:
+    """The decoded binary snapshot as the JSON document it stands for."""
+    ids = [c["id"] for c in snap["cells"]]
+    doc = {
+        "hash": {"algorithm": "siphash-1-3", "key": snap["key"].hex(), "slots": len(snap["table"])},
+        "cells": snap["cells"],
+        "slot_table": base64.b64encode(struct.pack(f"<{len(snap['table'])}H", *snap["table"])).decode(),
+        "overrides": {},
+        "pins": {},
+        "moves": snap["moves"],
+    }
+    for tenant, (kind, value) in snap["tenants"].items():
+        if kind != "move":
+            doc["overrides" if kind == "override" else "pins"][tenant.decode("utf-8")] = ids[value]
+    return doc
+
+
+def main() -> int:
+    path = sys.argv[1] if len(sys.argv) > 1 else "mapping/tests/binary_vectors.json"
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    data = base64.b64decode(doc["binary"], validate=True)
+    snap = decode(data)
+    failures = checked = 0
+    routing = Routing(as_document(snap))
+    for v in doc["routes"]:
+        tenant = v["tenant"].encode("utf-8")
+        got = routing.resolve(v["tenant"], v["split_key"].encode("utf-8"), v["shed"], int(v["now_ms"]))
+        got["slot"] = siphash13(snap["key"], tenant) % len(snap["table"])
+        want = {k: v[k] for k in ("slot", "home", "cell", "outcome", "reason", "ramp")}
+        checked += 1
+        if got != want:
+            failures += 1
+            print(f"MISMATCH {v!r}: python says {got}")
+        # The bucket walk finds exactly the tenants of the table.
+        checked += 1
+        if lookup(snap, tenant) != snap["tenants"].get(tenant):
+            failures += 1
+            print(f"LOOKUP MISMATCH {v['tenant']!r}")
+    # The checksum catches a flipped byte anywhere (sampled positions).
+    for i in range(0, len(data), max(1, len(data) // 64)):
+        bad = bytearray(data)
+        bad[i] ^= 0x40
+        checked += 1
+        try:
+            decode(bytes(bad))
+            failures += 1
+            print(f"ACCEPTED a copy with byte {i} flipped")
+        except (Refused, ValueError, KeyError, IndexError, struct.error):
+            pass
+    print(f"binary vectors: {checked - failures} passed, {failures} failed")
+    return 1 if failures or not checked else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
