@@ -382,6 +382,10 @@ fn a_ten_second_ramp_rises_monotonically_on_every_worker_of_two_gateways() -> Re
             Some(&10_000),
             "{stats:?}"
         );
+        // The dashboard's ramp panels ask for what the gateway exports.
+        let exported =
+            e2e::dashboard::exported_names(&e2e::dashboard::prometheus_text(envoy.admin_port)?);
+        e2e::dashboard::check_panels("cell_router_ramp", &exported)?;
     }
     drop(sidecar);
     Ok(())

@@ -258,6 +258,10 @@ fn rotated_keys_reach_every_worker_old_ones_last_the_grace_and_bogus_kids_are_ra
     );
     let stats = envoy.stats("cell_router.jwks")?;
     eprintln!("jwks stats with the IdP down: {stats:?}");
+    // The dashboard's key-set panels ask for what this gateway exports.
+    let exported =
+        e2e::dashboard::exported_names(&e2e::dashboard::prometheus_text(envoy.admin_port)?);
+    e2e::dashboard::check_panels("cell_router_jwks_", &exported)?;
 
     // 5. 10,000 requests with random kids (IdP up again): fetches per VM at
     // most one per REFETCH_S, plus one in flight at the start.

@@ -8,6 +8,7 @@
 //! exercise the config users get. Waits are for a state, with generous
 //! deadlines, and fail saying what they saw (`wait.rs`).
 
+pub mod dashboard;
 mod envoy;
 mod slow_cell;
 mod wait;
