@@ -122,6 +122,14 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
             format!("the step must be 1 … 10000 basis points (0.01 % … 100 %), got {step}"),
         ));
     }
+    if current.format() >= 2 {
+        // The series is built from the format-1 document form; a format-2
+        // drain (within the cell's pool and region) is not written yet.
+        return Err(PathError::new(
+            "$.format",
+            "cellmap drain takes format-1 snapshots only so far; for a format-2 snapshot set the cell to draining in the spec and build with --tenants (its known tenants stay, pinned; it takes no new ones)",
+        ));
+    }
     let Some(index) = current.cell_index(options.cell) else {
         return Err(PathError::new(
             "$.cells",
