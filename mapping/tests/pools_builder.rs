@@ -664,3 +664,22 @@ fn spec_errors_name_the_path_in_the_spec() {
     let err = PoolsSpec::parse(doc.to_string().as_bytes()).unwrap_err();
     assert_eq!(err.path, "$.overrides");
 }
+
+#[test]
+fn the_spec_md_example_builds() {
+    let spec_md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SPEC.md")).unwrap();
+    let section = spec_md
+        .split("### Pools and regions (format 2)")
+        .nth(1)
+        .expect("SPEC.md has the section");
+    let block = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a JSON example in the section");
+    let doc: Value = serde_json::from_str(block).unwrap();
+    let built = fresh(&doc);
+    let s = &built.snapshot;
+    assert_eq!(s.pools().len(), 2);
+    assert_eq!(s.home_region(b"acme-gmbh"), s.region_index("eu").unwrap());
+}

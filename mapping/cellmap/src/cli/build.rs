@@ -30,6 +30,14 @@ of the slots that move would move too.\n\n\
 The report says what moved: slots from → to, pins per cell, each cell's share of \
 slots before and after, its headroom, and the cells closed to new tenants and why \
 (--report-json writes it as JSON).\n\n\
+A spec with \"format\": 2 (mapping/SPEC.md, \"Pools and regions\") has regions with \
+weights, cells in a pool and a region, and pools (match, overrides, moves): it builds a \
+format-2 snapshot. The region table is shared by region weight; each pool's table per \
+region by its cells' weights, from its own previous table only (a change in one pool \
+never moves another pool's tenants). Known tenants keep their home region: a region-table \
+change pins them by region_overrides (and with --previous needs --tenants); a spec \
+region override that would re-home a known tenant is refused unless --rehome names it \
+(re-homing is a data migration). --load and pins work per pool and region.\n\n\
 generated_at is $SOURCE_DATE_EPOCH when set, else now, so the same inputs can give a \
 byte-identical snapshot. The output is validated before it is written; the file is \
 replaced atomically."
@@ -158,9 +166,16 @@ fn write_outputs(
         let bytes = cell_router_mapping::binary::encode(snapshot);
         // The binary form is checked like the JSON one: decoded back, it is
         // the same snapshot.
-        let back = cell_router_mapping::binary::decode(&bytes)
-            .map_err(|e| Failure::invalid(format!("the binary form does not decode: {e}")))?;
-        if back.to_doc() != snapshot.to_doc() {
+        let back = cell_router_mapping::binary::decode(&bytes).map_err(|e| {
+            if snapshot.format() >= 2 {
+                Failure::invalid(format!(
+                    "the binary form cannot carry this format-2 snapshot ({e}); build without --binary (the JSON form serves every gateway)"
+                ))
+            } else {
+                Failure::invalid(format!("the binary form does not decode: {e}"))
+            }
+        })?;
+        if back.to_doc() != snapshot.to_doc() || back.to_pooled_doc() != snapshot.to_pooled_doc() {
             return Err(Failure::invalid(
                 "the binary form decodes to another snapshot",
             ));

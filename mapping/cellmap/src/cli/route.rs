@@ -33,7 +33,18 @@ decided the outcome), slot, slot_cell (the slot's owner), reason, outcome, home 
 chosen before cell states applied), split_key; plus moved for a split; ramp (cell, \
 share_percent now, kept, full_at) when a ramping cell was met; shed_percent and \
 retry_after_s when the cell sheds. Tenant bytes that are not UTF-8 are routed as given \
-and shown with U+FFFD in the output.")]
+and shown with U+FFFD in the output.\n\n\
+Format 2 (pools and regions): the pool is the one the gateway selects for --authority \
+and --path (as Envoy normalised them; default `/`), or --pool. The tenant's home region \
+is its region override, else the region table's. With --gateway-region, a tenant homed \
+elsewhere is forwarded there (routing `forward`, forward_to) and the cell shown is the one \
+the home region's gateway routes to; with --forwarded too (the request carries \
+x-cell-forwarded-by), it is refused instead: 503 wrong_region, never a second forward. \
+JSON lines add pool, home_region, gateway_region, routing (local, forward, wrong_region), \
+forward_to and cell_reason (why the cell was chosen in the home region; `reason` is the \
+gateway's: forward, wrong_region, or the cell's). No pool matching: outcome no_pool \
+(404). Format-1 output is unchanged (one pool, one region; the gateway region is ignored).\n\n\
+Many tenants: --tenants-file FILE or stdin, one process for all of them.")]
 pub(super) struct RouteArgs {
     /// Snapshot file
     #[arg(long, short = 's')]
