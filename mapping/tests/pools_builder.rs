@@ -683,3 +683,73 @@ fn the_spec_md_example_builds() {
     assert_eq!(s.pools().len(), 2);
     assert_eq!(s.home_region(b"acme-gmbh"), s.region_index("eu").unwrap());
 }
+
+#[test]
+fn draining_a_format_2_cell_moves_only_its_pool_and_regions_tenants_once() {
+    use cell_router_mapping::builder::drain::{DrainOptions, plan};
+    let spec = example_spec();
+    let first = fresh(&spec);
+    let refused = plan(
+        &first.snapshot,
+        &DrainOptions {
+            cell: "sms-us-1",
+            step_basis_points: 100,
+            load: None,
+            generated_at: AT,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(refused.path, "$.pools[1].moves[0].from");
+    let ts = tenants("d", 4_000);
+    // sms-us-2 grows: sms-us-1 loses slots, its known tenants are pinned.
+    let mut grown = spec.clone();
+    grown["cells"][4]["weight"] = json!(4);
+    // A move naming the drained cell is refused by drain: finished here.
+    grown["pools"][1]["moves"] = json!([]);
+    let second = next(&grown, &first.snapshot, &ts);
+    let sms = &second.doc.pools[1];
+    assert!(sms.pins.values().any(|c| c == "sms-us-1"));
+    let current = &second.snapshot;
+    let drain = plan(
+        current,
+        &DrainOptions {
+            cell: "sms-us-1",
+            step_basis_points: 2_500,
+            load: None,
+            generated_at: AT,
+        },
+    )
+    .unwrap();
+    assert_eq!(drain.steps(), 4);
+    // Only sms-us-2 takes the slots (same pool and region).
+    assert_eq!(
+        drain
+            .report
+            .receivers
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["sms-us-2"]
+    );
+    let before = placements(current, &ts);
+    let mut moved: BTreeSet<String> = BTreeSet::new();
+    let mut last = before.clone();
+    for k in 1..=drain.steps() {
+        let step = drain.step(k).unwrap();
+        let now = placements(&step.snapshot, &ts);
+        for (key, place) in &now {
+            let (pool, tenant) = key;
+            assert_eq!(place.0, before[key].0, "{tenant} changed region");
+            if pool != "sms" || place.0 != "us" {
+                assert_eq!(place, &before[key], "{pool}/{tenant} moved");
+            } else if place != &last[key] {
+                assert_eq!(last[key].1, "sms-us-1", "{tenant} moved off another cell");
+                assert_eq!(place.1, "sms-us-2");
+                assert!(moved.insert(tenant.clone()), "{tenant} moved twice");
+            }
+        }
+        last = now;
+    }
+    assert!(!moved.is_empty());
+    assert!(last.values().all(|(_, cell)| cell != "sms-us-1"));
+}
