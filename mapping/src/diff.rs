@@ -356,6 +356,7 @@ impl fmt::Display for SnapshotDiff {
 use crate::builder::pools::PoolsView;
 use crate::error::PathError;
 use crate::pools::{PoolDoc, PooledCellDoc, PooledSnapshotDoc};
+use std::collections::HashMap;
 
 /// A region's slots in the region table, before and after.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -559,84 +560,73 @@ impl PoolsDiff {
                 (_, None) => "removed",
                 _ => "kept",
             };
-            let mut per_region = Vec::new();
-            for region in &all_regions {
-                let or = old_view.region_index(region);
-                let nr = new_view.region_index(region);
-                // Cells of this pool and region in either snapshot.
-                let mut cells: Vec<CellSlots> = new
-                    .cells
+            // One row per region; each slot counts once, in its old
+            // region's row and its new region's row: O(S) per pool.
+            let mut per_region: Vec<PoolRegionDiff> = all_regions
+                .iter()
+                .map(|region| {
+                    let mut ids: Vec<String> = Vec::new();
+                    for c in new.cells.iter().chain(&old.cells) {
+                        if c.pool == id && &c.region == region && !ids.contains(&c.id) {
+                            ids.push(c.id.clone());
+                        }
+                    }
+                    PoolRegionDiff {
+                        region: region.clone(),
+                        home_slots: 0,
+                        slots_moved: 0,
+                        cells: ids
+                            .into_iter()
+                            .map(|cell| CellSlots {
+                                cell,
+                                old_slots: 0,
+                                new_slots: 0,
+                                gained: 0,
+                                lost: 0,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let row_of = |doc: &PooledSnapshotDoc| -> Vec<Option<usize>> {
+                doc.regions
                     .iter()
-                    .chain(&old.cells)
-                    .filter(|c| c.pool == id && &c.region == region)
-                    .map(|c| c.id.clone())
-                    .fold(Vec::<String>::new(), |mut acc, c| {
-                        if !acc.contains(&c) {
-                            acc.push(c);
-                        }
-                        acc
-                    })
-                    .into_iter()
-                    .map(|cell| CellSlots {
-                        cell,
-                        old_slots: 0,
-                        new_slots: 0,
-                        gained: 0,
-                        lost: 0,
-                    })
-                    .collect();
-                let cell_row = |cells: &[CellSlots], id: Option<&str>| {
-                    let id = id?;
-                    cells.iter().position(|c| c.cell == id)
-                };
-                let mut home_slots = 0;
-                let mut slots_moved = 0;
-                for s in 0..slots as usize {
-                    let old_home = old_region_at(s) == Some(region.as_str());
-                    let new_home = new_region_at(s) == Some(region.as_str());
-                    let old_cell = match (op, or) {
-                        (Some(p), Some(r)) if old_home => old_view.table_cell(p, r, s),
-                        _ => None,
-                    };
-                    let new_cell = match (np, nr) {
-                        (Some(p), Some(r)) if new_home => new_view.table_cell(p, r, s),
-                        _ => None,
-                    };
-                    if let Some(c) = cell_row(&cells, old_cell).and_then(|i| cells.get_mut(i)) {
-                        c.old_slots += 1;
+                    .map(|r| all_regions.iter().position(|x| *x == r.id))
+                    .collect()
+            };
+            let (old_rows, new_rows) = (row_of(old), row_of(new));
+            let mut position: HashMap<(usize, String), usize> = HashMap::new();
+            for (r, row) in per_region.iter().enumerate() {
+                for (i, c) in row.cells.iter().enumerate() {
+                    position.insert((r, c.cell.clone()), i);
+                }
+            }
+            for s in 0..slots as usize {
+                let before = slot_place(&old_view, &old_rows, op, s);
+                let after = slot_place(&new_view, &new_rows, np, s);
+                let old_cell = before.and_then(|(r, c)| Some((r, c?)));
+                let new_cell = after.and_then(|(r, c)| Some((r, c?)));
+                if let Some(c) = cell_at(&mut per_region, &position, old_cell) {
+                    c.old_slots += 1;
+                }
+                if let Some(c) = cell_at(&mut per_region, &position, new_cell) {
+                    c.new_slots += 1;
+                }
+                let moved = rehashed || old_cell != new_cell;
+                if let Some((r, _)) = after
+                    && let Some(row) = per_region.get_mut(r)
+                {
+                    row.home_slots += 1;
+                    row.slots_moved += u32::from(moved);
+                }
+                if moved {
+                    if let Some(c) = cell_at(&mut per_region, &position, old_cell) {
+                        c.lost += 1;
                     }
-                    if let Some(c) = cell_row(&cells, new_cell).and_then(|i| cells.get_mut(i)) {
-                        c.new_slots += 1;
-                    }
-                    if new_home {
-                        home_slots += 1;
-                        // The tenants of slot s before: their old region's
-                        // table of this pool.
-                        let before = old_region_at(s).and_then(|r| {
-                            let p = op?;
-                            let ri = old_view.region_index(r)?;
-                            Some((r, old_view.table_cell(p, ri, s)?))
-                        });
-                        let after = new_cell.map(|c| (region.as_str(), c));
-                        if rehashed || before != after {
-                            slots_moved += 1;
-                        }
-                    }
-                    if rehashed || old_cell != new_cell {
-                        if let Some(c) = cell_row(&cells, old_cell).and_then(|i| cells.get_mut(i)) {
-                            c.lost += 1;
-                        }
-                        if let Some(c) = cell_row(&cells, new_cell).and_then(|i| cells.get_mut(i)) {
-                            c.gained += 1;
-                        }
+                    if let Some(c) = cell_at(&mut per_region, &position, new_cell) {
+                        c.gained += 1;
                     }
                 }
-                per_region.push(PoolRegionDiff {
-                    region: region.clone(),
-                    home_slots,
-                    slots_moved,
-                    cells,
-                });
             }
             pools.push(PoolDiff {
                 pool: id.to_string(),
@@ -698,6 +688,32 @@ impl PoolsDiff {
     }
 }
 
+/// The row (region) and cell of slot `s` in a pool of `view`: the slot's
+/// region by the region table, and that region's table of the pool.
+fn slot_place<'a>(
+    view: &PoolsView<'a>,
+    rows: &[Option<usize>],
+    pool: Option<usize>,
+    s: usize,
+) -> Option<(usize, Option<&'a str>)> {
+    let r = *view.region_table.get(s)?;
+    let row = (*rows.get(usize::from(r))?)?;
+    Some((
+        row,
+        pool.and_then(|p| view.table_cell(p, usize::from(r), s)),
+    ))
+}
+
+fn cell_at<'a>(
+    rows: &'a mut [PoolRegionDiff],
+    position: &HashMap<(usize, String), usize>,
+    at: Option<(usize, &str)>,
+) -> Option<&'a mut CellSlots> {
+    let (r, cell) = at?;
+    let i = *position.get(&(r, cell.to_string()))?;
+    rows.get_mut(r)?.cells.get_mut(i)
+}
+
 fn tenant_diff(old: &PoolsView<'_>, new: &PoolsView<'_>, known: &[String]) -> TenantDiff {
     let mut counts: BTreeMap<(usize, String), TenantCounts> = BTreeMap::new();
     let mut changes = Vec::new();
@@ -749,8 +765,48 @@ fn tenant_diff(old: &PoolsView<'_>, new: &PoolsView<'_>, known: &[String]) -> Te
     }
 }
 
-/// How many tenant changes the text form lists (JSON has them all).
+/// How many tenant changes (and entries per map) the text form lists; JSON
+/// has them all.
 const TEXT_CHANGES: usize = 50;
+
+/// `write_map` listing at most [`TEXT_CHANGES`] entries: a format-2 build
+/// may add thousands of region pins.
+fn write_map_capped(
+    f: &mut fmt::Formatter<'_>,
+    indent: &str,
+    name: &str,
+    diff: &MapDiff,
+) -> fmt::Result {
+    writeln!(
+        f,
+        "{indent}{name}: {} added, {} removed, {} changed",
+        diff.added.len(),
+        diff.removed.len(),
+        diff.changed.len()
+    )?;
+    let lines = diff
+        .added
+        .iter()
+        .map(|(t, v)| format!("+ {t:?} → {v}"))
+        .chain(diff.removed.iter().map(|(t, v)| format!("- {t:?} → {v}")))
+        .chain(
+            diff.changed
+                .iter()
+                .map(|(t, o, n)| format!("~ {t:?}: {o} ⇒ {n}")),
+        );
+    let total = diff.added.len() + diff.removed.len() + diff.changed.len();
+    for line in lines.take(TEXT_CHANGES) {
+        writeln!(f, "{indent}  {line}")?;
+    }
+    if total > TEXT_CHANGES {
+        writeln!(
+            f,
+            "{indent}  … {} more (--json lists them all)",
+            total - TEXT_CHANGES
+        )?;
+    }
+    Ok(())
+}
 
 impl fmt::Display for PoolsDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -780,7 +836,7 @@ impl fmt::Display for PoolsDiff {
                 r.region, r.old_slots, r.new_slots, r.gained, r.lost
             )?;
         }
-        write_map(f, "region overrides", &self.region_overrides)?;
+        write_map_capped(f, "", "region overrides", &self.region_overrides)?;
         for pool in &self.pools {
             writeln!(f, "pool {} ({})", pool.pool, pool.status)?;
             for region in &pool.regions {
@@ -806,8 +862,7 @@ impl fmt::Display for PoolsDiff {
                 ("moves", &pool.moves),
             ] {
                 if !map.is_empty() {
-                    write!(f, "  ")?;
-                    write_map(f, name, map)?;
+                    write_map_capped(f, "  ", name, map)?;
                 }
             }
         }

@@ -639,6 +639,13 @@ pub fn build_pools(
             known.extend(pool.pins.keys().map(String::as_str));
             known.extend(pool.moves.iter().map(|m| m.tenant.as_str()));
         }
+        // Tenants the spec places by name exist too: they keep their home
+        // region like known tenants (else their override could land in
+        // another region than their new home).
+        for pool in &spec.pools {
+            known.extend(pool.overrides.0.keys().map(String::as_str));
+            known.extend(pool.moves.iter().map(|m| m.tenant.as_str()));
+        }
         for rehome in options.rehome {
             known.insert(rehome.as_str());
         }
