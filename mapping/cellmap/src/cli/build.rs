@@ -206,24 +206,37 @@ fn print_reports<R: serde::Serialize>(
     json_report: &R,
 ) -> Result<(), Failure> {
     let to_stdout = args.output == Path::new("-");
+    let json = match &args.report_json {
+        Some(_) => {
+            let mut json = serde_json::to_string_pretty(json_report)
+                .map_err(|e| Failure::invalid(format!("cannot encode the report: {e}")))?;
+            json.push('\n');
+            Some(json)
+        }
+        None => None,
+    };
+    // The report file first: stdout closed early (`| head`) must not lose it.
+    if let (Some(path), Some(json)) = (&args.report_json, &json)
+        && path != Path::new("-")
+    {
+        crate::files::write_atomically(path, json.as_bytes())
+            .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
+    }
     if to_stdout || args.report_json.as_deref() == Some(Path::new("-")) {
         eprintln!("{text}");
     } else {
-        println!("{text}");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")
+            .and_then(|()| out.flush())
+            .map_err(write_failure)?;
     }
-    if let Some(path) = &args.report_json {
-        let mut json = serde_json::to_string_pretty(json_report)
-            .map_err(|e| Failure::invalid(format!("cannot encode the report: {e}")))?;
-        json.push('\n');
-        if path == Path::new("-") {
-            let mut out = std::io::stdout().lock();
-            out.write_all(json.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(write_failure)?;
-        } else {
-            crate::files::write_atomically(path, json.as_bytes())
-                .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
-        }
+    if let (Some(path), Some(json)) = (&args.report_json, &json)
+        && path == Path::new("-")
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(json.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(write_failure)?;
     }
     Ok(())
 }
