@@ -22,7 +22,7 @@
 //! change to one pool's cells never moves a slot of another pool.
 
 use super::load::Load;
-use super::{CellReport, SpecHash, TenantMap, allocate_slots, object};
+use super::{CellReport, SpecHash, TenantMap, allocate_slots, object, objects};
 use crate::error::{ObjectOnly, PathError, from_json_with_path, index_path, key_path};
 use crate::hash::HashKey;
 use crate::pools::{
@@ -41,12 +41,6 @@ pub use crate::pools::FORMAT_POOLS;
 
 fn default_weight() -> f64 {
     1.0
-}
-
-fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Vec<T>, D::Error> {
-    Vec::<ObjectOnly<T>>::deserialize(deserializer).map(|v| v.into_iter().map(|o| o.0).collect())
 }
 
 fn optional_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
