@@ -283,7 +283,7 @@ fn a_ten_second_ramp_rises_monotonically_on_every_worker_of_two_gateways() -> Re
             let at = now_ms();
             if let Some(v) = envoys[g]
                 .stats("ramp_share")?
-                .get("wasmcustom.cell_router.ramp_share.cell-a")
+                .get(&e2e::metric("cell_router.ramp_share.cell-a"))
             {
                 gauge_mid.push((at, *v));
             }
@@ -378,7 +378,7 @@ fn a_ten_second_ramp_rises_monotonically_on_every_worker_of_two_gateways() -> Re
     for envoy in envoys {
         let stats = envoy.stats("ramp_share")?;
         assert_eq!(
-            stats.get("wasmcustom.cell_router.ramp_share.cell-a"),
+            stats.get(&e2e::metric("cell_router.ramp_share.cell-a")),
             Some(&10_000),
             "{stats:?}"
         );

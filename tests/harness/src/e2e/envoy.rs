@@ -289,6 +289,15 @@ impl Envoy {
             }
         };
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        // The native build reaches the plugin config's clusters (sidecar,
+        // persisted copy, JWKS source) at the addresses they have in the
+        // rendered config (filter/README.md, "Native build").
+        if rendered_is_native(&config)? {
+            command.env(
+                "CELL_ROUTER_CLUSTERS",
+                cluster_addresses(&std::fs::read_to_string(&config)?),
+            );
+        }
         command
             .arg("-c")
             .arg(&config)
@@ -412,6 +421,47 @@ impl Envoy {
         report.took = started.elapsed();
         report
     }
+}
+
+fn rendered_is_native(config: &Path) -> Result<bool> {
+    Ok(std::fs::read_to_string(config)
+        .with_context(|| format!("reading {}", config.display()))?
+        .contains("dynamic_modules.v3.DynamicModuleFilter"))
+}
+
+/// `name=127.0.0.1:port,...` for every cluster of a rendered config with one
+/// socket address (the shape of envoy.yaml's clusters: `- name:` under
+/// `clusters:`, then its `address:` and `port_value:` lines).
+pub fn cluster_addresses(config: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_clusters = false;
+    let mut current: Option<String> = None;
+    let mut address: Option<String> = None;
+    for line in config.lines() {
+        if line.starts_with("  clusters:") {
+            in_clusters = true;
+            continue;
+        }
+        if !in_clusters {
+            continue;
+        }
+        let trimmed = line.trim();
+        if let Some(name) = line.strip_prefix("  - name: ") {
+            current = Some(name.trim().to_string());
+            address = None;
+        } else if let Some(a) = trimmed.strip_prefix("address: ")
+            && !a.is_empty()
+        {
+            address = Some(a.to_string());
+        } else if let Some(port) = trimmed.strip_prefix("port_value: ")
+            && let (Some(name), Some(host)) = (current.take(), address.take())
+        {
+            out.push(format!("{name}={host}:{}", port.trim()));
+        } else if !line.starts_with(' ') && !line.is_empty() {
+            in_clusters = false;
+        }
+    }
+    out.join(",")
 }
 
 /// An Envoy admin's counters and gauges whose names match `filter` (a regex).

@@ -112,6 +112,48 @@ pub fn build() -> Build {
     }
 }
 
+impl Build {
+    /// The gateway config template of this build.
+    pub fn template(self) -> PathBuf {
+        repo_root().join(match self {
+            Build::Wasm => "envoy/envoy.yaml",
+            Build::Native => "envoy/envoy-native.yaml",
+        })
+    }
+}
+
+/// The name Envoy's `/stats` shows for one of the filter's metrics, given
+/// as the filter names it (`cell_router.routed.cell-a`, see
+/// `filter/src/metrics.rs`). Wasm: `wasmcustom.<name>`. Native:
+/// `dynamicmodulescustom.<name>`, a per-cell family's cell as its `cell`
+/// label (`cell_router.routed.cell.cell-a`; filter/README.md, "Native build").
+/// Prometheus shows both builds alike (`cell_router_routed{cell="cell-a"}`).
+pub fn metric(name: &str) -> String {
+    match build() {
+        Build::Wasm => format!("wasmcustom.{name}"),
+        Build::Native => {
+            const CELL_FAMILIES: [&str; 6] = [
+                "routed",
+                "shed",
+                "unavailable",
+                "failover",
+                "ramped",
+                "ramp_share",
+            ];
+            let labelled = name
+                .strip_prefix("cell_router.")
+                .and_then(|rest| rest.split_once('.'))
+                .filter(|(family, _)| CELL_FAMILIES.contains(family));
+            match labelled {
+                Some((family, cell)) => {
+                    format!("dynamicmodulescustom.cell_router.{family}.cell.{cell}")
+                }
+                None => format!("dynamicmodulescustom.{name}"),
+            }
+        }
+    }
+}
+
 /// The directory holding the native build, `libcell_router_native.so`:
 /// `$CELL_ROUTER_NATIVE_DIR`, else `dist/` (`make native`).
 pub fn native_dir() -> Result<PathBuf> {
