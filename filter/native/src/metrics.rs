@@ -187,7 +187,20 @@ impl Sink<'_> {
 
 impl MetricSink for Sink<'_> {
     fn define(&mut self, _: MetricKind, name: &str) -> Option<u32> {
-        self.slots.resolve(self.definitions, name)
+        let known = self.slots.by_name.contains_key(name);
+        let slot = self.slots.resolve(self.definitions, name)?;
+        // A labelled stat exists once touched: a cell's counters appear (at
+        // 0) when the cell is first seen, as the Wasm filter's do when it
+        // defines them.
+        if !known
+            && self
+                .slots
+                .get(slot)
+                .is_some_and(|t| t.cell.is_some() && t.kind == Kind::Counter)
+        {
+            self.update(slot, 0);
+        }
+        Some(slot)
     }
     fn increment(&mut self, id: u32, delta: i64) {
         // Every increment of the filter is positive.

@@ -117,10 +117,10 @@ fn serve(stream: TcpStream, state: &Mutex<IdpState>) -> Result<()> {
     Ok(())
 }
 
-/// `envoy/envoy.yaml` with an `idp|keys` cluster pointing at the stand-in
+/// The build's gateway template (`envoy/envoy.yaml` or `envoy-native.yaml`) with an `idp|keys` cluster pointing at the stand-in
 /// (a `|` in its name, like every non-cell cluster: no `x-cell-id` names it).
 fn template_with_idp(dir: &std::path::Path, idp_port: u16) -> Result<std::path::PathBuf> {
-    let template = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy.yaml"))?;
+    let template = std::fs::read_to_string(e2e::build().template())?;
     let cluster = format!(
         "  clusters:\n  - name: idp|keys\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: idp|keys\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address:\n                address: 127.0.0.1\n                port_value: {idp_port}\n"
     );

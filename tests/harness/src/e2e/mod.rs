@@ -154,6 +154,25 @@ pub fn metric(name: &str) -> String {
     }
 }
 
+/// The prefix Envoy 1.40's `/stats/prometheus` puts on dynamic-module
+/// metrics: it strips Wasm's `wasmcustom.` namespace but not
+/// `dynamicmodulescustom.`, so the native build's `cell_router_routed` is
+/// `envoy_dynamicmodulescustom_cell_router_routed` (same labels).
+pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_dynamicmodulescustom_";
+
+/// A Prometheus metric name as the dashboard (`envoy/grafana-dashboard.json`)
+/// asks for it: for the native build, after the scrape's relabel that
+/// filter/README.md ("Native build") gives, which drops
+/// [`NATIVE_PROMETHEUS_PREFIX`]. The Wasm build's names are already so.
+pub fn dashboard_name(exported: &str) -> &str {
+    match build() {
+        Build::Wasm => exported,
+        Build::Native => exported
+            .strip_prefix(NATIVE_PROMETHEUS_PREFIX)
+            .unwrap_or(exported),
+    }
+}
+
 /// The directory holding the native build, `libcell_router_native.so`:
 /// `$CELL_ROUTER_NATIVE_DIR`, else `dist/` (`make native`).
 pub fn native_dir() -> Result<PathBuf> {
