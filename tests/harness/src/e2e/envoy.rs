@@ -564,6 +564,44 @@ admin:
 ";
 
     #[test]
+    fn cluster_addresses_name_every_single_address_cluster() {
+        let config = "\
+static_resources:
+  listeners:
+  - name: gateway
+    address:
+      socket_address:
+        address: 127.0.0.1
+        port_value: 40000
+  clusters:
+  - name: cellmap|sidecar
+    type: STATIC
+    load_assignment:
+      cluster_name: cellmap|sidecar
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: 127.0.0.1
+                port_value: 40001
+  - name: cell-a
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: 127.0.0.2
+                port_value: 40002
+";
+        assert_eq!(
+            cluster_addresses(config),
+            "cellmap|sidecar=127.0.0.1:40001,cell-a=127.0.0.2:40002"
+        );
+    }
+
+    #[test]
     fn renders_ports_wasm_and_plugin_config() {
         let ports = HashMap::from([(9901, 40001), (18001, 40002)]);
         let config = serde_json::json!({"cell_header": "x-cell"});

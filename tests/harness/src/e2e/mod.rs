@@ -129,7 +129,12 @@ impl Build {
 /// label (`cell_router.routed.cell.cell-a`; filter/README.md, "Native build").
 /// Prometheus shows both builds alike (`cell_router_routed{cell="cell-a"}`).
 pub fn metric(name: &str) -> String {
-    match build() {
+    metric_of(build(), name)
+}
+
+/// [`metric`] for a given build.
+pub fn metric_of(build: Build, name: &str) -> String {
+    match build {
         Build::Wasm => format!("wasmcustom.{name}"),
         Build::Native => {
             const CELL_FAMILIES: [&str; 6] = [
@@ -771,4 +776,34 @@ pub fn cellmap_route(snapshot: &Path, tenants: &[String]) -> Result<Vec<serde_js
         .lines()
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_per_build() {
+        assert_eq!(
+            metric_of(Build::Wasm, "cell_router.routed.cell-a"),
+            "wasmcustom.cell_router.routed.cell-a"
+        );
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.routed.cell-a"),
+            "dynamicmodulescustom.cell_router.routed.cell.cell-a"
+        );
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.ramp_share.cell_x"),
+            "dynamicmodulescustom.cell_router.ramp_share.cell.cell_x"
+        );
+        // Fixed names keep their shape, also those with a dot after the family.
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.rejected.expired"),
+            "dynamicmodulescustom.cell_router.rejected.expired"
+        );
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.snapshot.version"),
+            "dynamicmodulescustom.cell_router.snapshot.version"
+        );
+    }
 }
