@@ -65,11 +65,26 @@ struct Worker {
     cache_epoch: u64,
     /// The snapshot version the metric ids were last pruned for.
     version: Option<u64>,
+    /// `Workers::uses` when last used.
+    last_used: u64,
+}
+
+/// Configs whose state one worker keeps at once (one per listener filter
+/// chain with the router, as Wasm has a VM per config and worker); past
+/// it, the least recently used is replaced (also how the state of a config
+/// destroyed by a reload goes).
+const MAX_CONFIGS_PER_WORKER: usize = 8;
+
+/// One worker thread's states, one per config, and a use counter that
+/// tells the least recently used apart.
+#[derive(Default)]
+struct Workers {
+    uses: u64,
+    states: Vec<Worker>,
 }
 
 thread_local! {
-    /// This worker's state, for the config it last served.
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    static WORKERS: RefCell<Workers> = RefCell::new(Workers::default());
 }
 
 fn random_key() -> [u8; 16] {
@@ -311,17 +326,38 @@ fn serde_json_string(text: &str) -> String {
 
 /// This worker's state for `config`, made (or made again) as needed.
 fn worker_for<'w>(
-    slot: &'w mut Option<Worker>,
+    workers: &'w mut Workers,
     config: &FilterConfig,
     settings: &Config,
-) -> &'w mut Worker {
-    let stale = slot
-        .as_ref()
-        .is_none_or(|w| w.config_id != config.id || w.slots.full());
-    if stale {
-        *slot = None;
-    }
-    slot.get_or_insert_with(|| new_worker(config, settings))
+) -> Option<&'w mut Worker> {
+    workers.uses = workers.uses.wrapping_add(1);
+    let states = &mut workers.states;
+    let index = match states.iter().position(|w| w.config_id == config.id) {
+        Some(i) => {
+            if let Some(worker) = states.get_mut(i).filter(|w| w.slots.full()) {
+                *worker = new_worker(config, settings);
+            }
+            i
+        }
+        None if states.len() < MAX_CONFIGS_PER_WORKER => {
+            states.push(new_worker(config, settings));
+            states.len().saturating_sub(1)
+        }
+        None => {
+            let oldest = states
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.last_used)
+                .map_or(0, |(i, _)| i);
+            if let Some(worker) = states.get_mut(oldest) {
+                *worker = new_worker(config, settings);
+            }
+            oldest
+        }
+    };
+    let worker = states.get_mut(index)?;
+    worker.last_used = workers.uses;
+    Some(worker)
 }
 
 fn new_worker(config: &FilterConfig, settings: &Config) -> Worker {
@@ -346,6 +382,7 @@ fn new_worker(config: &FilterConfig, settings: &Config) -> Worker {
         slots,
         cache_epoch: config.shared.cache_epoch.load(Ordering::Relaxed),
         version: None,
+        last_used: 0,
     }
 }
 
@@ -355,12 +392,19 @@ fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
     let shared = &config.shared;
     let installed = shared.installed();
     let settings = shared.config();
-    WORKER.with(|worker| {
-        let Ok(mut worker) = worker.try_borrow_mut() else {
+    WORKERS.with(|workers| {
+        let Ok(mut workers) = workers.try_borrow_mut() else {
             respond_503(stream, "cell_router_busy", "the cell router state is busy");
             return true;
         };
-        let worker = worker_for(&mut worker, config, &settings);
+        let Some(worker) = worker_for(&mut workers, config, &settings) else {
+            respond_503(
+                stream,
+                "cell_router_busy",
+                "the cell router state is missing",
+            );
+            return true;
+        };
         let epoch = shared.cache_epoch.load(Ordering::Relaxed);
         if epoch != worker.cache_epoch {
             worker.vm.cache.clear();
