@@ -27,10 +27,13 @@ native:
 	mkdir -p dist
 	cp $(NATIVE_TARGET)/native/libcell_router_native.so dist/
 
-## The native build through real Envoy (tests/harness/tests/e2e_native.rs).
-e2e-native: native cellmap envoy
+## Every real-Envoy e2e file against the native build (CELL_ROUTER_BUILD=native:
+## the harness's gateways run envoy/envoy-native.yaml); `unit` runs them
+## against the Wasm build. A new tests/harness/tests/e2e_*.rs belongs here too.
+E2E_FILES := e2e_envoy e2e_attacks e2e_chaos e2e_keys e2e_draws e2e_observe e2e_native
+e2e-native: tools native cellmap envoy
 	$(CARGO) build --locked -p cell-router-cell-backend --bins
-	$(TEST_ENV) CELL_ROUTER_NATIVE_DIR=$(CURDIR)/dist $(CARGO) test --locked -p cell-router-harness --test e2e_native
+	$(TEST_ENV) CELL_ROUTER_BUILD=native $(CARGO) test --locked -p cell-router-harness $(addprefix --test ,$(E2E_FILES))
 
 # The demo, the cell backends and demo-token (debug: they share the test build).
 demo-bins:
@@ -44,9 +47,9 @@ tools:
 	scripts/install-tools.sh wrk
 
 ## The whole suite: lint, unit and property tests, the cross-language vectors,
-## the real .wasm in the wasmtime host, real Envoy end to end, and a
-## one-minute smoke run of the benchmark.
-test: tools build envoy lint vectors wasm-imports unit fuzz-smoke validate-configs validate-manifests bench-smoke
+## the real .wasm in the wasmtime host, real Envoy end to end (both builds),
+## and a one-minute smoke run of the benchmark.
+test: tools build envoy lint vectors wasm-imports unit e2e-native fuzz-smoke validate-configs validate-manifests bench-smoke
 
 # The filter's proxy-wasm layer only builds for wasm32, so it is linted for the
 # target it ships for too. Only its library there: the tests' dev-dependencies

@@ -8,7 +8,11 @@
 //! Checked against the 1.40.0 binary's machine code as well: `get_headers_size`
 //! takes (filter, type) and returns the count; `set_header` takes its key and
 //! value as two (ptr, len) pairs in registers; `send_response` reads its
-//! `details` buffer from the stack (the sixth and seventh words).
+//! `details` buffer from the stack (the sixth and seventh words);
+//! `config_increment_counter` and `config_set_gauge` take (config, id,
+//! labels, label count, value) and, without labels, add to a stat held since
+//! its definition; `set_filter_state_bytes` takes (filter, key, value) as
+//! pairs in registers; `config_scheduler_new` takes the config alone.
 
 use std::ffi::c_void;
 
@@ -20,6 +24,11 @@ pub type HttpFilterConfigEnvoyPtr = *mut c_void;
 pub type HttpFilterConfigModulePtr = *const c_void;
 pub type HttpFilterEnvoyPtr = *mut c_void;
 pub type HttpFilterModulePtr = *const c_void;
+/// A config-level scheduler (`http_filter_config_scheduler_new`).
+pub type ConfigSchedulerPtr = *mut c_void;
+
+/// `envoy_dynamic_module_type_metrics_result`: 0 is success.
+pub const METRICS_SUCCESS: u32 = 0;
 
 /// A buffer owned by the module (valid for the call it is passed to).
 #[repr(C)]
@@ -92,4 +101,75 @@ unsafe extern "C" {
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: HttpFilterEnvoyPtr);
 
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+
+    /// Metrics: defined only while `on_http_filter_config_new` runs (Envoy
+    /// freezes definitions after it), under Envoy's `dynamicmodulescustom.`
+    /// namespace. `label_names` may be null when there are none; a labelled
+    /// metric's full name is `<name>.<label>.<value>` with the label as a tag.
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: HttpFilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: HttpFilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+
+    /// Config-level: an unlabelled metric is one atomic add (any thread); a
+    /// labelled one looks its stat up through the thread's stats cache, so
+    /// only Envoy's threads (the main thread here) may ask for it.
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: HttpFilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: HttpFilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    /// Per-request (a worker thread): any metric of the filter's config.
+    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: HttpFilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    /// Stores bytes in the stream's filter state under `key` (read by
+    /// `%FILTER_STATE(key:PLAIN)%` in access logs).
+    pub fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: HttpFilterEnvoyPtr,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
+    /// A scheduler whose commits (from any thread) run
+    /// `envoy_dynamic_module_on_http_filter_config_scheduled` on the main thread.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: HttpFilterConfigEnvoyPtr,
+    ) -> ConfigSchedulerPtr;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: ConfigSchedulerPtr,
+        event_id: u64,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: ConfigSchedulerPtr,
+    );
 }

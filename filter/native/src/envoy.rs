@@ -144,3 +144,146 @@ impl Stream {
         }
     }
 }
+
+impl Stream {
+    /// Puts `value` in the stream's filter state under `key`.
+    pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        // SAFETY: self.ptr is the running hook's filter; Envoy copies both buffers.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.ptr,
+                module_buffer(key.as_bytes()),
+                module_buffer(value),
+            )
+        }
+    }
+
+    /// Adds to a counter of this filter's config, labelled or not (a
+    /// worker thread may ask for labelled stats).
+    pub fn increment_counter(&self, id: usize, label: Option<&str>, delta: u64) {
+        let labels: Vec<ModuleBuffer> = label
+            .map(|l| module_buffer(l.as_bytes()))
+            .into_iter()
+            .collect();
+        // SAFETY: self.ptr is the running hook's filter; the label buffers
+        // live for the call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.ptr,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                delta,
+            );
+        }
+    }
+}
+
+/// Envoy's side of one filter config, for the config-level callbacks.
+#[derive(Clone, Copy)]
+pub struct ConfigHandle {
+    ptr: abi::HttpFilterConfigEnvoyPtr,
+}
+
+// SAFETY: the pointer is only an address handed back to Envoy; who may call
+// what from which thread is up to each method (see their comments), and the
+// owner keeps it from outliving the config (see `link::ConfigLink`).
+unsafe impl Send for ConfigHandle {}
+unsafe impl Sync for ConfigHandle {}
+
+/// What a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl ConfigHandle {
+    /// # Safety
+    /// `ptr` is the config pointer Envoy passed to `on_http_filter_config_new`;
+    /// the handle must not be used after that config is destroyed.
+    pub unsafe fn new(ptr: abi::HttpFilterConfigEnvoyPtr) -> ConfigHandle {
+        ConfigHandle { ptr }
+    }
+
+    /// Defines a metric; only valid during `on_http_filter_config_new`.
+    pub fn define(&self, kind: Kind, name: &str, label: Option<&str>) -> Option<usize> {
+        let labels: Vec<ModuleBuffer> = label
+            .map(|l| module_buffer(l.as_bytes()))
+            .into_iter()
+            .collect();
+        let mut id = 0usize;
+        let define = match kind {
+            Kind::Counter => abi::envoy_dynamic_module_callback_http_filter_config_define_counter,
+            Kind::Gauge => abi::envoy_dynamic_module_callback_http_filter_config_define_gauge,
+        };
+        // SAFETY: config_new is running (the caller's contract); every
+        // buffer lives for the call and `id` is a valid out pointer.
+        let result = unsafe {
+            define(
+                self.ptr,
+                module_buffer(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Adds to (counter) or sets (gauge) a metric. Unlabelled: from any
+    /// thread. Labelled: from the main thread only.
+    pub fn update(&self, kind: Kind, id: usize, label: Option<&str>, value: u64) {
+        let labels: Vec<ModuleBuffer> = label
+            .map(|l| module_buffer(l.as_bytes()))
+            .into_iter()
+            .collect();
+        let update = match kind {
+            Kind::Counter => {
+                abi::envoy_dynamic_module_callback_http_filter_config_increment_counter
+            }
+            Kind::Gauge => abi::envoy_dynamic_module_callback_http_filter_config_set_gauge,
+        };
+        // SAFETY: the config is alive (the handle's contract); the label
+        // buffers live for the call.
+        unsafe {
+            update(self.ptr, id, labels.as_ptr(), labels.len(), value);
+        }
+    }
+
+    /// A scheduler of main-thread events for this config.
+    pub fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: the config is alive (the handle's contract).
+        let ptr = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.ptr)
+        };
+        (!ptr.is_null()).then_some(Scheduler { ptr })
+    }
+}
+
+/// A config-level scheduler; deleted on drop.
+pub struct Scheduler {
+    ptr: abi::ConfigSchedulerPtr,
+}
+
+// SAFETY: Envoy's scheduler posts to the main dispatcher, which any thread
+// may do; deletion happens once, by the owner.
+unsafe impl Send for Scheduler {}
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    /// Runs `on_http_filter_config_scheduled(event)` on the main thread soon.
+    pub fn commit(&self, event: u64) {
+        // SAFETY: the scheduler is alive until drop.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.ptr, event)
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by scheduler_new, deleted once.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.ptr) }
+    }
+}

@@ -15,51 +15,76 @@
 
 mod abi;
 mod envoy;
+mod metrics;
 mod subscriber;
 
 use abi::{
     HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr, HttpFilterEnvoyPtr, HttpFilterModulePtr,
 };
 use cell_router_filter::Config;
-use cell_router_filter::decide::{self, Action, Installed, VmKeys, VmState};
-use envoy::Stream;
+use cell_router_filter::decide::{self, Action, Installed, Outcome, VmKeys, VmState};
+use cell_router_filter::key_subscription;
+use cell_router_filter::metrics::Metrics;
+use cell_router_filter::token::Reason;
+use envoy::{ConfigHandle, Stream};
+use metrics::{Definitions, Sink, Slots, Via};
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+use subscriber::{Clusters, Link, Shared};
 
 /// One `DynamicModuleFilter` config: shared by every worker.
 struct FilterConfig {
-    /// Tells the workers' token caches of different configs apart.
+    /// Tells the workers' state of different configs apart.
     id: u64,
-    config: Config,
-    /// The snapshot in force (requests clone the `Arc`, no copy of the map),
-    /// swapped by the subscription thread.
-    shared: Arc<subscriber::Shared>,
-}
-
-impl FilterConfig {
-    fn installed(&self) -> Option<Arc<Installed>> {
-        self.shared.installed()
-    }
+    /// Envoy's side, for config-level metrics from any worker.
+    envoy: ConfigHandle,
+    /// Config, snapshot and keys in force (swapped by the background
+    /// thread), and the metric definitions.
+    shared: Arc<Shared>,
 }
 
 impl Drop for FilterConfig {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.unlink();
     }
 }
 
-/// Where the subscription thread finds the sidecar.
-const SIDECAR_ADDRESS_ENV: &str = "CELL_ROUTER_SIDECAR_ADDRESS";
-const DEFAULT_SIDECAR_ADDRESS: &str = "127.0.0.1:18000";
-
 static NEXT_CONFIG_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A worker thread's own state for one config, as a Wasm VM has: the token
+/// cache, the shed draws and the metric ids.
+struct Worker {
+    config_id: u64,
+    vm: VmState,
+    metrics: Metrics,
+    slots: Slots,
+    /// `Shared::cache_epoch` when the token cache was last emptied.
+    cache_epoch: u64,
+    /// The snapshot version the metric ids were last pruned for.
+    version: Option<u64>,
+    /// `Workers::uses` when last used.
+    last_used: u64,
+}
+
+/// Configs whose state one worker keeps at once (one per listener filter
+/// chain with the router, as Wasm has a VM per config and worker); past
+/// it, the least recently used is replaced (also how the state of a config
+/// destroyed by a reload goes).
+const MAX_CONFIGS_PER_WORKER: usize = 8;
+
+/// One worker thread's states, one per config, and a use counter that
+/// tells the least recently used apart.
+#[derive(Default)]
+struct Workers {
+    uses: u64,
+    states: Vec<Worker>,
+}
+
 thread_local! {
-    /// This worker's token cache, for the config it last served.
-    static WORKER: RefCell<Option<(u64, VmState)>> = const { RefCell::new(None) };
+    static WORKERS: RefCell<Workers> = RefCell::new(Workers::default());
 }
 
 fn random_key() -> [u8; 16] {
@@ -76,13 +101,6 @@ fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-/// The core's clock: unix milliseconds.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs a hook body; a panic becomes `fallback` (and a log line) instead of
@@ -107,14 +125,16 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     abi::ABI_VERSION.as_ptr()
 }
 
-/// Parses the plugin config (the same JSON as the Wasm filter's); null
-/// refuses it, and Envoy then refuses the listener.
+/// Parses the plugin config (the same JSON as the Wasm filter's), defines
+/// the metrics and starts the subscriptions; null refuses the config, and
+/// Envoy then refuses the listener.
 ///
 /// # Safety
-/// Envoy passes its name and config buffers, valid for this call.
+/// Envoy passes its config pointer and its name and config buffers, valid
+/// for this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy: HttpFilterConfigEnvoyPtr,
+    config_envoy: HttpFilterConfigEnvoyPtr,
     _name_ptr: *const u8,
     _name_len: usize,
     config_ptr: *const u8,
@@ -126,53 +146,66 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         // SAFETY: Envoy's config buffer is valid for config_len bytes during this call.
         unsafe { std::slice::from_raw_parts(config_ptr, config_len) }
     };
+    // SAFETY: Envoy's pointer for this config; FilterConfig's drop (in
+    // config_destroy) ends every use of it.
+    let handle = unsafe { ConfigHandle::new(config_envoy) };
     guarded("config_new", std::ptr::null(), || {
-        match Config::from_json(bytes) {
-            Ok(mut config) => {
-                let installed = config
-                    .fallback_snapshot
-                    .take()
-                    .map(|s| Arc::new(Installed::new(s)));
-                envoy::log(
-                    abi::LOG_LEVEL_INFO,
-                    &format!(
-                        "cell-router native {} configured; fallback snapshot {}",
-                        env!("CARGO_PKG_VERSION"),
-                        installed
-                            .as_ref()
-                            .map_or("none".to_string(), |i| format!("v{}", i.version())),
-                    ),
-                );
-                let shared = Arc::new(subscriber::Shared {
-                    installed: RwLock::new(installed),
-                    stop: AtomicBool::new(false),
-                });
-                if let Some(sidecar) = config.sidecar.clone() {
-                    let address = std::env::var(SIDECAR_ADDRESS_ENV)
-                        .unwrap_or_else(|_| DEFAULT_SIDECAR_ADDRESS.to_string());
-                    if let Err(err) = subscriber::start(Arc::clone(&shared), sidecar, address) {
-                        envoy::log(
-                            abi::LOG_LEVEL_ERROR,
-                            &format!("cell-router: no snapshot subscription thread: {err}"),
-                        );
-                        return std::ptr::null();
-                    }
-                }
-                let filter_config = Box::new(FilterConfig {
-                    id: NEXT_CONFIG_ID.fetch_add(1, Ordering::Relaxed),
-                    config,
-                    shared,
-                });
-                Box::into_raw(filter_config) as HttpFilterConfigModulePtr
-            }
+        let mut config = match Config::from_json(bytes) {
+            Ok(config) => config,
             Err(err) => {
                 envoy::log(
                     abi::LOG_LEVEL_ERROR,
-                    &format!("cell-router: configuration refused: {}", err),
+                    &format!("cell-router: configuration refused: {err}"),
                 );
-                std::ptr::null()
+                return std::ptr::null();
             }
+        };
+        let installed = config
+            .fallback_snapshot
+            .take()
+            .map(|s| Arc::new(Installed::new(s)));
+        let with_keys = config
+            .jwt()
+            .is_some_and(|j| j.remote.is_some() || j.providers.iter().any(|p| p.remote.is_some()));
+        let definitions = Definitions::define(handle, with_keys);
+        let clusters = Clusters::from_env(config.sidecar.as_ref().map(|s| s.cluster.as_str()));
+        let background = config.sidecar.is_some() || with_keys;
+        envoy::log(
+            abi::LOG_LEVEL_INFO,
+            &format!(
+                "cell-router native {} configured; fallback snapshot {}; {} metrics defined; clusters {:?}",
+                env!("CARGO_PKG_VERSION"),
+                installed
+                    .as_ref()
+                    .map_or("none".to_string(), |i| format!("v{}", i.version())),
+                definitions.count(),
+                clusters,
+            ),
+        );
+        let shared = Arc::new(Shared::new(config, installed, definitions));
+        match shared.link.write() {
+            Ok(mut link) => {
+                *link = Some(Link {
+                    config: handle,
+                    scheduler: handle.scheduler(),
+                })
+            }
+            Err(_) => return std::ptr::null(),
         }
+        if background && let Err(err) = subscriber::start(Arc::clone(&shared), clusters) {
+            envoy::log(
+                abi::LOG_LEVEL_ERROR,
+                &format!("cell-router: no subscription thread: {err}"),
+            );
+            shared.unlink();
+            return std::ptr::null();
+        }
+        let filter_config = Box::new(FilterConfig {
+            id: NEXT_CONFIG_ID.fetch_add(1, Ordering::Relaxed),
+            envoy: handle,
+            shared,
+        });
+        Box::into_raw(filter_config) as HttpFilterConfigModulePtr
     })
 }
 
@@ -191,6 +224,29 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     guarded("config_destroy", (), move || drop(config));
 }
 
+/// A main-thread event the background thread scheduled: the per-cell
+/// gauges, which only Envoy's own threads may create.
+///
+/// # Safety
+/// `config` is a pointer `config_new` returned, alive for this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: HttpFilterConfigEnvoyPtr,
+    config: HttpFilterConfigModulePtr,
+    event: u64,
+) {
+    if config.is_null() || event != subscriber::EVENT_GAUGES {
+        return;
+    }
+    // SAFETY: Envoy calls this only while the config lives.
+    let config = unsafe { &*(config as *const FilterConfig) };
+    guarded("config_scheduled", (), || {
+        config
+            .shared
+            .record_main_gauges(config.envoy, subscriber::now_ms())
+    });
+}
+
 /// A request's filter: no per-request state, so the config pointer itself.
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
@@ -200,6 +256,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config
 }
 
+/// Nothing per request to free.
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter: HttpFilterModulePtr) {}
 
@@ -223,10 +280,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         return abi::REQUEST_HEADERS_STOP_ITERATION;
     }
     // SAFETY: Envoy keeps the config alive while any of its filters lives.
-    let shared = unsafe { &*(filter as *const FilterConfig) };
+    let config = unsafe { &*(filter as *const FilterConfig) };
     // A panic (caught) answers 503: fail closed, never a hung request.
     let answered = guarded("request_headers", None, || {
-        Some(on_request_headers(&stream, shared))
+        Some(on_request_headers(&stream, config))
     })
     .unwrap_or_else(|| {
         respond_503(&stream, "cell_router_panic", "the cell router failed");
@@ -267,28 +324,80 @@ fn serde_json_string(text: &str) -> String {
     out
 }
 
+/// This worker's state for `config`, made (or made again) as needed.
+fn worker_for<'w>(
+    workers: &'w mut Workers,
+    config: &FilterConfig,
+    settings: &Config,
+) -> Option<&'w mut Worker> {
+    workers.uses = workers.uses.wrapping_add(1);
+    let states = &mut workers.states;
+    let index = match states.iter().position(|w| w.config_id == config.id) {
+        Some(i) => {
+            if let Some(worker) = states.get_mut(i).filter(|w| w.slots.full()) {
+                *worker = new_worker(config, settings);
+            }
+            i
+        }
+        None if states.len() < MAX_CONFIGS_PER_WORKER => {
+            states.push(new_worker(config, settings));
+            states.len().saturating_sub(1)
+        }
+        None => {
+            let oldest = states
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.last_used)
+                .map_or(0, |(i, _)| i);
+            if let Some(worker) = states.get_mut(oldest) {
+                *worker = new_worker(config, settings);
+            }
+            oldest
+        }
+    };
+    let worker = states.get_mut(index)?;
+    worker.last_used = workers.uses;
+    Some(worker)
+}
+
+fn new_worker(config: &FilterConfig, settings: &Config) -> Worker {
+    let mut slots = Slots::default();
+    // Only names are resolved here: no Envoy call.
+    let metrics = Metrics::define(&mut Sink {
+        config: config.envoy,
+        definitions: &config.shared.definitions,
+        slots: &mut slots,
+        via: Via::Background,
+    });
+    Worker {
+        config_id: config.id,
+        vm: VmState::new(
+            settings,
+            VmKeys {
+                cache: random_key(),
+                shed: random_key(),
+            },
+        ),
+        metrics,
+        slots,
+        cache_epoch: config.shared.cache_epoch.load(Ordering::Relaxed),
+        version: None,
+        last_used: 0,
+    }
+}
+
 /// Decides and applies one request; true when it was answered locally.
-fn on_request_headers(stream: &Stream, shared: &FilterConfig) -> bool {
+fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
     let headers = stream.request_headers();
+    let shared = &config.shared;
     let installed = shared.installed();
-    WORKER.with(|worker| {
-        let Ok(mut worker) = worker.try_borrow_mut() else {
+    let settings = shared.config();
+    WORKERS.with(|workers| {
+        let Ok(mut workers) = workers.try_borrow_mut() else {
             respond_503(stream, "cell_router_busy", "the cell router state is busy");
             return true;
         };
-        if worker.as_ref().is_none_or(|(id, _)| *id != shared.id) {
-            *worker = Some((
-                shared.id,
-                VmState::new(
-                    &shared.config,
-                    VmKeys {
-                        cache: random_key(),
-                        shed: random_key(),
-                    },
-                ),
-            ));
-        }
-        let Some((_, vm)) = worker.as_mut() else {
+        let Some(worker) = worker_for(&mut workers, config, &settings) else {
             respond_503(
                 stream,
                 "cell_router_busy",
@@ -296,14 +405,75 @@ fn on_request_headers(stream: &Stream, shared: &FilterConfig) -> bool {
             );
             return true;
         };
-        let mut clock = now_ms;
-        let decision = decide::decide(
-            &shared.config,
+        let epoch = shared.cache_epoch.load(Ordering::Relaxed);
+        if epoch != worker.cache_epoch {
+            worker.vm.cache.clear();
+            worker.cache_epoch = epoch;
+        }
+        let Worker {
             vm,
-            &headers,
-            &mut clock,
-            installed.as_deref(),
-        );
+            metrics,
+            slots,
+            version,
+            ..
+        } = worker;
+        let mut sink = Sink {
+            config: config.envoy,
+            definitions: &shared.definitions,
+            slots,
+            via: Via::Request(stream),
+        };
+        // Per-cell ids only for the cells in force, as Wasm's install does.
+        if let Some(installed) = &installed
+            && *version != Some(installed.version())
+        {
+            let cells = installed.snapshot();
+            metrics.retain_cells(|id| cells.cell_index(id).is_some());
+            *version = Some(installed.version());
+        }
+        let mut clock = subscriber::now_ms;
+        let decision = decide::decide(&settings, vm, &headers, &mut clock, installed.as_deref());
+
+        if let Some(hit) = decision.cache_hit {
+            metrics.cache(&mut sink, hit);
+        }
+        if let Some(by_host) = decision.verified_by_host {
+            metrics.verified(&mut sink, by_host);
+        }
+        match decision.outcome {
+            Outcome::Routed { cell, reason } => {
+                metrics.routed(&mut sink, cell);
+                match reason {
+                    "failover" => metrics.failover(&mut sink, cell),
+                    "ramp" => metrics.ramped(&mut sink, cell),
+                    _ => {}
+                }
+            }
+            Outcome::Shed { cell } => metrics.shed(&mut sink, cell),
+            Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
+            Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
+            Outcome::Rejected(reason) => {
+                metrics.rejected(&mut sink, reason);
+                // Keys fetched at run time: an unknown kid may be a new key.
+                if reason == Reason::UnknownKid
+                    && let Some(jwt) = settings.jwt()
+                    && let Some(kid) = key_subscription::unknown_kid_of(jwt, &headers)
+                {
+                    key_subscription::note_unknown_kid(
+                        &mut subscriber::lock(&shared.unknown_kids),
+                        kid,
+                    );
+                }
+            }
+            Outcome::Readiness { .. } => {}
+        }
+
+        // The decision, where access logs read it (`%FILTER_STATE(cell_router.cell:PLAIN)%`).
+        for (key, value) in
+            decide::filter_state(&decision, installed.as_deref(), settings.log_tenant)
+        {
+            let _ = stream.set_filter_state(key, value.as_bytes());
+        }
         // Client copies go whatever the answer.
         for name in &decision.remove {
             let _ = stream.remove_request_header(name);
@@ -378,7 +548,6 @@ void_hook!(
     envoy_dynamic_module_on_http_filter_scheduled,
     envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark,
     envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark,
-    envoy_dynamic_module_on_http_filter_config_scheduled,
     envoy_dynamic_module_on_http_filter_config_http_callout_done,
     envoy_dynamic_module_on_http_filter_config_http_stream_headers,
     envoy_dynamic_module_on_http_filter_config_http_stream_data,

@@ -84,14 +84,14 @@ fn a_fixed_request_id_is_shed_at_the_cells_share_and_lucky_ids_do_no_better() ->
     let gateway = Gateway::start("shed-draw", &serde_json::to_vec(&doc)?, 2)?;
 
     // The same gateway, but Envoy hands the client's x-request-id on.
-    let shipped = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy.yaml"))?;
+    let shipped = std::fs::read_to_string(e2e::build().template())?;
     let keep_ids = shipped.replacen(
         "generate_request_id: true",
         "generate_request_id: true\n          preserve_external_request_id: true",
         1,
     );
     if keep_ids == shipped {
-        bail!("envoy/envoy.yaml has no generate_request_id line to extend");
+        bail!("the gateway template has no generate_request_id line to extend");
     }
     let template = gateway.dir.join("envoy-keep-request-ids.yaml");
     std::fs::write(&template, keep_ids)?;
@@ -283,7 +283,7 @@ fn a_ten_second_ramp_rises_monotonically_on_every_worker_of_two_gateways() -> Re
             let at = now_ms();
             if let Some(v) = envoys[g]
                 .stats("ramp_share")?
-                .get("wasmcustom.cell_router.ramp_share.cell-a")
+                .get(&e2e::metric("cell_router.ramp_share.cell-a"))
             {
                 gauge_mid.push((at, *v));
             }
@@ -378,7 +378,7 @@ fn a_ten_second_ramp_rises_monotonically_on_every_worker_of_two_gateways() -> Re
     for envoy in envoys {
         let stats = envoy.stats("ramp_share")?;
         assert_eq!(
-            stats.get("wasmcustom.cell_router.ramp_share.cell-a"),
+            stats.get(&e2e::metric("cell_router.ramp_share.cell-a")),
             Some(&10_000),
             "{stats:?}"
         );

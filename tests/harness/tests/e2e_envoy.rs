@@ -64,7 +64,7 @@ fn a_thousand_tenants_are_served_by_the_cell_cellmap_route_gives() -> Result<()>
     assert_eq!(per_cell.len(), 3, "{per_cell:?}");
     let stats = gateway.envoy.stats("cell_router")?;
     for (cell, count) in &per_cell {
-        let name = format!("wasmcustom.{}", metric::routed(cell));
+        let name = e2e::metric(&metric::routed(cell));
         // Readiness probes were routed too, so at least as many as we sent.
         assert!(
             stats.get(&name).copied().unwrap_or(0) >= *count,
@@ -142,7 +142,7 @@ fn tokens_are_checked_and_spoofed_cell_headers_ignored() -> Result<()> {
     let stats = gateway.envoy.stats("cell_router.rejected")?;
     assert!(
         stats
-            .get("wasmcustom.cell_router.rejected.missing_token")
+            .get(&e2e::metric("cell_router.rejected.missing_token"))
             .copied()
             .unwrap_or(0)
             >= 1,
@@ -150,7 +150,7 @@ fn tokens_are_checked_and_spoofed_cell_headers_ignored() -> Result<()> {
     );
     assert!(
         stats
-            .get("wasmcustom.cell_router.rejected.wrong_audience")
+            .get(&e2e::metric("cell_router.rejected.wrong_audience"))
             .copied()
             .unwrap_or(0)
             >= 1,
@@ -219,7 +219,7 @@ fn draining_sheds_its_share_and_disabled_fails_over() -> Result<()> {
     }
     let stats = gateway.envoy.stats("cell_router.shed")?;
     assert_eq!(
-        stats.get("wasmcustom.cell_router.shed.cell-b").copied(),
+        stats.get(&e2e::metric("cell_router.shed.cell-b")).copied(),
         Some(shed.into())
     );
     Ok(())

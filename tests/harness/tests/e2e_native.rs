@@ -3,11 +3,14 @@
 //! `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (`make native` puts it in `dist/`).
 //! The snapshot is the config's inline `fallback_snapshot`, or the
 //! sidecar's (`cellmap serve`), long-polled by the module's subscription
-//! thread at `$CELL_ROUTER_SIDECAR_ADDRESS`.
+//! thread at the address the harness gives it (`CELL_ROUTER_CLUSTERS`).
 //!
 //! Callbacks these tests exercise: `log` (config message), `get_headers_size`
 //! and `get_headers` (every request), `set_header` (set and remove),
 //! `clear_route_cache` (routed requests), `send_response` (401s, readiness).
+//! The metric, filter-state and scheduler callbacks, the persisted copy and
+//! the key subscription are exercised by the other e2e files run with
+//! `CELL_ROUTER_BUILD=native` (`make e2e-native`).
 
 use anyhow::{Context, Result};
 use cell_router_harness::e2e::{

@@ -44,7 +44,11 @@ fn prometheus(gateway: &Gateway) -> Result<(Samples, String)> {
         let mut labels: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
         labels.sort_unstable();
         if let Ok(value) = value.parse::<f64>() {
-            samples.insert((name.to_string(), labels.join(",")), value);
+            // The native build's names as the dashboard's relabelled scrape has them.
+            samples.insert(
+                (e2e::dashboard_name(name).to_string(), labels.join(",")),
+                value,
+            );
         }
     }
     Ok((samples, reply.body))

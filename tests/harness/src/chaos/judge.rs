@@ -137,12 +137,7 @@ pub fn judge(args: &Args, gateway: &Gateway, load: &Load, timeline: &Timeline) -
                     .any(|t| name.ends_with(&format!(".{t}")))
         })
         .collect();
-    let stat = |name: &str| {
-        stats
-            .get(&format!("wasmcustom.{name}"))
-            .copied()
-            .unwrap_or(0)
-    };
+    let stat = |name: &str| stats.get(&e2e::metric(name)).copied().unwrap_or(0);
 
     let seen: BTreeSet<u64> = checker["versions_seen"]
         .as_array()

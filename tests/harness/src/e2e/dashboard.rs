@@ -54,13 +54,14 @@ pub fn panels() -> Result<Vec<(String, BTreeSet<String>)>> {
     Ok(out)
 }
 
-/// Metric names in Prometheus text exposition format.
+/// Metric names in Prometheus text exposition format, as the dashboard
+/// names them (see [`super::dashboard_name`]).
 pub fn exported_names(prometheus_text: &str) -> BTreeSet<String> {
     prometheus_text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_string)
+        .map(|name| super::dashboard_name(name).to_string())
         .collect()
 }
 

@@ -289,6 +289,15 @@ impl Envoy {
             }
         };
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        // The native build reaches the plugin config's clusters (sidecar,
+        // persisted copy, JWKS source) at the addresses they have in the
+        // rendered config (filter/README.md, "Native build").
+        if rendered_is_native(&config)? {
+            command.env(
+                "CELL_ROUTER_CLUSTERS",
+                cluster_addresses(&std::fs::read_to_string(&config)?),
+            );
+        }
         command
             .arg("-c")
             .arg(&config)
@@ -414,6 +423,47 @@ impl Envoy {
     }
 }
 
+fn rendered_is_native(config: &Path) -> Result<bool> {
+    Ok(std::fs::read_to_string(config)
+        .with_context(|| format!("reading {}", config.display()))?
+        .contains("dynamic_modules.v3.DynamicModuleFilter"))
+}
+
+/// `name=127.0.0.1:port,...` for every cluster of a rendered config with one
+/// socket address (the shape of envoy.yaml's clusters: `- name:` under
+/// `clusters:`, then its `address:` and `port_value:` lines).
+pub fn cluster_addresses(config: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_clusters = false;
+    let mut current: Option<String> = None;
+    let mut address: Option<String> = None;
+    for line in config.lines() {
+        if line.starts_with("  clusters:") {
+            in_clusters = true;
+            continue;
+        }
+        if !in_clusters {
+            continue;
+        }
+        let trimmed = line.trim();
+        if let Some(name) = line.strip_prefix("  - name: ") {
+            current = Some(name.trim().to_string());
+            address = None;
+        } else if let Some(a) = trimmed.strip_prefix("address: ")
+            && !a.is_empty()
+        {
+            address = Some(a.to_string());
+        } else if let Some(port) = trimmed.strip_prefix("port_value: ")
+            && let (Some(name), Some(host)) = (current.take(), address.take())
+        {
+            out.push(format!("{name}={host}:{}", port.trim()));
+        } else if !line.starts_with(' ') && !line.is_empty() {
+            in_clusters = false;
+        }
+    }
+    out.join(",")
+}
+
 /// An Envoy admin's counters and gauges whose names match `filter` (a regex).
 pub fn admin_stats(admin_port: u16, filter: &str) -> Result<HashMap<String, i64>> {
     let url = format!("http://127.0.0.1:{admin_port}/stats?filter={filter}");
@@ -512,6 +562,44 @@ admin:
               }
     port_value: 18001
 ";
+
+    #[test]
+    fn cluster_addresses_name_every_single_address_cluster() {
+        let config = "\
+static_resources:
+  listeners:
+  - name: gateway
+    address:
+      socket_address:
+        address: 127.0.0.1
+        port_value: 40000
+  clusters:
+  - name: cellmap|sidecar
+    type: STATIC
+    load_assignment:
+      cluster_name: cellmap|sidecar
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: 127.0.0.1
+                port_value: 40001
+  - name: cell-a
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: 127.0.0.2
+                port_value: 40002
+";
+        assert_eq!(
+            cluster_addresses(config),
+            "cellmap|sidecar=127.0.0.1:40001,cell-a=127.0.0.2:40002"
+        );
+    }
 
     #[test]
     fn renders_ports_wasm_and_plugin_config() {

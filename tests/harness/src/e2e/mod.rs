@@ -112,6 +112,72 @@ pub fn build() -> Build {
     }
 }
 
+impl Build {
+    /// The gateway config template of this build.
+    pub fn template(self) -> PathBuf {
+        repo_root().join(match self {
+            Build::Wasm => "envoy/envoy.yaml",
+            Build::Native => "envoy/envoy-native.yaml",
+        })
+    }
+}
+
+/// The name Envoy's `/stats` shows for one of the filter's metrics, given
+/// as the filter names it (`cell_router.routed.cell-a`, see
+/// `filter/src/metrics.rs`). Wasm: `wasmcustom.<name>`. Native:
+/// `dynamicmodulescustom.<name>`, a per-cell family's cell as its `cell`
+/// label (`cell_router.routed.cell.cell-a`; filter/README.md, "Native build").
+/// Prometheus shows both builds alike (`cell_router_routed{cell="cell-a"}`).
+pub fn metric(name: &str) -> String {
+    metric_of(build(), name)
+}
+
+/// [`metric`] for a given build.
+pub fn metric_of(build: Build, name: &str) -> String {
+    match build {
+        Build::Wasm => format!("wasmcustom.{name}"),
+        Build::Native => {
+            const CELL_FAMILIES: [&str; 6] = [
+                "routed",
+                "shed",
+                "unavailable",
+                "failover",
+                "ramped",
+                "ramp_share",
+            ];
+            let labelled = name
+                .strip_prefix("cell_router.")
+                .and_then(|rest| rest.split_once('.'))
+                .filter(|(family, _)| CELL_FAMILIES.contains(family));
+            match labelled {
+                Some((family, cell)) => {
+                    format!("dynamicmodulescustom.cell_router.{family}.cell.{cell}")
+                }
+                None => format!("dynamicmodulescustom.{name}"),
+            }
+        }
+    }
+}
+
+/// The prefix Envoy 1.40's `/stats/prometheus` puts on dynamic-module
+/// metrics: it strips Wasm's `wasmcustom.` namespace but not
+/// `dynamicmodulescustom.`, so the native build's `cell_router_routed` is
+/// `envoy_dynamicmodulescustom_cell_router_routed` (same labels).
+pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_dynamicmodulescustom_";
+
+/// A Prometheus metric name as the dashboard (`envoy/grafana-dashboard.json`)
+/// asks for it: for the native build, after the scrape's relabel that
+/// filter/README.md ("Native build") gives, which drops
+/// [`NATIVE_PROMETHEUS_PREFIX`]. The Wasm build's names are already so.
+pub fn dashboard_name(exported: &str) -> &str {
+    match build() {
+        Build::Wasm => exported,
+        Build::Native => exported
+            .strip_prefix(NATIVE_PROMETHEUS_PREFIX)
+            .unwrap_or(exported),
+    }
+}
+
 /// The directory holding the native build, `libcell_router_native.so`:
 /// `$CELL_ROUTER_NATIVE_DIR`, else `dist/` (`make native`).
 pub fn native_dir() -> Result<PathBuf> {
@@ -710,4 +776,34 @@ pub fn cellmap_route(snapshot: &Path, tenants: &[String]) -> Result<Vec<serde_js
         .lines()
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_per_build() {
+        assert_eq!(
+            metric_of(Build::Wasm, "cell_router.routed.cell-a"),
+            "wasmcustom.cell_router.routed.cell-a"
+        );
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.routed.cell-a"),
+            "dynamicmodulescustom.cell_router.routed.cell.cell-a"
+        );
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.ramp_share.cell_x"),
+            "dynamicmodulescustom.cell_router.ramp_share.cell.cell_x"
+        );
+        // Fixed names keep their shape, also those with a dot after the family.
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.rejected.expired"),
+            "dynamicmodulescustom.cell_router.rejected.expired"
+        );
+        assert_eq!(
+            metric_of(Build::Native, "cell_router.snapshot.version"),
+            "dynamicmodulescustom.cell_router.snapshot.version"
+        );
+    }
 }
