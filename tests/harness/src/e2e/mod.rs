@@ -10,6 +10,7 @@
 
 pub mod dashboard;
 mod envoy;
+pub mod regions;
 mod slow_cell;
 mod wait;
 
