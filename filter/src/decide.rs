@@ -415,6 +415,20 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 cell: cell_id(cell),
             },
         ),
+        // `resolve` makes no region check, so it never asks for another
+        // region; until the filter routes by region, answer like a cell
+        // that cannot serve.
+        Resolved::Forward { .. } | Resolved::WrongRegion { .. } => (
+            Action::Respond(json_reply(
+                503,
+                "wrong_region",
+                "wrong_region",
+                "the tenant is homed in another region",
+            )),
+            Outcome::Unavailable {
+                cell: cell_id(resolution.home),
+            },
+        ),
     };
     Decision {
         remove,

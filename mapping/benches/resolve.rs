@@ -206,6 +206,7 @@ fn route_code(outcome: Outcome) -> u32 {
         Outcome::Route { cell } => u32::from(cell),
         Outcome::Shed { cell, .. } => u32::from(cell) + 1,
         Outcome::Unavailable { cell } => u32::from(cell) + 2,
+        Outcome::Forward { region } | Outcome::WrongRegion { region } => u32::from(region) + 3,
     }
 }
 

@@ -15,6 +15,7 @@
 
 use crate::error::PathError;
 use crate::hash::{HashKey, ratio_to_basis_points};
+use crate::pools::{DEFAULT_ID, Pool, Region};
 use crate::snapshot::{Cell, CellDoc, MAX_SLOTS, Move, MoveDoc, Snapshot, validate_cells};
 use crate::table::{EntryKind, TenantTable};
 
@@ -358,15 +359,26 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
         }
     }
 
-    Ok(Snapshot::from_parts(
+    Ok(Snapshot {
+        format: 1,
         version,
         generated_at,
         key,
+        slots,
         cells,
-        slot_table,
-        tenants,
-        moves,
-    ))
+        regions: vec![Region {
+            id: DEFAULT_ID.to_string(),
+        }],
+        region_table: Vec::new(),
+        region_overrides: TenantTable::default(),
+        pools: vec![Pool {
+            id: DEFAULT_ID.to_string(),
+            match_rule: None,
+            slot_tables: vec![slot_table],
+            tenants,
+            moves,
+        }],
+    })
 }
 
 fn validate_moves(

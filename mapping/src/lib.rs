@@ -8,6 +8,7 @@ pub mod builder;
 pub mod diff;
 pub mod error;
 pub mod hash;
+pub mod pools;
 pub mod ramp;
 pub mod resolve;
 pub mod snapshot;
@@ -17,6 +18,9 @@ pub use builder::{Build, BuildOptions, BuildReport, Spec};
 pub use diff::SnapshotDiff;
 pub use error::PathError;
 pub use hash::HashKey;
+pub use pools::{
+    MatchDoc, MatchRule, Pool, PoolDoc, PooledCellDoc, PooledSnapshotDoc, Region, RegionDoc,
+};
 pub use ramp::{Curve, Ramp, RampDoc, Timestamp};
 pub use resolve::{Draws, Outcome, RampStep, Resolution, Source};
 pub use snapshot::{Cell, CellDoc, CellState, HashDoc, Move, MoveDoc, Snapshot, SnapshotDoc};

@@ -80,15 +80,27 @@ pub enum Outcome {
     Shed { cell: u16, retry_after_s: u32 },
     /// `cell` is disabled and has no failover: 503.
     Unavailable { cell: u16 },
+    /// The tenant is homed in another `region` and the request has not been
+    /// forwarded yet: send it to that region's gateway (format 2).
+    Forward { region: u16 },
+    /// The tenant is homed in another `region` but the request was already
+    /// forwarded once (the gateways' snapshots disagree for a moment): 503,
+    /// never a second forward (format 2).
+    WrongRegion { region: u16 },
 }
 
 /// The full answer for one request: enough to route it and to explain it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resolution {
+    /// The pool the tenant was resolved in.
+    pub pool: u16,
+    /// The tenant's home region (0 in format 1).
+    pub home_region: u16,
     /// The tenant's consistent-hash slot (computed even when an override wins).
     pub slot: u32,
     pub source: Source,
-    /// The cell chosen before cell states applied.
+    /// The cell chosen before cell states applied, from the pool's tables
+    /// for the home region (also when the request is forwarded there).
     pub home: u16,
     /// Whether a disabled cell's failover was followed.
     pub failed_over: bool,
@@ -98,10 +110,16 @@ pub struct Resolution {
 }
 
 impl Resolution {
-    /// The operator-facing reason: `ramp` when a ramping cell sent the
+    /// The operator-facing reason: `forward` / `wrong_region` when the
+    /// tenant is homed in another region, `ramp` when a ramping cell sent the
     /// request on to its failover, `failover` when a disabled cell's failover
     /// was followed, else `override`, `pin`, `split` or `slot`.
     pub fn reason(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Forward { .. } => return "forward",
+            Outcome::WrongRegion { .. } => return "wrong_region",
+            _ => {}
+        }
         if self.ramp.is_some_and(|r| !r.kept) {
             return "ramp";
         }
@@ -124,32 +142,128 @@ impl Resolution {
         }
     }
 
-    /// The cell whose state decided the outcome (routed, shed or disabled).
+    /// The cell whose state decided the outcome (routed, shed or disabled);
+    /// for a request sent to another region, the home cell there.
     pub fn final_cell(&self) -> u16 {
         match self.outcome {
             Outcome::Route { cell }
             | Outcome::Shed { cell, .. }
             | Outcome::Unavailable { cell } => cell,
+            Outcome::Forward { .. } | Outcome::WrongRegion { .. } => self.home,
+        }
+    }
+
+    /// The region the request must go to, if it is not this one.
+    pub fn other_region(&self) -> Option<u16> {
+        match self.outcome {
+            Outcome::Forward { region } | Outcome::WrongRegion { region } => Some(region),
+            _ => None,
         }
     }
 }
 
 impl Snapshot {
-    /// Resolves a tenant. The split key is only hashed when a gradual move or
-    /// a ramp needs it; the shed draw is only compared for a draining cell.
+    /// Resolves a tenant in the default pool (format 1: the only pool; else
+    /// the first), in its home region, without a region check: the
+    /// routing function of a format-1 snapshot.
     #[inline]
     pub fn resolve(&self, tenant: &[u8], draws: &Draws<'_>) -> Resolution {
+        self.resolve_in(tenant, self.legacy_pool_index(), None, false, draws)
+    }
+
+    /// The pool a request belongs to (`SPEC.md`, "Pool selection"): the
+    /// first pool, in document order, whose `match` takes the request's
+    /// authority and path (as Envoy normalised them); `None`: no pool
+    /// matches (404 `no_pool`). A format-1 snapshot's one pool takes every
+    /// request.
+    pub fn pool_for(&self, authority: &[u8], path: &[u8]) -> Option<u16> {
+        let host = crate::pools::host_of(authority);
+        self.pools
+            .iter()
+            .position(|p| p.match_rule.as_ref().is_none_or(|m| m.matches(host, path)))
+            .map(|i| i as u16)
+    }
+
+    /// The tenant's home region: `region_overrides[tenant]`, else
+    /// `region_table[h mod S]` (0 in format 1).
+    pub fn home_region(&self, tenant: &[u8]) -> u16 {
+        if self.region_table.is_empty() {
+            return 0;
+        }
+        let h = self.key().hash(tenant);
+        crate::snapshot::home_region_of(
+            &self.region_overrides,
+            &self.region_table,
+            self.slots,
+            tenant,
+            h,
+        )
+    }
+
+    /// Resolves a tenant in `pool` (from [`Self::pool_for`]; an index out of
+    /// range resolves in the first pool) at a gateway in `local_region`.
+    /// In a format-2 snapshot, a tenant homed in another region is
+    /// [`Outcome::Forward`]ed there, or [`Outcome::WrongRegion`] when the
+    /// request was `forwarded` already; `local_region` `None` resolves in
+    /// the home region wherever it is (tools). A format-1 snapshot ignores
+    /// `local_region` and `forwarded`. Otherwise the pool's overrides, pins,
+    /// moves and its slot table for the home region pick the home cell, and
+    /// cell states apply as in format 1 (failover never leaves the pool and
+    /// region: validation refuses it). The split key is only hashed when a
+    /// gradual move or a ramp needs it; the shed draw is only compared for a
+    /// draining cell.
+    #[inline]
+    pub fn resolve_in(
+        &self,
+        tenant: &[u8],
+        pool: u16,
+        local_region: Option<u16>,
+        forwarded: bool,
+        draws: &Draws<'_>,
+    ) -> Resolution {
         let key = self.key();
         let h = key.hash(tenant);
-        let table = self.slot_table();
-        let slot = (h % table.len().max(1) as u64) as u32;
-        let slot_cell = table.get(slot as usize).copied().unwrap_or(0);
+        let slot = (h % u64::from(self.slots.max(1))) as u32;
+        let home_region = if self.region_table.is_empty() {
+            0
+        } else {
+            crate::snapshot::home_region_of(
+                &self.region_overrides,
+                &self.region_table,
+                self.slots,
+                tenant,
+                h,
+            )
+        };
+        let (pool, pool_ref) = match self.pools.get(usize::from(pool)) {
+            Some(p) => (pool, p),
+            None => match self.pools.first() {
+                Some(p) => (0, p),
+                None => {
+                    return Resolution {
+                        pool: 0,
+                        home_region,
+                        slot,
+                        source: Source::Slot,
+                        home: 0,
+                        failed_over: false,
+                        ramp: None,
+                        outcome: Outcome::Unavailable { cell: 0 },
+                    };
+                }
+            },
+        };
+        let slot_cell = pool_ref
+            .slot_table(home_region)
+            .get(slot as usize)
+            .copied()
+            .unwrap_or(0);
 
-        let (source, home) = match self.tenant_table().get(tenant, h) {
+        let (source, home) = match pool_ref.tenants.get(tenant, h) {
             None => (Source::Slot, slot_cell),
             Some((EntryKind::Override, cell)) => (Source::Override, cell),
             Some((EntryKind::Pin, cell)) => (Source::Pin, cell),
-            Some((EntryKind::Move, index)) => match self.moves().get(usize::from(index)) {
+            Some((EntryKind::Move, index)) => match pool_ref.moves.get(usize::from(index)) {
                 Some(m) => {
                     let moved = key.draw(DRAW_DOMAIN_MOVE, draws.split_key) < m.to_basis_points;
                     (Source::Split { moved }, if moved { m.to } else { m.from })
@@ -157,6 +271,30 @@ impl Snapshot {
                 None => (Source::Slot, slot_cell),
             },
         };
+
+        if self.format() != 1
+            && let Some(local) = local_region
+            && local != home_region
+        {
+            return Resolution {
+                pool,
+                home_region,
+                slot,
+                source,
+                home,
+                failed_over: false,
+                ramp: None,
+                outcome: if forwarded {
+                    Outcome::WrongRegion {
+                        region: home_region,
+                    }
+                } else {
+                    Outcome::Forward {
+                        region: home_region,
+                    }
+                },
+            };
+        }
 
         // Follow failovers of disabled cells and of ramping cells that do not
         // take this key yet; validation refused loops, and the bound keeps
@@ -215,6 +353,8 @@ impl Snapshot {
             Outcome::Unavailable { cell }
         };
         Resolution {
+            pool,
+            home_region,
             slot,
             source,
             home,

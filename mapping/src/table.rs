@@ -109,6 +109,13 @@ fn bucket_of(h: u64, buckets: usize) -> usize {
 }
 
 impl TenantTable {
+    /// An empty table (usable in statics).
+    pub const EMPTY: TenantTable = TenantTable {
+        arena: Vec::new(),
+        entries: 0,
+        buckets: Vec::new(),
+    };
+
     pub fn with_capacity(entries: usize, arena_bytes: usize) -> Self {
         TenantTable {
             arena: Vec::with_capacity(arena_bytes.saturating_add(entries.saturating_mul(HEADER))),

@@ -487,6 +487,8 @@ fn binary_vectors() -> String {
                 cell_router_mapping::Outcome::Route { .. } => "route",
                 cell_router_mapping::Outcome::Shed { .. } => "shed",
                 cell_router_mapping::Outcome::Unavailable { .. } => "unavailable",
+                cell_router_mapping::Outcome::Forward { .. } => "forward",
+                cell_router_mapping::Outcome::WrongRegion { .. } => "wrong_region",
             };
             let ramp = r.ramp.map(|step| {
                 json!({"cell": names(step.cell), "share_bp": step.share_bp, "kept": step.kept})

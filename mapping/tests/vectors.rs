@@ -241,6 +241,8 @@ fn outcome_name(r: &Resolution) -> &'static str {
         Outcome::Route { .. } => "route",
         Outcome::Shed { .. } => "shed",
         Outcome::Unavailable { .. } => "unavailable",
+        Outcome::Forward { .. } => "forward",
+        Outcome::WrongRegion { .. } => "wrong_region",
     }
 }
 

@@ -126,6 +126,9 @@ pub(super) fn run(args: RouteArgs) -> Result<(), Failure> {
             ),
             Outcome::Shed { .. } => ("shed", BASIS_POINTS),
             Outcome::Unavailable { .. } => ("unavailable", 0),
+            // `resolve` makes no region check: never another region.
+            Outcome::Forward { .. } => ("forward", 0),
+            Outcome::WrongRegion { .. } => ("wrong_region", 0),
         };
         let moved = match r.source {
             Source::Split { moved } => Some(moved),
