@@ -629,6 +629,10 @@ impl RawConfig {
             Some(None) => None,
             Some(Some(path)) => Some(request_path("readiness_path", path)?),
         };
+        if let Some(snapshot) = &fallback_snapshot {
+            crate::decide::gateway_region(region.as_deref(), snapshot)
+                .map_err(|e| ConfigError::new("fallback_snapshot", e))?;
+        }
         if sidecar.is_none() && fallback_snapshot.is_none() {
             return Err(ConfigError::new(
                 "sidecar",
