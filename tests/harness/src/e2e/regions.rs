@@ -251,6 +251,8 @@ pub fn regional_config(
     }
     let mut plugin = plugin_config_of(template)?;
     plugin["region"] = region.into();
+    // TEMPORARY: the binary form does not carry format 2 yet (pools-core).
+    plugin["sidecar"]["binary"] = false.into();
     // The Wasm file name is set again when Envoy starts (`Envoy::start`).
     render_envoy_config(
         &text,
@@ -439,6 +441,38 @@ impl TwoRegions {
             publish(&gateway.source, &snapshot)?;
         }
         self.await_version(layout.version)
+    }
+
+    /// Publishes `layout` to both sidecars; waits until every worker of
+    /// each gateway answers its probe as `routed_by_it` says only `layout`
+    /// would (for a snapshot whose probe answer carries no version, e.g.
+    /// every cell of a region disabled).
+    pub fn publish_until(
+        &self,
+        layout: &RegionLayout,
+        routed_by_it: impl Fn(&RegionGateway, &Reply) -> bool,
+    ) -> Result<()> {
+        let snapshot = layout.to_json()?;
+        for gateway in self.gateways() {
+            publish(&gateway.source, &snapshot)?;
+        }
+        for gateway in self.gateways() {
+            let tenant = probe_tenant(&gateway.region);
+            await_version(&gateway.envoy, layout.version, VERSION_TIMEOUT, |agent| {
+                let reply =
+                    gateway.call(agent, &tenant, &self.probe_path, &[("connection", "close")])?;
+                if routed_by_it(gateway, &reply) {
+                    return Ok(super::VersionProbe {
+                        status: 200,
+                        version: Some(layout.version),
+                        error: None,
+                    });
+                }
+                probe_body_version(Ok(reply))
+            })
+            .with_context(|| format!("the {} gateway", gateway.region))?;
+        }
+        Ok(())
     }
 
     /// Publishes `layout` to one region's sidecar only (the regions then
