@@ -15,7 +15,11 @@
 
 use crate::error::PathError;
 use crate::hash::{HashKey, ratio_to_basis_points};
-use crate::pools::{DEFAULT_ID, Pool, Region};
+use crate::pools::{DEFAULT_ID, FORMAT_POOLS, MAX_POOLS, MatchDoc, Pool, Region, RegionDoc};
+use crate::snapshot::{
+    AnyCellDoc, Places, check_place, check_pool_heads, check_pooled_cells, check_regions,
+    check_slot_table_places, home_region_of,
+};
 use crate::snapshot::{Cell, CellDoc, MAX_SLOTS, Move, MoveDoc, Snapshot, validate_cells};
 use crate::table::{EntryKind, TenantTable};
 
@@ -113,19 +117,17 @@ fn move_docs(snapshot: &Snapshot) -> Vec<MoveDoc> {
 }
 
 /// Writes the binary form of a snapshot. Deterministic: the same snapshot
-/// gives the same bytes.
+/// gives the same bytes. A format-1 snapshot is written in layout 1 (as
+/// before pools existed), a format-2 snapshot in layout 2.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    if snapshot.format() == FORMAT_POOLS {
+        return encode_pooled(snapshot);
+    }
     let cells = serde_json::to_vec(&cell_docs(snapshot)).unwrap_or_default();
     let moves = serde_json::to_vec(&move_docs(snapshot)).unwrap_or_default();
-    let mut slots = Vec::with_capacity(snapshot.slot_table().len() * 2);
-    for index in snapshot.slot_table() {
-        slots.extend_from_slice(&index.to_le_bytes());
-    }
+    let slots = u16_bytes(snapshot.slot_table());
     let (arena, buckets) = snapshot.tenant_table().indexed_parts();
-    let mut bucket_bytes = Vec::with_capacity(buckets.len() * 8);
-    for word in buckets {
-        bucket_bytes.extend_from_slice(&word.to_le_bytes());
-    }
+    let bucket_bytes = u64_bytes(buckets);
     let sections: [&[u8]; SECTIONS] = [
         snapshot.generated_at().as_bytes(),
         &cells,
@@ -134,16 +136,34 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         arena,
         &bucket_bytes,
     ];
-    let total = HEADER_LEN + sections.iter().map(|s| s.len()).sum::<usize>() + CHECKSUM_LEN;
+    seal(snapshot, FORMAT, &[], &sections)
+}
+
+fn u16_bytes(values: &[u16]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn u64_bytes(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The header (with `extra` header words after the fixed 48 bytes), the
+/// section table, the sections and the checksum.
+fn seal(snapshot: &Snapshot, format: u32, extra: &[u32], sections: &[&[u8]]) -> Vec<u8> {
+    let header_len = 48 + extra.len() * 4 + sections.len() * 16;
+    let total = header_len + sections.iter().map(|s| s.len()).sum::<usize>() + CHECKSUM_LEN;
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&format.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&snapshot.version().to_le_bytes());
     out.extend_from_slice(&key_bytes(snapshot.key()));
-    out.extend_from_slice(&(snapshot.slot_table().len() as u32).to_le_bytes());
+    out.extend_from_slice(&snapshot.slots().to_le_bytes());
     out.extend_from_slice(&(snapshot.tenant_entries() as u32).to_le_bytes());
-    let mut offset = HEADER_LEN as u64;
+    for word in extra {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    let mut offset = header_len as u64;
     for section in sections {
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&(section.len() as u64).to_le_bytes());
@@ -155,6 +175,71 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let sum = checksum(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
+}
+
+/// A pool's id and match rule (the `pools` section of layout 2; its tables
+/// are sections of their own).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolHead {
+    id: String,
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    match_rule: Option<MatchDoc>,
+}
+
+/// Layout 2 (a format-2 snapshot): after the 48 fixed bytes, P (pools) and
+/// R (regions) as u32, then 7 + 4·P sections.
+fn encode_pooled(snapshot: &Snapshot) -> Vec<u8> {
+    let doc = snapshot.to_pooled_doc();
+    let cells = serde_json::to_vec(&doc.cells).unwrap_or_default();
+    let regions = serde_json::to_vec(&doc.regions).unwrap_or_default();
+    let region_table = u16_bytes(snapshot.region_table());
+    let (region_arena, region_buckets) = snapshot.region_override_table().indexed_parts();
+    let region_buckets = u64_bytes(region_buckets);
+    let heads: Vec<PoolHead> = snapshot
+        .pools()
+        .iter()
+        .map(|p| PoolHead {
+            id: p.id.clone(),
+            match_rule: p.match_rule.as_ref().map(|m| MatchDoc {
+                path_prefixes: m.path_prefixes.clone(),
+                authorities: m.authorities.clone(),
+            }),
+        })
+        .collect();
+    let heads = serde_json::to_vec(&heads).unwrap_or_default();
+    let mut per_pool: Vec<[Vec<u8>; 4]> = Vec::with_capacity(snapshot.pools().len());
+    for (pool, pool_doc) in snapshot.pools().iter().zip(&doc.pools) {
+        let tables: Vec<u8> = pool
+            .slot_tables()
+            .iter()
+            .flat_map(|t| u16_bytes(t))
+            .collect();
+        let moves = serde_json::to_vec(&pool_doc.moves).unwrap_or_default();
+        let (arena, buckets) = pool.tenant_table().indexed_parts();
+        per_pool.push([tables, moves, arena.to_vec(), u64_bytes(buckets)]);
+    }
+    let mut sections: Vec<&[u8]> = vec![
+        snapshot.generated_at().as_bytes(),
+        &cells,
+        &regions,
+        &region_table,
+        region_arena,
+        &region_buckets,
+        &heads,
+    ];
+    for parts in &per_pool {
+        sections.extend(parts.iter().map(Vec::as_slice));
+    }
+    seal(
+        snapshot,
+        u32::from(FORMAT_POOLS),
+        &[
+            snapshot.pools().len() as u32,
+            snapshot.regions().len() as u32,
+        ],
+        &sections,
+    )
 }
 
 /// The 16 key bytes (`hash.key` decoded).
@@ -182,6 +267,154 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))
 }
 
+/// The section table at `table_at`: contiguous sections, in order, from its
+/// end to the checksum.
+fn read_sections<'a>(
+    body: &'a [u8],
+    table_at: usize,
+    names: &[String],
+) -> Result<Vec<&'a [u8]>, PathError> {
+    let header = |what: &str| err("header", format!("cut short before {what}"));
+    let mut out = Vec::with_capacity(names.len());
+    let mut expected = (table_at + names.len() * 16) as u64;
+    for (i, name) in names.iter().enumerate() {
+        let at = table_at + i * 16;
+        let offset = u64_at(body, at).ok_or_else(|| header("the section table"))?;
+        let len = u64_at(body, at + 8).ok_or_else(|| header("the section table"))?;
+        if offset != expected {
+            return Err(err(
+                name,
+                format!("section starts at {offset}, expected {expected}"),
+            ));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= body.len() as u64)
+            .ok_or_else(|| err(name, "section runs past the end"))?;
+        out.push(
+            usize::try_from(offset)
+                .ok()
+                .zip(usize::try_from(end).ok())
+                .and_then(|(a, b)| body.get(a..b))
+                .ok_or_else(|| err(name, "section runs past the end"))?,
+        );
+        expected = end;
+    }
+    if expected != body.len() as u64 {
+        return Err(err(
+            names.last().map_or("header", String::as_str),
+            format!(
+                "sections end at {expected}, the checksum starts at {}",
+                body.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// S little-endian u16 indexes below `limit` (`what`: cell or region).
+fn read_u16_table(
+    bytes: &[u8],
+    slots: u32,
+    limit: usize,
+    section: &str,
+    what: &str,
+) -> Result<Vec<u16>, PathError> {
+    if bytes.len() != slots as usize * 2 {
+        return Err(err(
+            section,
+            format!(
+                "{} bytes; {slots} slots need {} (2 bytes a slot)",
+                bytes.len(),
+                slots as usize * 2
+            ),
+        ));
+    }
+    let mut table = Vec::with_capacity(slots as usize);
+    for (slot, pair) in bytes.chunks_exact(2).enumerate() {
+        let index = match pair {
+            [lo, hi] => u16::from_le_bytes([*lo, *hi]),
+            _ => 0,
+        };
+        if usize::from(index) >= limit {
+            return Err(err(
+                section,
+                format!(
+                    "slot {slot} points at {what} index {index}, but there are {limit} {what}s"
+                ),
+            ));
+        }
+        table.push(index);
+    }
+    Ok(table)
+}
+
+fn read_buckets(bytes: &[u8], section: &str) -> Result<Vec<u64>, PathError> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(err(section, "length is not a multiple of 8"));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+        .collect())
+}
+
+/// A pool's (or layout 1's) tenant table and moves, checked against each
+/// other: every move is in the table under its own index, nothing else is a
+/// move.
+fn read_tenants(
+    arena: &[u8],
+    bucket_bytes: &[u8],
+    moves: &[Move],
+    key: HashKey,
+    cell_count: usize,
+    names: [&str; 3],
+) -> Result<TenantTable, PathError> {
+    let [moves_name, arena_name, buckets_name] = names;
+    let buckets = read_buckets(bucket_bytes, buckets_name)?;
+    let mut move_entries = 0usize;
+    let move_count = moves.len();
+    let tenants = TenantTable::from_indexed_parts(
+        arena.to_vec(),
+        buckets,
+        |t| key.hash(t),
+        |kind, value| match kind {
+            EntryKind::Override | EntryKind::Pin => usize::from(value) < cell_count,
+            EntryKind::Move => {
+                move_entries += 1;
+                usize::from(value) < move_count
+            }
+        },
+    )
+    .map_err(|e| err(arena_name, e))?;
+    if move_entries != moves.len() {
+        return Err(err(
+            moves_name,
+            format!(
+                "{} moves, but the table has {move_entries} move entries",
+                moves.len()
+            ),
+        ));
+    }
+    for (i, m) in moves.iter().enumerate() {
+        let t = m.tenant.as_bytes();
+        if tenants.get(t, key.hash(t)) != Some((EntryKind::Move, i as u16)) {
+            return Err(err(
+                moves_name,
+                format!(
+                    "move {i} (tenant {:?}) is not in the tenant table as move {i}",
+                    m.tenant
+                ),
+            ));
+        }
+    }
+    Ok(tenants)
+}
+
+fn json_section<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Result<T, PathError> {
+    crate::error::from_json_with_path(bytes).map_err(|e| err(name, e.to_string()))
+}
+
 /// Reads and validates the binary form. Everything [`Snapshot::parse`]
 /// checks in a JSON snapshot is checked here too, so a snapshot accepted in
 /// one form routes exactly as in the other; never panics, whatever the bytes.
@@ -190,14 +423,16 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
     if !is_binary(bytes) {
         return Err(err("header", "not a binary snapshot (bad magic)"));
     }
-    if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
+    if bytes.len() < 48 + CHECKSUM_LEN {
         return Err(header("the end of the header"));
     }
     let format = u32_at(bytes, 8).ok_or_else(|| header("format"))?;
-    if format != FORMAT {
+    if format != FORMAT && format != u32::from(FORMAT_POOLS) {
         return Err(err(
             "header",
-            format!("format {format} is not supported (this reader knows {FORMAT})"),
+            format!(
+                "format {format} is not supported (this reader knows {FORMAT} and {FORMAT_POOLS})"
+            ),
         ));
     }
     if u32_at(bytes, 12) != Some(0) {
@@ -229,103 +464,62 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
             format!("slots must be between 1 and {MAX_SLOTS}, got {slots}"),
         ));
     }
+    let head = Head {
+        version,
+        key,
+        slots,
+        entries,
+    };
+    if format == FORMAT {
+        decode_layout1(body, head)
+    } else {
+        decode_layout2(body, head)
+    }
+}
 
-    // Sections: contiguous, in order, from the end of the header to the
-    // checksum.
-    let mut section: [&[u8]; SECTIONS] = [&[]; SECTIONS];
-    let mut expected = HEADER_LEN as u64;
-    for (i, (slot, name)) in section.iter_mut().zip(SECTION_NAMES).enumerate() {
-        let at = 48 + i * 16;
-        let offset = u64_at(body, at).ok_or_else(|| header("the section table"))?;
-        let len = u64_at(body, at + 8).ok_or_else(|| header("the section table"))?;
-        if offset != expected {
-            return Err(err(
-                name,
-                format!("section starts at {offset}, expected {expected}"),
-            ));
-        }
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= body_len as u64)
-            .ok_or_else(|| err(name, "section runs past the end"))?;
-        *slot = usize::try_from(offset)
-            .ok()
-            .zip(usize::try_from(end).ok())
-            .and_then(|(a, b)| body.get(a..b))
-            .ok_or_else(|| err(name, "section runs past the end"))?;
-        expected = end;
+/// The fixed header fields both layouts share.
+struct Head {
+    version: u64,
+    key: HashKey,
+    slots: u32,
+    entries: u32,
+}
+
+fn decode_layout1(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
+    let Head {
+        version,
+        key,
+        slots,
+        entries,
+    } = head;
+    if body.len() < HEADER_LEN {
+        return Err(err("header", "cut short before the end of the header"));
     }
-    if expected != body_len as u64 {
-        return Err(err(
-            "tenant_buckets",
-            format!("sections end at {expected}, the checksum starts at {body_len}"),
-        ));
-    }
-    let [generated_at, cells, slot_bytes, moves, arena, bucket_bytes] = section;
+    let names: Vec<String> = SECTION_NAMES.iter().map(|s| s.to_string()).collect();
+    let section = read_sections(body, 48, &names)?;
+    let [generated_at, cells, slot_bytes, moves, arena, bucket_bytes] = section.as_slice() else {
+        return Err(err("header", "wrong number of sections"));
+    };
 
     let generated_at = std::str::from_utf8(generated_at)
         .map_err(|_| err("generated_at", "not UTF-8"))?
         .to_string();
 
-    let cell_docs: Vec<crate::error::ObjectOnly<CellDoc>> =
-        crate::error::from_json_with_path(cells).map_err(|e| err("cells", e.to_string()))?;
+    let cell_docs: Vec<crate::error::ObjectOnly<CellDoc>> = json_section(cells, "cells")?;
     let cell_docs: Vec<CellDoc> = cell_docs.into_iter().map(|c| c.0).collect();
     let cells: Vec<Cell> = validate_cells(&cell_docs)?;
+    let slot_table = read_u16_table(slot_bytes, slots, cells.len(), "slot_table", "cell")?;
 
-    if slot_bytes.len() != slots as usize * 2 {
-        return Err(err(
-            "slot_table",
-            format!(
-                "{} bytes; {slots} slots need {} (2 bytes a slot)",
-                slot_bytes.len(),
-                slots as usize * 2
-            ),
-        ));
-    }
-    let mut slot_table = Vec::with_capacity(slots as usize);
-    for (slot, pair) in slot_bytes.chunks_exact(2).enumerate() {
-        let index = match pair {
-            [lo, hi] => u16::from_le_bytes([*lo, *hi]),
-            _ => 0,
-        };
-        if usize::from(index) >= cells.len() {
-            return Err(err(
-                "slot_table",
-                format!(
-                    "slot {slot} points at cell index {index}, but there are {} cells",
-                    cells.len()
-                ),
-            ));
-        }
-        slot_table.push(index);
-    }
-
-    let move_docs: Vec<crate::error::ObjectOnly<MoveDoc>> =
-        crate::error::from_json_with_path(moves).map_err(|e| err("moves", e.to_string()))?;
-    let moves = validate_moves(move_docs.into_iter().map(|m| m.0), &cells)?;
-
-    if bucket_bytes.len() % 8 != 0 {
-        return Err(err("tenant_buckets", "length is not a multiple of 8"));
-    }
-    let buckets: Vec<u64> = bucket_bytes
-        .chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-        .collect();
-    let mut move_entries = 0usize;
-    let (cell_count, move_count) = (cells.len(), moves.len());
-    let tenants = TenantTable::from_indexed_parts(
-        arena.to_vec(),
-        buckets,
-        |t| key.hash(t),
-        |kind, value| match kind {
-            EntryKind::Override | EntryKind::Pin => usize::from(value) < cell_count,
-            EntryKind::Move => {
-                move_entries += 1;
-                usize::from(value) < move_count
-            }
-        },
-    )
-    .map_err(|e| err("tenant_arena", e))?;
+    let move_docs: Vec<crate::error::ObjectOnly<MoveDoc>> = json_section(moves, "moves")?;
+    let moves = validate_moves(move_docs.into_iter().map(|m| m.0), &cells, "binary:moves")?;
+    let tenants = read_tenants(
+        arena,
+        bucket_bytes,
+        &moves,
+        key,
+        cells.len(),
+        ["moves", "tenant_arena", "tenant_buckets"],
+    )?;
     if tenants.len() != entries as usize {
         return Err(err(
             "header",
@@ -334,29 +528,6 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
                 tenants.len()
             ),
         ));
-    }
-    // Every move is in the table under its own index, and nothing else is a
-    // move: the table and the moves section agree.
-    if move_entries != moves.len() {
-        return Err(err(
-            "moves",
-            format!(
-                "{} moves, but the table has {move_entries} move entries",
-                moves.len()
-            ),
-        ));
-    }
-    for (i, m) in moves.iter().enumerate() {
-        let t = m.tenant.as_bytes();
-        if tenants.get(t, key.hash(t)) != Some((EntryKind::Move, i as u16)) {
-            return Err(err(
-                "moves",
-                format!(
-                    "move {i} (tenant {:?}) is not in the tenant table as move {i}",
-                    m.tenant
-                ),
-            ));
-        }
     }
 
     Ok(Snapshot {
@@ -381,9 +552,211 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
     })
 }
 
+/// Layout 2 sections, in order: the seven shared ones, then four per pool.
+const LAYOUT2_SECTIONS: [&str; 7] = [
+    "generated_at",
+    "cells",
+    "regions",
+    "region_table",
+    "region_arena",
+    "region_buckets",
+    "pools",
+];
+const LAYOUT2_POOL_SECTIONS: [&str; 4] = ["slot_tables", "moves", "tenant_arena", "tenant_buckets"];
+
+fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
+    let Head {
+        version,
+        key,
+        slots,
+        entries,
+    } = head;
+    let pool_count = u32_at(body, 48).ok_or_else(|| err("header", "cut short before P"))?;
+    let region_count = u32_at(body, 52).ok_or_else(|| err("header", "cut short before R"))?;
+    let pool_count = usize::try_from(pool_count).unwrap_or(usize::MAX);
+    let region_count = usize::try_from(region_count).unwrap_or(usize::MAX);
+    if pool_count == 0 || pool_count > MAX_POOLS {
+        return Err(err(
+            "header",
+            format!("P must be between 1 and {MAX_POOLS}, got {pool_count}"),
+        ));
+    }
+    let mut names: Vec<String> = LAYOUT2_SECTIONS.iter().map(|s| s.to_string()).collect();
+    for p in 0..pool_count {
+        names.extend(
+            LAYOUT2_POOL_SECTIONS
+                .iter()
+                .map(|s| format!("pools[{p}].{s}")),
+        );
+    }
+    let section = read_sections(body, 56, &names)?;
+    let get = |i: usize| section.get(i).copied().unwrap_or(&[]);
+
+    let generated_at = std::str::from_utf8(get(0))
+        .map_err(|_| err("generated_at", "not UTF-8"))?
+        .to_string();
+    let region_docs: Vec<crate::error::ObjectOnly<RegionDoc>> = json_section(get(2), "regions")?;
+    let region_docs: Vec<RegionDoc> = region_docs.into_iter().map(|r| r.0).collect();
+    let region_of = check_regions(&region_docs)?;
+    if region_docs.len() != region_count {
+        return Err(err(
+            "regions",
+            format!(
+                "{} regions, the header says {region_count}",
+                region_docs.len()
+            ),
+        ));
+    }
+    let region_table = read_u16_table(get(3), slots, region_count, "region_table", "region")?;
+    let heads: Vec<crate::error::ObjectOnly<PoolHead>> = json_section(get(6), "pools")?;
+    if heads.len() != pool_count {
+        return Err(err(
+            "pools",
+            format!("{} pools, the header says {pool_count}", heads.len()),
+        ));
+    }
+    let head_refs: Vec<(Option<&str>, Option<&MatchDoc>)> = heads
+        .iter()
+        .map(|h| (Some(h.0.id.as_str()), h.0.match_rule.as_ref()))
+        .collect();
+    let (pool_of, match_rules) = check_pool_heads(&head_refs)?;
+    let places = Places {
+        pools: heads.iter().map(|h| h.0.id.clone()).collect(),
+        regions: region_docs.iter().map(|r| r.id.clone()).collect(),
+    };
+    let cell_docs: Vec<crate::error::ObjectOnly<AnyCellDoc>> = json_section(get(1), "cells")?;
+    let cells = check_pooled_cells(
+        cell_docs.into_iter().map(|c| c.0).collect(),
+        &pool_of,
+        &region_of,
+        &places,
+    )?;
+
+    let region_overrides = TenantTable::from_indexed_parts(
+        get(4).to_vec(),
+        read_buckets(get(5), "region_buckets")?,
+        |t| key.hash(t),
+        |kind, value| kind == EntryKind::Override && usize::from(value) < region_count,
+    )
+    .map_err(|e| err("region_arena", e))?;
+    let home_region = |tenant: &[u8]| -> u16 {
+        home_region_of(
+            &region_overrides,
+            &region_table,
+            slots,
+            tenant,
+            key.hash(tenant),
+        )
+    };
+
+    let mut pools = Vec::with_capacity(pool_count);
+    let mut total = 0usize;
+    for ((p, head), match_rule) in heads.into_iter().enumerate().zip(match_rules) {
+        let at = 7 + 4 * p;
+        let name = |i: usize| names.get(at + i).map_or("pools", String::as_str);
+        let tables = get(at);
+        let table_len = slots as usize * 2;
+        if tables.len() != table_len * region_count {
+            return Err(err(
+                name(0),
+                format!(
+                    "{} bytes; {region_count} regions × {slots} slots need {}",
+                    tables.len(),
+                    table_len * region_count
+                ),
+            ));
+        }
+        let mut slot_tables = Vec::with_capacity(region_count);
+        for (r, bytes) in tables.chunks_exact(table_len.max(1)).enumerate() {
+            let table = read_u16_table(bytes, slots, cells.len(), name(0), "cell")?;
+            check_slot_table_places(
+                &table,
+                p as u16,
+                r as u16,
+                &cells,
+                &places,
+                &format!("binary:{}", name(0)),
+            )?;
+            slot_tables.push(table);
+        }
+        let move_docs: Vec<crate::error::ObjectOnly<MoveDoc>> = json_section(get(at + 1), name(1))?;
+        let moves = validate_moves(
+            move_docs.into_iter().map(|m| m.0),
+            &cells,
+            &format!("binary:{}", name(1)),
+        )?;
+        for (i, m) in moves.iter().enumerate() {
+            let home = home_region(m.tenant.as_bytes());
+            for (field, cell) in [("from", m.from), ("to", m.to)] {
+                check_place(
+                    &cells,
+                    &places,
+                    p as u16,
+                    cell,
+                    m.tenant.as_bytes(),
+                    home,
+                    format!("binary:{}[{i}].{field}", name(1)),
+                )?;
+            }
+        }
+        let tenants = read_tenants(
+            get(at + 2),
+            get(at + 3),
+            &moves,
+            key,
+            cells.len(),
+            [name(1), name(2), name(3)],
+        )?;
+        for (tenant, kind, value) in tenants.iter() {
+            if kind != EntryKind::Move {
+                check_place(
+                    &cells,
+                    &places,
+                    p as u16,
+                    value,
+                    tenant,
+                    home_region(tenant),
+                    format!("binary:{}", name(2)),
+                )?;
+            }
+        }
+        total += tenants.len();
+        pools.push(Pool {
+            id: head.0.id,
+            match_rule,
+            slot_tables,
+            tenants,
+            moves,
+        });
+    }
+    if total != entries as usize {
+        return Err(err(
+            "header",
+            format!("header says {entries} tenant entries, the tables hold {total}"),
+        ));
+    }
+
+    Ok(Snapshot {
+        format: FORMAT_POOLS,
+        version,
+        generated_at,
+        key,
+        slots,
+        cells,
+        regions: region_docs
+            .into_iter()
+            .map(|r| Region { id: r.id })
+            .collect(),
+        region_table,
+        region_overrides,
+        pools,
+    })
+}
+
 fn validate_moves(
     docs: impl Iterator<Item = MoveDoc>,
     cells: &[Cell],
+    base: &str,
 ) -> Result<Vec<Move>, PathError> {
     let index: std::collections::HashMap<&str, u16> = cells
         .iter()
@@ -393,7 +766,7 @@ fn validate_moves(
     let index_of = |id: &str| index.get(id).copied();
     let mut moves = Vec::new();
     for (i, m) in docs.enumerate() {
-        let path = |field: &str| format!("binary:moves[{i}].{field}");
+        let path = |field: &str| format!("{base}[{i}].{field}");
         let from = index_of(&m.from)
             .ok_or_else(|| PathError::new(path("from"), format!("unknown cell {:?}", m.from)))?;
         let to = index_of(&m.to)

@@ -1219,16 +1219,17 @@ impl RawSnapshot {
             }
             region_overrides
                 .map_values(|_, v| resolved.get(usize::from(v)).copied().flatten().unwrap_or(0));
-            if let Err(dup) = region_overrides.build_index(|t| key.hash(t)) {
-                let tenant = region_overrides
-                    .entry(dup)
-                    .map(|(t, _, _)| String::from_utf8_lossy(t).into_owned())
-                    .unwrap_or_default();
-                return Err(PathError::new(
-                    key_path(["region_overrides", tenant.as_str()]),
-                    format!("tenant {tenant:?} appears more than once"),
-                ));
-            }
+        }
+        // Indexed even when empty: the binary form stores the directory.
+        if let Err(dup) = region_overrides.build_index(|t| key.hash(t)) {
+            let tenant = region_overrides
+                .entry(dup)
+                .map(|(t, _, _)| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default();
+            return Err(PathError::new(
+                key_path(["region_overrides", tenant.as_str()]),
+                format!("tenant {tenant:?} appears more than once"),
+            ));
         }
         let home_region = |tenant: &[u8]| -> u16 {
             home_region_of(

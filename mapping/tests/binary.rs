@@ -15,6 +15,8 @@ use cell_router_mapping::{Draws, Snapshot, Source};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+mod pooled_gen;
+
 fn table(indexes: &[u16]) -> String {
     let bytes: Vec<u8> = indexes.iter().flat_map(|i| i.to_le_bytes()).collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -160,13 +162,17 @@ fn a_resealed_but_inconsistent_body_is_refused() {
     assert!(e.message.contains("slot 0"), "{e}");
     // Another format.
     let mut bad = bytes.clone();
-    bad[8] = 2;
+    bad[8] = 3;
     assert!(
         binary::decode(&reseal(bad))
             .unwrap_err()
             .message
-            .contains("format 2")
+            .contains("format 3")
     );
+    // Layout 2 read over a layout-1 body.
+    let mut bad = bytes.clone();
+    bad[8] = 2;
+    assert!(binary::decode(&reseal(bad)).is_err());
     // Wrong entry count.
     let mut bad = bytes.clone();
     bad[44] += 1;
@@ -386,6 +392,122 @@ proptest! {
         }
         if let Ok(s) = binary::decode(&reseal(bytes)) {
             let _ = s.resolve(b"a", &Draws::unshed(b"k", 0));
+            let _ = binary::encode(&s);
+        }
+    }
+}
+
+/// Every pool, at a gateway in every region (and with no region check),
+/// forwarded or not: both snapshots resolve the same.
+fn assert_same_pooled_routes(a: &Snapshot, b: &Snapshot, probes: &[Vec<u8>]) {
+    for probe in probes {
+        for pool in 0..a.pools().len() as u16 {
+            for local in std::iter::once(None).chain((0..a.regions().len() as u16).map(Some)) {
+                for forwarded in [false, true] {
+                    for draws in some_draws() {
+                        assert_eq!(
+                            a.resolve_in(probe, pool, local, forwarded, &draws),
+                            b.resolve_in(probe, pool, local, forwarded, &draws),
+                            "{probe:?} pool {pool} local {local:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(a.home_region(probe), b.home_region(probe));
+    }
+    for (authority, path) in [
+        (&b"p1.example.com"[..], &b"/p1/x"[..]),
+        (b"x", b"/p0"),
+        (b"x", b"/P2;a"),
+        (b"", b""),
+    ] {
+        assert_eq!(a.pool_for(authority, path), b.pool_for(authority, path));
+    }
+}
+
+#[test]
+fn a_format_2_snapshot_round_trips_in_layout_2() {
+    let doc = json!({
+        "format": 2,
+        "version": 9,
+        "generated_at": "2026-01-01T00:00:00Z",
+        "hash": {"algorithm": "siphash-1-3", "key": "000102030405060708090a0b0c0d0e0f", "slots": 4},
+        "regions": [{"id": "us"}, {"id": "eu"}],
+        "region_table": table(&[0, 1, 0, 1]),
+        "region_overrides": {"acme": "eu"},
+        "cells": [
+            {"id": "v-us", "pool": "voice", "region": "us"},
+            {"id": "v-eu", "pool": "voice", "region": "eu", "failover": "v-eu-2"},
+            {"id": "v-eu-2", "pool": "voice", "region": "eu", "state": "draining", "shed_ratio": 0.5},
+            {"id": "d-us", "pool": "default", "region": "us"},
+            {"id": "d-eu", "pool": "default", "region": "eu"}
+        ],
+        "pools": [
+            {"id": "voice", "match": {"path_prefixes": ["/voice"], "authorities": ["voice.example.com"]},
+             "slot_tables": {"us": table(&[0, 0, 0, 0]), "eu": table(&[1, 2, 1, 2])},
+             "overrides": {"acme": "v-eu-2"},
+             "moves": [{"tenant": "globex", "from": "v-eu", "to": "v-eu-2", "percent": 50}]},
+            {"id": "default", "slot_tables": {"us": table(&[3, 3, 3, 3]), "eu": table(&[4, 4, 4, 4])}}
+        ]
+    });
+    let json = parse(&doc);
+    let bytes = binary::encode(&json);
+    assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
+    let back = binary::decode(&bytes).unwrap();
+    assert_eq!(back.format(), 2);
+    assert_eq!(back.to_pooled_doc(), json.to_pooled_doc());
+    assert_eq!(binary::encode(&back), bytes);
+    let probes: Vec<Vec<u8>> = ["acme", "globex", "nobody", "", "t1", "t2", "t3"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    assert_same_pooled_routes(&json, &back, &probes);
+    // Every truncation and single-bit flip is refused.
+    for len in 0..bytes.len() {
+        assert!(binary::decode(&bytes[..len]).is_err(), "truncated to {len}");
+    }
+    for i in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x10;
+        assert!(binary::decode(&bad).is_err(), "byte {i}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// JSON and binary route identically for random format-2 snapshots.
+    #[test]
+    fn json_and_binary_route_identically_with_pools(
+        g in pooled_gen::strategy(),
+        probes in prop::collection::vec("[a-e]{0,7}", 0..20),
+    ) {
+        let json = parse(&g.to_json());
+        let bytes = binary::encode(&json);
+        let bin = binary::decode(&bytes).unwrap();
+        prop_assert_eq!(bin.to_pooled_doc(), json.to_pooled_doc());
+        let listed = g.entries.iter().map(|t| t.0.as_bytes().to_vec());
+        let probes: Vec<Vec<u8>> = listed.chain(probes.iter().map(|p| p.as_bytes().to_vec())).collect();
+        assert_same_pooled_routes(&json, &bin, &probes);
+    }
+
+    /// Byte-level mutations of a valid layout-2 snapshot never panic.
+    #[test]
+    fn resealed_layout_2_mutations_never_panic(
+        g in pooled_gen::strategy(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = binary::encode(&parse(&g.to_json()));
+        for (at, value) in edits {
+            let i = at.index(bytes.len() - 8);
+            bytes[i] = value;
+        }
+        if let Ok(s) = binary::decode(&reseal(bytes)) {
+            for pool in 0..s.pools().len() as u16 {
+                let _ = s.resolve_in(b"a", pool, Some(0), false, &Draws::unshed(b"k", 0));
+            }
+            let _ = s.pool_for(b"p1.example.com", b"/p1");
             let _ = binary::encode(&s);
         }
     }

@@ -368,3 +368,203 @@ fn a_tenant_may_appear_once_per_pool_and_in_several_pools() {
     assert!(err.path.starts_with("$.pools[2]."), "{err}");
     assert!(err.message.contains("more than once"), "{err}");
 }
+
+mod pooled_gen;
+
+use cell_router_mapping::Resolution;
+use proptest::prelude::*;
+
+/// A resolution with cells and regions by id (cell indexes shift when
+/// another pool gains or loses cells).
+fn described(s: &Snapshot, r: &Resolution) -> String {
+    let cell = |i: u16| s.cell(i).map_or("?".to_string(), |c| c.id.clone());
+    let region = |i: u16| s.region(i).map_or("?".to_string(), |r| r.id.clone());
+    let outcome = match r.outcome {
+        Outcome::Route { cell: c } => format!("route {}", cell(c)),
+        Outcome::Shed {
+            cell: c,
+            retry_after_s,
+        } => format!("shed {} {retry_after_s}", cell(c)),
+        Outcome::Unavailable { cell: c } => format!("unavailable {}", cell(c)),
+        Outcome::Forward { region: g } => format!("forward {}", region(g)),
+        Outcome::WrongRegion { region: g } => format!("wrong_region {}", region(g)),
+    };
+    let ramp = r
+        .ramp
+        .map(|step| format!("{} {} {}", cell(step.cell), step.share_bp, step.kept));
+    format!(
+        "{outcome}; home {} in {}; slot {}; {:?}; {}; ramp {ramp:?}",
+        cell(r.home),
+        region(r.home_region),
+        r.slot,
+        r.source,
+        r.reason()
+    )
+}
+
+fn some_draws() -> Vec<Draws<'static>> {
+    let mut out = Vec::new();
+    for (split_key, shed) in [(&b""[..], 0u16), (b"user-1", 2999), (b"u", 9999)] {
+        for now_ms in [0, 1_500_000, u64::MAX] {
+            out.push(Draws::new(split_key, shed, now_ms));
+        }
+    }
+    out
+}
+
+fn probes(g: &pooled_gen::PooledGen, extra: &[String]) -> Vec<String> {
+    g.entries
+        .iter()
+        .map(|e| e.0.clone())
+        .chain(g.region_overrides.iter().map(|e| e.0.clone()))
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Changing another pool (its cells' states, its slot tables, its
+    /// overrides, pins and moves) never changes where a tenant goes in
+    /// this pool.
+    #[test]
+    fn another_pool_never_moves_a_tenant(
+        g in pooled_gen::strategy(),
+        other in any::<u8>(),
+        new_cells in prop::collection::vec(
+            prop::collection::vec((0u8..3, 0.0f64..=1.0, any::<bool>()), 1..=3), 3),
+        new_slots in prop::collection::vec(prop::collection::vec(any::<u8>(), 40), 3),
+        new_entries in prop::collection::vec(
+            ("[a-d]{1,6}", 0u8..3, any::<u8>(), any::<u8>(), 0.0f64..=100.0), 0..30),
+        extra in prop::collection::vec("[a-e]{0,6}", 0..10),
+    ) {
+        let q = usize::from(other) % g.pools;
+        let mut h = g.clone();
+        for r in 0..3 {
+            h.group_cells[q * 3 + r] = new_cells[r].clone();
+            h.pool_slots[q * 3 + r] = new_slots[r].clone();
+        }
+        h.entries.retain(|e| usize::from(e.1) % g.pools != q);
+        h.entries.extend(new_entries.iter().map(|(t, kind, a, b, pc)| {
+            (t.clone(), q as u8, *kind, *a, *b, *pc)
+        }));
+        let (a, b) = (parse(&g.to_json()), parse(&h.to_json()));
+        for tenant in probes(&g, &extra) {
+            for p in (0..g.pools as u16).filter(|&p| usize::from(p) != q) {
+                for local in std::iter::once(None).chain((0..g.regions as u16).map(Some)) {
+                    for forwarded in [false, true] {
+                        for draws in some_draws() {
+                            let t = tenant.as_bytes();
+                            prop_assert_eq!(
+                                described(&a, &a.resolve_in(t, p, local, forwarded, &draws)),
+                                described(&b, &b.resolve_in(t, p, local, forwarded, &draws))
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Failover (and ramps) never leave the tenant's home region or the
+    /// pool: at home every outcome names a cell of the pool in the home
+    /// region; elsewhere the request goes (once) to the home region.
+    #[test]
+    fn failover_never_crosses_a_region(
+        g in pooled_gen::strategy(),
+        extra in prop::collection::vec("[a-e]{0,6}", 0..10),
+    ) {
+        let s = parse(&g.to_json());
+        for tenant in probes(&g, &extra) {
+            let t = tenant.as_bytes();
+            let home = s.home_region(t);
+            prop_assert_eq!(usize::from(home), g.home(&tenant));
+            for p in 0..g.pools as u16 {
+                for local in std::iter::once(None).chain((0..g.regions as u16).map(Some)) {
+                    for forwarded in [false, true] {
+                        for draws in some_draws() {
+                            let r = s.resolve_in(t, p, local, forwarded, &draws);
+                            prop_assert_eq!(r.home_region, home);
+                            prop_assert_eq!(r.pool, p);
+                            match (local, r.outcome) {
+                                (Some(l), Outcome::Forward { region }) => {
+                                    prop_assert!(l != home && !forwarded && region == home);
+                                }
+                                (Some(l), Outcome::WrongRegion { region }) => {
+                                    prop_assert!(l != home && forwarded && region == home);
+                                }
+                                (local, _) => {
+                                    prop_assert!(local.is_none_or(|l| l == home));
+                                    let cell = s.cell(r.final_cell()).unwrap();
+                                    prop_assert_eq!((cell.pool, cell.region), (p, home));
+                                    let home_cell = s.cell(r.home).unwrap();
+                                    prop_assert_eq!((home_cell.pool, home_cell.region), (p, home));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A format-1 document and the equivalent format-2 document with one
+    /// pool and one region route every request identically; so does the
+    /// explicit migration (`to_pooled_doc`) of the format-1 snapshot.
+    #[test]
+    fn format_1_and_its_format_2_equivalent_route_identically(
+        mut g in pooled_gen::strategy(),
+        extra in prop::collection::vec("[a-e]{0,6}", 0..10),
+    ) {
+        g.regions = 1;
+        g.pools = 1;
+        g.default_pool = true;
+        let v2 = g.to_json();
+        // The same snapshot written as format 1.
+        let pool = &v2["pools"][0];
+        let cells: Vec<Value> = v2["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.as_object_mut().unwrap().remove("pool");
+                c.as_object_mut().unwrap().remove("region");
+                c
+            })
+            .collect();
+        let v1 = json!({
+            "version": v2["version"],
+            "generated_at": v2["generated_at"],
+            "hash": v2["hash"],
+            "cells": cells,
+            "slot_table": pool["slot_tables"]["r0"],
+            "overrides": pool["overrides"],
+            "pins": pool["pins"],
+            "moves": pool["moves"],
+        });
+        let (one, two) = (parse(&v1), parse(&v2));
+        let migrated = Snapshot::parse(one.to_pooled_doc().to_json().as_bytes()).unwrap();
+        prop_assert_eq!(migrated.format(), 2);
+        prop_assert_eq!(one.to_doc(), two.to_doc());
+        for tenant in probes(&g, &extra) {
+            let t = tenant.as_bytes();
+            for draws in some_draws() {
+                let want = one.resolve(t, &draws);
+                for s in [&two, &migrated] {
+                    prop_assert_eq!(s.resolve(t, &draws), want);
+                    for local in [None, Some(0)] {
+                        for forwarded in [false, true] {
+                            prop_assert_eq!(s.resolve_in(t, 0, local, forwarded, &draws), want);
+                        }
+                    }
+                }
+            }
+        }
+        for (authority, path) in [(&b"x:1"[..], &b"/p0"[..]), (b"", b""), (b"A", b"/voice")] {
+            prop_assert_eq!(one.pool_for(authority, path), Some(0));
+            prop_assert_eq!(two.pool_for(authority, path), Some(0));
+            prop_assert_eq!(migrated.pool_for(authority, path), Some(0));
+        }
+    }
+}

@@ -306,12 +306,247 @@ fn routing_vectors() -> Value {
     json!({"snapshot": doc, "requests": requests})
 }
 
+/// Round-robin slot table over `cells` (indexes), S = 64.
+fn round_robin(cells: &[u16]) -> String {
+    let table: Vec<u16> = (0..64usize).map(|i| cells[i % cells.len()]).collect();
+    cell_router_mapping::snapshot::encode_slot_table(&table)
+}
+
+/// The pools snapshot: three regions (slots homed in blocks of four, two
+/// region overrides), four pools (by path, by authority and path, by
+/// authority, and the default), failovers and a ramp inside regions, a
+/// region where every voice cell is disabled, a media region whose
+/// failover chain ends at a disabled cell, overrides, a pin and a move.
+fn pools_doc() -> Value {
+    let region_table: Vec<u16> = (0..64u16).map(|s| (s / 4) % 3).collect();
+    let cells = json!([
+        {"id": "voice-us-1", "pool": "voice", "region": "us", "failover": "voice-us-2"},
+        {"id": "voice-us-2", "pool": "voice", "region": "us", "state": "draining", "shed_ratio": 0.5, "retry_after_s": 3},
+        {"id": "voice-eu-1", "pool": "voice", "region": "eu", "state": "disabled", "failover": "voice-eu-2"},
+        {"id": "voice-eu-2", "pool": "voice", "region": "eu", "failover": "voice-eu-3",
+         "ramp": {"start": "2026-01-01T00:00:00Z", "duration_s": 600}},
+        {"id": "voice-eu-3", "pool": "voice", "region": "eu"},
+        {"id": "voice-ap-1", "pool": "voice", "region": "ap", "state": "disabled"},
+        {"id": "sms-us-1", "pool": "sms", "region": "us"},
+        {"id": "sms-eu-1", "pool": "sms", "region": "eu", "state": "draining", "shed_ratio": 0.25},
+        {"id": "sms-ap-1", "pool": "sms", "region": "ap"},
+        {"id": "media-us-1", "pool": "media", "region": "us"},
+        {"id": "media-eu-1", "pool": "media", "region": "eu"},
+        {"id": "media-ap-1", "pool": "media", "region": "ap", "state": "disabled", "failover": "media-ap-2"},
+        {"id": "media-ap-2", "pool": "media", "region": "ap", "state": "disabled"},
+        {"id": "web-us-1", "pool": "web", "region": "us"},
+        {"id": "web-us-2", "pool": "web", "region": "us"},
+        {"id": "web-eu-1", "pool": "web", "region": "eu"},
+        {"id": "web-ap-1", "pool": "web", "region": "ap"},
+        {"id": "web-ap-2", "pool": "web", "region": "ap"}
+    ]);
+    let mut doc = json!({
+        "format": 2,
+        "version": 11,
+        "generated_at": "vectors",
+        "hash": {"algorithm": "siphash-1-3", "key": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "slots": 64},
+        "regions": [{"id": "us"}, {"id": "eu"}, {"id": "ap"}],
+        "region_table": cell_router_mapping::snapshot::encode_slot_table(&region_table),
+        "region_overrides": {"acme-gmbh": "eu", "globex": "ap"},
+        "cells": cells,
+        "pools": [
+            {"id": "voice", "match": {"path_prefixes": ["/voice", "/api/v2/calls"]},
+             "slot_tables": {"us": round_robin(&[0, 1]), "eu": round_robin(&[2, 3, 4]), "ap": round_robin(&[5])},
+             "overrides": {"acme-gmbh": "voice-eu-3"}},
+            {"id": "sms", "match": {"path_prefixes": ["/v1", "/v2"], "authorities": ["sms.example.com", "[::1]"]},
+             "slot_tables": {"us": round_robin(&[6]), "eu": round_robin(&[7]), "ap": round_robin(&[8])},
+             "overrides": {"acme-gmbh": "sms-eu-1"}},
+            {"id": "media", "match": {"authorities": ["media.example.com"]},
+             "slot_tables": {"us": round_robin(&[9]), "eu": round_robin(&[10]), "ap": round_robin(&[11, 12])}},
+            {"id": "web",
+             "slot_tables": {"us": round_robin(&[13, 14]), "eu": round_robin(&[15]), "ap": round_robin(&[16, 17])},
+             "moves": [{"tenant": "globex", "from": "web-ap-1", "to": "web-ap-2", "percent": 50}]}
+        ]
+    });
+    // A pin for the first ordinary tenant homed in us.
+    let snapshot = Snapshot::parse(doc.to_string().as_bytes()).unwrap();
+    let pinned = (0..)
+        .map(|i| format!("tenant-{i}"))
+        .find(|t| snapshot.home_region(t.as_bytes()) == 0)
+        .unwrap();
+    doc["pools"][3]["pins"] = json!({ pinned: "web-us-2" });
+    doc
+}
+
+/// A single-region snapshot without a default pool: requests no pool takes
+/// get `null` (404 `no_pool`).
+fn pools_no_default_doc() -> Value {
+    json!({
+        "format": 2,
+        "version": 1,
+        "generated_at": "vectors",
+        "hash": {"algorithm": "siphash-1-3", "key": "00112233445566778899aabbccddeeff", "slots": 64},
+        "regions": [{"id": "eu"}],
+        "region_table": round_robin(&[0]),
+        "cells": [
+            {"id": "a", "pool": "api", "region": "eu"},
+            {"id": "b", "pool": "admin", "region": "eu"}
+        ],
+        "pools": [
+            {"id": "api", "match": {"path_prefixes": ["/api"]}, "slot_tables": {"eu": round_robin(&[0])}},
+            {"id": "admin", "match": {"path_prefixes": ["/admin"], "authorities": ["admin.example.com"]},
+             "slot_tables": {"eu": round_robin(&[1])}}
+        ]
+    })
+}
+
+/// Authority and path pairs worth checking in every language: case, ports,
+/// IPv6, path parameters, queries, fragments, prefixes that are not whole
+/// segments, empty and odd paths. Paths are as Envoy normalised them.
+fn selection_cases() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("example.com", "/voice"),
+        ("example.com", "/voice/"),
+        ("example.com", "/voice/x"),
+        ("example.com", "/VOICE/x"),
+        ("example.com", "/Voice"),
+        ("example.com", "/voice;x"),
+        ("example.com", "/voice;v=1/x"),
+        ("example.com", "/voice?x"),
+        ("example.com", "/voice?x=/sms"),
+        ("example.com", "/voice#x"),
+        ("example.com", "/voicemail"),
+        ("example.com", "/voicemail/voice"),
+        ("example.com", "/x/voice"),
+        ("example.com", "/api/v2/calls"),
+        ("example.com", "/api/v2/calls/7"),
+        ("example.com", "/API/V2;p/CALLS;q"),
+        ("example.com", "/api/v2"),
+        ("example.com", "/api/v2/callsx"),
+        ("example.com", "/"),
+        ("example.com", ""),
+        ("example.com", "*"),
+        ("example.com", "/;voice"),
+        ("sms.example.com", "/v1/send"),
+        ("sms.example.com", "/v2"),
+        ("sms.example.com", "/v3/send"),
+        ("SMS.Example.COM", "/v1"),
+        ("sms.example.com:8443", "/v1"),
+        ("sms.example.com:", "/v1"),
+        ("sms.example.com.", "/v1"),
+        ("sms.example.com:x", "/v1"),
+        ("sms.example.com", "/voice/v1"),
+        ("[::1]:8080", "/v2/x"),
+        ("[::1]", "/v1"),
+        ("media.example.com", "/anything"),
+        ("media.example.com", "/voice"),
+        ("MEDIA.EXAMPLE.COM:443", "/"),
+        ("media.example.com", ""),
+        ("", "/v1"),
+        ("", ""),
+        ("admin.example.com", "/admin"),
+        ("admin.example.com", "/admin;x/y"),
+        ("example.com", "/admin"),
+        ("admin.example.com", "/api/x"),
+        ("admin.example.com", "/other"),
+    ]
+}
+
+fn pool_scenario(doc: Value) -> Value {
+    let snapshot = Snapshot::parse(doc.to_string().as_bytes()).unwrap();
+    let pool_id = |p: Option<u16>| p.map(|p| snapshot.pool(p).unwrap().id.clone());
+    let region_id = |r: u16| snapshot.region(r).unwrap().id.clone();
+    let cell_id = |c: u16| snapshot.cell(c).unwrap().id.clone();
+    let selection: Vec<Value> = selection_cases()
+        .into_iter()
+        .map(|(authority, path)| {
+            json!({
+                "authority": authority,
+                "path": path,
+                "pool": pool_id(snapshot.pool_for(authority.as_bytes(), path.as_bytes())),
+            })
+        })
+        .collect();
+    let mut tenants: Vec<String> = (0..24).map(|i| format!("tenant-{i}")).collect();
+    tenants.extend(["acme-gmbh", "globex", "", "Acme-GmbH", "租户"].map(String::from));
+    tenants.extend(
+        snapshot
+            .pools()
+            .iter()
+            .flat_map(|p| {
+                p.tenant_table()
+                    .iter()
+                    .map(|(t, _, _)| String::from_utf8_lossy(t).into_owned())
+            })
+            .collect::<Vec<_>>(),
+    );
+    tenants.dedup();
+    let homes: Vec<Value> = tenants
+        .iter()
+        .map(|t| {
+            let h = snapshot.key().hash(t.as_bytes());
+            json!({
+                "tenant": t,
+                "hash": h.to_string(),
+                "slot": h % u64::from(snapshot.slots()),
+                "region": region_id(snapshot.home_region(t.as_bytes())),
+            })
+        })
+        .collect();
+    let start = 1_767_225_600_000u64;
+    let times = [0, start + 300_000, start + 600_000];
+    let split_keys = ["", "user-1", "user-2", "user-7"];
+    let sheds = [0u16, 2499, 5000, 9999];
+    let mut gateways: Vec<Option<u16>> = vec![None];
+    gateways.extend((0..snapshot.regions().len() as u16).map(Some));
+    let mut requests = Vec::new();
+    let mut k = 0usize;
+    for tenant in &tenants {
+        for pool in 0..snapshot.pools().len() as u16 {
+            for &gateway in &gateways {
+                for forwarded in [false, true] {
+                    if gateway.is_none() && forwarded {
+                        continue;
+                    }
+                    let split_key = split_keys[k % split_keys.len()];
+                    let shed = sheds[(k / 3) % sheds.len()];
+                    let now_ms = times[(k / 2) % times.len()];
+                    k += 1;
+                    let r = snapshot.resolve_in(
+                        tenant.as_bytes(),
+                        pool,
+                        gateway,
+                        forwarded,
+                        &Draws::new(split_key.as_bytes(), shed, now_ms),
+                    );
+                    let cell = r.other_region().is_none().then(|| cell_id(r.final_cell()));
+                    let ramp = r.ramp.map(|step| {
+                        json!({"cell": cell_id(step.cell), "share_bp": step.share_bp, "kept": step.kept})
+                    });
+                    requests.push(json!({
+                        "tenant": tenant,
+                        "pool": pool_id(Some(pool)),
+                        "gateway_region": gateway.map(region_id),
+                        "forwarded": forwarded,
+                        "split_key": split_key,
+                        "shed": shed,
+                        "now_ms": now_ms.to_string(),
+                        "home_region": region_id(r.home_region),
+                        "home": cell_id(r.home),
+                        "cell": cell,
+                        "outcome": outcome_name(&r),
+                        "reason": r.reason(),
+                        "ramp": ramp,
+                    }));
+                }
+            }
+        }
+    }
+    json!({"snapshot": doc, "selection": selection, "homes": homes, "requests": requests})
+}
+
 fn generate() -> String {
     let doc = json!({
-        "about": "Routing test vectors for mapping/SPEC.md. snapshots: for each snapshot and tenant, hash = SipHash-1-3 of the tenant's UTF-8 bytes keyed with hash.key (decimal u64 string), slot = hash mod hash.slots, cell = cells[slot_table[slot]]; draws = SipHash-1-3 of (domain byte ++ key) mod 10000 (m: moves, r: ramps). ramps: a ramp's share in basis points at now_ms (Unix ms, decimal string). routing: a whole snapshot and requests (tenant, split_key, shed draw, now_ms) with the routing function's answer. Generated by mapping/tests/vectors.rs; check with mapping/tests/vectors_check.py.",
+        "about": "Routing test vectors for mapping/SPEC.md. snapshots: for each snapshot and tenant, hash = SipHash-1-3 of the tenant's UTF-8 bytes keyed with hash.key (decimal u64 string), slot = hash mod hash.slots, cell = cells[slot_table[slot]]; draws = SipHash-1-3 of (domain byte ++ key) mod 10000 (m: moves, r: ramps). ramps: a ramp's share in basis points at now_ms (Unix ms, decimal string). routing: a whole snapshot and requests (tenant, split_key, shed draw, now_ms) with the routing function's answer. pools: format-2 snapshots (pools and regions) with pool selection cases (authority and path as Envoy normalised them -> pool id, null = no pool), home regions (tenant -> hash, slot, region) and requests (tenant, pool, gateway_region (null: no region check), forwarded, split_key, shed, now_ms -> home_region, home, cell (null when sent to another region), outcome, reason, ramp). Generated by mapping/tests/vectors.rs; check with mapping/tests/vectors_check.py.",
         "snapshots": [vectors_for(&example_snapshot()), vectors_for(&odd_snapshot())],
         "ramps": ramp_vectors(),
         "routing": routing_vectors(),
+        "pools": [pool_scenario(pools_doc()), pool_scenario(pools_no_default_doc())],
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap();
     text.push('\n');
@@ -436,6 +671,80 @@ fn engine_agrees_with_every_vector() {
         ("route", "split", None),
         ("route", "override", Some(true)),
         ("shed", "ramp", Some(false)),
+    ] {
+        assert!(seen.contains(&want), "no request gives {want:?}: {seen:?}");
+    }
+}
+
+/// The pools scenarios, rebuilt from the file alone.
+#[test]
+fn engine_agrees_with_every_pool_vector() {
+    let doc = committed();
+    let scenarios = doc["pools"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 2);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut selected = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for scenario in scenarios {
+        let snapshot = Snapshot::parse(scenario["snapshot"].to_string().as_bytes()).unwrap();
+        let pool = |id: &Value| id.as_str().map(|id| snapshot.pool_index(id).unwrap());
+        let region = |id: &Value| id.as_str().map(|id| snapshot.region_index(id).unwrap());
+        let cell_id = |i: u16| snapshot.cell(i).unwrap().id.clone();
+        for v in scenario["selection"].as_array().unwrap() {
+            let got = snapshot.pool_for(
+                v["authority"].as_str().unwrap().as_bytes(),
+                v["path"].as_str().unwrap().as_bytes(),
+            );
+            assert_eq!(got, pool(&v["pool"]), "{v}");
+            selected.insert(v["pool"].to_string());
+            checked += 1;
+        }
+        for v in scenario["homes"].as_array().unwrap() {
+            let t = v["tenant"].as_str().unwrap().as_bytes();
+            assert_eq!(snapshot.key().hash(t).to_string(), v["hash"], "{v}");
+            assert_eq!(Some(snapshot.home_region(t)), region(&v["region"]), "{v}");
+            checked += 1;
+        }
+        for v in scenario["requests"].as_array().unwrap() {
+            let now_ms: u64 = v["now_ms"].as_str().unwrap().parse().unwrap();
+            let shed = u16::try_from(v["shed"].as_u64().unwrap()).unwrap();
+            let draws = Draws::new(v["split_key"].as_str().unwrap().as_bytes(), shed, now_ms);
+            let r = snapshot.resolve_in(
+                v["tenant"].as_str().unwrap().as_bytes(),
+                pool(&v["pool"]).unwrap(),
+                region(&v["gateway_region"]),
+                v["forwarded"].as_bool().unwrap(),
+                &draws,
+            );
+            assert_eq!(Some(r.home_region), region(&v["home_region"]), "{v}");
+            assert_eq!(cell_id(r.home), v["home"], "{v}");
+            let cell = r.other_region().is_none().then(|| cell_id(r.final_cell()));
+            assert_eq!(json!(cell), v["cell"], "{v}");
+            assert_eq!(outcome_name(&r), v["outcome"], "{v}");
+            assert_eq!(r.reason(), v["reason"], "{v}");
+            seen.insert((outcome_name(&r), r.reason()));
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    for want in ["\"voice\"", "\"sms\"", "\"media\"", "\"web\"", "null"] {
+        assert!(
+            selected.contains(want),
+            "no selection gives {want}: {selected:?}"
+        );
+    }
+    for want in [
+        ("forward", "forward"),
+        ("wrong_region", "wrong_region"),
+        ("route", "slot"),
+        ("route", "override"),
+        ("route", "pin"),
+        ("route", "split"),
+        ("route", "failover"),
+        ("route", "ramp"),
+        ("shed", "slot"),
+        ("unavailable", "slot"),
+        ("unavailable", "failover"),
     ] {
         assert!(seen.contains(&want), "no request gives {want:?}: {seen:?}");
     }

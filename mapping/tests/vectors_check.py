@@ -6,7 +6,9 @@ written from the SipHash paper, recomputes every vector: hash, slot and cell,
 the move and ramp draws, ramp shares (RFC 3339 parsing, the integer linear
 curve, the slow-start curve), and whole requests through a snapshot with
 every cell state, ramps, overrides, pins and moves (the routing function of
-mapping/SPEC.md, written again here from the SPEC).
+mapping/SPEC.md, written again here from the SPEC), and format-2 snapshots:
+pool selection by authority and path, home regions, and requests at gateways
+in every region (forward, wrong_region, failover within the region).
 If this and the Rust engine agree, the routing function is reproducible.
 Usage: vectors_check.py [vectors.json]   (exit 0 = all vectors agree)
 """
@@ -182,12 +184,100 @@ class Routing:
         return {"home": home, "cell": cell, "outcome": outcome, "reason": reason, "ramp": ramp}
 
 
+def host_of(authority: bytes) -> bytes:
+    """The authority without a trailing :port (a colon and digits only), ASCII-lowercased."""
+    colon = authority.rfind(b":")
+    if colon >= 0 and all(0x30 <= c <= 0x39 for c in authority[colon + 1:]):
+        authority = authority[:colon]
+    return authority.lower()  # bytes.lower() folds ASCII only
+
+
+def prefix_matches(prefix: str, path: bytes) -> bool:
+    """A prefix of k segments matches when the path's first k segments equal
+    them: the path is cut at the first ? or #, split on /, each segment cut at
+    its first ; and compared ASCII-case-insensitively. The root / matches all."""
+    if prefix == "/":
+        return True
+    if not path.startswith(b"/"):
+        return False
+    for stop in (b"?", b"#"):
+        path = path.split(stop, 1)[0]
+    got = path[1:].split(b"/")
+    want = prefix.encode("ascii")[1:].split(b"/")
+    if len(got) < len(want):
+        return False
+    return all(g.split(b";", 1)[0].lower() == w for g, w in zip(got, want))
+
+
+class PooledRouting:
+    """Pool selection, region homing and the routing function of a format-2
+    snapshot (mapping/SPEC.md), written from the SPEC."""
+
+    def __init__(self, doc: dict):
+        assert doc["format"] == 2
+        self.doc = doc
+        self.key = bytes.fromhex(doc["hash"]["key"])
+        self.slots = doc["hash"]["slots"]
+        self.regions = [r["id"] for r in doc["regions"]]
+        raw = base64.b64decode(doc["region_table"], validate=True)
+        self.region_table = [struct.unpack_from("<H", raw, 2 * i)[0] for i in range(self.slots)]
+        self.region_overrides = doc.get("region_overrides", {})
+        self.pools = {p["id"]: p for p in doc["pools"]}
+        self.cells = {c["id"]: c for c in doc["cells"]}
+        # One format-1 router per pool and region: that pool's slot table for
+        # the region and the pool's overrides, pins and moves.
+        self.routers = {}
+        for p in doc["pools"]:
+            for region, table in p["slot_tables"].items():
+                self.routers[(p["id"], region)] = Routing({
+                    "hash": doc["hash"],
+                    "slot_table": table,
+                    "cells": doc["cells"],
+                    "overrides": p.get("overrides", {}),
+                    "pins": p.get("pins", {}),
+                    "moves": p.get("moves", []),
+                })
+
+    def select(self, authority: bytes, path: bytes):
+        host = host_of(authority)
+        for p in self.doc["pools"]:
+            m = p.get("match")
+            if m is None:
+                return p["id"]
+            hosts = [a.encode("ascii") for a in m.get("authorities", [])]
+            prefixes = m.get("path_prefixes", [])
+            if (not hosts or host in hosts) and (not prefixes or any(prefix_matches(x, path) for x in prefixes)):
+                return p["id"]
+        return None
+
+    def home_region(self, tenant: str) -> str:
+        if tenant in self.region_overrides:
+            return self.region_overrides[tenant]
+        h = siphash13(self.key, tenant.encode("utf-8"))
+        return self.regions[self.region_table[h % self.slots]]
+
+    def resolve(self, tenant: str, pool: str, gateway, forwarded: bool, split_key: bytes, shed: int, now_ms: int) -> dict:
+        home_region = self.home_region(tenant)
+        got = self.routers[(pool, home_region)].resolve(tenant, split_key, shed, now_ms)
+        got["home_region"] = home_region
+        if gateway is not None and gateway != home_region:
+            outcome = "wrong_region" if forwarded else "forward"
+            got.update({"cell": None, "outcome": outcome, "reason": outcome, "ramp": None})
+        else:
+            # Failover and ramps never leave the pool and the home region.
+            for cell in (got["home"], got["cell"]):
+                c = self.cells[cell]
+                assert (c["pool"], c["region"]) == (pool, home_region), f"{tenant}: {cell} left {pool}/{home_region}"
+        return got
+
+
 def main() -> int:
     path = sys.argv[1] if len(sys.argv) > 1 else "mapping/tests/vectors.json"
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
     failures = 0
-    checked = {"tenants": 0, "draws": 0, "ramps": 0, "requests": 0}
+    checked = {"tenants": 0, "draws": 0, "ramps": 0, "requests": 0,
+               "pool selections": 0, "home regions": 0, "pool requests": 0}
 
     def fail(message: str):
         nonlocal failures
@@ -237,6 +327,27 @@ def main() -> int:
         want = {k: v[k] for k in ("home", "cell", "outcome", "reason", "ramp")}
         if got != want:
             fail(f"request {v!r}: python says {got}")
+
+    for scenario in doc["pools"]:
+        pooled = PooledRouting(scenario["snapshot"])
+        for v in scenario["selection"]:
+            got = pooled.select(v["authority"].encode("utf-8"), v["path"].encode("utf-8"))
+            checked["pool selections"] += 1
+            if got != v["pool"]:
+                fail(f"selection {v!r}: python says {got!r}")
+        for v in scenario["homes"]:
+            h = siphash13(pooled.key, v["tenant"].encode("utf-8"))
+            got = (str(h), h % pooled.slots, pooled.home_region(v["tenant"]))
+            checked["home regions"] += 1
+            if got != (v["hash"], v["slot"], v["region"]):
+                fail(f"home {v!r}: python says {got}")
+        for v in scenario["requests"]:
+            got = pooled.resolve(v["tenant"], v["pool"], v["gateway_region"], v["forwarded"],
+                                 v["split_key"].encode("utf-8"), v["shed"], int(v["now_ms"]))
+            checked["pool requests"] += 1
+            want = {k: v[k] for k in ("home_region", "home", "cell", "outcome", "reason", "ramp")}
+            if got != want:
+                fail(f"pool request {v!r}: python says {got}")
 
     total = sum(checked.values())
     detail = ", ".join(f"{n} {k}" for k, n in checked.items())
