@@ -17,6 +17,7 @@
 
 pub mod drain;
 pub mod load;
+pub mod pools;
 
 use self::load::{Breach, Load};
 use crate::error::{ObjectOnly, PathError, from_json_with_path, index_path, key_path};

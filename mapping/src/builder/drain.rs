@@ -12,11 +12,17 @@
 //!   tenant hash) are released: those tenants follow their slot, whose owner
 //!   is another cell by then or soon;
 //! - pins to other cells that the ring now gives anyway are dropped.
+//!
+//! Format 2: the same within the cell's pool and region: its slots in that
+//! pool's table for its region go to the other active cells of the pool and
+//! region, and that pool's pins are the ones released or dropped. No other
+//! table, pool or home region changes.
 
 use super::allocate_slots;
 use super::load::{Breach, Load};
-use crate::error::{PathError, index_path, key_path};
-use crate::snapshot::{CellDoc, CellState, Snapshot, SnapshotDoc, encode_slot_table};
+use crate::error::{PathError, index_path, push_key};
+use crate::pools::PooledSnapshotDoc;
+use crate::snapshot::{CellDoc, CellState, MoveDoc, Snapshot, SnapshotDoc, encode_slot_table};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,7 +103,9 @@ pub struct DrainStep {
 #[derive(Clone, Debug)]
 pub struct DrainPlan {
     pub report: DrainReport,
-    base: SnapshotDoc,
+    base: BaseDoc,
+    /// `generated_at` of every step.
+    generated_at: String,
     table: Vec<u16>,
     /// The cell's slots, ascending, each with the cell that takes it.
     drained: Vec<(usize, u16)>,
@@ -106,6 +114,136 @@ pub struct DrainPlan {
     /// Pins to other cells whose slot is drained to that very cell: dropped
     /// once the slot has moved (index into `drained`, tenant).
     redundant: Vec<(usize, String)>,
+}
+
+/// The snapshot every step starts from, in its owned form.
+#[derive(Clone, Debug)]
+enum BaseDoc {
+    Format1(SnapshotDoc),
+    /// Format 2: only the drained cell's pool's table for its region, and
+    /// that pool's pins, change.
+    Format2 {
+        doc: PooledSnapshotDoc,
+        pool: usize,
+        region: String,
+    },
+}
+
+impl BaseDoc {
+    /// `$.overrides` or `$.pools[i].overrides`: where the drained cell's
+    /// pool keeps `field`.
+    fn path(&self, field: &str) -> String {
+        let mut path = match self {
+            BaseDoc::Format1(_) => String::from("$"),
+            BaseDoc::Format2 { pool, .. } => index_path("pools", *pool),
+        };
+        push_key(&mut path, field);
+        path
+    }
+
+    fn overrides(&self) -> BTreeMap<String, String> {
+        match self {
+            BaseDoc::Format1(doc) => doc.overrides.clone(),
+            BaseDoc::Format2 { doc, pool, .. } => doc
+                .pools
+                .get(*pool)
+                .map(|p| p.overrides.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn moves(&self) -> Vec<MoveDoc> {
+        match self {
+            BaseDoc::Format1(doc) => doc.moves.clone(),
+            BaseDoc::Format2 { doc, pool, .. } => doc
+                .pools
+                .get(*pool)
+                .map(|p| p.moves.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn pins(&self) -> BTreeMap<String, String> {
+        match self {
+            BaseDoc::Format1(doc) => doc.pins.clone(),
+            BaseDoc::Format2 { doc, pool, .. } => doc
+                .pools
+                .get(*pool)
+                .map(|p| p.pins.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn cells(&self) -> Vec<CellDoc> {
+        match self {
+            BaseDoc::Format1(doc) => doc.cells.clone(),
+            BaseDoc::Format2 { doc, .. } => doc.cells.iter().map(|c| c.cell()).collect(),
+        }
+    }
+
+    /// Whether cell `i` shares the drained cell's pool and region (every
+    /// cell does in format 1).
+    fn in_group(&self, i: usize) -> bool {
+        match self {
+            BaseDoc::Format1(_) => true,
+            BaseDoc::Format2 { doc, pool, region } => {
+                let pool_id = doc.pools.get(*pool).map(|p| p.id.as_str());
+                doc.cells
+                    .get(i)
+                    .is_some_and(|c| Some(c.pool.as_str()) == pool_id && c.region == *region)
+            }
+        }
+    }
+
+    fn set_state(&mut self, i: usize, state: CellState, shed_ratio: f64) {
+        match self {
+            BaseDoc::Format1(doc) => {
+                if let Some(c) = doc.cells.get_mut(i) {
+                    c.state = state;
+                    c.shed_ratio = shed_ratio;
+                }
+            }
+            BaseDoc::Format2 { doc, .. } => {
+                if let Some(c) = doc.cells.get_mut(i) {
+                    c.state = state;
+                    c.shed_ratio = shed_ratio;
+                }
+            }
+        }
+    }
+
+    /// The step's document: version, generated_at, the drained table and
+    /// the pins left.
+    fn step_json(
+        &self,
+        version: u64,
+        generated_at: &str,
+        table: &[u16],
+        gone: &BTreeSet<&str>,
+    ) -> String {
+        match self.clone() {
+            BaseDoc::Format1(mut doc) => {
+                doc.version = version;
+                doc.generated_at = generated_at.to_string();
+                doc.slot_table = encode_slot_table(table);
+                doc.pins.retain(|t, _| !gone.contains(t.as_str()));
+                doc.to_json()
+            }
+            BaseDoc::Format2 {
+                mut doc,
+                pool,
+                region,
+            } => {
+                doc.version = version;
+                doc.generated_at = generated_at.to_string();
+                if let Some(p) = doc.pools.get_mut(pool) {
+                    p.slot_tables.insert(region, encode_slot_table(table));
+                    p.pins.retain(|t, _| !gone.contains(t.as_str()));
+                }
+                doc.to_json()
+            }
+        }
+    }
 }
 
 /// Plans the drain of `options.cell` from `current`.
@@ -128,27 +266,56 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
             format!("no cell {:?} in the snapshot", options.cell),
         ));
     };
-    let mut base = current.to_doc();
+    // Format 2: the cell's pool's table for the cell's region is drained,
+    // to cells of that pool and region; nothing else changes.
+    let (mut base, table) = if current.format() >= 2 {
+        let cell = current
+            .cell(index)
+            .ok_or_else(|| PathError::new("$.cells", "internal error: cell index"))?;
+        let pool = current
+            .pool(cell.pool)
+            .ok_or_else(|| PathError::new("$.cells", "internal error: pool index"))?;
+        let region = current
+            .region(cell.region)
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        (
+            BaseDoc::Format2 {
+                doc: current.to_pooled_doc(),
+                pool: usize::from(cell.pool),
+                region,
+            },
+            pool.slot_table(cell.region).to_vec(),
+        )
+    } else {
+        (
+            BaseDoc::Format1(current.to_doc()),
+            current.slot_table().to_vec(),
+        )
+    };
     let name = options.cell;
+    let cells = base.cells();
 
     if let Some(tenant) = base
-        .overrides
+        .overrides()
         .iter()
         .find(|(_, c)| c.as_str() == name)
         .map(|(t, _)| t)
     {
+        let mut path = base.path("overrides");
+        push_key(&mut path, tenant);
         return Err(PathError::new(
-            key_path(["overrides", tenant.as_str()]),
+            path,
             format!(
                 "overrides {tenant:?} to {name}, the cell being drained; an override is a deliberate placement: change it in the spec and build first"
             ),
         ));
     }
-    for (i, m) in base.moves.iter().enumerate() {
+    for (i, m) in base.moves().iter().enumerate() {
         for (field, cell) in [("from", &m.from), ("to", &m.to)] {
             if cell == name {
                 return Err(PathError::new(
-                    format!("{}.{field}", index_path("moves", i)),
+                    format!("{}[{i}].{field}", base.path("moves")),
                     format!(
                         "the gradual move of {:?} names {name}, the cell being drained: finish or remove it in the spec and build first",
                         m.tenant
@@ -158,7 +325,7 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
         }
     }
     let mut notes = Vec::new();
-    for (i, c) in base.cells.iter().enumerate() {
+    for (i, c) in cells.iter().enumerate() {
         if c.failover.as_deref() != Some(name) {
             continue;
         }
@@ -178,18 +345,23 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
     }
 
     if let Some(load) = options.load {
-        load.check_cells(&base.cells, Some(name), "snapshot")?;
+        let group: Vec<CellDoc> = cells
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| base.in_group(*i))
+            .map(|(_, c)| c.clone())
+            .collect();
+        load.check_cells(&group, Some(name), "snapshot")?;
     }
     let key = current.key();
-    let table = current.slot_table().to_vec();
+    let pins = base.pins();
     let drained_slots: Vec<usize> = table
         .iter()
         .enumerate()
         .filter(|(_, c)| **c == index)
         .map(|(s, _)| s)
         .collect();
-    let mut pinned: Vec<(u64, String)> = base
-        .pins
+    let mut pinned: Vec<(u64, String)> = pins
         .iter()
         .filter(|(_, c)| c.as_str() == name)
         .map(|(t, _)| (key.hash(t.as_bytes()), t.clone()))
@@ -202,18 +374,19 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
         ));
     }
 
-    // Who takes the slots: the other active cells by weight, or by
-    // weight × headroom with a load file.
-    let candidates: Vec<usize> = base
-        .cells
+    // Who takes the slots: the other active cells (of the cell's pool and
+    // region) by weight, or by weight × headroom with a load file.
+    let candidates: Vec<usize> = cells
         .iter()
         .enumerate()
-        .filter(|(i, c)| *i != usize::from(index) && c.state == CellState::Active)
+        .filter(|(i, c)| {
+            *i != usize::from(index) && c.state == CellState::Active && base.in_group(*i)
+        })
         .map(|(i, _)| i)
         .collect();
     let weights: Vec<CellDoc> = candidates
         .iter()
-        .filter_map(|&i| base.cells.get(i))
+        .filter_map(|&i| cells.get(i))
         .map(|c| CellDoc {
             weight: options.load.map_or(c.weight, |l| l.effective_weight(c)),
             ..c.clone()
@@ -249,28 +422,35 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
         .map(|(j, &(slot, to))| (slot, (j, to)))
         .collect();
     let slots = table.len().max(1) as u64;
-    let redundant: Vec<(usize, String)> = base
-        .pins
+    // (Format 2: pins to cells of the drained table's region only; a pin
+    // to another region's cell uses that region's table.)
+    let group_ids: BTreeSet<&str> = cells
         .iter()
-        .filter(|(_, c)| c.as_str() != name)
+        .enumerate()
+        .filter(|(i, _)| base.in_group(*i))
+        .map(|(_, c)| c.id.as_str())
+        .collect();
+    let redundant: Vec<(usize, String)> = pins
+        .iter()
+        .filter(|(_, c)| c.as_str() != name && group_ids.contains(c.as_str()))
         .filter_map(|(t, c)| {
             let slot = (key.hash(t.as_bytes()) % slots) as usize;
             let &(j, to) = order.get(&slot)?;
-            let to_id = base.cells.get(usize::from(to)).map(|c| c.id.as_str());
+            let to_id = cells.get(usize::from(to)).map(|c| c.id.as_str());
             (to_id == Some(c.as_str())).then(|| (j, t.clone()))
         })
         .collect();
 
     // The cell's state in every step: an active cell is draining, without
     // shedding; a draining or disabled one keeps its state.
-    let cell_doc = base
-        .cells
-        .get_mut(usize::from(index))
+    let cell_doc = cells
+        .get(usize::from(index))
         .ok_or_else(|| PathError::new("$.cells", "internal error: cell index"))?;
+    let mut state = cell_doc.state;
     match cell_doc.state {
         CellState::Active => {
-            cell_doc.state = CellState::Draining;
-            cell_doc.shed_ratio = 0.0;
+            base.set_state(usize::from(index), CellState::Draining, 0.0);
+            state = CellState::Draining;
         }
         CellState::Draining if cell_doc.shed_ratio > 0.0 => notes.push(format!(
             "{name} is already draining with shed_ratio {}: it keeps shedding that share of the requests it still gets",
@@ -281,22 +461,19 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
             "{name} is disabled: its tenants are served by its failover until their slot moves"
         )),
     }
-    let state = cell_doc.state;
 
     let steps = usize::from(10_000u16.div_ceil(step));
     current
         .version()
         .checked_add(steps as u64)
         .ok_or_else(|| PathError::new("$.version", "too close to u64::MAX for the series"))?;
-    base.generated_at = options.generated_at.to_string();
-
-    let mut taken = vec![0u32; base.cells.len()];
+    let mut taken = vec![0u32; cells.len()];
     for &(_, to) in &drained {
         if let Some(t) = taken.get_mut(usize::from(to)) {
             *t += 1;
         }
     }
-    let mut before = vec![0u32; base.cells.len()];
+    let mut before = vec![0u32; cells.len()];
     for &c in &table {
         if let Some(b) = before.get_mut(usize::from(c)) {
             *b += 1;
@@ -307,7 +484,7 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
         .zip(&weights)
         .map(|(&i, w)| Receiver {
             id: w.id.clone(),
-            weight: base.cells.get(i).map_or(0.0, |c| c.weight),
+            weight: cells.get(i).map_or(0.0, |c| c.weight),
             headroom: options.load.and_then(|l| l.cell(&w.id)).map(|l| l.headroom),
             slots_before: before.get(i).copied().unwrap_or(0),
             slots_taken: taken.get(i).copied().unwrap_or(0),
@@ -317,7 +494,7 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
         None => Vec::new(),
         Some(load) => candidates
             .iter()
-            .filter_map(|&i| base.cells.get(i))
+            .filter_map(|&i| cells.get(i))
             .filter_map(|c| {
                 let l = load.cell(&c.id)?;
                 l.is_closed().then(|| (c.id.clone(), l.closed_by.clone()))
@@ -339,6 +516,7 @@ pub fn plan(current: &Snapshot, options: &DrainOptions<'_>) -> Result<DrainPlan,
             notes,
         },
         base,
+        generated_at: options.generated_at.to_string(),
         table,
         drained,
         pinned: pinned.into_iter().map(|(_, t)| t).collect(),
@@ -376,9 +554,7 @@ impl DrainPlan {
                 *s = to;
             }
         }
-        let mut doc = self.base.clone();
-        doc.version = self.report.from_version + number as u64;
-        doc.slot_table = encode_slot_table(&table);
+        let version = self.report.from_version + number as u64;
         let mut gone: BTreeSet<&str> = self
             .pinned
             .iter()
@@ -393,14 +569,15 @@ impl DrainPlan {
             .collect();
         let pins_dropped = dropped.len();
         gone.extend(dropped);
-        doc.pins.retain(|t, _| !gone.contains(t.as_str()));
 
-        let json = doc.to_json();
+        let json = self
+            .base
+            .step_json(version, &self.generated_at, &table, &gone);
         let snapshot = Snapshot::parse(json.as_bytes())?;
         Ok(DrainStep {
             number,
             basis_points,
-            version: doc.version,
+            version,
             json,
             snapshot,
             slots_on_cell: (self.drained.len() - slots_moved) as u32,

@@ -2,8 +2,10 @@
 
 use super::{Failure, load_snapshot, path_failure, plural, read_input, write_failure};
 use cell_router_mapping::builder::load::{Breach, Load};
-use cell_router_mapping::builder::{self, BuildOptions, BuildReport, Spec};
+use cell_router_mapping::builder::pools::{self, PoolsBuildOptions, PoolsBuildReport, PoolsSpec};
+use cell_router_mapping::builder::{self, BuildOptions, BuildReport, CellReport, Spec};
 use clap::Args;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,14 @@ of the slots that move would move too.\n\n\
 The report says what moved: slots from → to, pins per cell, each cell's share of \
 slots before and after, its headroom, and the cells closed to new tenants and why \
 (--report-json writes it as JSON).\n\n\
+A spec with \"format\": 2 (mapping/SPEC.md, \"Pools and regions\") has regions with \
+weights, cells in a pool and a region, and pools (match, overrides, moves): it builds a \
+format-2 snapshot. The region table is shared by region weight; each pool's table per \
+region by its cells' weights, from its own previous table only (a change in one pool \
+never moves another pool's tenants). Known tenants keep their home region: a region-table \
+change pins them by region_overrides (and with --previous needs --tenants); a spec \
+region override that would re-home a known tenant is refused unless --rehome names it \
+(re-homing is a data migration). --load and pins work per pool and region.\n\n\
 generated_at is $SOURCE_DATE_EPOCH when set, else now, so the same inputs can give a \
 byte-identical snapshot. The output is validated before it is written; the file is \
 replaced atomically."
@@ -57,6 +67,15 @@ pub(super) struct BuildArgs {
     /// snapshot goes to a file)
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
+    /// Format 2: re-home TENANT on purpose (a data migration): its home
+    /// region follows the spec's region_overrides, else the region table
+    /// (repeatable)
+    #[arg(long, value_name = "TENANT", requires = "previous")]
+    rehome: Vec<String>,
+    /// Format 2: re-home the tenants listed in FILE (one per line), as
+    /// --rehome
+    #[arg(long, value_name = "FILE", requires = "previous")]
+    rehome_file: Option<PathBuf>,
 }
 
 /// `generated_at`: $SOURCE_DATE_EPOCH (reproducible builds) or now.
@@ -86,7 +105,17 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
             "the snapshot and the JSON report cannot both go to stdout",
         ));
     }
-    let spec = Spec::parse(&read_input(&args.spec)?).map_err(|e| path_failure(e, &args.spec))?;
+    let spec_bytes = read_input(&args.spec)?;
+    let format = pools::document_format(&spec_bytes).map_err(|e| path_failure(e, &args.spec))?;
+    if format == pools::FORMAT_POOLS {
+        return run_pools(args, &spec_bytes);
+    }
+    if !args.rehome.is_empty() || args.rehome_file.is_some() {
+        return Err(Failure::usage(
+            "--rehome is for format-2 specs (pools and regions); a format-1 snapshot has one region",
+        ));
+    }
+    let spec = Spec::parse(&spec_bytes).map_err(|e| path_failure(e, &args.spec))?;
     let load = match &args.load {
         Some(path) => {
             let load = Load::parse(&read_input(path)?).map_err(|e| path_failure(e, path))?;
@@ -101,12 +130,7 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
         None => None,
     };
     let known = match &args.tenants {
-        Some(path) => {
-            let text = String::from_utf8(read_input(path)?)
-                .map_err(|_| Failure::invalid(format!("{}: not valid UTF-8", path.display())))?;
-            builder::parse_known_tenants(&text)
-                .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
-        }
+        Some(path) => read_tenants(path)?,
         None => Vec::new(),
     };
     let generated_at = generated_at()?;
@@ -121,32 +145,7 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
     }
     .map_err(|e| path_failure(e, &args.spec))?;
 
-    if let Some(path) = &args.binary {
-        let bytes = cell_router_mapping::binary::encode(&built.snapshot);
-        // The binary form is checked like the JSON one: decoded back, it is
-        // the same snapshot.
-        let back = cell_router_mapping::binary::decode(&bytes)
-            .map_err(|e| Failure::invalid(format!("the binary form does not decode: {e}")))?;
-        if back.to_doc() != built.snapshot.to_doc() {
-            return Err(Failure::invalid(
-                "the binary form decodes to another snapshot",
-            ));
-        }
-        crate::files::write_atomically(path, &bytes)
-            .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
-    }
-    if to_stdout {
-        let mut out = std::io::stdout().lock();
-        out.write_all(built.json.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(write_failure)?;
-    } else {
-        // Written next to the target and renamed, so a watcher (the sidecar)
-        // never reads a half-written snapshot.
-        crate::files::write_atomically(&args.output, built.json.as_bytes()).map_err(|e| {
-            Failure::invalid(format!("cannot write {}: {e}", args.output.display()))
-        })?;
-    }
+    write_outputs(&args, &built.snapshot, &built.json)?;
 
     let target = if to_stdout {
         "stdout".to_string()
@@ -154,28 +153,242 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
         args.output.display().to_string()
     };
     let report = text_report(&built.report, &target, previous.is_some());
-    // stdout carries the snapshot or the JSON report when asked: the text
-    // report then goes to stderr.
-    if to_stdout || args.report_json.as_deref() == Some(Path::new("-")) {
-        eprintln!("{report}");
-    } else {
-        println!("{report}");
-    }
-    if let Some(path) = &args.report_json {
-        let mut json = serde_json::to_string_pretty(&built.report)
-            .map_err(|e| Failure::invalid(format!("cannot encode the report: {e}")))?;
-        json.push('\n');
-        if path == Path::new("-") {
-            let mut out = std::io::stdout().lock();
-            out.write_all(json.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(write_failure)?;
-        } else {
-            crate::files::write_atomically(path, json.as_bytes())
-                .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
+    print_reports(&args, &report, &built.report)
+}
+
+/// Writes the binary form (when asked) and the JSON snapshot.
+fn write_outputs(
+    args: &BuildArgs,
+    snapshot: &cell_router_mapping::Snapshot,
+    json: &str,
+) -> Result<(), Failure> {
+    if let Some(path) = &args.binary {
+        let bytes = cell_router_mapping::binary::encode(snapshot);
+        // The binary form is checked like the JSON one: decoded back, it is
+        // the same snapshot.
+        let back = cell_router_mapping::binary::decode(&bytes).map_err(|e| {
+            if snapshot.format() >= 2 {
+                Failure::invalid(format!(
+                    "the binary form cannot carry this format-2 snapshot ({e}); build without --binary (the JSON form serves every gateway)"
+                ))
+            } else {
+                Failure::invalid(format!("the binary form does not decode: {e}"))
+            }
+        })?;
+        if back.to_doc() != snapshot.to_doc() || back.to_pooled_doc() != snapshot.to_pooled_doc() {
+            return Err(Failure::invalid(
+                "the binary form decodes to another snapshot",
+            ));
         }
+        crate::files::write_atomically(path, &bytes)
+            .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if args.output == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        out.write_all(json.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(write_failure)?;
+    } else {
+        // Written next to the target and renamed, so a watcher (the sidecar)
+        // never reads a half-written snapshot.
+        crate::files::write_atomically(&args.output, json.as_bytes()).map_err(|e| {
+            Failure::invalid(format!("cannot write {}: {e}", args.output.display()))
+        })?;
     }
     Ok(())
+}
+
+/// Prints the text report (stderr when stdout carries the snapshot or the
+/// JSON report) and writes the JSON report when asked.
+fn print_reports<R: serde::Serialize>(
+    args: &BuildArgs,
+    text: &str,
+    json_report: &R,
+) -> Result<(), Failure> {
+    let to_stdout = args.output == Path::new("-");
+    let json = match &args.report_json {
+        Some(_) => {
+            let mut json = serde_json::to_string_pretty(json_report)
+                .map_err(|e| Failure::invalid(format!("cannot encode the report: {e}")))?;
+            json.push('\n');
+            Some(json)
+        }
+        None => None,
+    };
+    // The report file first: stdout closed early (`| head`) must not lose it.
+    if let (Some(path), Some(json)) = (&args.report_json, &json)
+        && path != Path::new("-")
+    {
+        crate::files::write_atomically(path, json.as_bytes())
+            .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if to_stdout || args.report_json.as_deref() == Some(Path::new("-")) {
+        eprintln!("{text}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")
+            .and_then(|()| out.flush())
+            .map_err(write_failure)?;
+    }
+    if let (Some(path), Some(json)) = (&args.report_json, &json)
+        && path == Path::new("-")
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(json.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(write_failure)?;
+    }
+    Ok(())
+}
+
+fn read_tenants(path: &Path) -> Result<Vec<String>, Failure> {
+    let text = String::from_utf8(read_input(path)?)
+        .map_err(|_| Failure::invalid(format!("{}: not valid UTF-8", path.display())))?;
+    builder::parse_known_tenants(&text)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))
+}
+
+/// `cellmap build` of a format-2 spec (pools and regions).
+fn run_pools(args: BuildArgs, spec_bytes: &[u8]) -> Result<(), Failure> {
+    let spec = PoolsSpec::parse(spec_bytes).map_err(|e| path_failure(e, &args.spec))?;
+    let load = match &args.load {
+        Some(path) => {
+            let load = Load::parse(&read_input(path)?).map_err(|e| path_failure(e, path))?;
+            let cells: Vec<_> = spec.cells.iter().map(|c| c.cell()).collect();
+            load.check_cells(&cells, None, "spec")
+                .map_err(|e| path_failure(e, path))?;
+            Some(load)
+        }
+        None => None,
+    };
+    let previous = match &args.previous {
+        Some(path) => {
+            let previous = load_snapshot(path)?;
+            if previous.format() != pools::FORMAT_POOLS {
+                return Err(Failure::invalid(format!(
+                    "{} is a format-1 snapshot and the spec is format 2 (pools and regions): the first format-2 build runs without --previous, and every tenant is placed afresh",
+                    path.display()
+                )));
+            }
+            Some(previous)
+        }
+        None => None,
+    };
+    let known = match &args.tenants {
+        Some(path) => Some(read_tenants(path)?),
+        None => None,
+    };
+    let mut rehome: BTreeSet<String> = args.rehome.iter().cloned().collect();
+    if let Some(path) = &args.rehome_file {
+        rehome.extend(read_tenants(path)?);
+    }
+    let generated_at = generated_at()?;
+    let built = pools::build_pools(
+        &spec,
+        &PoolsBuildOptions {
+            previous: previous.as_ref(),
+            known_tenants: known.as_deref(),
+            rehome: &rehome,
+            load: load.as_ref(),
+            generated_at: &generated_at,
+        },
+    )
+    .map_err(|e| path_failure(e, &args.spec))?;
+    write_outputs(&args, &built.snapshot, &built.json)?;
+    let target = if args.output == Path::new("-") {
+        "stdout".to_string()
+    } else {
+        args.output.display().to_string()
+    };
+    let text = pools_text_report(&built.report, &target, previous.is_some());
+    print_reports(&args, &text, &built.report)
+}
+
+/// The format-2 report: regions, then per pool and region its cells.
+fn pools_text_report(r: &PoolsBuildReport, target: &str, with_previous: bool) -> String {
+    let pct = |share: f64| format!("{:.2}%", share * 100.0);
+    let mut out = format!(
+        "wrote {target}: format 2, version {}, {} slots, {}, {}",
+        r.version,
+        r.slots,
+        plural(r.regions.len(), "region", "regions"),
+        plural(r.pools.len(), "pool", "pools")
+    );
+    out.push_str("\nregions:");
+    for region in &r.regions {
+        out.push_str(&format!(
+            " {}={} ({})",
+            region.id,
+            region.slots_after,
+            pct(region.share_after)
+        ));
+    }
+    if with_previous {
+        out.push_str(&format!(
+            "\nregion slots moved: {} of {}; region pins: {} ({} pinned now, {} kept, {} released); re-homed on purpose: {}",
+            r.region_slots_moved,
+            r.slots,
+            r.region_pins,
+            r.region_pins_added,
+            r.region_pins_kept,
+            r.region_pins_released,
+            r.rehomed
+        ));
+    }
+    for pool in &r.pools {
+        out.push_str(&format!("\npool {}:", pool.id));
+        if with_previous {
+            out.push_str(&format!(
+                " pins {} ({} pinned now, {} kept, {} released); could not pin {}",
+                pool.pins, pool.pins_added, pool.pins_kept, pool.pins_released, pool.unpinnable
+            ));
+        }
+        for region in &pool.regions {
+            out.push_str(&format!(
+                "\n  region {}: {} home slots",
+                region.region, region.home_slots
+            ));
+            if with_previous {
+                out.push_str(&format!(", {} moved", region.slots_moved));
+            }
+            let mut rows = vec![[
+                "cell".to_string(),
+                "state".to_string(),
+                "weight".to_string(),
+                "headroom".to_string(),
+                "slots before".to_string(),
+                "slots after".to_string(),
+                "pins (new)".to_string(),
+            ]];
+            for c in &region.cells {
+                rows.push(cell_row(c, &pct));
+            }
+            for line in table(&rows).lines().filter(|l| !l.is_empty()) {
+                out.push_str("\n    ");
+                out.push_str(line);
+            }
+        }
+    }
+    out
+}
+
+fn cell_row(c: &CellReport, pct: &dyn Fn(f64) -> String) -> [String; 7] {
+    [
+        c.id.clone(),
+        c.state.as_str().to_string(),
+        c.weight.to_string(),
+        match c.headroom {
+            Some(h) if !c.closed_by.is_empty() => format!("{h:.3} closed"),
+            Some(h) => format!("{h:.3}"),
+            None => "-".to_string(),
+        },
+        match (c.slots_before, c.share_before) {
+            (Some(n), Some(share)) => format!("{n} ({})", pct(share)),
+            _ => "-".to_string(),
+        },
+        format!("{} ({})", c.slots_after, pct(c.share_after)),
+        format!("{} (+{})", c.pins, c.pins_added),
+    ]
 }
 
 /// `cpu 0.9 ≥ 0.7, p99_ms 300 ≥ 250`

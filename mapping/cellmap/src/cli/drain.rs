@@ -28,7 +28,10 @@ file the sidecar watches), watching errors between steps; or give --publish FILE
 that FILE still holds the step before (the drained snapshot first), and stops if \
 anything else changed it. Interrupted, the last step published stays in force.\n\n\
 Refused: overrides or gradual moves naming the cell, and disabled cells failing over to \
-it (deliberate placements: change them in the spec and build first)."
+it (deliberate placements: change them in the spec and build first).\n\n\
+Format 2 (pools and regions): the cell's slots in its pool's table for its region go to \
+the other active cells of that pool and region; its pins in that pool are released; no \
+other pool or region changes, and no tenant changes home region."
 )]
 pub(super) struct DrainArgs {
     /// The snapshot in force
@@ -93,10 +96,16 @@ pub(super) fn run(args: DrainArgs) -> Result<(), Failure> {
     let load = match &args.load {
         Some(path) => {
             let load = Load::parse(&read_input(path)?).map_err(|e| path_failure(e, path))?;
-            // Checked here so that its errors name the load file.
+            // Checked here so that its errors name the load file. Format 2:
+            // only the cells of the drained cell's pool and region take part.
+            let group = current
+                .cell_index(&args.cell)
+                .and_then(|i| current.cell(i))
+                .map(|c| (c.pool, c.region));
             let cells: Vec<CellDoc> = current
                 .cells()
                 .iter()
+                .filter(|c| group.is_none_or(|g| g == (c.pool, c.region)))
                 .map(|c| CellDoc {
                     id: c.id.clone(),
                     state: c.state,

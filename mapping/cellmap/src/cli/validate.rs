@@ -1,8 +1,8 @@
 //! `cellmap validate`: check a snapshot file.
 
 use super::{Failure, plural, read_input};
-use cell_router_mapping::CellState;
 use cell_router_mapping::table::EntryKind;
+use cell_router_mapping::{CellState, Snapshot};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -32,16 +32,22 @@ pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
     let snapshot = cell_router_mapping::binary::parse_any_newer(&bytes, args.newer_than)
         .map_err(|e| Failure::invalid(e.to_string()))?;
     let count = |state| snapshot.cells().iter().filter(|c| c.state == state).count();
-    let overrides = snapshot
-        .tenant_table()
-        .iter()
-        .filter(|(_, k, _)| *k == EntryKind::Override)
-        .count();
-    let pins = snapshot
-        .tenant_table()
-        .iter()
-        .filter(|(_, k, _)| *k == EntryKind::Pin)
-        .count();
+    // Every pool's (format 1 has one).
+    let entries = |kind: EntryKind| -> usize {
+        snapshot
+            .pools()
+            .iter()
+            .map(|p| {
+                p.tenant_table()
+                    .iter()
+                    .filter(|(_, k, _)| *k == kind)
+                    .count()
+            })
+            .sum()
+    };
+    let overrides = entries(EntryKind::Override);
+    let pins = entries(EntryKind::Pin);
+    let moves: usize = snapshot.pools().iter().map(|p| p.moves().len()).sum();
     println!(
         "ok: version {}, generated_at {}, {} ({} active, {} draining, {} disabled), {} slots, {}, {}, {}{}",
         snapshot.version(),
@@ -53,8 +59,86 @@ pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
         snapshot.slot_table().len(),
         plural(overrides, "override", "overrides"),
         plural(pins, "pin", "pins"),
-        plural(snapshot.moves().len(), "move", "moves"),
+        plural(moves, "move", "moves"),
         form,
     );
+    if snapshot.format() >= 2 {
+        print_pools(&snapshot);
+    }
     Ok(())
+}
+
+/// Format 2: the regions (share of the region table, region overrides) and
+/// each pool (match, cells per region, overrides, pins, moves).
+fn print_pools(snapshot: &Snapshot) {
+    let slots = snapshot.region_table().len().max(1);
+    let regions: Vec<String> = snapshot
+        .regions()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let n = snapshot
+                .region_table()
+                .iter()
+                .filter(|&&x| usize::from(x) == i)
+                .count();
+            format!(
+                "{} ({:.2}% of slots)",
+                r.id,
+                n as f64 * 100.0 / slots as f64
+            )
+        })
+        .collect();
+    println!(
+        "format 2: regions {}; {}",
+        regions.join(", "),
+        plural(
+            snapshot.region_override_table().len(),
+            "region override",
+            "region overrides"
+        )
+    );
+    for (p, pool) in snapshot.pools().iter().enumerate() {
+        let matches = match &pool.match_rule {
+            None => "every request (default pool)".to_string(),
+            Some(m) => {
+                let mut parts = Vec::new();
+                if !m.authorities.is_empty() {
+                    parts.push(format!("authorities {}", m.authorities.join(" ")));
+                }
+                if !m.path_prefixes.is_empty() {
+                    parts.push(format!("paths {}", m.path_prefixes.join(" ")));
+                }
+                parts.join(", ")
+            }
+        };
+        let per_region: Vec<String> = snapshot
+            .regions()
+            .iter()
+            .enumerate()
+            .map(|(r, region)| {
+                let cells: Vec<&str> = snapshot
+                    .cells()
+                    .iter()
+                    .filter(|c| usize::from(c.pool) == p && usize::from(c.region) == r)
+                    .map(|c| c.id.as_str())
+                    .collect();
+                format!("{}: {}", region.id, cells.join(" "))
+            })
+            .collect();
+        let count = |kind: EntryKind| {
+            pool.tenant_table()
+                .iter()
+                .filter(|(_, k, _)| *k == kind)
+                .count()
+        };
+        println!(
+            "pool {} ({matches}): {}; {}, {}, {}",
+            pool.id,
+            per_region.join("; "),
+            plural(count(EntryKind::Override), "override", "overrides"),
+            plural(count(EntryKind::Pin), "pin", "pins"),
+            plural(pool.moves().len(), "move", "moves"),
+        );
+    }
 }
