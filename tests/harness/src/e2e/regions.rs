@@ -251,8 +251,6 @@ pub fn regional_config(
     }
     let mut plugin = plugin_config_of(template)?;
     plugin["region"] = region.into();
-    // TEMPORARY: the binary form does not carry format 2 yet (pools-core).
-    plugin["sidecar"]["binary"] = false.into();
     // The Wasm file name is set again when Envoy starts (`Envoy::start`).
     render_envoy_config(
         &text,
