@@ -533,4 +533,27 @@ fn every_gateway_routes_each_region_to_its_gateway() {
         assert!(text.contains("- name: x-cell-region"), "{path}");
     }
     assert_eq!(istio_plugin_config()["region"], "us");
+    // Istio: the same routes in the VirtualService, to hosts the
+    // ServiceEntry gives clusters, with TLS to each.
+    let virtual_service = read("envoy/istio/gateway-routes.yaml");
+    let entries = read("envoy/istio/sidecar.yaml");
+    for region in ["us", "eu"] {
+        let host = format!("gateway.{region}.cell-router.internal");
+        assert!(
+            virtual_service.contains(&format!(
+                "- match: [{{headers: {{x-cell-region: {{exact: {region}}}}}}}]\n      route: [{{destination: {{host: {host}}}}}]"
+            )),
+            "VirtualService: {region}"
+        );
+        assert!(
+            entries.contains(&format!("\"{host}\"")),
+            "ServiceEntry: {host}"
+        );
+        assert!(
+            entries.contains(&format!(
+                "  host: {host}\n  trafficPolicy:\n    tls: {{mode: SIMPLE"
+            )),
+            "DestinationRule: {host}"
+        );
+    }
 }
