@@ -17,7 +17,7 @@ use cell_router_harness::e2e::regions::{
     FORWARDED_BY_HEADER, POOL_HEADER, REGION_HEADER, RegionGateway, RegionLayout, Served,
     TwoRegions,
 };
-use cell_router_harness::e2e::{cellmap_bin, client, work_dir};
+use cell_router_harness::e2e::{cellmap_bin, client, wait_until, work_dir};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -103,6 +103,46 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
         upstream_to(&regions.us, &us_cells),
         us_before,
         "a US cell saw an EU tenant's request"
+    );
+
+    // Both access logs show the pool and the home region: the forward on
+    // the US gateway, the cell on the EU one.
+    let logged = |gateway: &RegionGateway, want: &[(&str, &str)]| {
+        wait_until(Duration::from_secs(30), || {
+            gateway.envoy.process.log_tail(400).lines().any(|line| {
+                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|entry| {
+                    entry["path"] == "/sms/messages"
+                        && entry["status"] == 200
+                        && want.iter().all(|(k, v)| entry[*k] == *v)
+                })
+            })
+        })
+    };
+    assert!(
+        logged(
+            &regions.us,
+            &[
+                ("reason", "forward"),
+                ("pool", "sms"),
+                ("region", "eu"),
+                ("forwarded_by", "us")
+            ]
+        ),
+        "{}",
+        regions.us.envoy.process.log_tail(20)
+    );
+    assert!(
+        logged(
+            &regions.eu,
+            &[
+                ("cell", served_cells["sms"].as_str()),
+                ("pool", "sms"),
+                ("region", "eu"),
+                ("forwarded_by", "us"),
+            ]
+        ),
+        "{}",
+        regions.eu.envoy.process.log_tail(20)
     );
 
     // A US tenant stays in the US.
