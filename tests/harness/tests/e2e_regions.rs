@@ -17,11 +17,19 @@ use cell_router_harness::e2e::regions::{
     FORWARDED_BY_HEADER, POOL_HEADER, REGION_HEADER, RegionGateway, RegionLayout, Served,
     TwoRegions,
 };
-use cell_router_harness::e2e::{cellmap_bin, client, wait_until, work_dir};
+use cell_router_harness::e2e::{self, cellmap_bin, client, wait_until, work_dir};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
+
+/// Whether the gateways run the Wasm build, whose counters and filter state
+/// (access log) the tests also check. The native module
+/// (`CELL_ROUTER_BUILD=native`) has neither: with it, the answers, the cells
+/// reached and Envoy's own cluster counters are checked.
+fn observed() -> bool {
+    e2e::build() == e2e::Build::Wasm
+}
 
 fn start(name: &str, layout: &RegionLayout) -> TwoRegions {
     let dir = work_dir(name).unwrap();
@@ -95,10 +103,12 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
     }
     // One tenant, two pools, two cells.
     assert_ne!(served_cells["voice"], served_cells["sms"]);
-    assert_eq!(
-        regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before,
-        2
-    );
+    if observed() {
+        assert_eq!(
+            regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before,
+            2
+        );
+    }
     assert_eq!(
         upstream_to(&regions.us, &us_cells),
         us_before,
@@ -118,32 +128,34 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
             })
         })
     };
-    assert!(
-        logged(
-            &regions.us,
-            &[
-                ("reason", "forward"),
-                ("pool", "sms"),
-                ("region", "eu"),
-                ("forwarded_by", "us")
-            ]
-        ),
-        "{}",
-        regions.us.envoy.process.log_tail(20)
-    );
-    assert!(
-        logged(
-            &regions.eu,
-            &[
-                ("cell", served_cells["sms"].as_str()),
-                ("pool", "sms"),
-                ("region", "eu"),
-                ("forwarded_by", "us"),
-            ]
-        ),
-        "{}",
-        regions.eu.envoy.process.log_tail(20)
-    );
+    if observed() {
+        assert!(
+            logged(
+                &regions.us,
+                &[
+                    ("reason", "forward"),
+                    ("pool", "sms"),
+                    ("region", "eu"),
+                    ("forwarded_by", "us")
+                ]
+            ),
+            "{}",
+            regions.us.envoy.process.log_tail(20)
+        );
+        assert!(
+            logged(
+                &regions.eu,
+                &[
+                    ("cell", served_cells["sms"].as_str()),
+                    ("pool", "sms"),
+                    ("region", "eu"),
+                    ("forwarded_by", "us"),
+                ]
+            ),
+            "{}",
+            regions.eu.envoy.process.log_tail(20)
+        );
+    }
 
     // A US tenant stays in the US.
     let reply = regions
@@ -161,7 +173,9 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
     let via_eu = Served::of(&reply).unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(via_eu.cell, served.cell);
     assert_eq!(via_eu.header(FORWARDED_BY_HEADER), Some("eu"));
-    assert_eq!(regions.eu.metric("cell_router.forwarded.us").unwrap(), 1);
+    if observed() {
+        assert_eq!(regions.eu.metric("cell_router.forwarded.us").unwrap(), 1);
+    }
 }
 
 #[test]
@@ -210,9 +224,11 @@ fn disagreeing_snapshots_never_forward_twice() {
                 .unwrap(),
         );
         // Forwarded once, refused by the other side, never sent back.
-        assert_eq!(after.0 - before.0, 1, "{} forwarded", entry.region);
-        assert_eq!(after.1 - before.1, 1, "{} refused", other.region);
-        assert_eq!(after.2, before.2, "{} forwarded back", other.region);
+        if observed() {
+            assert_eq!(after.0 - before.0, 1, "{} forwarded", entry.region);
+            assert_eq!(after.1 - before.1, 1, "{} refused", other.region);
+            assert_eq!(after.2, before.2, "{} forwarded back", other.region);
+        }
         assert_eq!(after.3 - before.3, 1);
         assert_eq!(after.4, before.4, "{} sent it back", other.region);
     }
@@ -475,6 +491,10 @@ fn thousand_tenants_two_pools_two_regions_agree_with_cellmap_route() {
         regions.us.metric("cell_router.forwarded.eu").unwrap(),
         regions.eu.metric("cell_router.forwarded.us").unwrap(),
     ];
+    let region_before = [
+        regions.us.upstream_requests("region|eu").unwrap(),
+        regions.eu.upstream_requests("region|us").unwrap(),
+    ];
     // Four clients at once: the gateways have two workers each.
     let chunks: Vec<Vec<usize>> = (0..4)
         .map(|k| (0..requests.len()).filter(|i| i % 4 == k).collect())
@@ -534,12 +554,23 @@ fn thousand_tenants_two_pools_two_regions_agree_with_cellmap_route() {
     // requests of tenants homed in the other region.
     assert_eq!(per_cell.len(), 12, "{per_cell:?}");
     assert!(crossing[0] > 500 && crossing[1] > 500, "{crossing:?}");
+    if observed() {
+        assert_eq!(
+            regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before[0],
+            crossing[0]
+        );
+        assert_eq!(
+            regions.eu.metric("cell_router.forwarded.us").unwrap() - forwarded_before[1],
+            crossing[1]
+        );
+    }
+    // Envoy's own count of what each gateway sent to the other region.
     assert_eq!(
-        regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before[0],
+        regions.us.upstream_requests("region|eu").unwrap() - region_before[0],
         crossing[0]
     );
     assert_eq!(
-        regions.eu.metric("cell_router.forwarded.us").unwrap() - forwarded_before[1],
+        regions.eu.upstream_requests("region|us").unwrap() - region_before[1],
         crossing[1]
     );
     eprintln!(

@@ -6,7 +6,12 @@
 //! a spoofed cell header ignored, a draining cell shedding its share, a
 //! gradual move that keeps each user on one side, a cell ramping back after
 //! an outage, and snapshots published through the sidecar taking effect
-//! live. Every step is checked; the demo exits non-zero if one fails.
+//! live; then two regional gateways (US and EU, service pools `/voice` and
+//! `/sms`): an EU tenant at the US gateway served by an EU cell through the
+//! EU gateway, one tenant's two pools on two cells, and an EU region with
+//! every cell disabled answering 503 without touching a US cell (`regions`
+//! runs that part alone). Every step is checked; the demo exits non-zero if
+//! one fails.
 //!
 //! `up` leaves the stack running on the default ports for curl; `down` stops it.
 
