@@ -369,6 +369,7 @@ fn read_tenants(
     key: HashKey,
     cell_count: usize,
     names: [&str; 3],
+    mut place: impl FnMut(&[u8], u64, u16) -> Result<(), PathError>,
 ) -> Result<TenantTable, PathError> {
     let [moves_name, arena_name, buckets_name] = names;
     let buckets = read_buckets(bucket_bytes, buckets_name)?;
@@ -378,12 +379,21 @@ fn read_tenants(
         arena.to_vec(),
         buckets,
         |t| key.hash(t),
-        |kind, value| match kind {
-            EntryKind::Override | EntryKind::Pin => usize::from(value) < cell_count,
-            EntryKind::Move => {
-                move_entries += 1;
-                usize::from(value) < move_count
+        |tenant, h, kind, value| {
+            let limit = match kind {
+                EntryKind::Override | EntryKind::Pin => cell_count,
+                EntryKind::Move => {
+                    move_entries += 1;
+                    move_count
+                }
+            };
+            if usize::from(value) >= limit {
+                return Err(format!("out-of-range value {value}"));
             }
+            if kind == EntryKind::Move {
+                return Ok(());
+            }
+            place(tenant, h, value).map_err(|e| e.to_string())
         },
     )
     .map_err(|e| err(arena_name, e))?;
@@ -519,6 +529,7 @@ fn decode_layout1(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
         key,
         cells.len(),
         ["moves", "tenant_arena", "tenant_buckets"],
+        |_, _, _| Ok(()),
     )?;
     if tenants.len() != entries as usize {
         return Err(err(
@@ -636,19 +647,24 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
         get(4).to_vec(),
         read_buckets(get(5), "region_buckets")?,
         |t| key.hash(t),
-        |kind, value| kind == EntryKind::Override && usize::from(value) < region_count,
+        |_, _, kind, value| {
+            if kind == EntryKind::Override && usize::from(value) < region_count {
+                Ok(())
+            } else {
+                Err(format!("not a region override of a known region ({value})"))
+            }
+        },
     )
     .map_err(|e| err("region_arena", e))?;
-    let home_region = |tenant: &[u8]| -> u16 {
-        home_region_of(
-            &region_overrides,
-            &region_table,
-            slots,
-            tenant,
-            key.hash(tenant),
-        )
+    // With one region every tenant is homed there: no lookup needed.
+    let home_region = |tenant: &[u8], h: u64| -> u16 {
+        if region_count == 1 {
+            return 0;
+        }
+        home_region_of(&region_overrides, &region_table, slots, tenant, h)
     };
 
+    let cell_places: Vec<(u16, u16)> = cells.iter().map(|c| (c.pool, c.region)).collect();
     let mut pools = Vec::with_capacity(pool_count);
     let mut total = 0usize;
     for ((p, head), match_rule) in heads.into_iter().enumerate().zip(match_rules) {
@@ -686,7 +702,7 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
             &format!("binary:{}", name(1)),
         )?;
         for (i, m) in moves.iter().enumerate() {
-            let home = home_region(m.tenant.as_bytes());
+            let home = home_region(m.tenant.as_bytes(), key.hash(m.tenant.as_bytes()));
             for (field, cell) in [("from", m.from), ("to", m.to)] {
                 check_place(
                     &cells,
@@ -695,7 +711,7 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
                     cell,
                     m.tenant.as_bytes(),
                     home,
-                    format!("binary:{}[{i}].{field}", name(1)),
+                    || format!("binary:{}[{i}].{field}", name(1)),
                 )?;
             }
         }
@@ -706,20 +722,18 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
             key,
             cells.len(),
             [name(1), name(2), name(3)],
+            |tenant, h, cell| {
+                let home = home_region(tenant, h);
+                // The common case from a compact table; check_place words
+                // the refusal.
+                if cell_places.get(usize::from(cell)) == Some(&(p as u16, home)) {
+                    return Ok(());
+                }
+                check_place(&cells, &places, p as u16, cell, tenant, home, || {
+                    format!("binary:{}", name(2))
+                })
+            },
         )?;
-        for (tenant, kind, value) in tenants.iter() {
-            if kind != EntryKind::Move {
-                check_place(
-                    &cells,
-                    &places,
-                    p as u16,
-                    value,
-                    tenant,
-                    home_region(tenant),
-                    format!("binary:{}", name(2)),
-                )?;
-            }
-        }
         total += tenants.len();
         pools.push(Pool {
             id: head.0.id,

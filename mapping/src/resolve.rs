@@ -184,6 +184,39 @@ impl Snapshot {
             .map(|i| i as u16)
     }
 
+    /// The region a gateway configured with `configured` (its plugin
+    /// configuration's `region`) routes for, as [`Self::resolve_in`]'s
+    /// `local_region`, or why the snapshot must be refused there (SPEC
+    /// "Region homing"): a format-1 snapshot ignores the setting (`None`: no
+    /// region check); a format-2 snapshot must list the configured region,
+    /// and without one it must have exactly one region (then that one).
+    pub fn local_region(&self, configured: Option<&str>) -> Result<Option<u16>, String> {
+        if self.format() == 1 {
+            return Ok(None);
+        }
+        let ids = || {
+            self.regions()
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match configured {
+            Some(id) => self.region_index(id).map(Some).ok_or_else(|| {
+                format!(
+                    "the gateway's region {id:?} is not in the snapshot (its regions: {})",
+                    ids()
+                )
+            }),
+            None if self.regions().len() == 1 => Ok(Some(0)),
+            None => Err(format!(
+                "the snapshot has {} regions ({}) and this gateway has no region configured",
+                self.regions().len(),
+                ids()
+            )),
+        }
+    }
+
     /// The tenant's home region: `region_overrides[tenant]`, else
     /// `region_table[h mod S]` (0 in format 1).
     pub fn home_region(&self, tenant: &[u8]) -> u16 {

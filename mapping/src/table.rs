@@ -357,14 +357,16 @@ impl TenantTable {
     /// at 0, never goes back and ends at the arena's end; every record fits
     /// its bucket, has a 1 … 1,024-byte tenant and a known kind, hashes
     /// (with `hash`) to the bucket it sits in and has its Bloom bits set;
-    /// `value_ok` accepts its value; and no tenant appears twice. A table
+    /// `check` accepts it (given the tenant, its hash, kind and value: the
+    /// caller's own checks, without hashing again); and no tenant appears
+    /// twice. A table
     /// that passes answers [`Self::get`] exactly as the table `build_index`
     /// builds from the same records.
     pub fn from_indexed_parts(
         arena: Vec<u8>,
         buckets: Vec<u64>,
         hash: impl Fn(&[u8]) -> u64,
-        mut value_ok: impl FnMut(EntryKind, u16) -> bool,
+        mut check: impl FnMut(&[u8], u64, EntryKind, u16) -> Result<(), String>,
     ) -> Result<Self, String> {
         let count = buckets
             .len()
@@ -437,11 +439,8 @@ impl TenantTable {
                         "bucket {b} lacks the Bloom bits of the record at offset {offset}"
                     ));
                 }
-                if !value_ok(kind, value) {
-                    return Err(format!(
-                        "record at offset {offset} has an out-of-range value {value}"
-                    ));
-                }
+                check(tenant, h, kind, value)
+                    .map_err(|why| format!("record at offset {offset}: {why}"))?;
                 let repeated = if seen.len() < PAIRWISE_LIMIT {
                     let repeated = seen.contains(&tenant);
                     seen.push(tenant);
@@ -620,7 +619,8 @@ mod tests {
             // others start (and end) at the arena's end.
             let mut words = vec![t.arena.len() as u64; count + 1];
             words[0] = 1u64 << 32;
-            let got = TenantTable::from_indexed_parts(t.arena.clone(), words, |_| 0, |_, _| true);
+            let got =
+                TenantTable::from_indexed_parts(t.arena.clone(), words, |_| 0, |_, _, _, _| Ok(()));
             if repeat {
                 assert_eq!(got.unwrap_err(), "a tenant appears more than once");
             } else {

@@ -6,7 +6,9 @@ mapping/SPEC.md ("Binary form") alone: header, checksum, contiguous
 sections, the tenant arena walked bucket by bucket (each record must hash to
 its bucket and set its Bloom bits; no tenant twice), looks every vector's
 tenant up through the bucket directory by its full bytes, and routes every
-vector with vectors_check.py's routing function over the decoded snapshot. Also refuses a copy with one flipped byte (the checksum).
+vector with vectors_check.py's routing function over the decoded snapshot. Also refuses a copy with one flipped byte (the checksum). Then the same
+for `layout2` (a format-2 snapshot in binary layout 2): decoded section by
+section and routed by vectors_check.py's format-2 routing function.
 Uses the from-scratch SipHash-1-3 of vectors_check.py.
 Usage: binary_check.py [binary_vectors.json]   (exit 0 = all vectors agree)
 """
@@ -17,7 +19,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vectors_check import Routing, siphash13  # noqa: E402
+from vectors_check import PooledRouting, Routing, siphash13  # noqa: E402
 
 MAGIC = b"CELLMAPB"
 HEADER_LEN = 48 + 6 * 16
@@ -83,6 +85,95 @@ def decode(data: bytes) -> dict:
         need(tenants.get(m["tenant"].encode("utf-8")) == ("move", i), "move in table")
     return {"version": version, "key": key, "cells": cells, "table": table,
             "moves": moves, "tenants": tenants, "dirs": dirs, "arena": arena}
+
+
+def read_table(key: bytes, arena: bytes, words: bytes, limit) -> tuple:
+    """A tenant table (arena + bucket directory) walked bucket by bucket:
+    each record must hash to its bucket, set its Bloom bits, appear once and
+    have a value below limit(kind). Returns ({tenant: (kind, value)}, dirs)."""
+    need(len(words) % 8 == 0, "buckets")
+    dirs = [struct.unpack_from("<Q", words, 8 * i)[0] for i in range(len(words) // 8)]
+    count = len(dirs) - 1
+    need(count >= 1 and dirs[0] & 0xFFFFFFFF == 0, "directory start")
+    need(dirs[-1] == len(arena), "directory end")
+    tenants = {}
+    for b in range(count):
+        off, end, bloom = dirs[b] & 0xFFFFFFFF, dirs[b + 1] & 0xFFFFFFFF, dirs[b] >> 32
+        while off < end:
+            len_kind, value = struct.unpack_from("<HH", arena, off)
+            length, kind = len_kind & 0x3FFF, len_kind >> 14
+            need(kind in KINDS and 1 <= length <= 1024 and off + 4 + length <= end, "record")
+            tenant = bytes(arena[off + 4:off + 4 + length])
+            h = siphash13(key, tenant)
+            need((((h & 0xFFFFFFFF) * count) >> 32) == b, "record bucket")
+            bits = (1 << ((h >> 32) & 31)) | (1 << ((h >> 40) & 31))
+            need(bloom & bits == bits, "bloom")
+            need(tenant not in tenants, "duplicate tenant")
+            need(value < limit(kind), "value")
+            tenants[tenant] = (KINDS[kind], value)
+            off += 4 + length
+    need(count == max(1, -(-len(tenants) // 4)), "bucket count")
+    return tenants, dirs
+
+
+def decode_layout2(data: bytes) -> dict:
+    """Layout 2 (a format-2 snapshot) back to its JSON document."""
+    need(data[:8] == MAGIC and len(data) >= 64, "short")
+    fmt, reserved, version = struct.unpack_from("<IIQ", data, 8)
+    need(fmt == 2 and reserved == 0, "format")
+    body, (stored,) = data[:-8], struct.unpack("<Q", data[-8:])
+    need(siphash13(bytes(16), body) == stored, "checksum")
+    key = data[24:40]
+    slots, entries, pools, regions = struct.unpack_from("<IIII", data, 40)
+    need(1 <= slots <= 1 << 20 and 1 <= pools <= 64 and 1 <= regions <= 255, "counts")
+    count = 7 + 4 * pools
+    sec, expected = [], 56 + 16 * count
+    for i in range(count):
+        off, length = struct.unpack_from("<QQ", data, 56 + 16 * i)
+        need(off == expected and off + length <= len(body), f"section {i}")
+        sec.append(body[off:off + length])
+        expected = off + length
+    need(expected == len(body), "sections end")
+    cells = json.loads(sec[1])
+    region_ids = [r["id"] for r in json.loads(sec[2])]
+    need(len(region_ids) == regions, "regions")
+    region_table = list(struct.unpack(f"<{slots}H", sec[3]))
+    need(all(r < regions for r in region_table), "region index")
+    region_overrides, _ = read_table(key, sec[4], sec[5], lambda kind: regions if kind == 0 else 0)
+    heads = json.loads(sec[6])
+    need(len(heads) == pools, "pools")
+    ids = [c["id"] for c in cells]
+    doc = {
+        "format": 2,
+        "version": version,
+        "hash": {"algorithm": "siphash-1-3", "key": key.hex(), "slots": slots},
+        "regions": [{"id": r} for r in region_ids],
+        "region_table": base64.b64encode(sec[3]).decode(),
+        "region_overrides": {t.decode("utf-8"): region_ids[v] for t, (_, v) in region_overrides.items()},
+        "cells": cells,
+        "pools": [],
+    }
+    total = 0
+    for i, head in enumerate(heads):
+        tables, moves_json, arena, words = sec[7 + 4 * i: 11 + 4 * i]
+        need(len(tables) == regions * 2 * slots, "slot tables")
+        moves = json.loads(moves_json)
+        tenants, _ = read_table(key, arena, words, lambda kind: len(moves) if kind == 2 else len(cells))
+        total += len(tenants)
+        pool = dict(head)
+        pool["slot_tables"] = {
+            region_ids[r]: base64.b64encode(tables[r * 2 * slots:(r + 1) * 2 * slots]).decode()
+            for r in range(regions)
+        }
+        pool["overrides"], pool["pins"], pool["moves"] = {}, {}, moves
+        for tenant, (kind, value) in tenants.items():
+            if kind != "move":
+                pool["overrides" if kind == "override" else "pins"][tenant.decode("utf-8")] = ids[value]
+        for j, m in enumerate(moves):
+            need(tenants.get(m["tenant"].encode("utf-8")) == ("move", j), "move in table")
+        doc["pools"].append(pool)
+    need(total == entries, "entries")
+    return doc
 
 
 def lookup(snap: dict, tenant: bytes):
@@ -153,6 +244,29 @@ def main() -> int:
             decode(bytes(bad))
             failures += 1
             print(f"ACCEPTED a copy with byte {i} flipped")
+        except (Refused, ValueError, KeyError, IndexError, struct.error):
+            pass
+    # Layout 2: decoded on its own, then routed by vectors_check.py's format-2
+    # routing function (pool, home region, forward / wrong_region).
+    layout2 = base64.b64decode(doc["layout2"]["binary"], validate=True)
+    pooled = PooledRouting(decode_layout2(layout2))
+    for v in doc["layout2"]["routes"]:
+        got = pooled.resolve(v["tenant"], v["pool"], v["gateway_region"], v["forwarded"],
+                             v["split_key"].encode("utf-8"), v["shed"], int(v["now_ms"]))
+        got["slot"] = siphash13(pooled.key, v["tenant"].encode("utf-8")) % pooled.slots
+        want = {k: v[k] for k in ("slot", "home_region", "home", "cell", "outcome", "reason", "ramp")}
+        checked += 1
+        if got != want:
+            failures += 1
+            print(f"LAYOUT 2 MISMATCH {v!r}: python says {got}")
+    for i in range(0, len(layout2), max(1, len(layout2) // 64)):
+        bad = bytearray(layout2)
+        bad[i] ^= 0x40
+        checked += 1
+        try:
+            decode_layout2(bytes(bad))
+            failures += 1
+            print(f"ACCEPTED a layout-2 copy with byte {i} flipped")
         except (Refused, ValueError, KeyError, IndexError, struct.error):
             pass
     print(f"binary vectors: {checked - failures} passed, {failures} failed")

@@ -122,6 +122,57 @@ fn a_format_1_snapshot_has_one_default_pool_and_region() {
 }
 
 #[test]
+fn a_gateway_region_must_be_in_a_format_2_snapshot() {
+    let s = parse(&doc());
+    assert_eq!(s.local_region(Some("eu")), Ok(Some(1)));
+    let err = s.local_region(Some("ap")).unwrap_err();
+    assert!(
+        err.contains("\"ap\" is not in the snapshot (its regions: us, eu)"),
+        "{err}"
+    );
+    let err = s.local_region(None).unwrap_err();
+    assert!(
+        err.contains("2 regions (us, eu) and this gateway has no region"),
+        "{err}"
+    );
+    // One region: no setting needed.
+    let mut one = doc();
+    one["regions"] = json!([{"id": "us"}]);
+    one["region_table"] = json!(encode_slot_table(&[0; SLOTS]));
+    one["region_overrides"] = json!({});
+    let cells: Vec<Value> = one["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["region"] == "us")
+        .cloned()
+        .collect();
+    one["cells"] = json!(cells);
+    let ids: Vec<&str> = cells.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let all = |id: &str| {
+        let i = ids.iter().position(|c| *c == id).unwrap() as u16;
+        json!({"us": encode_slot_table(&[i; SLOTS])})
+    };
+    one["pools"][0]["slot_tables"] = all("voice-us-1");
+    one["pools"][1]["slot_tables"] = all("sms-us-1");
+    one["pools"][1]["overrides"] = json!({});
+    one["pools"][2]["slot_tables"] = all("web-us-1");
+    let one = parse(&one);
+    assert_eq!(one.local_region(None), Ok(Some(0)));
+    assert!(one.local_region(Some("eu")).is_err());
+    // Format 1 ignores the setting.
+    let f1 = json!({
+        "version": 1,
+        "generated_at": "x",
+        "hash": {"algorithm": "siphash-1-3", "key": KEY, "slots": 4},
+        "cells": [{"id": "a"}],
+        "slot_table": encode_slot_table(&[0; 4]),
+    });
+    assert_eq!(parse(&f1).local_region(Some("anywhere")), Ok(None));
+    assert_eq!(parse(&f1).local_region(None), Ok(None));
+}
+
+#[test]
 fn pool_selection_follows_the_spec() {
     let s = parse(&doc());
     let cases: &[(&[u8], &[u8], Option<u16>)] = &[

@@ -180,3 +180,118 @@ fn worked_example_ramp() {
         (Outcome::Route { cell: 0 }, None)
     );
 }
+
+/// SPEC.md's worked example with pools and regions: the first pools
+/// scenario of `tests/vectors.json`.
+#[test]
+fn worked_example_with_pools_and_regions() {
+    let vectors: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors.json")).unwrap(),
+    )
+    .unwrap();
+    let s = Snapshot::parse(vectors["pools"][0]["snapshot"].to_string().as_bytes()).unwrap();
+    assert_eq!(s.key().to_hex(), "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    let (us, eu, ap) = (
+        s.region_index("us").unwrap(),
+        s.region_index("eu").unwrap(),
+        s.region_index("ap").unwrap(),
+    );
+    for (slot, &region) in s.region_table().iter().enumerate() {
+        assert_eq!(usize::from(region), (slot / 4) % 3);
+    }
+    let pool = |id: &str| s.pool_index(id).unwrap();
+    let id = |i: u16| s.cell(i).unwrap().id.as_str();
+
+    // Pools.
+    assert_eq!(
+        s.pool_for(b"api.example.com", b"/voice/calls/7?x=1"),
+        Some(pool("voice"))
+    );
+    assert_eq!(
+        s.pool_for(b"api.example.com", b"/voicemail/1"),
+        Some(pool("web"))
+    );
+    assert_eq!(
+        s.pool_for(b"SMS.Example.COM:443", b"/v1/send"),
+        Some(pool("sms"))
+    );
+    assert_eq!(
+        s.pool_for(b"sms.example.com", b"/voice;v=2/x"),
+        Some(pool("voice"))
+    );
+
+    // tenant-3: slot 1, homed in us.
+    let h = s.key().hash(b"tenant-3");
+    assert_eq!(h, 0x913dc938f0c30a41);
+    assert_eq!(h, 10465742355473566273);
+    assert_eq!(h % 64, 1);
+    assert_eq!(s.home_region(b"tenant-3"), us);
+    let voice = pool("voice");
+    let at = |tenant: &[u8], pool: u16, region: u16, forwarded: bool, shed: u16| {
+        s.resolve_in(
+            tenant,
+            pool,
+            Some(region),
+            forwarded,
+            &Draws::new(b"user-1", shed, 0),
+        )
+    };
+    let r = at(b"tenant-3", voice, us, false, 4999);
+    assert_eq!(id(r.home), "voice-us-2");
+    assert_eq!(
+        r.outcome,
+        Outcome::Shed {
+            cell: r.home,
+            retry_after_s: 3
+        }
+    );
+    let r = at(b"tenant-3", voice, us, false, 5000);
+    assert_eq!(
+        (r.outcome, r.reason()),
+        (Outcome::Route { cell: r.home }, "slot")
+    );
+    let r = at(b"tenant-3", pool("web"), us, false, 9999);
+    assert_eq!((id(r.final_cell()), r.reason()), ("web-us-2", "pin"));
+    assert_eq!(
+        at(b"tenant-3", voice, eu, false, 9999).outcome,
+        Outcome::Forward { region: us }
+    );
+    assert_eq!(
+        at(b"tenant-3", voice, eu, true, 9999).outcome,
+        Outcome::WrongRegion { region: us }
+    );
+
+    // acme-gmbh: slot 10 (ap by the table), homed in eu by its override.
+    assert_eq!(s.key().hash(b"acme-gmbh") % 64, 10);
+    assert_eq!(s.home_region(b"acme-gmbh"), eu);
+    for (p, cell, reason) in [
+        ("voice", "voice-eu-3", "override"),
+        ("sms", "sms-eu-1", "override"),
+        ("web", "web-eu-1", "slot"),
+    ] {
+        let r = at(b"acme-gmbh", pool(p), eu, false, 9999);
+        assert_eq!((id(r.final_cell()), r.reason()), (cell, reason), "{p}");
+    }
+    let mut doc = vectors["pools"][0]["snapshot"].clone();
+    doc["pools"][0]["overrides"]["acme-gmbh"] = serde_json::json!("voice-us-1");
+    let err = Snapshot::parse(doc.to_string().as_bytes()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "$.pools[0].overrides[\"acme-gmbh\"]: cell voice-us-1 is in region us but tenant acme-gmbh is homed in eu"
+    );
+
+    // tenant-0: slot 44, homed in ap; every voice cell there is disabled.
+    assert_eq!(s.key().hash(b"tenant-0") % 64, 44);
+    assert_eq!(s.home_region(b"tenant-0"), ap);
+    let r = at(b"tenant-0", voice, ap, false, 9999);
+    assert_eq!(
+        (id(r.final_cell()), r.outcome),
+        ("voice-ap-1", Outcome::Unavailable { cell: r.home })
+    );
+    let r = at(b"tenant-0", pool("media"), ap, false, 9999);
+    assert_eq!(
+        (id(r.home), id(r.final_cell()), r.reason()),
+        ("media-ap-1", "media-ap-2", "failover")
+    );
+    assert!(matches!(r.outcome, Outcome::Unavailable { .. }));
+}

@@ -582,7 +582,67 @@ fn exercise(bytes: &[u8]) {
             let _ = cell.ramp_share_bp(u64::MAX);
         }
         let _ = s.to_doc().to_json();
+        // Format 2 (and format 1 through the same calls): every pool, at
+        // every region and none, forwarded or not; selection; migration.
+        let regions = s.regions().len() as u16;
+        for pool in 0..=s.pools().len() as u16 {
+            for local in [
+                None,
+                Some(0),
+                Some(regions.saturating_sub(1)),
+                Some(u16::MAX),
+            ] {
+                for tenant in [&b"acme"[..], b"globex", b""] {
+                    let _ = s.resolve_in(tenant, pool, local, local == Some(0), &Draws::default());
+                }
+            }
+        }
+        for (authority, path) in [
+            (&b"voice.example.com:1"[..], &b"/voice;x/y"[..]),
+            (b"", b""),
+            (b":", b"?"),
+        ] {
+            let _ = s.pool_for(authority, path);
+        }
+        let _ = s.home_region(b"acme");
+        let _ = s.to_pooled_doc().to_json();
     }
+}
+
+/// A valid format-2 snapshot with two regions, two pools, a region override,
+/// failover, a ramp, overrides, a pin and a move.
+fn valid2() -> Value {
+    json!({
+        "format": 2,
+        "version": 7,
+        "generated_at": "2026-01-01T00:00:00Z",
+        "hash": {"algorithm": "siphash-1-3", "key": "000102030405060708090a0b0c0d0e0f", "slots": 4},
+        "regions": [{"id": "us"}, {"id": "eu"}],
+        "region_table": table(&[0, 1, 0, 1]),
+        "region_overrides": {"acme": "eu", "globex": "us"},
+        "cells": [
+            {"id": "v-us", "pool": "voice", "region": "us", "failover": "v-us-2",
+             "ramp": {"start": 1000, "duration_s": 60}},
+            {"id": "v-us-2", "pool": "voice", "region": "us", "state": "draining", "shed_ratio": 0.5},
+            {"id": "v-eu", "pool": "voice", "region": "eu"},
+            {"id": "w-us", "pool": "web", "region": "us", "state": "disabled"},
+            {"id": "w-eu", "pool": "web", "region": "eu"}
+        ],
+        "pools": [
+            {"id": "voice", "match": {"path_prefixes": ["/voice"], "authorities": ["voice.example.com"]},
+             "slot_tables": {"us": table(&[0, 1, 0, 1]), "eu": table(&[2, 2, 2, 2])},
+             "overrides": {"acme": "v-eu"},
+             "moves": [{"tenant": "globex", "from": "v-us", "to": "v-us-2", "percent": 50}]},
+            {"id": "web", "slot_tables": {"us": table(&[3, 3, 3, 3]), "eu": table(&[4, 4, 4, 4])},
+             "pins": {"acme": "w-eu"}}
+        ]
+    })
+}
+
+#[test]
+fn the_valid_format_2_snapshot_parses() {
+    let s = Snapshot::parse(valid2().to_string().as_bytes()).unwrap();
+    assert_eq!((s.format(), s.pools().len(), s.regions().len()), (2, 2, 2));
 }
 
 proptest! {
@@ -597,6 +657,19 @@ proptest! {
     fn byte_mutations_never_panic(edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)) {
         let base = valid().to_string().into_bytes();
         exercise(&mutate(&base, &edits));
+    }
+
+    #[test]
+    fn format_2_byte_mutations_never_panic(edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)) {
+        let base = valid2().to_string().into_bytes();
+        exercise(&mutate(&base, &edits));
+    }
+
+    #[test]
+    fn format_2_value_replacements_never_panic(choice in any::<usize>(), with in any_json()) {
+        let mut doc = valid2();
+        replace_somewhere(&mut doc, choice, with);
+        exercise(doc.to_string().as_bytes());
     }
 
     #[test]
