@@ -157,7 +157,7 @@ pub(crate) fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// `deserialize_with` for an array of objects.
-fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
 ) -> Result<Vec<T>, D::Error> {
     Vec::<ObjectOnly<T>>::deserialize(deserializer).map(|v| v.into_iter().map(|o| o.0).collect())

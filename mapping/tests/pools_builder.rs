@@ -753,3 +753,73 @@ fn draining_a_format_2_cell_moves_only_its_pool_and_regions_tenants_once() {
     assert!(!moved.is_empty());
     assert!(last.values().all(|(_, cell)| cell != "sms-us-1"));
 }
+
+#[test]
+fn moving_from_format_1_to_format_2_moves_nobody() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/");
+    let v1 = Snapshot::parse(&std::fs::read(format!("{dir}snapshot.json")).unwrap()).unwrap();
+    let spec1: Value =
+        serde_json::from_slice(&std::fs::read(format!("{dir}spec.json")).unwrap()).unwrap();
+    // The same cells, overrides and moves as one pool in one region.
+    let cells: Vec<Value> = spec1["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c["pool"] = json!("web");
+            c["region"] = json!("us");
+            c
+        })
+        .collect();
+    let one_region = json!({
+        "format": 2,
+        "hash": spec1["hash"],
+        "regions": [{"id": "us"}],
+        "cells": cells,
+        "pools": [{"id": "web", "overrides": spec1["overrides"], "moves": spec1["moves"]}],
+    });
+    let ts = tenants("m", 5_000);
+    let built = next(&one_region, &v1, &[]);
+    assert_eq!(built.snapshot.version(), v1.version() + 1);
+    assert_eq!(built.report.pools[0].regions[0].slots_moved, 0);
+    for t in ts.iter().map(String::as_str).chain(["acme-corp", "globex"]) {
+        let before = v1.resolve(t.as_bytes(), &Draws::default());
+        let s = &built.snapshot;
+        let after = s.resolve_in(t.as_bytes(), 0, None, false, &Draws::default());
+        assert_eq!(
+            v1.cells()[usize::from(before.home)].id,
+            s.cells()[usize::from(after.home)].id,
+            "{t} moved"
+        );
+    }
+    // Adding a second region at once: known tenants stay in us, on their
+    // cell; the region table change needs them.
+    let mut two_regions = one_region.clone();
+    two_regions["regions"] = json!([{"id": "us"}, {"id": "eu"}]);
+    two_regions["cells"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "cell-eu-1", "pool": "web", "region": "eu"}));
+    let built = next(&two_regions, &v1, &ts);
+    let s = &built.snapshot;
+    assert!(built.report.region_slots_moved > 30_000);
+    let us = s.region_index("us").unwrap();
+    for t in &ts {
+        let before = v1.resolve(t.as_bytes(), &Draws::default());
+        assert_eq!(s.home_region(t.as_bytes()), us, "{t} re-homed");
+        let after = s.resolve_in(t.as_bytes(), 0, Some(us), false, &Draws::default());
+        assert_eq!(
+            v1.cells()[usize::from(before.home)].id,
+            s.cells()[usize::from(after.home)].id,
+            "{t} moved"
+        );
+    }
+    // New tenants land in eu too.
+    let eu = s.region_index("eu").unwrap();
+    let new_in_eu = tenants("fresh", 1_000)
+        .iter()
+        .filter(|t| s.home_region(t.as_bytes()) == eu)
+        .count();
+    assert!((400..600).contains(&new_in_eu), "{new_in_eu} of 1000 in eu");
+}

@@ -427,3 +427,42 @@ fn format_one_output_and_flags_are_unchanged() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_binary_form_of_a_format_2_snapshot_routes_like_the_json() {
+    let dir = scratch();
+    let json_path = dir.join("s.json");
+    let bin_path = dir.join("s.bin");
+    let spec = example("spec-pools.json");
+    ok(&[
+        "build",
+        "--spec",
+        spec.to_str().unwrap(),
+        "-o",
+        json_path.to_str().unwrap(),
+        "--binary",
+        bin_path.to_str().unwrap(),
+    ]);
+    let text = ok(&["validate", bin_path.to_str().unwrap()]);
+    assert!(text.contains("(binary form)"), "{text}");
+    assert!(text.contains("pool voice (paths /voice)"), "{text}");
+    let file = dir.join("tenants.txt");
+    std::fs::write(&file, tenants(500).join("\n")).unwrap();
+    let route = |snapshot: &Path| {
+        ok(&[
+            "route",
+            "-s",
+            snapshot.to_str().unwrap(),
+            "--path",
+            "/voice",
+            "--gateway-region",
+            "eu",
+            "--json",
+            "--tenants-file",
+            file.to_str().unwrap(),
+        ])
+    };
+    let from_json = route(&json_path);
+    assert_eq!(lines(&from_json).len(), 500);
+    assert_eq!(route(&bin_path), from_json);
+}

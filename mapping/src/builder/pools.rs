@@ -22,7 +22,7 @@
 //! change to one pool's cells never moves a slot of another pool.
 
 use super::load::Load;
-use super::{CellReport, SpecHash, TenantMap, allocate_slots, object};
+use super::{CellReport, SpecHash, TenantMap, allocate_slots, object, objects};
 use crate::error::{ObjectOnly, PathError, from_json_with_path, index_path, key_path};
 use crate::hash::HashKey;
 use crate::pools::{
@@ -41,12 +41,6 @@ pub use crate::pools::FORMAT_POOLS;
 
 fn default_weight() -> f64 {
     1.0
-}
-
-fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Vec<T>, D::Error> {
-    Vec::<ObjectOnly<T>>::deserialize(deserializer).map(|v| v.into_iter().map(|o| o.0).collect())
 }
 
 fn optional_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -286,7 +280,9 @@ impl<'a> PoolsView<'a> {
 /// Inputs of a format-2 build besides the spec.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolsBuildOptions<'a> {
-    /// The snapshot in force (format 2).
+    /// The snapshot in force. A format-1 one is read as one pool (the
+    /// spec's default pool) in one region (the spec's first): see
+    /// [`as_first_format_2`].
     pub previous: Option<&'a Snapshot>,
     /// Known tenant ids (`--tenants`): they keep their home region and, in
     /// every pool, their cell. `None`: not given. With a previous snapshot
@@ -434,6 +430,43 @@ fn split_slots(region_table: &[u16], region: u16) -> (Vec<usize>, Vec<usize>) {
     (own, other)
 }
 
+/// A format-1 snapshot as the previous one of the first format-2 build: its
+/// one region is the spec's first region and its one pool the spec's
+/// default pool (the one without `match`, else the last). Its cells keep
+/// their slots and its known tenants their cells where the spec puts those
+/// cells in that pool and region, so moving to format 2 moves nobody.
+fn as_first_format_2(previous: &Snapshot, spec: &PoolsSpec) -> PooledSnapshotDoc {
+    let mut doc = previous.to_pooled_doc();
+    let region = spec
+        .regions
+        .first()
+        .map(|r| r.id.clone())
+        .unwrap_or_default();
+    let pool = spec
+        .pools
+        .iter()
+        .rev()
+        .find(|p| p.match_rule.is_none())
+        .or(spec.pools.last())
+        .map(|p| p.id.clone())
+        .unwrap_or_default();
+    for r in &mut doc.regions {
+        r.id = region.clone();
+    }
+    for c in &mut doc.cells {
+        c.region = region.clone();
+        c.pool = pool.clone();
+    }
+    for p in &mut doc.pools {
+        p.id = pool.clone();
+        p.slot_tables = std::mem::take(&mut p.slot_tables)
+            .into_values()
+            .map(|t| (region.clone(), t))
+            .collect();
+    }
+    doc
+}
+
 /// Builds a format-2 snapshot.
 pub fn build_pools(
     spec: &PoolsSpec,
@@ -529,12 +562,7 @@ pub fn build_pools(
     }
 
     let previous_doc = match options.previous {
-        Some(prev) if prev.format() != FORMAT_POOLS => {
-            return Err(PathError::new(
-                "$.format",
-                "the previous snapshot is format 1; the first format-2 build runs without a previous snapshot (every tenant is placed afresh)",
-            ));
-        }
+        Some(prev) if prev.format() != FORMAT_POOLS => Some(as_first_format_2(prev, spec)),
         Some(prev) => Some(prev.to_pooled_doc()),
         None => None,
     };

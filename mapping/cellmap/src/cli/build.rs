@@ -37,7 +37,9 @@ region by its cells' weights, from its own previous table only (a change in one 
 never moves another pool's tenants). Known tenants keep their home region: a region-table \
 change pins them by region_overrides (and with --previous needs --tenants); a spec \
 region override that would re-home a known tenant is refused unless --rehome names it \
-(re-homing is a data migration). --load and pins work per pool and region.\n\n\
+(re-homing is a data migration). --load and pins work per pool and region. A format-1 \
+--previous is read as the spec's default pool in the spec's first region, so the first \
+format-2 build moves nobody.\n\n\
 generated_at is $SOURCE_DATE_EPOCH when set, else now, so the same inputs can give a \
 byte-identical snapshot. The output is validated before it is written; the file is \
 replaced atomically."
@@ -263,14 +265,9 @@ fn run_pools(args: BuildArgs, spec_bytes: &[u8]) -> Result<(), Failure> {
     };
     let previous = match &args.previous {
         Some(path) => {
-            let previous = load_snapshot(path)?;
-            if previous.format() != pools::FORMAT_POOLS {
-                return Err(Failure::invalid(format!(
-                    "{} is a format-1 snapshot and the spec is format 2 (pools and regions): the first format-2 build runs without --previous, and every tenant is placed afresh",
-                    path.display()
-                )));
-            }
-            Some(previous)
+            // A format-1 snapshot is one pool in one region: the builder
+            // reads it as the spec's default pool in the spec's first region.
+            Some(load_snapshot(path)?)
         }
         None => None,
     };

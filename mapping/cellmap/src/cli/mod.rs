@@ -107,8 +107,10 @@ fn path_failure(err: PathError, file: &Path) -> Failure {
     Failure::invalid(format!("{err} (in {})", file.display()))
 }
 
+/// A snapshot file in either form, JSON or binary (told apart by the first
+/// bytes).
 fn load_snapshot(path: &Path) -> Result<Snapshot, Failure> {
-    Snapshot::parse(&read_input(path)?).map_err(|e| path_failure(e, path))
+    cell_router_mapping::binary::parse_any(&read_input(path)?).map_err(|e| path_failure(e, path))
 }
 
 fn write_failure(err: std::io::Error) -> Failure {

@@ -1,9 +1,10 @@
 //! `cellmap validate`: check a snapshot file.
 
-use super::{Failure, plural, read_input};
+use super::{Failure, plural, read_input, write_failure};
 use cell_router_mapping::table::EntryKind;
 use cell_router_mapping::{CellState, Snapshot};
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Check a snapshot file
@@ -48,29 +49,34 @@ pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
     let overrides = entries(EntryKind::Override);
     let pins = entries(EntryKind::Pin);
     let moves: usize = snapshot.pools().iter().map(|p| p.moves().len()).sum();
-    println!(
-        "ok: version {}, generated_at {}, {} ({} active, {} draining, {} disabled), {} slots, {}, {}, {}{}",
+    let mut out = format!(
+        "ok: version {}, generated_at {}, {} ({} active, {} draining, {} disabled), {} slots, {}, {}, {}{}\n",
         snapshot.version(),
         snapshot.generated_at(),
         plural(snapshot.cells().len(), "cell", "cells"),
         count(CellState::Active),
         count(CellState::Draining),
         count(CellState::Disabled),
-        snapshot.slot_table().len(),
+        snapshot.slots(),
         plural(overrides, "override", "overrides"),
         plural(pins, "pin", "pins"),
         plural(moves, "move", "moves"),
         form,
     );
     if snapshot.format() >= 2 {
-        print_pools(&snapshot);
+        out.push_str(&describe_pools(&snapshot));
     }
-    Ok(())
+    // Written, not println!: a closed stdout (`| head`) ends quietly.
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(write_failure)
 }
 
 /// Format 2: the regions (share of the region table, region overrides) and
 /// each pool (match, cells per region, overrides, pins, moves).
-fn print_pools(snapshot: &Snapshot) {
+fn describe_pools(snapshot: &Snapshot) -> String {
     let slots = snapshot.region_table().len().max(1);
     let regions: Vec<String> = snapshot
         .regions()
@@ -89,8 +95,8 @@ fn print_pools(snapshot: &Snapshot) {
             )
         })
         .collect();
-    println!(
-        "format 2: regions {}; {}",
+    let mut out = format!(
+        "format 2: regions {}; {}\n",
         regions.join(", "),
         plural(
             snapshot.region_override_table().len(),
@@ -132,13 +138,14 @@ fn print_pools(snapshot: &Snapshot) {
                 .filter(|(_, k, _)| *k == kind)
                 .count()
         };
-        println!(
-            "pool {} ({matches}): {}; {}, {}, {}",
+        out.push_str(&format!(
+            "pool {} ({matches}): {}; {}, {}, {}\n",
             pool.id,
             per_region.join("; "),
             plural(count(EntryKind::Override), "override", "overrides"),
             plural(count(EntryKind::Pin), "pin", "pins"),
             plural(pool.moves().len(), "move", "moves"),
-        );
+        ));
     }
+    out
 }
