@@ -630,7 +630,8 @@ impl RawConfig {
             Some(Some(path)) => Some(request_path("readiness_path", path)?),
         };
         if let Some(snapshot) = &fallback_snapshot {
-            crate::decide::gateway_region(region.as_deref(), snapshot)
+            snapshot
+                .local_region(region.as_deref())
                 .map_err(|e| ConfigError::new("fallback_snapshot", e))?;
         }
         if sidecar.is_none() && fallback_snapshot.is_none() {

@@ -192,7 +192,7 @@ pub enum Outcome<'a> {
     /// No pool of the snapshot takes the request's authority and path (404).
     NoPool,
     /// The snapshot in force does not fit this gateway's `region` (only a
-    /// host that skipped [`gateway_region`] when installing it): 503.
+    /// host that skipped [`Snapshot::local_region`] when installing it): 503.
     RegionMismatch,
     NoSnapshot,
     Rejected(Reason),
@@ -392,7 +392,9 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         pool,
         region: None,
     };
-    let Ok(local_region) = gateway_region(config.region.as_deref(), snapshot) else {
+    // The gateway-region rule (mapping/SPEC.md, "Region homing"); a host
+    // refuses a snapshot that breaks it before putting it in force.
+    let Ok(local_region) = snapshot.local_region(config.region.as_deref()) else {
         let mut decision = refuse(
             json_reply(
                 503,
@@ -554,33 +556,6 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         tenant: Some(tenant),
         pool: pool_id,
         region: pools.then(|| region_id(resolution.home_region)),
-    }
-}
-
-/// The index of this gateway's region in `snapshot`: `None` for a format-1
-/// snapshot (one implicit region; the `region` setting is ignored), else the
-/// configured region, or the only region when none is configured. An error
-/// (the snapshot must then be refused, the last good one kept) when the
-/// snapshot has several regions and no `region` is configured, or does not
-/// list the configured one.
-pub fn gateway_region(region: Option<&str>, snapshot: &Snapshot) -> Result<Option<u16>, String> {
-    if snapshot.format() < 2 {
-        return Ok(None);
-    }
-    let regions = snapshot.regions();
-    match region {
-        Some(region) => snapshot.region_index(region).map(Some).ok_or_else(|| {
-            let listed: Vec<&str> = regions.iter().map(|r| r.id.as_str()).collect();
-            format!(
-                "the snapshot does not list this gateway's region {region:?} (its regions: {})",
-                listed.join(", ")
-            )
-        }),
-        None if regions.len() == 1 => Ok(Some(0)),
-        None => Err(format!(
-            "the snapshot has {} regions and this gateway has no `region` configured",
-            regions.len()
-        )),
     }
 }
 

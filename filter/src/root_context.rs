@@ -125,7 +125,7 @@ impl Root {
     }
 
     /// Whether this gateway can route by `snapshot` (its `region` is listed,
-    /// or the snapshot has one region or none): see [`decide::gateway_region`].
+    /// or the snapshot has one region or none): `Snapshot::local_region`.
     fn fits_region(
         shared: &Option<Rc<RefCell<Shared>>>,
         snapshot: &cell_router_mapping::Snapshot,
@@ -136,7 +136,9 @@ impl Root {
         let Ok(shared) = shared.try_borrow() else {
             return Ok(());
         };
-        crate::decide::gateway_region(shared.config.region.as_deref(), snapshot).map(|_| ())
+        snapshot
+            .local_region(shared.config.region.as_deref())
+            .map(|_| ())
     }
 
     fn update_gauges(&self, now_ms: u64) {

@@ -12,7 +12,7 @@
 
 mod common;
 
-use cell_router_filter::decide::{Action, Outcome, filter_state, gateway_region};
+use cell_router_filter::decide::{Action, Outcome, filter_state};
 use cell_router_filter::metrics::Metrics;
 use common::*;
 use serde_json::{Value, json};
@@ -215,7 +215,7 @@ fn the_gateway_region_must_be_in_the_snapshot() {
     value["fallback_snapshot"] = pooled(5, active());
     let error = config_error(&value);
     assert!(
-        error.starts_with("fallback_snapshot: ") && error.contains("no `region`"),
+        error.starts_with("fallback_snapshot: ") && error.contains("no region configured"),
         "{error}"
     );
     value["region"] = json!("ap");
@@ -229,7 +229,7 @@ fn the_gateway_region_must_be_in_the_snapshot() {
     value["region"] = json!("ap");
     let router = Router::from_json(&value);
     let snapshot = router.installed.as_ref().unwrap().snapshot();
-    assert_eq!(gateway_region(Some("ap"), snapshot), Ok(None));
+    assert_eq!(snapshot.local_region(Some("ap")), Ok(None));
     // One region needs no `region`.
     let mut single = pooled(5, active());
     single["regions"] = json!([{"id": "us"}]);
