@@ -382,14 +382,15 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         };
     };
     let snapshot = installed.snapshot();
-    let refuse = |reply: LocalReply, outcome: Outcome<'a>, pool: Option<&'a str>| Decision {
+    // Answered before a pool is known (the tenant is added by the caller).
+    let refuse = |reply: LocalReply, outcome: Outcome<'a>| Decision {
         remove: remove.clone(),
         action: Action::Respond(reply),
         outcome,
         cache_hit,
         verified_by_host,
         tenant: None,
-        pool,
+        pool: None,
         region: None,
     };
     // The gateway-region rule (mapping/SPEC.md, "Region homing"); a host
@@ -403,7 +404,6 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 "the routing table does not list this gateway's region",
             ),
             Outcome::RegionMismatch,
-            None,
         );
         decision.tenant = Some(tenant);
         return decision;
@@ -421,7 +421,6 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 "no service pool takes this host and path",
             ),
             Outcome::NoPool,
-            None,
         );
         decision.tenant = Some(tenant);
         return decision;
