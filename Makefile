@@ -6,7 +6,7 @@ WASM := dist/cell_router.wasm
 CELLMAP := target/release/cellmap
 ENVOY := .venv/bin/envoy
 
-.PHONY: all build wasm native e2e-native cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs validate-manifests demo demo-up demo-down chaos bench bench-smoke bench-mapping clean
+.PHONY: all build wasm native e2e-native cellmap demo-bins envoy tools test lint unit vectors wasm-imports fuzz-smoke validate-configs validate-manifests demo demo-regions demo-up demo-down chaos bench bench-smoke bench-mapping clean
 
 all: build
 
@@ -91,6 +91,11 @@ TEST_ENV := CELL_ROUTER_WASM=$(CURDIR)/$(WASM) CELL_ROUTER_NATIVE_DIR=$(CURDIR)/
 ## The main job: the whole path on this machine, checked and summarised.
 demo: tools build envoy demo-bins
 	$(TEST_ENV) target/debug/cell-router-demo run
+
+## The demo's two-region part alone: a US and an EU gateway, service pools,
+## an EU tenant forwarded, an EU region with every cell disabled.
+demo-regions: tools build envoy demo-bins
+	$(TEST_ENV) target/debug/cell-router-demo regions
 
 ## Leave the demo stack running on the default ports (gateway :10000).
 demo-up: tools build envoy demo-bins

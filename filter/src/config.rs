@@ -19,6 +19,16 @@ pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
 pub const DEFAULT_TOKEN_PREFIX: &str = "Bearer ";
 pub const DEFAULT_CELL_HEADER: &str = "x-cell-id";
 pub const DEFAULT_VERSION_HEADER: &str = "x-cell-snapshot";
+/// The pool the request was routed in (set with the cell header).
+pub const POOL_HEADER: &str = "x-cell-pool";
+/// The region a request is forwarded to; Envoy routes on it to cluster
+/// `region|<id>` (envoy/README.md, "Regions"). Fixed: the routes name it.
+pub const REGION_HEADER: &str = "x-cell-region";
+/// The region of the gateway that forwarded a request. A gateway never
+/// forwards a request that carries it, so a request crosses at most one region.
+pub const FORWARDED_BY_HEADER: &str = "x-cell-forwarded-by";
+/// The most bytes of a region id (as a cell id, mapping/SPEC.md).
+pub const MAX_REGION_ID_BYTES: usize = 128;
 pub const DEFAULT_REALM: &str = "cell-router";
 pub const DEFAULT_CLOCK_SKEW_S: u64 = 60;
 pub const MAX_CLOCK_SKEW_S: u64 = 600;
@@ -86,6 +96,7 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     readiness_path: Option<Option<String>>,
     log_tenant: Option<bool>,
+    region: Option<String>,
 }
 
 /// A field that is present (even as `null`) is `Some`.
@@ -250,6 +261,10 @@ pub struct Config {
     /// (`wasm.cell_router.tenant`) for access logs; off by default, since
     /// a tenant id may be personal data.
     pub log_tenant: bool,
+    /// The region this gateway is in: requests for tenants homed elsewhere
+    /// are forwarded to their home region's gateway. Needed by format-2
+    /// snapshots with more than one region; ignored by format-1 ones.
+    pub region: Option<String>,
 }
 
 impl Config {
@@ -323,6 +338,31 @@ fn header_name(field: &str, value: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(value.to_string())
+}
+
+/// Headers the router sets itself (besides the configurable cell and
+/// version headers): no configured header may share their names.
+pub const RESERVED_HEADERS: [&str; 3] = [POOL_HEADER, REGION_HEADER, FORWARDED_BY_HEADER];
+
+/// The gateway's region id: the alphabet and length of a cell id, since it
+/// is sent as a header value and names the cluster `region|<id>`.
+fn region_id(id: &str) -> Result<String, ConfigError> {
+    if id.is_empty() || id.len() > MAX_REGION_ID_BYTES {
+        return Err(ConfigError::new(
+            "region",
+            format!("must be 1–{MAX_REGION_ID_BYTES} bytes"),
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(ConfigError::new(
+            "region",
+            format!("{id:?} has {bad:?}; only ASCII letters, digits and - _ . : are allowed"),
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// A query parameter or cookie name.
@@ -504,7 +544,19 @@ impl RawConfig {
             if name.starts_with(':') || name == "host" {
                 return Err(ConfigError::new(field, "cannot be a pseudo-header or host"));
             }
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{name:?} is set by the router for pools and regions; pick another name"
+                    ),
+                ));
+            }
         }
+        let region = match self.region.as_deref() {
+            None => None,
+            Some(id) => Some(region_id(id)?),
+        };
         let realm = self
             .realm
             .clone()
@@ -536,10 +588,13 @@ impl RawConfig {
                         "is not used with trust_header (the tenant comes from the header); remove it",
                     ));
                 }
-                if header == cell_header || header == version_header {
+                if header == cell_header
+                    || header == version_header
+                    || RESERVED_HEADERS.contains(&header.as_str())
+                {
                     return Err(ConfigError::new(
                         "trust_header",
-                        "must differ from cell_header and version_header",
+                        "must differ from cell_header, version_header and the router's x-cell-pool, x-cell-region and x-cell-forwarded-by",
                     ));
                 }
                 Auth::TrustHeader { header }
@@ -574,6 +629,11 @@ impl RawConfig {
             Some(None) => None,
             Some(Some(path)) => Some(request_path("readiness_path", path)?),
         };
+        if let Some(snapshot) = &fallback_snapshot {
+            snapshot
+                .local_region(region.as_deref())
+                .map_err(|e| ConfigError::new("fallback_snapshot", e))?;
+        }
         if sidecar.is_none() && fallback_snapshot.is_none() {
             return Err(ConfigError::new(
                 "sidecar",
@@ -590,6 +650,7 @@ impl RawConfig {
             fallback_snapshot,
             readiness_path,
             log_tenant: self.log_tenant.unwrap_or(false),
+            region,
         })
     }
 
@@ -605,10 +666,13 @@ impl RawConfig {
                 .and_then(|t| t.header.as_deref())
                 .unwrap_or(DEFAULT_TOKEN_HEADER),
         )?;
-        if header == cell_header || header == version_header {
+        if header == cell_header
+            || header == version_header
+            || RESERVED_HEADERS.contains(&header.as_str())
+        {
             return Err(ConfigError::new(
                 "token.header",
-                "must differ from cell_header and version_header",
+                "must differ from cell_header, version_header and the router's x-cell-pool, x-cell-region and x-cell-forwarded-by",
             ));
         }
         let prefix = raw_source

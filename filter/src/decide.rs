@@ -3,7 +3,7 @@
 //! No host calls: `http_context.rs` applies the decision.
 
 use crate::cache::TokenCache;
-use crate::config::{Auth, Config};
+use crate::config::{Auth, Config, FORWARDED_BY_HEADER, POOL_HEADER, REGION_HEADER};
 use crate::envoy_verify::{NoHost, SignatureHost};
 use crate::shed_draw::ShedDraws;
 use crate::token::{self, Reason, Rejection};
@@ -180,6 +180,20 @@ pub enum Outcome<'a> {
     Unavailable {
         cell: &'a str,
     },
+    /// The tenant is homed in `region`: sent to that region's gateway.
+    Forwarded {
+        region: &'a str,
+    },
+    /// The tenant is homed in `region`, and the request was already
+    /// forwarded once: refused (503) rather than forwarded again.
+    WrongRegion {
+        region: &'a str,
+    },
+    /// No pool of the snapshot takes the request's authority and path (404).
+    NoPool,
+    /// The snapshot in force does not fit this gateway's `region` (only a
+    /// host that skipped [`Snapshot::local_region`] when installing it): 503.
+    RegionMismatch,
     NoSnapshot,
     Rejected(Reason),
     /// The readiness path, answered whatever the token.
@@ -201,6 +215,10 @@ pub struct Decision<'a> {
     pub verified_by_host: Option<bool>,
     /// The tenant, once known.
     pub tenant: Option<String>,
+    /// The pool the request was resolved in, once chosen.
+    pub pool: Option<&'a str>,
+    /// The tenant's home region (format-2 snapshots only), once resolved.
+    pub region: Option<&'a str>,
 }
 
 fn json_body(error: &str, detail: &str) -> Vec<u8> {
@@ -276,9 +294,15 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         read: now_ms,
         now_ms: None,
     };
-    // 1. Client copies of our headers never reach a cell.
+    // 1. Client copies of our headers never reach a cell, nor pick a
+    // region route (`x-cell-forwarded-by` stays: it only restricts).
     let mut remove = Vec::new();
-    for name in [config.cell_header.as_str(), config.version_header.as_str()] {
+    for name in [
+        config.cell_header.as_str(),
+        config.version_header.as_str(),
+        POOL_HEADER,
+        REGION_HEADER,
+    ] {
         if header(headers, name).is_some() {
             remove.push(name);
         }
@@ -331,6 +355,8 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 cache_hit,
                 verified_by_host,
                 tenant: None,
+                pool: None,
+                region: None,
             };
         }
     };
@@ -351,9 +377,63 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
             cache_hit,
             verified_by_host,
             tenant: Some(tenant),
+            pool: None,
+            region: None,
         };
     };
     let snapshot = installed.snapshot();
+    // Answered before a pool is known (the tenant is added by the caller).
+    let refuse = |reply: LocalReply, outcome: Outcome<'a>| Decision {
+        remove: remove.clone(),
+        action: Action::Respond(reply),
+        outcome,
+        cache_hit,
+        verified_by_host,
+        tenant: None,
+        pool: None,
+        region: None,
+    };
+    // The gateway-region rule (mapping/SPEC.md, "Region homing"); a host
+    // refuses a snapshot that breaks it before putting it in force.
+    let Ok(local_region) = snapshot.local_region(config.region.as_deref()) else {
+        let mut decision = refuse(
+            json_reply(
+                503,
+                "region_mismatch",
+                "internal",
+                "the routing table does not list this gateway's region",
+            ),
+            Outcome::RegionMismatch,
+        );
+        decision.tenant = Some(tenant);
+        return decision;
+    };
+    // The pool, from the request as Envoy normalised it (the HCM settings in
+    // envoy/README.md, "Paths").
+    let authority = header(headers, ":authority").unwrap_or_default();
+    let path = header(headers, ":path").unwrap_or_default();
+    let Some(pool) = snapshot.pool_for(authority, path) else {
+        let mut decision = refuse(
+            json_reply(
+                404,
+                "no_pool",
+                "no_pool",
+                "no service pool takes this host and path",
+            ),
+            Outcome::NoPool,
+        );
+        decision.tenant = Some(tenant);
+        return decision;
+    };
+    // Format 1 has one implicit pool and region: nothing to tell the cell,
+    // and it is routed (and logged) exactly as before pools existed.
+    let pools = snapshot.format() >= 2;
+    let pool_id = snapshot
+        .pools()
+        .get(usize::from(pool))
+        .filter(|_| pools)
+        .map(|p| p.id.as_str());
+    let forwarded = header(headers, FORWARDED_BY_HEADER).is_some();
     // Nothing the client sends per request (x-request-id included) enters
     // the draws: moves and ramps split by the verified split key, and the
     // shed draw comes from the VM's own generator.
@@ -362,22 +442,30 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         vm.shed.draw(),
         clock.ms(),
     );
-    let resolution = snapshot.resolve(tenant.as_bytes(), &draws);
+    let resolution = snapshot.resolve_in(tenant.as_bytes(), pool, local_region, forwarded, &draws);
     let cell_id = |index: u16| snapshot.cell(index).map_or("", |c| c.id.as_str());
+    let region_id = |index: u16| {
+        snapshot
+            .regions()
+            .get(usize::from(index))
+            .map_or("", |r| r.id.as_str())
+    };
 
     let (action, outcome) = match resolution.outcome {
         Resolved::Route { cell } => {
             let id = cell_id(cell);
+            let mut set = vec![
+                (config.cell_header.as_str(), id.as_bytes()),
+                (
+                    config.version_header.as_str(),
+                    installed.version_value.as_bytes(),
+                ),
+            ];
+            if let Some(pool) = pool_id {
+                set.push((POOL_HEADER, pool.as_bytes()));
+            }
             (
-                Action::Continue {
-                    set: vec![
-                        (config.cell_header.as_str(), id.as_bytes()),
-                        (
-                            config.version_header.as_str(),
-                            installed.version_value.as_bytes(),
-                        ),
-                    ],
-                },
+                Action::Continue { set },
                 Outcome::Routed {
                     cell: id,
                     reason: resolution.reason(),
@@ -404,31 +492,59 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 },
             )
         }
-        Resolved::Unavailable { cell } => (
-            Action::Respond(json_reply(
+        Resolved::Unavailable { cell } => {
+            // Disabled cells come back: clients back off and retry, and
+            // never reach another region's cell meanwhile.
+            let retry_after_s = snapshot
+                .cell(cell)
+                .map_or(cell_router_mapping::snapshot::DEFAULT_RETRY_AFTER_S, |c| {
+                    c.retry_after_s
+                });
+            let mut reply = json_reply(
                 503,
                 "unavailable",
                 "cell_unavailable",
                 "the tenant's cell is disabled and has no failover",
-            )),
-            Outcome::Unavailable {
-                cell: cell_id(cell),
-            },
-        ),
-        // `resolve` makes no region check, so it never asks for another
-        // region; until the filter routes by region, answer like a cell
-        // that cannot serve.
-        Resolved::Forward { .. } | Resolved::WrongRegion { .. } => (
-            Action::Respond(json_reply(
+            );
+            reply
+                .headers
+                .push(("retry-after", retry_after_s.to_string()));
+            (
+                Action::Respond(reply),
+                Outcome::Unavailable {
+                    cell: cell_id(cell),
+                },
+            )
+        }
+        Resolved::Forward { region } => {
+            let home = region_id(region);
+            let here = local_region.map_or("", region_id);
+            (
+                Action::Continue {
+                    set: vec![
+                        (REGION_HEADER, home.as_bytes()),
+                        (FORWARDED_BY_HEADER, here.as_bytes()),
+                    ],
+                },
+                Outcome::Forwarded { region: home },
+            )
+        }
+        Resolved::WrongRegion { region } => {
+            let home = region_id(region);
+            let mut reply = json_reply(
                 503,
                 "wrong_region",
                 "wrong_region",
-                "the tenant is homed in another region",
-            )),
-            Outcome::Unavailable {
-                cell: cell_id(resolution.home),
-            },
-        ),
+                &format!(
+                    "the tenant is homed in region {home}; this request was already forwarded once"
+                ),
+            );
+            reply.headers.push(("retry-after", "1".to_string()));
+            (
+                Action::Respond(reply),
+                Outcome::WrongRegion { region: home },
+            )
+        }
     };
     Decision {
         remove,
@@ -437,6 +553,8 @@ pub fn decide_with<'a, K: AsRef<[u8]>, V: AsRef<[u8]>>(
         cache_hit,
         verified_by_host,
         tenant: Some(tenant),
+        pool: pool_id,
+        region: pools.then(|| region_id(resolution.home_region)),
     }
 }
 
@@ -491,6 +609,8 @@ fn readiness<'a>(
         cache_hit: None,
         verified_by_host: None,
         tenant: None,
+        pool: None,
+        region: None,
     }
 }
 
@@ -528,14 +648,17 @@ pub mod state_key {
     pub const REASON: &str = "cell_router.reason";
     pub const SNAPSHOT: &str = "cell_router.snapshot";
     pub const TENANT: &str = "cell_router.tenant";
+    pub const POOL: &str = "cell_router.pool";
+    pub const REGION: &str = "cell_router.region";
 }
 
 /// What the filter writes into filter state for a decision, as (key, value):
 /// the cell that decided (routed to, shed by or unavailable), the reason
 /// (`slot`, `override`, `pin`, `split`, `failover`, `ramp`, `shed`, `unavailable`,
-/// `no_snapshot`, or the rejection's metric name), the snapshot version
-/// consulted, and the tenant only with `log_tenant`. Nothing for the
-/// readiness answer.
+/// `forward`, `wrong_region`, `no_pool`, `region_mismatch`, `no_snapshot`,
+/// or the rejection's metric name), the snapshot version consulted, the pool
+/// and the tenant's home region (format 2) once known, and the tenant only
+/// with `log_tenant`. Nothing for the readiness answer.
 pub fn filter_state<'d>(
     decision: &'d Decision<'_>,
     installed: Option<&'d Installed>,
@@ -545,17 +668,27 @@ pub fn filter_state<'d>(
         Outcome::Routed { cell, reason } => (Some(cell), reason, true),
         Outcome::Shed { cell } => (Some(cell), "shed", true),
         Outcome::Unavailable { cell } => (Some(cell), "unavailable", true),
+        Outcome::Forwarded { .. } => (None, "forward", true),
+        Outcome::WrongRegion { .. } => (None, "wrong_region", true),
+        Outcome::NoPool => (None, "no_pool", true),
+        Outcome::RegionMismatch => (None, "region_mismatch", true),
         Outcome::NoSnapshot => (None, "no_snapshot", false),
         Outcome::Rejected(reason) => (None, reason.metric_name(), false),
         Outcome::Readiness { .. } => return Vec::new(),
     };
-    let mut state = Vec::with_capacity(4);
+    let mut state = Vec::with_capacity(6);
     if let Some(cell) = cell {
         state.push((state_key::CELL, cell));
     }
     state.push((state_key::REASON, reason));
     if consulted && let Some(installed) = installed {
         state.push((state_key::SNAPSHOT, installed.version_value()));
+    }
+    if let Some(pool) = decision.pool {
+        state.push((state_key::POOL, pool));
+    }
+    if let Some(region) = decision.region {
+        state.push((state_key::REGION, region));
     }
     if log_tenant && let Some(tenant) = &decision.tenant {
         state.push((state_key::TENANT, tenant.as_str()));

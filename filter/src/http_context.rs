@@ -126,29 +126,13 @@ impl Filter {
         if let Some(by_host) = decision.verified_by_host {
             metrics.verified(sink, by_host);
         }
-        match decision.outcome {
-            Outcome::Routed { cell, reason } => {
-                metrics.routed(sink, cell);
-                match reason {
-                    "failover" => metrics.failover(sink, cell),
-                    "ramp" => metrics.ramped(sink, cell),
-                    _ => {}
-                }
-            }
-            Outcome::Shed { cell } => metrics.shed(sink, cell),
-            Outcome::Unavailable { cell } => metrics.unavailable(sink, cell),
-            Outcome::NoSnapshot => metrics.no_snapshot(sink),
-            Outcome::Rejected(reason) => {
-                metrics.rejected(sink, reason);
-                // Keys fetched at run time: an unknown kid may be a new key.
-                if reason == crate::token::Reason::UnknownKid
-                    && let Some(jwt) = config.jwt()
-                    && let Some(kid) = crate::key_subscription::unknown_kid_of(jwt, &headers)
-                {
-                    crate::key_subscription::note_unknown_kid(unknown_kids, kid);
-                }
-            }
-            Outcome::Readiness { .. } => {}
+        metrics.outcome(sink, decision.outcome);
+        // Keys fetched at run time: an unknown kid may be a new key.
+        if decision.outcome == Outcome::Rejected(crate::token::Reason::UnknownKid)
+            && let Some(jwt) = config.jwt()
+            && let Some(kid) = crate::key_subscription::unknown_kid_of(jwt, &headers)
+        {
+            crate::key_subscription::note_unknown_kid(unknown_kids, kid);
         }
 
         // The decision, where access logs read it. A failed set only costs

@@ -4,6 +4,7 @@
 //!
 //! The host is behind [`MetricSink`] so the bookkeeping is tested natively.
 
+use crate::decide::Outcome;
 use crate::subscription::Source;
 use crate::token::Reason;
 use std::collections::HashMap;
@@ -13,6 +14,10 @@ pub const PREFIX: &str = "cell_router";
 /// Most cells whose metric ids are held at once: as many as a snapshot can
 /// have.
 pub const MAX_TRACKED_CELLS: usize = cell_router_mapping::snapshot::MAX_CELLS;
+
+/// Most regions whose `forwarded.<region>` ids are held: as many as a
+/// snapshot can have (mapping/SPEC.md, format 2).
+pub const MAX_TRACKED_REGIONS: usize = 255;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
@@ -43,6 +48,11 @@ pub struct Metrics {
     cells: HashMap<String, CellIds>,
     /// `ramp_share.<cell>` gauges of cells that have had a ramp.
     ramp_shares: HashMap<String, Option<u32>>,
+    /// `forwarded.<region>` counters, by region id.
+    forwarded: HashMap<String, Option<u32>>,
+    wrong_region: Option<u32>,
+    no_pool: Option<u32>,
+    region_mismatch: Option<u32>,
     no_snapshot: Option<u32>,
     cache_hit: Option<u32>,
     cache_miss: Option<u32>,
@@ -83,6 +93,9 @@ impl Metrics {
         };
         let mut metrics = Metrics {
             no_snapshot: counter(sink, &["no_snapshot"]),
+            wrong_region: counter(sink, &["rejected", "wrong_region"]),
+            no_pool: counter(sink, &["rejected", "no_pool"]),
+            region_mismatch: counter(sink, &["rejected", "region_mismatch"]),
             cache_hit: counter(sink, &["token_cache", "hit"]),
             cache_miss: counter(sink, &["token_cache", "miss"]),
             signature_host: counter(sink, &["signature", "host"]),
@@ -219,6 +232,66 @@ impl Metrics {
         Self::bump(sink, id);
     }
 
+    /// Counts what a decision did (per cell, region or reason).
+    pub fn outcome(&mut self, sink: &mut dyn MetricSink, outcome: Outcome<'_>) {
+        match outcome {
+            Outcome::Routed { cell, reason } => {
+                self.routed(sink, cell);
+                match reason {
+                    "failover" => self.failover(sink, cell),
+                    "ramp" => self.ramped(sink, cell),
+                    _ => {}
+                }
+            }
+            Outcome::Shed { cell } => self.shed(sink, cell),
+            Outcome::Unavailable { cell } => self.unavailable(sink, cell),
+            Outcome::Forwarded { region } => self.forwarded(sink, region),
+            Outcome::WrongRegion { .. } => self.wrong_region(sink),
+            Outcome::NoPool => self.no_pool(sink),
+            Outcome::RegionMismatch => self.region_mismatch(sink),
+            Outcome::NoSnapshot => self.no_snapshot(sink),
+            Outcome::Rejected(reason) => self.rejected(sink, reason),
+            Outcome::Readiness { .. } => {}
+        }
+    }
+
+    /// A request sent to `region`'s gateway (its tenant is homed there).
+    pub fn forwarded(&mut self, sink: &mut dyn MetricSink, region: &str) {
+        let id = match self.forwarded.get(region) {
+            Some(id) => *id,
+            None => {
+                // Regions come from the snapshot (at most 255); this bounds
+                // the map whatever a caller passes.
+                if self.forwarded.len() >= MAX_TRACKED_REGIONS {
+                    self.forwarded.clear();
+                }
+                let id = sink.define(
+                    MetricKind::Counter,
+                    &name(&["forwarded", &stat_safe(region)]),
+                );
+                self.forwarded.insert(region.to_string(), id);
+                id
+            }
+        };
+        Self::bump(sink, id);
+    }
+
+    /// A request for a tenant homed elsewhere that was already forwarded once.
+    pub fn wrong_region(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.wrong_region);
+    }
+
+    /// A request no pool takes.
+    pub fn no_pool(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.no_pool);
+    }
+
+    /// A request refused because the snapshot in force does not fit the
+    /// gateway's region.
+    pub fn region_mismatch(&self, sink: &mut dyn MetricSink) {
+        Self::bump(sink, self.region_mismatch);
+    }
+
     pub fn rejected(&self, sink: &mut dyn MetricSink, reason: Reason) {
         Self::bump(sink, self.rejected.get(&reason).copied());
     }
@@ -286,6 +359,9 @@ impl Metrics {
 pub fn fixed_names() -> Vec<String> {
     let mut names = vec![
         name(&["no_snapshot"]),
+        name(&["rejected", "wrong_region"]),
+        name(&["rejected", "no_pool"]),
+        name(&["rejected", "region_mismatch"]),
         name(&["token_cache", "hit"]),
         name(&["token_cache", "miss"]),
         name(&["signature", "host"]),

@@ -124,6 +124,23 @@ impl Root {
         true
     }
 
+    /// Whether this gateway can route by `snapshot` (its `region` is listed,
+    /// or the snapshot has one region or none): `Snapshot::local_region`.
+    fn fits_region(
+        shared: &Option<Rc<RefCell<Shared>>>,
+        snapshot: &cell_router_mapping::Snapshot,
+    ) -> Result<(), String> {
+        let Some(shared) = shared else {
+            return Ok(());
+        };
+        let Ok(shared) = shared.try_borrow() else {
+            return Ok(());
+        };
+        snapshot
+            .local_region(shared.config.region.as_deref())
+            .map(|_| ())
+    }
+
     fn update_gauges(&self, now_ms: u64) {
         let Some(shared) = &self.shared else { return };
         let Ok(mut shared) = shared.try_borrow_mut() else {
@@ -400,6 +417,27 @@ impl Root {
             },
         );
         match outcome {
+            FetchOutcome::Applied { snapshot, source }
+                if let Err(error) = Self::fits_region(&self.shared, &snapshot) =>
+            {
+                // Refused like an invalid snapshot: the last good one keeps
+                // serving. Recorded as held so the subscription asks past
+                // this version (the sidecar would hand it over again at once).
+                let version = snapshot.version();
+                if source == Source::Sidecar
+                    && let Some(subscription) = self.subscription.as_mut()
+                {
+                    subscription.installed(version, now);
+                }
+                self.count(|m, s| m.snapshot_refused(s, false));
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "cell-router: snapshot version {version} from the {} refused, keeping the last good one: {error}",
+                        source_name(source)
+                    ),
+                );
+            }
             FetchOutcome::Applied { snapshot, source } => {
                 let version = snapshot.version();
                 let cells = snapshot.cells().len();

@@ -132,6 +132,13 @@ fn every_field_can_be_set() {
 }
 
 #[test]
+fn region_is_optional_and_kept() {
+    assert_eq!(config(&base_config()).region, None);
+    let value = set(base_config(), "region", json!("eu-west.1"));
+    assert_eq!(config(&value).region.as_deref(), Some("eu-west.1"));
+}
+
+#[test]
 fn trust_header_mode_needs_no_token_settings() {
     let config =
         config(&json!({"trust_header": "x-tenant", "fallback_snapshot": snapshot_json(3)}));
@@ -145,6 +152,45 @@ fn trust_header_mode_needs_no_token_settings() {
 fn cases() -> Vec<(Value, &'static str, &'static str)> {
     let base = base_config();
     vec![
+        (
+            set(base.clone(), "region", json!("")),
+            "region",
+            "1–128 bytes",
+        ),
+        (
+            set(base.clone(), "region", json!("eu west")),
+            "region",
+            "only ASCII letters",
+        ),
+        (
+            set(base.clone(), "region", json!("a|b")),
+            "region",
+            "only ASCII letters",
+        ),
+        (
+            set(base.clone(), "region", json!(7)),
+            "region",
+            "invalid type",
+        ),
+        (
+            set(base.clone(), "cell_header", json!("x-cell-region")),
+            "cell_header",
+            "set by the router",
+        ),
+        (
+            set(base.clone(), "version_header", json!("x-cell-pool")),
+            "version_header",
+            "set by the router",
+        ),
+        (
+            with(
+                base.clone(),
+                "/token",
+                json!({"header": "x-cell-forwarded-by"}),
+            ),
+            "token.header",
+            "x-cell-forwarded-by",
+        ),
         (
             set(base.clone(), "colour", json!("blue")),
             "colour",

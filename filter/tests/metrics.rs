@@ -10,7 +10,6 @@
 
 mod common;
 
-use cell_router_filter::decide::Outcome;
 use cell_router_filter::metrics::{MetricKind, MetricSink, Metrics, fixed_names, stat_safe};
 use cell_router_filter::subscription::Source;
 use cell_router_filter::token::Reason;
@@ -86,19 +85,7 @@ fn decisions_are_counted_per_cell_and_reason() {
         if let Some(hit) = decision.cache_hit {
             metrics.cache(&mut sink, hit);
         }
-        match decision.outcome {
-            Outcome::Routed { cell, reason } => {
-                metrics.routed(&mut sink, cell);
-                if reason == "failover" {
-                    metrics.failover(&mut sink, cell);
-                }
-            }
-            Outcome::Shed { cell } => metrics.shed(&mut sink, cell),
-            Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
-            Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
-            Outcome::Rejected(reason) => metrics.rejected(&mut sink, reason),
-            Outcome::Readiness { .. } => {}
-        }
+        metrics.outcome(&mut sink, decision.outcome);
     }
     assert_eq!(sink.value("cell_router.routed.b"), 2);
     assert_eq!(sink.value("cell_router.failover.b"), 0);

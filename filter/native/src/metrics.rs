@@ -18,18 +18,21 @@ use cell_router_filter::key_subscription::KeyMetrics;
 use cell_router_filter::metrics::{self, MetricKind, MetricSink, Metrics};
 use std::collections::HashMap;
 
-/// The per-cell families and the kind of each.
-const CELL_FAMILIES: [(&str, Kind); 6] = [
-    ("routed", Kind::Counter),
-    ("shed", Kind::Counter),
-    ("unavailable", Kind::Counter),
-    ("failover", Kind::Counter),
-    ("ramped", Kind::Counter),
-    ("ramp_share", Kind::Gauge),
-];
-
 /// The label of the per-cell families.
 pub const CELL_LABEL: &str = "cell";
+/// The label of the per-region family (`forwarded.<region>`).
+pub const REGION_LABEL: &str = "region";
+
+/// The labelled families: name, kind and label.
+const LABELLED_FAMILIES: [(&str, Kind, &str); 7] = [
+    ("routed", Kind::Counter, CELL_LABEL),
+    ("shed", Kind::Counter, CELL_LABEL),
+    ("unavailable", Kind::Counter, CELL_LABEL),
+    ("failover", Kind::Counter, CELL_LABEL),
+    ("ramped", Kind::Counter, CELL_LABEL),
+    ("ramp_share", Kind::Gauge, CELL_LABEL),
+    ("forwarded", Kind::Counter, REGION_LABEL),
+];
 
 fn kind(kind: MetricKind) -> Kind {
     match kind {
@@ -72,8 +75,8 @@ impl Definitions {
                 definitions.fixed.insert(name, (k, id));
             }
         }
-        for (family, k) in CELL_FAMILIES {
-            if let Some(id) = config.define(k, &metrics::name(&[family]), Some(CELL_LABEL)) {
+        for (family, k, label) in LABELLED_FAMILIES {
+            if let Some(id) = config.define(k, &metrics::name(&[family]), Some(label)) {
                 definitions.cells.insert(family, (k, id));
             }
         }

@@ -370,9 +370,15 @@ fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
             1,
             "{path}: one cluster_header route"
         );
-        // No other route sends to a fixed cluster: a cell is reached
-        // through the guarded route only.
-        assert!(!text.contains("route: {cluster: "), "{path}");
+        // No other route sends to a fixed cluster but the region routes: a
+        // cell is reached through the guarded route only.
+        let fixed = text.matches("route: {cluster: ").count();
+        let regional = region_routes(&text);
+        assert_eq!(
+            fixed,
+            regional.len(),
+            "{path}: a fixed-cluster route that is not a region route"
+        );
         let names = cluster_names(&text);
         let cells: Vec<&str> = names
             .iter()
@@ -388,6 +394,10 @@ fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
         );
         for name in names.iter().filter(|n| !is_cell_id_shaped(n)) {
             assert!(name.contains('|'), "{path}: cluster {name}");
+        }
+        for region in &regional {
+            let cluster = format!("region|{region}");
+            assert!(names.contains(&cluster), "{path}: no cluster {cluster}");
         }
         if let Ok(config) = plugin_config_of(&text) {
             let sidecar = config["sidecar"]["cluster"].as_str().unwrap();
@@ -405,6 +415,8 @@ fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
         [
             "cellmap|sidecar",
             "cellmap|persisted",
+            "region|us",
+            "region|eu",
             "cell-a",
             "cell-b",
             "cell-c"
@@ -423,4 +435,125 @@ fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
         format!("{refused:?}").contains("cells[0].id"),
         "{refused:?}"
     );
+}
+
+/// The region routes of a gateway config (envoy/README.md, "Regions"), by
+/// region id: each is a route on the exact `x-cell-region` value to cluster
+/// `region|<id>`, and nothing else.
+fn region_routes(config: &str) -> Vec<String> {
+    let lines: Vec<&str> = config.lines().map(str::trim).collect();
+    let mut regions = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(cluster) = line.strip_prefix("route: {cluster: ") else {
+            continue;
+        };
+        let cluster = cluster.trim_end_matches('}').trim_matches('"');
+        let region = cluster.strip_prefix("region|").unwrap_or_else(|| {
+            panic!("fixed route to {cluster}: only region routes may name a cluster")
+        });
+        // - match: / prefix: "/" / headers: / - name: x-cell-region / string_match
+        let matched = &lines[i.saturating_sub(5)..i];
+        assert_eq!(
+            matched,
+            [
+                "- match:",
+                "prefix: \"/\"",
+                "headers:",
+                "- name: x-cell-region",
+                &format!("string_match: {{exact: {region}}}"),
+            ],
+            "the route to {cluster}"
+        );
+        regions.push(region.to_string());
+    }
+    regions
+}
+
+fn shipped_yaml() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo_root().join("envoy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The filter picks the pool from `:path` as Envoy hands it, so every HTTP
+/// connection manager shipped under envoy/ (gateways, benchmark configs,
+/// the persisted-copy listener, the Istio patch) normalises it: dot
+/// segments resolved, slashes merged, escaped slashes refused
+/// (envoy/README.md, "Paths"). Without them `/voice/../sms/x` or `//voice`
+/// would reach one pool by the prefix rule and another by the cell's reading.
+#[test]
+fn every_shipped_http_connection_manager_normalises_paths() {
+    let mut managers = 0;
+    for path in shipped_yaml() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let hcm = text.matches("v3.HttpConnectionManager").count();
+        for setting in [
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: REJECT_REQUEST",
+        ] {
+            let uncommented = text.lines().filter(|l| l.trim() == setting).count();
+            assert_eq!(uncommented, hcm, "{}: {setting}", path.display());
+        }
+        managers += hcm;
+    }
+    assert!(managers >= 12, "found only {managers} connection managers");
+}
+
+/// Every gateway config forwards to both example regions, names the same
+/// regions, and is itself in one of them (its plugin config's `region`).
+#[test]
+fn every_gateway_routes_each_region_to_its_gateway() {
+    for path in [
+        "envoy/envoy.yaml",
+        "envoy/envoy-native.yaml",
+        "envoy/docker/envoy.yaml",
+    ] {
+        let text = read(path);
+        let regions = region_routes(&text);
+        assert_eq!(regions, ["us", "eu"], "{path}");
+        let config = plugin_config_of(&text).unwrap();
+        let region = config["region"].as_str().unwrap();
+        assert!(
+            regions.iter().any(|r| r == region),
+            "{path}: region {region}"
+        );
+        // The filter's headers: x-cell-region is what the routes match.
+        assert!(text.contains("- name: x-cell-region"), "{path}");
+    }
+    assert_eq!(istio_plugin_config()["region"], "us");
+    // Istio: the same routes in the VirtualService, to hosts the
+    // ServiceEntry gives clusters, with TLS to each.
+    let virtual_service = read("envoy/istio/gateway-routes.yaml");
+    let entries = read("envoy/istio/sidecar.yaml");
+    for region in ["us", "eu"] {
+        let host = format!("gateway.{region}.cell-router.internal");
+        assert!(
+            virtual_service.contains(&format!(
+                "- match: [{{headers: {{x-cell-region: {{exact: {region}}}}}}}]\n      route: [{{destination: {{host: {host}}}}}]"
+            )),
+            "VirtualService: {region}"
+        );
+        assert!(
+            entries.contains(&format!("\"{host}\"")),
+            "ServiceEntry: {host}"
+        );
+        assert!(
+            entries.contains(&format!(
+                "  host: {host}\n  trafficPolicy:\n    tls: {{mode: SIMPLE"
+            )),
+            "DestinationRule: {host}"
+        );
+    }
 }

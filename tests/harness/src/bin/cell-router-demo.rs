@@ -6,7 +6,12 @@
 //! a spoofed cell header ignored, a draining cell shedding its share, a
 //! gradual move that keeps each user on one side, a cell ramping back after
 //! an outage, and snapshots published through the sidecar taking effect
-//! live. Every step is checked; the demo exits non-zero if one fails.
+//! live; then two regional gateways (US and EU, service pools `/voice` and
+//! `/sms`): an EU tenant at the US gateway served by an EU cell through the
+//! EU gateway, one tenant's two pools on two cells, and an EU region with
+//! every cell disabled answering 503 without touching a US cell (`regions`
+//! runs that part alone). Every step is checked; the demo exits non-zero if
+//! one fails.
 //!
 //! `up` leaves the stack running on the default ports for curl; `down` stops it.
 
@@ -37,6 +42,8 @@ enum Command {
     Up,
     /// Stop a stack started with `up`.
     Down,
+    /// Only the two-region part: a US and an EU gateway on this machine.
+    Regions,
 }
 
 const TENANTS: [&str; 6] = [
@@ -54,6 +61,7 @@ fn main() {
         Command::Run => run(),
         Command::Up => up(),
         Command::Down => down(),
+        Command::Regions => regions_only(),
     };
     if let Err(err) = result {
         eprintln!("\ndemo failed: {err:#}");
@@ -334,6 +342,9 @@ fn run() -> Result<()> {
     heading("8. Envoy's stats count each request the demo sends, per cell");
     metrics_step(&gateway, &agent, &mut summary)?;
 
+    heading("9. Two regions: a US and an EU gateway, service pools, a tenant homed in the EU");
+    regions_step(&demo_dir().join("regions"), &mut summary)?;
+
     heading("Summary");
     let failed = summary.lines.iter().filter(|(_, ok)| !ok).count();
     for (what, ok) in &summary.lines {
@@ -351,6 +362,135 @@ fn run() -> Result<()> {
     if failed > 0 {
         bail!("{failed} check(s) failed");
     }
+    Ok(())
+}
+
+/// `make demo-regions`: step 9 alone.
+fn regions_only() -> Result<()> {
+    let dir = fresh_demo_dir()?.join("regions");
+    let mut summary = Summary { lines: Vec::new() };
+    heading("Two regions: a US and an EU gateway, service pools, a tenant homed in the EU");
+    regions_step(&dir, &mut summary)?;
+    let failed = summary.lines.iter().filter(|(_, ok)| !ok).count();
+    if failed > 0 {
+        bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
+/// Two gateways (region us, region eu), each with a voice and an sms cell,
+/// each the other's `region|<id>` cluster; a format-2 snapshot homes
+/// acme-gmbh in the EU and acme-inc in the US. Shows the forward, one tenant's
+/// two pools on two cells, and an EU region with every cell disabled.
+fn regions_step(dir: &Path, summary: &mut Summary) -> Result<()> {
+    use e2e::regions::{FORWARDED_BY_HEADER, RegionLayout, Served, TwoRegions};
+    let mut layout = RegionLayout::voice_and_sms(1, 1);
+    layout
+        .region_overrides
+        .insert("acme-gmbh".into(), "eu".into());
+    layout
+        .region_overrides
+        .insert("acme-inc".into(), "us".into());
+    std::fs::create_dir_all(dir)?;
+    let regions = TwoRegions::start_in(dir, &layout, 2)?;
+    println!(
+        "  US gateway {} (cells {}), EU gateway {} (cells {}); pools voice (/voice) and sms (/sms)",
+        regions.us.envoy.url("/"),
+        layout.cells_in("us").join(", "),
+        regions.eu.envoy.url("/"),
+        layout.cells_in("eu").join(", ")
+    );
+    let agent = client();
+    let cell_of = |reply: &Reply| {
+        Served::of(reply).map_or_else(
+            || format!("HTTP {} {}", reply.status, reply.body.trim()),
+            |s| s.cell,
+        )
+    };
+
+    // An EU tenant at the US gateway.
+    let us_voice_before = regions.us.upstream_requests("voice-us-1")?;
+    let reply = regions.us.call(&agent, "acme-gmbh", "/voice/calls", &[])?;
+    let served = Served::of(&reply);
+    let via = served
+        .as_ref()
+        .and_then(|s| s.header(FORWARDED_BY_HEADER).map(str::to_string));
+    println!(
+        "  acme-gmbh (homed eu) → US gateway /voice/calls → {} (the cell saw {FORWARDED_BY_HEADER}: {})",
+        cell_of(&reply),
+        via.as_deref().unwrap_or("-")
+    );
+    let route = cellmap_route_text(
+        &regions.us.source,
+        &[
+            "--path",
+            "/voice/calls",
+            "--gateway-region",
+            "us",
+            "acme-gmbh",
+        ],
+    )?;
+    println!("  cellmap route --path /voice/calls --gateway-region us acme-gmbh:\n    {route}");
+    summary.check(
+        "an EU tenant at the US gateway is served by an EU cell, forwarded by the US gateway",
+        served.as_ref().is_some_and(|s| s.cell == "voice-eu-1") && via.as_deref() == Some("us"),
+    );
+    summary.check(
+        "the US gateway counted it (cell_router.forwarded.eu = 1), no US cell saw it",
+        regions.us.metric("cell_router.forwarded.eu")? == 1
+            && regions.us.upstream_requests("voice-us-1")? == us_voice_before,
+    );
+
+    // One tenant, two pools.
+    let voice = cell_of(&regions.us.call(&agent, "acme-inc", "/voice/x", &[])?);
+    let sms = cell_of(&regions.us.call(&agent, "acme-inc", "/sms/x", &[])?);
+    println!("  acme-inc (homed us): /voice/x → {voice}, /sms/x → {sms}");
+    summary.check(
+        "/voice and /sms of one tenant reach different cells (voice-us-1, sms-us-1)",
+        voice == "voice-us-1" && sms == "sms-us-1",
+    );
+
+    // Every EU cell disabled.
+    let mut down = layout.clone();
+    down.version = 2;
+    down.set_region_state("eu", "disabled");
+    regions.publish_until(&down, |gateway, reply| {
+        gateway.region == "eu"
+            && reply.status == 503
+            && reply.json().is_ok_and(|b| b["error"] == "cell_unavailable")
+    })?;
+    let us_cells = layout.cells_in("us");
+    let us_before: i64 = us_cells
+        .iter()
+        .map(|c| regions.us.upstream_requests(c))
+        .sum::<Result<i64>>()?;
+    let mut refused = true;
+    for gateway in regions.gateways() {
+        for path in ["/voice/x", "/sms/x"] {
+            let reply = gateway.call(&agent, "acme-gmbh", path, &[])?;
+            println!(
+                "  EU disabled: acme-gmbh → {} gateway {path} → {} {}, Retry-After: {}",
+                gateway.region,
+                reply.status,
+                reply
+                    .json()
+                    .ok()
+                    .and_then(|b| b["error"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                reply.header("retry-after").unwrap_or("-")
+            );
+            refused &= reply.status == 503 && reply.header("retry-after").is_some();
+        }
+    }
+    let us_after: i64 = us_cells
+        .iter()
+        .map(|c| regions.us.upstream_requests(c))
+        .sum::<Result<i64>>()?;
+    summary.check(
+        "an EU region with every cell disabled answers 503 + Retry-After on both gateways",
+        refused,
+    );
+    summary.check("and never touches a US cell", us_after == us_before);
     Ok(())
 }
 

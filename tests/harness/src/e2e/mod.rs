@@ -10,6 +10,7 @@
 
 pub mod dashboard;
 mod envoy;
+pub mod regions;
 mod slow_cell;
 mod wait;
 
@@ -137,21 +138,28 @@ pub fn metric_of(build: Build, name: &str) -> String {
     match build {
         Build::Wasm => format!("wasmcustom.{name}"),
         Build::Native => {
-            const CELL_FAMILIES: [&str; 6] = [
-                "routed",
-                "shed",
-                "unavailable",
-                "failover",
-                "ramped",
-                "ramp_share",
+            // The labelled families and their label (filter/native/src/metrics.rs).
+            const LABELLED: [(&str, &str); 7] = [
+                ("routed", "cell"),
+                ("shed", "cell"),
+                ("unavailable", "cell"),
+                ("failover", "cell"),
+                ("ramped", "cell"),
+                ("ramp_share", "cell"),
+                ("forwarded", "region"),
             ];
             let labelled = name
                 .strip_prefix("cell_router.")
                 .and_then(|rest| rest.split_once('.'))
-                .filter(|(family, _)| CELL_FAMILIES.contains(family));
+                .and_then(|(family, value)| {
+                    LABELLED
+                        .iter()
+                        .find(|(f, _)| *f == family)
+                        .map(|(_, label)| (family, *label, value))
+                });
             match labelled {
-                Some((family, cell)) => {
-                    format!("dynamicmodulescustom.cell_router.{family}.cell.{cell}")
+                Some((family, label, value)) => {
+                    format!("dynamicmodulescustom.cell_router.{family}.{label}.{value}")
                 }
                 None => format!("dynamicmodulescustom.{name}"),
             }
