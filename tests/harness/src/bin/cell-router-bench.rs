@@ -34,7 +34,7 @@ enum Commands {
 
 #[derive(Parser, Debug)]
 struct ScaleArgs {
-    /// Overrides of the big snapshot.
+    /// Overrides of the big snapshot (0: no big-snapshot cases).
     #[arg(long, default_value_t = 10_000_000)]
     overrides: usize,
     /// Envoy concurrencies the Wasm build is measured at (comma-separated).
