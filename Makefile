@@ -134,6 +134,7 @@ bench: tools build envoy
 	  || { echo "wasm_request bench failed (see above)"; cat $(BENCH_OUT)/wasm.txt; rm -f $(BENCH_OUT)/wasm.txt; }
 	$(TEST_ENV) CELL_ROUTER_BENCH_COMMAND="make bench" $(BENCH_TARGET)/release/cell-router-bench run \
 	  --mapping-output $(BENCH_OUT)/mapping.txt --wasm-output $(BENCH_OUT)/wasm.txt
+	$(TEST_ENV) CELL_ROUTER_BENCH_COMMAND="make bench" $(BENCH_TARGET)/release/cell-router-bench scale
 
 ## A ~1-minute run of the same benchmark (one round of 2 s per case at 16
 ## connections, small pools); fails unless every case produced a clean row.

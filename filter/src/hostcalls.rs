@@ -54,6 +54,7 @@ pub enum MetricType {
 unsafe extern "C" {
     fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_get_status(code: *mut u32, message: *mut *mut u8, message_size: *mut usize) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(
         buffer: u32,
@@ -147,6 +148,19 @@ pub fn now_nanos() -> u64 {
     // SAFETY: the host writes one u64 into `time`.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut time) };
     if status == status::OK { time } else { 0 }
+}
+
+/// The host's status of the last call (code and message), e.g. why an HTTP
+/// call got no response; `None` if the host does not say.
+pub fn last_status() -> Option<(u32, String)> {
+    let mut code: u32 = 0;
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a code, a pointer and a size into our locals.
+    let status = unsafe { proxy_get_status(&mut code, &mut data, &mut size) };
+    // SAFETY: the host allocated `data` with proxy_on_memory_allocate(size).
+    let message = unsafe { take_host_buffer(data, size) };
+    (status == status::OK).then(|| (code, String::from_utf8_lossy(&message).into_owned()))
 }
 
 /// Asks the host to call `proxy_on_tick` every `period_ms` (it re-arms the

@@ -478,6 +478,17 @@ impl Root {
                 );
             }
             FetchOutcome::Failed { source, why } => {
+                // No status: say what Envoy says (it cannot tell a reset
+                // from a body over its buffer limit).
+                let why = match (response.status, hostcalls::last_status()) {
+                    (None, Some((code, message))) => {
+                        format!(
+                            "{why}; {}",
+                            crate::subscription::host_failure(code, &message)
+                        )
+                    }
+                    _ => why,
+                };
                 let failures = subscription.failures_of(source);
                 self.count(|m, s| m.fetch_failed(s, source));
                 if failures.is_power_of_two() {

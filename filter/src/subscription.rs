@@ -5,12 +5,24 @@
 //! Protocol (served by `cellmap serve`): `GET <path>?after=<v>&wait=<s>` with
 //! `If-None-Match: "<v>"`. 200 + body = a snapshot newer than `v`; 304 = no
 //! newer one within `wait` seconds. `after=0` (nothing held yet) answers what
-//! the sidecar has at once.
+//! the sidecar has at once. The request names the largest body the VM takes
+//! (`x-cellmap-max-body-bytes`); a larger snapshot is answered 413 with its
+//! version's ETag and no body, and the subscription asks past that version:
+//! a body Envoy or the VM cannot take is never downloaded, let alone again
+//! and again (Envoy resets a call whose body passes its
+//! `http.async_response_buffer_limit`, and reports only "reset").
 
 use cell_router_mapping::{PathError, Snapshot, binary};
 
 /// `Accept` when the binary form is wanted: it first, JSON second.
 const BINARY_THEN_JSON: &str = "application/vnd.cellmap.snapshot, application/json;q=0.5";
+/// The request header naming the largest body the VM takes.
+pub const MAX_BODY_BYTES_HEADER: &str = "x-cellmap-max-body-bytes";
+/// The most of a 413's error body read (the sidecar's `detail`).
+const MAX_ERROR_BODY_BYTES: usize = 4096;
+/// proxy-wasm's `BrokenConnection` status: what Envoy reports for a call
+/// that got no response, reset or over its buffer limit alike.
+const HOST_BROKEN_CONNECTION: u32 = 11;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -393,6 +405,10 @@ impl Subscription {
             ),
             (":authority", self.config.authority.clone()),
             ("accept", self.accept().to_string()),
+            (
+                MAX_BODY_BYTES_HEADER,
+                self.config.max_snapshot_bytes.to_string(),
+            ),
         ];
         if let Some(version) = held {
             headers.push(("if-none-match", format!("\"{version}\"")));
@@ -440,7 +456,10 @@ impl Subscription {
     /// What to do with the body of an answer with this status and size,
     /// before reading it.
     pub fn body_plan(&self, status: Option<u16>, body_size: usize) -> BodyPlan {
-        if status != Some(200) {
+        if status == Some(413) && body_size <= MAX_ERROR_BODY_BYTES {
+            // The sidecar's reason, in a small JSON error.
+            BodyPlan::Read
+        } else if status != Some(200) {
             BodyPlan::Skip
         } else if body_size > self.config.max_snapshot_bytes {
             BodyPlan::TooLarge
@@ -522,6 +541,7 @@ impl Subscription {
                 self.succeed(now_ms);
                 FetchOutcome::Unchanged
             }
+            Some(413) => self.on_too_large(now_ms, response),
             Some(status) => {
                 self.fail(now_ms);
                 FetchOutcome::Failed {
@@ -533,9 +553,51 @@ impl Subscription {
                 self.fail(now_ms);
                 FetchOutcome::Failed {
                     source,
-                    why: "no response (connection failure or timeout)".to_string(),
+                    why: "no response".to_string(),
                 }
             }
+        }
+    }
+
+    /// 413: the sidecar did not send a snapshot larger than this VM takes.
+    /// With its version known (ETag), the next request asks past it: the
+    /// sidecar then holds it until a newer version comes, so there is no
+    /// loop to back off from. Not a successful contact: what the VM serves
+    /// is getting older.
+    fn on_too_large(&mut self, now_ms: u64, response: FetchResponse<'_>) -> FetchOutcome {
+        let version = response.etag.and_then(etag_version);
+        let detail = match response.body {
+            Body::Read(body) => sidecar_detail(body),
+            Body::TooLarge(_) | Body::Unreadable => None,
+        }
+        .unwrap_or_else(|| "no reason given".to_string());
+        let named = version.map_or("a snapshot".to_string(), |v| {
+            format!("snapshot version {v}")
+        });
+        match version {
+            Some(v) if self.after().is_none_or(|after| v > after) => {
+                self.remember_refused(Some(v));
+                self.failures = self.failures.saturating_add(1);
+                let earliest = self
+                    .last_start_ms
+                    .map_or(now_ms, |start| start + self.config.min_fetch_interval_ms);
+                self.state = State::Idle {
+                    not_before_ms: earliest.max(now_ms),
+                };
+            }
+            _ => self.fail(now_ms),
+        }
+        FetchOutcome::Refused {
+            source: Source::Sidecar,
+            error: PathError::new(
+                "$",
+                format!(
+                    "the sidecar did not send {named}, larger than this VM takes \
+                     (sidecar.max_snapshot_bytes = {}): {detail}; waiting for a newer version",
+                    self.config.max_snapshot_bytes
+                ),
+            ),
+            too_large: true,
         }
     }
 
@@ -591,7 +653,7 @@ impl Subscription {
                 self.persisted_fail(now_ms);
                 FetchOutcome::Failed {
                     source,
-                    why: "no response (connection failure or timeout)".to_string(),
+                    why: "no response".to_string(),
                 }
             }
         }
@@ -666,6 +728,34 @@ impl Subscription {
         self.rng = x;
         x
     }
+}
+
+/// What the host said of a call that got no response, for the log: Envoy
+/// reports `BrokenConnection` ("reset") both for a connection that failed or
+/// was reset and for a body larger than its `http.async_response_buffer_limit`
+/// (it does not tell them apart), so the log names both.
+pub fn host_failure(code: u32, message: &str) -> String {
+    let named = if code == HOST_BROKEN_CONNECTION {
+        "BrokenConnection"
+    } else {
+        "status"
+    };
+    format!(
+        "Envoy reports {named} ({code}) {message:?}: the connection to the sidecar failed or \
+         was reset, or the body was larger than Envoy's http.async_response_buffer_limit \
+         (runtime key, 32 MiB unless raised; envoy/README.md, \"Snapshot size\")"
+    )
+}
+
+/// The `detail` of the sidecar's JSON error body, if it has one.
+fn sidecar_detail(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        detail: String,
+    }
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|e| e.detail.chars().take(512).collect())
 }
 
 /// The version an ETag names: `"42"`, `W/"42"` or `"42-bin"` (the binary

@@ -430,6 +430,81 @@ fn a_snapshot_larger_than_the_limit_is_refused_before_its_body_is_read() {
 }
 
 #[test]
+fn the_request_names_the_largest_body_the_vm_takes() {
+    let mut config = sidecar();
+    config.max_snapshot_bytes = 4096;
+    let mut sub = Subscription::new(config, T0, 1);
+    let request = start(&mut sub, T0, 1);
+    assert_eq!(request.header("x-cellmap-max-body-bytes"), Some("4096"));
+}
+
+#[test]
+fn a_413_with_a_version_is_asked_past_at_once_and_never_downloaded() {
+    let (mut sub, now) = holding_5(2);
+    let detail = br#"{"error":"too_large","detail":"snapshot version 6 is 99999 bytes"}"#;
+    assert_eq!(sub.body_plan(Some(413), detail.len()), BodyPlan::Read);
+    assert_eq!(sub.body_plan(Some(413), 1 << 20), BodyPlan::Skip);
+    let response = FetchResponse {
+        status: Some(413),
+        etag: Some(b"\"6-bin\""),
+        body: Body::Read(detail),
+    };
+    match sub.on_response(2, now + 10, response) {
+        FetchOutcome::Refused {
+            error, too_large, ..
+        } => {
+            assert!(too_large);
+            assert!(error.message.contains("version 6"), "{error}");
+            assert!(error.message.contains("99999 bytes"), "{error}");
+            assert!(error.message.contains("newer version"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The last good one stays, and the next request asks past 6 without
+    // backing off: the sidecar holds it until version 7.
+    assert_eq!(sub.version(), Some(5));
+    let next = sub.next_fetch_at_ms().unwrap();
+    assert!(next <= now + 100, "next fetch at +{} ms", next - now);
+    let request = start(&mut sub, next, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+    assert_eq!(request.header("if-none-match"), Some("\"6\""));
+    // Version 7 fits and is applied.
+    match respond(&mut sub, 3, next + 10, Some(200), &body(7)) {
+        FetchOutcome::Applied { snapshot, .. } => assert_eq!(snapshot.version(), 7),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.consecutive_failures(), 0);
+}
+
+#[test]
+fn a_413_without_a_version_backs_off() {
+    let (mut sub, now) = holding_5(2);
+    let response = FetchResponse {
+        status: Some(413),
+        etag: None,
+        body: Body::Read(b"not json"),
+    };
+    assert!(matches!(
+        sub.on_response(2, now + 10, response),
+        FetchOutcome::Refused {
+            too_large: true,
+            ..
+        }
+    ));
+    assert!(sub.next_fetch_at_ms().unwrap() >= now + 10 + 100);
+    let next = sub.next_fetch_at_ms().unwrap();
+    let request = start(&mut sub, next, 3);
+    assert_eq!(request.header(":path"), Some("/snapshot?after=5&wait=30"));
+}
+
+#[test]
+fn a_call_with_no_response_names_what_envoy_reported() {
+    let why = cell_router_filter::subscription::host_failure(11, "reset");
+    assert!(why.contains("BrokenConnection (11) \"reset\""), "{why}");
+    assert!(why.contains("http.async_response_buffer_limit"), "{why}");
+}
+
+#[test]
 fn a_body_the_host_did_not_hand_over_is_a_failure_not_a_refusal() {
     // Nothing is known about its content: it must not count as refused (and
     // must never be remembered as a refused version).

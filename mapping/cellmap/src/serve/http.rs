@@ -9,7 +9,15 @@
 //!   With `Accept: application/vnd.cellmap.snapshot` the body is the
 //!   binary form (`mapping/SPEC.md`, "Binary form"; ETag `"<version>-bin"`),
 //!   else JSON; both carry `Vary: Accept`.
-//! - `GET /healthz` answers 200 with the version served, 503 before the first.
+//!   A body larger than the client takes (its `X-Cellmap-Max-Body-Bytes`,
+//!   and never more than `--max-body-bytes`) is not sent: the answer is 413
+//!   with the version's ETag and `X-Cell-Snapshot-Bytes`, so the client can
+//!   ask past that version (`after`) instead of downloading a body its Envoy
+//!   would reset.
+//! - `GET /healthz` answers 200 with the version served, 503 before the first;
+//!   both say `max_body_bytes`, how many snapshots were refused for their
+//!   size and how many answers were 413, and why the last refused snapshot
+//!   was refused (`last_refused`).
 //! - `GET /jwks` answers the `--jwks` file, re-read on each request, with
 //!   an ETag (304 on a match) and its last good content kept (`jwks.rs`).
 //! - Other methods 405, other paths 404, a bad query 400, more than
@@ -24,6 +32,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -37,6 +46,8 @@ pub(crate) struct Context {
     /// `--jwks-url`: the JWKS followed per issuer.
     pub(crate) jwks_followed: std::collections::HashMap<String, super::jwks::Followed>,
     pub(crate) max_wait_s: u64,
+    /// Snapshot requests answered 413 (the body larger than the client takes).
+    pub(crate) answered_too_large: AtomicU64,
     /// One permit per request being handled (long-polls included).
     pub(crate) in_flight: Arc<Semaphore>,
     /// Becomes true when the sidecar stops.
@@ -44,6 +55,11 @@ pub(crate) struct Context {
 }
 
 const X_CELL_SNAPSHOT_VERSION: HeaderName = HeaderName::from_static("x-cell-snapshot-version");
+/// The size of the body a 413 did not send.
+const X_CELL_SNAPSHOT_BYTES: HeaderName = HeaderName::from_static("x-cell-snapshot-bytes");
+/// The largest body the client takes (the filter sends its
+/// `sidecar.max_snapshot_bytes`).
+const X_CELLMAP_MAX_BODY_BYTES: HeaderName = HeaderName::from_static("x-cellmap-max-body-bytes");
 
 /// Handles one request. The in-flight permit is held until the answer is
 /// ready, and released by drop on every path, also when hyper drops this
@@ -83,7 +99,7 @@ async fn route<B>(context: &Context, request: &Request<B>) -> Response<Body> {
     }
     match request.uri().path() {
         "/snapshot" => snapshot(context, request).await,
-        "/healthz" => healthz(&context.store),
+        "/healthz" => healthz(context),
         "/jwks" => {
             let if_none_match = request
                 .headers()
@@ -129,6 +145,23 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
         }
     }
     let binary = wants_binary(request.headers().get(header::ACCEPT));
+    let mut max_body_bytes = context.store.max_body_bytes();
+    if let Some(value) = request.headers().get(X_CELLMAP_MAX_BODY_BYTES) {
+        match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(client) => max_body_bytes = max_body_bytes.min(client),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "header x-cellmap-max-body-bytes must be a whole number",
+                );
+            }
+        }
+    }
     // A conditional GET names the version it has, like `after`.
     if after.is_none() {
         after = request
@@ -163,6 +196,16 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
                 etag(served.version),
             )
         };
+        if body.len() as u64 > max_body_bytes {
+            return too_large(
+                context,
+                served.version,
+                body.len(),
+                max_body_bytes,
+                if binary { "binary" } else { "JSON" },
+                etag,
+            );
+        }
         let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -196,6 +239,41 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
             "the sidecar has no valid snapshot yet",
         ),
     }
+}
+
+/// 413 instead of a snapshot body larger than the client takes: the version
+/// (ETag, `X-Cell-Snapshot-Version`) and the size, so the client asks past
+/// it and waits for a newer one instead of downloading it.
+fn too_large(
+    context: &Context,
+    version: u64,
+    size: usize,
+    limit: u64,
+    form: &str,
+    etag: Option<HeaderValue>,
+) -> Response<Body> {
+    let count = context
+        .answered_too_large
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(1);
+    let detail = format!(
+        "snapshot version {version} is {size} bytes in the {form} form, more than the \
+         {limit} bytes this client takes (x-cellmap-max-body-bytes, --max-body-bytes); \
+         not sent: ask after version {version} for a newer one"
+    );
+    // Once per VM and version is expected; the 1st, 2nd, 4th… are logged.
+    if count.is_power_of_two() {
+        super::log("warn", &format!("{detail} ({count} such answer(s) so far)"));
+    }
+    let mut response = error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &detail);
+    let headers = response.headers_mut();
+    if let Some(etag) = etag {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert(X_CELL_SNAPSHOT_VERSION, HeaderValue::from(version));
+    headers.insert(X_CELL_SNAPSHOT_BYTES, HeaderValue::from(size));
+    headers.insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 /// The binary form's ETag is `"<version>-bin"`: two representations of one
@@ -233,8 +311,9 @@ fn etag(version: u64) -> Option<HeaderValue> {
     HeaderValue::try_from(format!("\"{version}\"")).ok()
 }
 
-fn healthz(store: &Store) -> Response<Body> {
-    let (status, body) = match store.current() {
+fn healthz(context: &Context) -> Response<Body> {
+    let store = &context.store;
+    let (status, mut body) = match store.current() {
         Some(s) => (
             StatusCode::OK,
             serde_json::json!({
@@ -254,6 +333,25 @@ fn healthz(store: &Store) -> Response<Body> {
             }),
         ),
     };
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("max_body_bytes".into(), store.max_body_bytes().into());
+        fields.insert("refused_too_large".into(), store.refused_too_large().into());
+        fields.insert(
+            "answered_too_large".into(),
+            context.answered_too_large.load(Ordering::Relaxed).into(),
+        );
+        if let Some(refusal) = store.last_refusal() {
+            fields.insert(
+                "last_refused".into(),
+                serde_json::json!({
+                    "version": refusal.version,
+                    "reason": refusal.reason,
+                    "origin": refusal.origin,
+                    "too_large": refusal.too_large,
+                }),
+            );
+        }
+    }
     json(status, Bytes::from(body.to_string()))
 }
 

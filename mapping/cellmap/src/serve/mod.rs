@@ -37,11 +37,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
     long_about = "Run the sidecar that serves snapshots to the local gateway.\n\n\
 It serves the last good snapshot at GET /snapshot (ETag, If-None-Match, ?after=<version> \
 and &wait=<s> long-polls; JSON, or the binary form with Accept: application/vnd.cellmap.snapshot; \
-the source may be either form), GET /healthz, GET /jwks with --jwks (ETag; the last good file \
+the source may be either form; 413 with the version's ETag instead of a body larger than \
+--max-body-bytes or the client's x-cellmap-max-body-bytes), GET /healthz, GET /jwks with --jwks (ETag; the last good file \
 content kept), and GET /jwks?issuer=<issuer> for each --jwks-url ISSUER=URL it follows \
 (ETag; If-None-Match with &wait=<s> long-polls; the last good set kept). Every new snapshot \
 from the source is validated and must carry a greater version; a bad one is refused and \
-logged while the last good one stays served.\n\n\
+logged while the last good one stays served; so is one whose binary form is larger than \
+--max-body-bytes (no gateway could take it).\n\n\
 The file source is looked at every --watch-interval-ms: a change of size, mtime, ctime or \
 inode makes it read, and it is taken only if its content differs from the last read, so \
 a copy that keeps size and mtime (cp -p, rsync -t) is seen too. A file that changes while \
@@ -100,6 +102,14 @@ pub struct ServeArgs {
     /// Largest snapshot accepted from the source, in MiB.
     #[arg(long, default_value_t = 512)]
     pub max_snapshot_mib: u64,
+    /// Largest body the gateways take, in bytes: their Envoy's
+    /// `http.async_response_buffer_limit` (32 MiB unless raised). A snapshot
+    /// whose binary form is larger is refused (the last good one stays
+    /// served; /healthz says why), and a request whose
+    /// `x-cellmap-max-body-bytes` (or this limit) is below the form it asks
+    /// for is answered 413 with the version's ETag instead of the body.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: u64,
     /// Most requests handled at once (long-polls included); more get 503.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
@@ -108,6 +118,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
 }
+
+/// `--max-body-bytes` default: Envoy's default `http.async_response_buffer_limit`.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// How long shutdown waits for open requests before exiting anyway.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -138,7 +151,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // the default action.
     let mut signals = Signals::install()?;
     let max_bytes = args.max_snapshot_mib.saturating_mul(1024 * 1024);
-    let store = Arc::new(Store::new(args.persist.clone()));
+    let store = Arc::new(Store::new(args.persist.clone(), args.max_body_bytes));
     if let Some(path) = &args.persist {
         restore(&store, path, max_bytes);
     }
@@ -167,6 +180,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         jwks_last_good: jwks::LastGood::default(),
         jwks_followed,
         max_wait_s: args.max_wait_s,
+        answered_too_large: AtomicU64::new(0),
         in_flight: Arc::new(Semaphore::new(
             args.max_in_flight.min(Semaphore::MAX_PERMITS),
         )),

@@ -310,7 +310,7 @@ mod tests {
         let path = dir.join("snapshot.json");
         std::fs::write(&path, snapshot(1)).unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-        let store = Store::new(None);
+        let store = Store::new(None, u64::MAX);
         let mut source = FileSource::new(path.clone(), 1 << 20);
         source.look(&store, false);
         assert_eq!(store.current_version(), Some(1));

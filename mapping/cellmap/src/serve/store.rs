@@ -11,6 +11,7 @@ use bytes::Bytes;
 use cell_router_mapping::binary;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -47,24 +48,79 @@ pub(crate) enum Save {
     No,
 }
 
+/// Why [`Store::offer`] did not take a snapshot.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) version: Option<u64>,
+    pub(crate) reason: String,
+    /// Over `--max-body-bytes`.
+    pub(crate) too_large: bool,
+}
+
+impl Refused {
+    fn invalid(reason: String) -> Self {
+        Refused {
+            version: None,
+            reason,
+            too_large: false,
+        }
+    }
+}
+
 /// The longest a long-poll is held, whatever `wait` and `--max-wait-s` say.
 const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) struct Store {
     current: watch::Sender<Option<Arc<Served>>>,
     refused: AtomicU64,
+    /// Of `refused`, those refused for their size (`max_body_bytes`).
+    refused_too_large: AtomicU64,
+    /// Why the last refused snapshot was refused (its version when known).
+    last_refusal: Mutex<Option<Refusal>>,
     applied: AtomicU64,
     persist: Option<PathBuf>,
+    /// `--max-body-bytes`: the largest body the gateways' Envoy takes (its
+    /// `http.async_response_buffer_limit`). A snapshot whose binary form is
+    /// larger is not published: no gateway could take it, and every VM
+    /// would download it again and again.
+    max_body_bytes: u64,
+}
+
+/// Why a snapshot offered by a source was refused, for `/healthz`.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusal {
+    pub(crate) version: Option<u64>,
+    pub(crate) reason: String,
+    pub(crate) origin: String,
+    pub(crate) too_large: bool,
 }
 
 impl Store {
-    pub(crate) fn new(persist: Option<PathBuf>) -> Self {
+    pub(crate) fn new(persist: Option<PathBuf>, max_body_bytes: u64) -> Self {
         Store {
             current: watch::Sender::new(None),
             refused: AtomicU64::new(0),
+            refused_too_large: AtomicU64::new(0),
+            last_refusal: Mutex::new(None),
             applied: AtomicU64::new(0),
             persist,
+            max_body_bytes,
         }
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
+    pub(crate) fn refused_too_large(&self) -> u64 {
+        self.refused_too_large.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_refusal(&self) -> Option<Refusal> {
+        self.last_refusal
+            .lock()
+            .map(|last| last.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn current(&self) -> Option<Arc<Served>> {
@@ -85,9 +141,9 @@ impl Store {
 
     /// Validates `bytes` and serves them if their version is greater than the
     /// served one (the same version with the same bytes is `Unchanged`).
-    pub(crate) fn offer(&self, bytes: Vec<u8>, origin: &str) -> Result<Offer, String> {
+    pub(crate) fn offer(&self, bytes: Vec<u8>, origin: &str) -> Result<Offer, Refused> {
         // Either form is taken; both are served.
-        let snapshot = binary::parse_any(&bytes).map_err(|e| e.to_string())?;
+        let snapshot = binary::parse_any(&bytes).map_err(|e| Refused::invalid(e.to_string()))?;
         let version = snapshot.version();
         let cells = snapshot.cells().len();
         let tenant_entries = snapshot.tenant_entries();
@@ -98,7 +154,23 @@ impl Store {
             (bytes, encoded)
         };
         drop(snapshot);
-        let mut outcome = Err(String::new());
+        // The smallest form served: if it does not fit, no gateway can take
+        // the snapshot. (A JSON client asking for a larger JSON form gets a
+        // 413 per request instead, `http.rs`.)
+        let size = binary_form.len() as u64;
+        if size > self.max_body_bytes {
+            return Err(Refused {
+                version: Some(version),
+                too_large: true,
+                reason: format!(
+                    "snapshot version {version} is {size} bytes in its binary form, more than \
+                     --max-body-bytes {} (the gateways' http.async_response_buffer_limit); \
+                     not published",
+                    self.max_body_bytes
+                ),
+            });
+        }
+        let mut outcome = Err(Refused::invalid(String::new()));
         self.current.send_if_modified(|current| {
             if let Some(current) = current.as_ref() {
                 if version == current.version
@@ -108,10 +180,14 @@ impl Store {
                     return false;
                 }
                 if version <= current.version {
-                    outcome = Err(format!(
-                        "$.version: version {version} is not greater than the served version {}",
-                        current.version
-                    ));
+                    outcome = Err(Refused {
+                        version: Some(version),
+                        too_large: false,
+                        reason: format!(
+                            "$.version: version {version} is not greater than the served version {}",
+                            current.version
+                        ),
+                    });
                     return false;
                 }
             }
@@ -160,14 +236,26 @@ impl Store {
                 }
             }
             Ok(Offer::Unchanged) => {}
-            Err(err) => {
+            Err(refused) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
+                if refused.too_large {
+                    self.refused_too_large.fetch_add(1, Ordering::Relaxed);
+                }
                 log(
                     "error",
                     &format!(
-                        "refused snapshot from {origin}, still serving the last good one: {err}"
+                        "refused snapshot from {origin}, still serving the last good one: {}",
+                        refused.reason
                     ),
                 );
+                if let Ok(mut last) = self.last_refusal.lock() {
+                    *last = Some(Refusal {
+                        version: refused.version,
+                        reason: refused.reason,
+                        origin: origin.to_string(),
+                        too_large: refused.too_large,
+                    });
+                }
             }
         }
     }
@@ -238,16 +326,18 @@ mod tests {
         .into_bytes()
     }
 
-    fn version(offer: Result<Offer, String>) -> Result<(&'static str, u64), String> {
-        offer.map(|o| match o {
-            Offer::Applied(s) => ("applied", s.version),
-            Offer::Unchanged => ("unchanged", 0),
-        })
+    fn version(offer: Result<Offer, Refused>) -> Result<(&'static str, u64), String> {
+        offer
+            .map(|o| match o {
+                Offer::Applied(s) => ("applied", s.version),
+                Offer::Unchanged => ("unchanged", 0),
+            })
+            .map_err(|r| r.reason)
     }
 
     #[test]
     fn applies_newer_and_refuses_older_or_invalid() {
-        let store = Store::new(None);
+        let store = Store::new(None, u64::MAX);
         assert_eq!(version(store.offer(snapshot(3), "t")), Ok(("applied", 3)));
         assert_eq!(version(store.offer(snapshot(3), "t")), Ok(("unchanged", 0)));
         assert!(
@@ -261,9 +351,34 @@ mod tests {
         assert_eq!(store.applied(), 2);
     }
 
+    #[test]
+    fn refuses_a_snapshot_larger_than_the_gateways_take() {
+        let binary_size = binary::encode(&binary::parse_any(&snapshot(1)).unwrap()).len() as u64;
+        let store = Store::new(None, binary_size);
+        assert_eq!(version(store.offer(snapshot(1), "t")), Ok(("applied", 1)));
+        // The same document with one tenant more no longer fits.
+        let mut bigger: serde_json::Value = serde_json::from_slice(&snapshot(2)).unwrap();
+        bigger["overrides"] = serde_json::json!({"acme": "cell-a"});
+        store.offer_and_log(serde_json::to_vec(&bigger).unwrap(), "t", Save::No);
+        assert_eq!(store.current_version(), Some(1));
+        assert_eq!((store.refused(), store.refused_too_large()), (1, 1));
+        let refusal = store.last_refusal().expect("a refusal is recorded");
+        assert_eq!(refusal.version, Some(2));
+        assert!(refusal.too_large);
+        assert!(
+            refusal.reason.contains("--max-body-bytes"),
+            "{}",
+            refusal.reason
+        );
+        // A later one that fits is served; the refusal stays on record.
+        store.offer_and_log(snapshot(3), "t", Save::No);
+        assert_eq!(store.current_version(), Some(3));
+        assert_eq!(store.refused_too_large(), 1);
+    }
+
     #[tokio::test]
     async fn long_poll_wakes_on_a_newer_version_or_shutdown() {
-        let store = Arc::new(Store::new(None));
+        let store = Arc::new(Store::new(None, u64::MAX));
         store.offer(snapshot(1), "t").unwrap();
         let (stop, mut shutdown) = watch::channel(false);
         let waiter = {

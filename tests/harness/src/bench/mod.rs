@@ -11,5 +11,6 @@ pub mod pools;
 pub mod propagation;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod stack;
 pub mod wrk;

@@ -5,6 +5,7 @@
 //! ```sh
 //! cell-router-bench run                       # what `make bench` runs
 //! cell-router-bench run --smoke               # ~1 minute, one round, checks it works
+//! cell-router-bench scale                     # only the scale cases (issue #15)
 //! ```
 
 use anyhow::Result;
@@ -26,6 +27,43 @@ struct Cli {
 enum Commands {
     /// Run the benchmark and write the report.
     Run(RunArgs),
+    /// Only the scale cases (10 M overrides, p99 during 1 M swaps): their
+    /// section of the report is replaced (added if missing).
+    Scale(ScaleArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ScaleArgs {
+    /// Overrides of the big snapshot (0: no big-snapshot cases).
+    #[arg(long, default_value_t = 10_000_000)]
+    overrides: usize,
+    /// Envoy concurrencies the Wasm build is measured at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "2,8")]
+    concurrency: Vec<u32>,
+    /// Overrides of the snapshots swapped in under load.
+    #[arg(long, default_value_t = 1_000_000)]
+    load_overrides: usize,
+    /// Quiet/swapping pairs of wrk runs (0: no load case).
+    #[arg(long, default_value_t = 3)]
+    load_rounds: usize,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    load_seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// Skip the native module (dist/libcell_router_native.so).
+    #[arg(long)]
+    no_native: bool,
+    /// The three size limits for the big snapshot, in MiB.
+    #[arg(long, default_value_t = 512)]
+    limit_mib: u64,
+    /// The report whose scale section is written.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where processes keep their files and logs.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(Parser, Debug)]
@@ -109,14 +147,54 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let Commands::Run(args) = cli.command;
-    match main_run(args) {
+    let result = match cli.command {
+        Commands::Run(args) => main_run(args),
+        Commands::Scale(args) => main_scale(args),
+    };
+    match result {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             eprintln!("cell-router-bench: {err:#}");
             std::process::exit(1);
         }
     }
+}
+
+fn main_scale(args: ScaleArgs) -> Result<i32> {
+    use cell_router_harness::bench::scale;
+    let command = std::env::var("CELL_ROUTER_BENCH_COMMAND")
+        .unwrap_or_else(|_| "cell-router-bench scale".to_string());
+    let options = scale::ScaleOptions {
+        overrides: args.overrides,
+        concurrencies: args.concurrency,
+        load_overrides: args.load_overrides,
+        load_seconds: args.load_seconds,
+        connections: args.connections,
+        load_rounds: args.load_rounds,
+        native: !args.no_native,
+        limit_bytes: args.limit_mib.saturating_mul(1 << 20),
+        work_dir: args
+            .work_dir
+            .unwrap_or_else(|| repo_root().join("target/cell-router-bench/scale")),
+    };
+    let report = scale::measure(&options)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| repo_root().join("BENCHMARKS.md"));
+    let existing = std::fs::read_to_string(&out).unwrap_or_default();
+    std::fs::write(&out, scale::splice(&existing, &report.markdown(&command)))?;
+    std::fs::write(
+        options.work_dir.join("results.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    println!(
+        "cell-router-bench scale: wrote its section of {}",
+        out.display()
+    );
+    for failure in &report.failures {
+        println!("  not measured: {failure}");
+    }
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
 }
 
 fn main_run(mut args: RunArgs) -> Result<i32> {

@@ -556,6 +556,18 @@ impl Sidecar {
         port: u16,
         persist: Option<&Path>,
     ) -> Result<Sidecar> {
+        Sidecar::start_with_args(dir, source, port, persist, &[])
+    }
+
+    /// [`Sidecar::start_with`] with more `cellmap serve` arguments (not
+    /// kept for [`Sidecar::restart`]).
+    pub fn start_with_args(
+        dir: &Path,
+        source: &Path,
+        port: u16,
+        persist: Option<&Path>,
+        args: &[&str],
+    ) -> Result<Sidecar> {
         let mut command = Command::new(cellmap_bin()?);
         command
             .arg("serve")
@@ -566,6 +578,7 @@ impl Sidecar {
         if let Some(persist) = persist {
             command.arg("--persist").arg(persist);
         }
+        command.args(args);
         let mut process = Process::spawn(&format!("sidecar-{port}"), command, dir)?;
         let url = format!("http://127.0.0.1:{port}/healthz");
         wait_for_http(&mut process, &url, HELPER_START_TIMEOUT).context("sidecar did not start")?;
