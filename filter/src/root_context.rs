@@ -124,23 +124,6 @@ impl Root {
         true
     }
 
-    /// Whether this gateway can route by `snapshot` (its `region` is listed,
-    /// or the snapshot has one region or none): `Snapshot::local_region`.
-    fn fits_region(
-        shared: &Option<Rc<RefCell<Shared>>>,
-        snapshot: &cell_router_mapping::Snapshot,
-    ) -> Result<(), String> {
-        let Some(shared) = shared else {
-            return Ok(());
-        };
-        let Ok(shared) = shared.try_borrow() else {
-            return Ok(());
-        };
-        snapshot
-            .local_region(shared.config.region.as_deref())
-            .map(|_| ())
-    }
-
     fn update_gauges(&self, now_ms: u64) {
         let Some(shared) = &self.shared else { return };
         let Ok(mut shared) = shared.try_borrow_mut() else {
@@ -417,27 +400,6 @@ impl Root {
             },
         );
         match outcome {
-            FetchOutcome::Applied { snapshot, source }
-                if let Err(error) = Self::fits_region(&self.shared, &snapshot) =>
-            {
-                // Refused like an invalid snapshot: the last good one keeps
-                // serving. Recorded as held so the subscription asks past
-                // this version (the sidecar would hand it over again at once).
-                let version = snapshot.version();
-                if source == Source::Sidecar
-                    && let Some(subscription) = self.subscription.as_mut()
-                {
-                    subscription.installed(version, now);
-                }
-                self.count(|m, s| m.snapshot_refused(s, false));
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "cell-router: snapshot version {version} from the {} refused, keeping the last good one: {error}",
-                        source_name(source)
-                    ),
-                );
-            }
             FetchOutcome::Applied { snapshot, source } => {
                 let version = snapshot.version();
                 let cells = snapshot.cells().len();
@@ -569,7 +531,7 @@ impl Root {
         );
         self.subscription = config.sidecar.clone().map(|sidecar| {
             let seed = getrandom::u64().unwrap_or(now);
-            Subscription::new(sidecar, now, seed)
+            Subscription::new(sidecar, now, seed).with_gateway_region(config.region.clone())
         });
         self.keys = Vec::new();
         if let Some(jwt) = config.jwt() {

@@ -257,6 +257,10 @@ pub struct Subscription {
     last_contact_ms: Option<u64>,
     last_start_ms: Option<u64>,
     rng: u64,
+    /// The gateway's `region`: a snapshot this gateway cannot route by
+    /// (`Snapshot::local_region`) is refused like an invalid one, here, so
+    /// that every host (the Wasm VM, the native module) refuses it alike.
+    gateway_region: Option<String>,
 }
 
 impl Subscription {
@@ -280,6 +284,26 @@ impl Subscription {
             last_start_ms: None,
             // xorshift must not start at 0.
             rng: seed | 1,
+            gateway_region: None,
+        }
+    }
+
+    /// The gateway's `region` (plugin config): snapshots that do not fit it
+    /// are refused and the last good one keeps serving.
+    pub fn with_gateway_region(mut self, region: Option<String>) -> Self {
+        self.gateway_region = region;
+        self
+    }
+
+    /// `parsed`, refused if this gateway cannot route by it.
+    fn fits_region(&self, parsed: Result<Snapshot, PathError>) -> Result<Snapshot, PathError> {
+        let snapshot = parsed?;
+        match snapshot.local_region(self.gateway_region.as_deref()) {
+            Ok(_) => Ok(snapshot),
+            Err(why) => Err(PathError::new(
+                "$.regions",
+                format!("version {}: {why}", snapshot.version()),
+            )),
         }
     }
 
@@ -507,7 +531,7 @@ impl Subscription {
                         };
                     }
                 };
-                match binary::parse_any_newer(body, self.version) {
+                match self.fits_region(binary::parse_any_newer(body, self.version)) {
                     Ok(snapshot) => {
                         // Recorded once installed, not before: a snapshot
                         // dropped on the way must be asked for again.
@@ -626,7 +650,7 @@ impl Subscription {
                     }
                 };
                 self.persisted = PersistedState::Done;
-                match binary::parse_any(body) {
+                match self.fits_region(binary::parse_any(body)) {
                     Err(error) => FetchOutcome::Refused {
                         source,
                         error,

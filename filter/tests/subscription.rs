@@ -938,3 +938,52 @@ fn the_binary_form_is_asked_first_and_either_form_is_applied() {
         Some("application/json")
     );
 }
+
+/// A format-2 snapshot with regions `us` and `eu` (one default pool).
+fn two_regions(version: u64) -> Vec<u8> {
+    let table = |cell: u16| cell_router_mapping::snapshot::encode_slot_table(&[cell; 4]);
+    serde_json::json!({
+        "format": 2,
+        "version": version,
+        "generated_at": "2026-01-01T00:00:00Z",
+        "hash": {"algorithm": "siphash-1-3", "key": "7b1f3c9a2e4d6f80a1c3e5f70b2d4f61", "slots": 4},
+        "regions": [{"id": "us"}, {"id": "eu"}],
+        "region_table": table(0),
+        "cells": [
+            {"id": "p-us", "pool": "p", "region": "us"},
+            {"id": "p-eu", "pool": "p", "region": "eu"},
+        ],
+        "pools": [{"id": "p", "slot_tables": {"us": table(0), "eu": table(1)}}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn a_snapshot_without_the_gateways_region_is_refused_and_asked_past() {
+    // The same rule for every host: the Wasm VM and the native module both
+    // take snapshots through the subscription.
+    let mut sub = Subscription::new(sidecar(), T0, 1).with_gateway_region(Some("ap".into()));
+    start(&mut sub, T0, 1);
+    respond(&mut sub, 1, T0, Some(200), &body(5));
+    assert_eq!(sub.version(), Some(5));
+    start(&mut sub, T0 + 100, 2);
+    match respond(&mut sub, 2, T0 + 200, Some(200), &two_regions(6)) {
+        FetchOutcome::Refused { error, .. } => {
+            assert_eq!(error.path, "$.regions");
+            assert!(error.message.contains("\"ap\""), "{}", error.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.version(), Some(5));
+    let request = sub.poll(T0 + 200 + 5_000).expect("due after the backoff");
+    assert_eq!(request.header(":path"), Some("/snapshot?after=6&wait=30"));
+
+    // A gateway in one of its regions takes it.
+    let mut sub = Subscription::new(sidecar(), T0, 1).with_gateway_region(Some("eu".into()));
+    start(&mut sub, T0, 1);
+    assert!(matches!(
+        respond(&mut sub, 1, T0, Some(200), &two_regions(6)),
+        FetchOutcome::Applied { .. }
+    ));
+}

@@ -440,32 +440,14 @@ fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
         if let Some(by_host) = decision.verified_by_host {
             metrics.verified(&mut sink, by_host);
         }
-        match decision.outcome {
-            Outcome::Routed { cell, reason } => {
-                metrics.routed(&mut sink, cell);
-                match reason {
-                    "failover" => metrics.failover(&mut sink, cell),
-                    "ramp" => metrics.ramped(&mut sink, cell),
-                    _ => {}
-                }
-            }
-            Outcome::Shed { cell } => metrics.shed(&mut sink, cell),
-            Outcome::Unavailable { cell } => metrics.unavailable(&mut sink, cell),
-            Outcome::NoSnapshot => metrics.no_snapshot(&mut sink),
-            Outcome::Rejected(reason) => {
-                metrics.rejected(&mut sink, reason);
-                // Keys fetched at run time: an unknown kid may be a new key.
-                if reason == Reason::UnknownKid
-                    && let Some(jwt) = settings.jwt()
-                    && let Some(kid) = key_subscription::unknown_kid_of(jwt, &headers)
-                {
-                    key_subscription::note_unknown_kid(
-                        &mut subscriber::lock(&shared.unknown_kids),
-                        kid,
-                    );
-                }
-            }
-            Outcome::Readiness { .. } => {}
+        // The same bookkeeping as the Wasm filter's (`Metrics::outcome`).
+        metrics.outcome(&mut sink, decision.outcome);
+        // Keys fetched at run time: an unknown kid may be a new key.
+        if decision.outcome == Outcome::Rejected(Reason::UnknownKid)
+            && let Some(jwt) = settings.jwt()
+            && let Some(kid) = key_subscription::unknown_kid_of(jwt, &headers)
+        {
+            key_subscription::note_unknown_kid(&mut subscriber::lock(&shared.unknown_kids), kid);
         }
 
         // The decision, where access logs read it (`%FILTER_STATE(cell_router.cell:PLAIN)%`).

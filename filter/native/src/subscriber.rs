@@ -279,10 +279,10 @@ impl<'s> Root<'s> {
     fn new(shared: &'s Shared, clusters: Clusters) -> Root<'s> {
         let now = now_ms();
         let config = shared.config();
-        let subscription = config
-            .sidecar
-            .clone()
-            .map(|sidecar| Subscription::new(sidecar, now, now ^ 0x9e37_79b9_7f4a_7c15));
+        let subscription = config.sidecar.clone().map(|sidecar| {
+            Subscription::new(sidecar, now, now ^ 0x9e37_79b9_7f4a_7c15)
+                .with_gateway_region(config.region.clone())
+        });
         let mut keys = Vec::new();
         if let Some(jwt) = config.jwt() {
             if let Some(remote) = jwt.remote.clone() {

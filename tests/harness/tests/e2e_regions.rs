@@ -17,18 +17,11 @@ use cell_router_harness::e2e::regions::{
     FORWARDED_BY_HEADER, POOL_HEADER, REGION_HEADER, RegionGateway, RegionLayout, Served,
     TwoRegions,
 };
-use cell_router_harness::e2e::{self, cellmap_bin, client, wait_until, work_dir};
+use cell_router_harness::e2e::{cellmap_bin, client, wait_until, work_dir};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
-
-/// Whether the tests also check the filter's counters and its filter state
-/// (access log): both builds have them (the native module's counters by
-/// `e2e::metric`'s names), so always.
-fn observed() -> bool {
-    true
-}
 
 fn start(name: &str, layout: &RegionLayout) -> TwoRegions {
     let dir = work_dir(name).unwrap();
@@ -102,12 +95,10 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
     }
     // One tenant, two pools, two cells.
     assert_ne!(served_cells["voice"], served_cells["sms"]);
-    if observed() {
-        assert_eq!(
-            regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before,
-            2
-        );
-    }
+    assert_eq!(
+        regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before,
+        2
+    );
     assert_eq!(
         upstream_to(&regions.us, &us_cells),
         us_before,
@@ -127,34 +118,32 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
             })
         })
     };
-    if observed() {
-        assert!(
-            logged(
-                &regions.us,
-                &[
-                    ("reason", "forward"),
-                    ("pool", "sms"),
-                    ("region", "eu"),
-                    ("forwarded_by", "us")
-                ]
-            ),
-            "{}",
-            regions.us.envoy.process.log_tail(20)
-        );
-        assert!(
-            logged(
-                &regions.eu,
-                &[
-                    ("cell", served_cells["sms"].as_str()),
-                    ("pool", "sms"),
-                    ("region", "eu"),
-                    ("forwarded_by", "us"),
-                ]
-            ),
-            "{}",
-            regions.eu.envoy.process.log_tail(20)
-        );
-    }
+    assert!(
+        logged(
+            &regions.us,
+            &[
+                ("reason", "forward"),
+                ("pool", "sms"),
+                ("region", "eu"),
+                ("forwarded_by", "us")
+            ]
+        ),
+        "{}",
+        regions.us.envoy.process.log_tail(20)
+    );
+    assert!(
+        logged(
+            &regions.eu,
+            &[
+                ("cell", served_cells["sms"].as_str()),
+                ("pool", "sms"),
+                ("region", "eu"),
+                ("forwarded_by", "us"),
+            ]
+        ),
+        "{}",
+        regions.eu.envoy.process.log_tail(20)
+    );
 
     // A US tenant stays in the US.
     let reply = regions
@@ -172,9 +161,7 @@ fn eu_tenant_at_the_us_gateway_is_served_by_an_eu_cell_through_the_eu_gateway() 
     let via_eu = Served::of(&reply).unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(via_eu.cell, served.cell);
     assert_eq!(via_eu.header(FORWARDED_BY_HEADER), Some("eu"));
-    if observed() {
-        assert_eq!(regions.eu.metric("cell_router.forwarded.us").unwrap(), 1);
-    }
+    assert_eq!(regions.eu.metric("cell_router.forwarded.us").unwrap(), 1);
 }
 
 #[test]
@@ -223,11 +210,9 @@ fn disagreeing_snapshots_never_forward_twice() {
                 .unwrap(),
         );
         // Forwarded once, refused by the other side, never sent back.
-        if observed() {
-            assert_eq!(after.0 - before.0, 1, "{} forwarded", entry.region);
-            assert_eq!(after.1 - before.1, 1, "{} refused", other.region);
-            assert_eq!(after.2, before.2, "{} forwarded back", other.region);
-        }
+        assert_eq!(after.0 - before.0, 1, "{} forwarded", entry.region);
+        assert_eq!(after.1 - before.1, 1, "{} refused", other.region);
+        assert_eq!(after.2, before.2, "{} forwarded back", other.region);
         assert_eq!(after.3 - before.3, 1);
         assert_eq!(after.4, before.4, "{} sent it back", other.region);
     }
@@ -553,16 +538,14 @@ fn thousand_tenants_two_pools_two_regions_agree_with_cellmap_route() {
     // requests of tenants homed in the other region.
     assert_eq!(per_cell.len(), 12, "{per_cell:?}");
     assert!(crossing[0] > 500 && crossing[1] > 500, "{crossing:?}");
-    if observed() {
-        assert_eq!(
-            regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before[0],
-            crossing[0]
-        );
-        assert_eq!(
-            regions.eu.metric("cell_router.forwarded.us").unwrap() - forwarded_before[1],
-            crossing[1]
-        );
-    }
+    assert_eq!(
+        regions.us.metric("cell_router.forwarded.eu").unwrap() - forwarded_before[0],
+        crossing[0]
+    );
+    assert_eq!(
+        regions.eu.metric("cell_router.forwarded.us").unwrap() - forwarded_before[1],
+        crossing[1]
+    );
     // Envoy's own count of what each gateway sent to the other region.
     assert_eq!(
         regions.us.upstream_requests("region|eu").unwrap() - region_before[0],
