@@ -30,7 +30,7 @@ native:
 ## Every real-Envoy e2e file against the native build (CELL_ROUTER_BUILD=native:
 ## the harness's gateways run envoy/envoy-native.yaml); `unit` runs them
 ## against the Wasm build. A new tests/harness/tests/e2e_*.rs belongs here too.
-E2E_FILES := e2e_envoy e2e_attacks e2e_chaos e2e_keys e2e_draws e2e_observe e2e_native
+E2E_FILES := e2e_envoy e2e_attacks e2e_chaos e2e_keys e2e_draws e2e_observe e2e_native e2e_regions
 e2e-native: tools native cellmap envoy
 	$(CARGO) build --locked -p cell-router-cell-backend --bins
 	$(TEST_ENV) CELL_ROUTER_BUILD=native $(CARGO) test --locked -p cell-router-harness $(addprefix --test ,$(E2E_FILES))
