@@ -663,6 +663,10 @@ pub fn run(options: &Options) -> Result<Outcome> {
                 Some(s) if s.rps <= 0.0 => {
                     problems.push(format!("{} @{conns}: no requests", case.id))
                 }
+                Some(s) if s.empty_runs > 0 => problems.push(format!(
+                    "{} @{conns}: {} runs without a single answer",
+                    case.id, s.empty_runs
+                )),
                 Some(s) if s.errors > 0 || s.rejected > 0 => problems.push(format!(
                     "{} @{conns}: {} errors, {} rejected",
                     case.id, s.errors, s.rejected

@@ -107,6 +107,8 @@ pub struct Summary {
     pub gateway_cpu_us_max: f64,
     pub cache_hit_share: Option<f64>,
     pub errors: u64,
+    /// Runs that got no answer at all (left out of every figure above).
+    pub empty_runs: usize,
     pub rejected: i64,
     pub wraps: u64,
 }
@@ -166,15 +168,20 @@ fn per_round_ratio(
     connections: u32,
     value: impl Fn(&Sample) -> f64,
 ) -> Option<RoundRatio> {
+    // A run that got no answer (the machine stalled, wrk failed) has no
+    // ratio; it counts as a problem of the run instead.
     let ratios: Vec<f64> = samples
         .iter()
-        .filter(|s| s.case == case && s.connections == connections)
+        .filter(|s| s.case == case && s.connections == connections && s.wrk.requests > 0)
         .filter_map(|s| {
-            let b = samples
-                .iter()
-                .find(|b| b.case == base && b.connections == connections && b.round == s.round)?;
-            let bv = value(b);
-            (bv > 0.0).then(|| value(s) / bv)
+            let b = samples.iter().find(|b| {
+                b.case == base
+                    && b.connections == connections
+                    && b.round == s.round
+                    && b.wrk.requests > 0
+            })?;
+            let (sv, bv) = (value(s), value(b));
+            (sv > 0.0 && bv > 0.0).then(|| sv / bv)
         })
         .collect();
     RoundRatio::of(ratios)
@@ -190,10 +197,11 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
     let mut out = Vec::new();
     for &conns in connections {
         for case in cases {
-            let runs: Vec<&Sample> = samples
+            let all_runs = samples
                 .iter()
-                .filter(|s| s.case == case.id && s.connections == conns)
-                .collect();
+                .filter(|s| s.case == case.id && s.connections == conns);
+            let empty_runs = all_runs.clone().filter(|s| s.wrk.requests == 0).count();
+            let runs: Vec<&Sample> = all_runs.filter(|s| s.wrk.requests > 0).collect();
             if runs.is_empty() {
                 continue;
             }
@@ -260,6 +268,7 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
                 gateway_cpu_us_max: cpu.iter().copied().fold(0.0, f64::max),
                 cache_hit_share: (!hits.is_empty()).then(|| median(&mut hits)),
                 errors: runs.iter().map(|s| s.wrk.errors()).sum(),
+                empty_runs,
                 rejected: runs.iter().map(|s| s.rejected).sum(),
                 wraps: runs.iter().map(|s| s.wrk.wraps).sum(),
             });

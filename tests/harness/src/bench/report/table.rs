@@ -165,6 +165,12 @@ impl Report<'_> {
                     .map(|h| format!("{:.0} %", h * 100.0))
                     .unwrap_or_else(|| "–".into());
                 let mut errors = (s.errors + s.rejected.max(0) as u64).to_string();
+                if s.empty_runs > 0 {
+                    errors.push_str(&format!(
+                        " ({} runs without an answer, left out)",
+                        s.empty_runs
+                    ));
+                }
                 if s.wraps > 0 && s.case.starts_with("router-unique") {
                     errors.push_str(&format!(" (pool went round {}×)", s.wraps));
                 }
