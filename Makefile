@@ -118,9 +118,11 @@ clean:
 	rm -rf dist
 
 ## Benchmarks (not part of `make test`; bench-smoke is): real Envoy with the cell
-## router against plain Envoy and jwt_authn + Lua, plus the mapping and Wasm
-## benches; writes BENCHMARKS.md and BENCHMARKS.svg. About 10 minutes once
-## built (the first run also mints ~30,000 RS256 tokens, kept for 3 days).
+## router (Wasm and native) against plain Envoy and jwt_authn + Lua at 3, 100
+## and 1,000 cells, the per-call host cost table, plus the mapping and Wasm
+## benches; writes BENCHMARKS.md and BENCHMARKS.svg. Gateways pinned to CPU 0,
+## everything else to CPU 1 (taskset). About 22 minutes once built on 2 cores
+## (the first run also mints ~30,000 RS256 tokens, kept for 3 days).
 BENCH_TARGET = $${CARGO_TARGET_DIR:-target}
 BENCH_OUT := target/cell-router-bench
 
@@ -136,8 +138,9 @@ bench: tools build envoy
 	  --mapping-output $(BENCH_OUT)/mapping.txt --wasm-output $(BENCH_OUT)/wasm.txt
 	$(TEST_ENV) CELL_ROUTER_BENCH_COMMAND="make bench" $(BENCH_TARGET)/release/cell-router-bench scale
 
-## A ~1-minute run of the same benchmark (one round of 2 s per case at 16
-## connections, small pools); fails unless every case produced a clean row.
+## A ~2-minute run of the same benchmark (one round of 2 s per case at 16
+## connections, small pools, no per-call table); fails unless every case
+## produced a clean row.
 ## The debug binary: `make test` has already built it.
 bench-smoke: tools build envoy
 	$(CARGO) build --locked -p cell-router-harness --bin cell-router-bench

@@ -359,6 +359,7 @@ fn no_client_header_can_name_a_cluster_that_is_not_a_cell() {
         "envoy/docker/envoy.yaml",
         "envoy/bench/plain.yaml",
         "envoy/bench/cell-router.yaml",
+        "envoy/bench/cell-router-native.yaml",
         "envoy/bench/jwt-lua.yaml",
         "envoy/bench/trust-header.yaml",
     ];

@@ -23,13 +23,13 @@ const PROBE_CALLS: [(&str, &str); 10] = [
     ("proxy_get_header_map_pairs", "pairs"),
     ("proxy_get_header_map_value", "get"),
     ("proxy_replace_header_map_value", "replace"),
-    ("proxy_add_header_map_value", "add"),
     ("proxy_remove_header_map_value", "remove"),
     ("proxy_get_current_time_nanoseconds", "time"),
     ("proxy_increment_metric", "metric"),
     ("proxy_record_metric", "metric"),
     ("proxy_call_foreign_function", "foreign"),
-    ("proxy_get_property", "property"),
+    ("proxy_get_property", "property_get"),
+    ("proxy_set_property", "property_set"),
 ];
 
 /// The router's host calls per request for a cached HS256 token.
@@ -51,6 +51,15 @@ impl HostCalls {
             }
         }
         calls.join(",")
+    }
+
+    /// The router's calls per request the probe makes as `probe_name`.
+    pub fn calls_of_probe_name(&self, probe_name: &str) -> u64 {
+        PROBE_CALLS
+            .iter()
+            .filter(|(_, probe)| *probe == probe_name)
+            .map(|(abi, _)| self.per_request.get(*abi).copied().unwrap_or(0))
+            .sum()
     }
 
     /// Calls the probe does not make (it cannot stand in for them).

@@ -24,18 +24,26 @@ pub enum Gateway {
     ProbeEmpty,
     /// plain + the probe filter making the router's host calls.
     ProbeCalls,
+    /// The same router as (2), built natively: the Envoy dynamic module
+    /// (`filter/native`, `dist/libcell_router_native.so`).
+    RouterNative,
+    /// plain + the probe filter repeating the host call the request's
+    /// `x-probe-calls` header names: the per-call cost table.
+    ProbeTable,
 }
 
 impl Gateway {
-    pub const ALL: [Gateway; 8] = [
+    pub const ALL: [Gateway; 10] = [
         Gateway::Plain,
         Gateway::Router,
+        Gateway::RouterNative,
         Gateway::RouterUnique,
         Gateway::JwtLua,
         Gateway::JwtLuaNoCache,
         Gateway::TrustHeader,
         Gateway::ProbeEmpty,
         Gateway::ProbeCalls,
+        Gateway::ProbeTable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,20 +56,28 @@ impl Gateway {
             Gateway::TrustHeader => "trust-header",
             Gateway::ProbeEmpty => "probe-empty",
             Gateway::ProbeCalls => "probe-calls",
+            Gateway::RouterNative => "cell-router-native",
+            Gateway::ProbeTable => "probe-table",
         }
     }
 
     /// The probe gateways (plain + `envoy/bench/probe`), which route on the
     /// client's header like plain.
     pub fn is_probe(self) -> bool {
-        matches!(self, Gateway::ProbeEmpty | Gateway::ProbeCalls)
+        matches!(
+            self,
+            Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable
+        )
     }
 
     /// The config template in `envoy/bench/`.
     pub fn template(self) -> &'static str {
         match self {
-            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => "plain.yaml",
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable => {
+                "plain.yaml"
+            }
             Gateway::Router | Gateway::RouterUnique => "cell-router.yaml",
+            Gateway::RouterNative => "cell-router-native.yaml",
             Gateway::JwtLua | Gateway::JwtLuaNoCache => "jwt-lua.yaml",
             Gateway::TrustHeader => "trust-header.yaml",
         }
@@ -73,6 +89,12 @@ impl Gateway {
             self,
             Gateway::Router | Gateway::RouterUnique | Gateway::TrustHeader
         )
+    }
+
+    /// Whether the cell router routes in this gateway (Wasm or native): its
+    /// snapshot version is awaited and checked.
+    pub fn routes_by_snapshot(self) -> bool {
+        self.has_filter() || self == Gateway::RouterNative
     }
 
     pub fn has_jwt_authn(self) -> bool {
@@ -124,6 +146,9 @@ pub struct Case {
     /// Cells in the snapshot and the gateway's clusters (3 but for the
     /// cost-vs-cells rows, group 6).
     pub cells: usize,
+    /// The per-call table's rows (group 7): the host call the probe
+    /// repeats and how many times per request.
+    pub probe: Option<(&'static str, u32)>,
 }
 
 impl Case {
@@ -135,9 +160,13 @@ impl Case {
             Gateway::TrustHeader => "trust",
             Gateway::ProbeEmpty => "probe-empty",
             Gateway::ProbeCalls => "probe-calls",
+            Gateway::RouterNative => "native",
+            Gateway::ProbeTable => "probe-table",
         };
         let id = match gateway {
-            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls => prefix.to_string(),
+            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable => {
+                prefix.to_string()
+            }
             _ => {
                 let kind = if tokens.is_unique() {
                     "unique"
@@ -156,7 +185,28 @@ impl Case {
             gateway,
             tokens,
             cells: DEFAULT_CELLS,
+            probe: None,
         }
+    }
+
+    /// A per-call table row: the probe making `call` `n` times per request
+    /// (`n` = 0: the table's own baseline, the probe reading its header).
+    pub fn probe_table(call: &'static str, n: u32) -> Case {
+        let mut case = Case::new(7, Gateway::ProbeTable, Tokens::Cached(Alg::HS256));
+        case.id = if n == 0 {
+            "probe-table-none".into()
+        } else {
+            format!("probe-table-{call}-x{n}")
+        };
+        case.probe = Some((call, n));
+        case
+    }
+
+    /// Whether this case runs at `connections` of `all` (every case at the
+    /// first count; the cost-vs-cells rows and the per-call table only
+    /// there, to keep the run short).
+    pub fn runs_at(&self, connections: u32, all: &[u32]) -> bool {
+        !matches!(self.group, 6 | 7) || all.first() == Some(&connections)
     }
 
     /// The same case with `cells` cells (group 6, id suffix `-c<cells>`).
@@ -194,6 +244,13 @@ impl Case {
             Gateway::Router | Gateway::RouterUnique => {
                 format!("cell-router, {}", self.tokens.describe())
             }
+            Gateway::RouterNative => {
+                format!("cell-router native, {}", self.tokens.describe())
+            }
+            Gateway::ProbeTable => match self.probe {
+                Some((call, n)) if n > 0 => format!("probe: {call} ×{n}"),
+                _ => "probe: no call (reads its header)".into(),
+            },
             Gateway::JwtLua | Gateway::JwtLuaNoCache => {
                 format!("jwt_authn + Lua, {}", self.tokens.describe())
             }
@@ -216,7 +273,16 @@ impl Case {
     /// requests to 1,000 clusters costs Envoy more than to 3, whatever
     /// the routing (1,000 connection pools per worker, colder caches).
     pub fn headers(&self) -> Vec<String> {
-        if self.gateway.is_probe() {
+        if self.gateway == Gateway::ProbeTable {
+            let calls = match self.probe {
+                Some((call, n)) if n > 0 => format!("{call}*{n}"),
+                _ => "none".into(),
+            };
+            vec![
+                "x-cell-id: cell-a".to_string(),
+                format!("x-probe-calls: {calls}"),
+            ]
+        } else if self.gateway.is_probe() {
             vec!["x-cell-id: cell-a".to_string()]
         } else if self.gateway == Gateway::Plain {
             vec![format!("x-cell-id: {{cells:{}}}", self.cells)]
@@ -275,8 +341,8 @@ fn thousands(n: usize) -> String {
     }
 }
 
-/// The cost-vs-cells rows (group 6): plain, the router (cached HS256) and
-/// jwt_authn + Lua (cached HS256), each in its best routing style (one
+/// The cost-vs-cells rows (group 6): plain, the router (cached HS256; Wasm
+/// and native) and jwt_authn + Lua (cached HS256), each in its best routing style (one
 /// `cluster_header` route), at each of `cells`; `router_only` for the
 /// smoke run.
 pub fn cell_cases(cells: &[usize], router_only: bool) -> Vec<Case> {
@@ -288,7 +354,49 @@ pub fn cell_cases(cells: &[usize], router_only: bool) -> Vec<Case> {
         }
         out.push(Case::new(2, Gateway::Router, Tokens::Cached(HS256)).with_cells(n));
         if !router_only {
+            out.push(Case::new(2, Gateway::RouterNative, Tokens::Cached(HS256)).with_cells(n));
             out.push(Case::new(4, Gateway::JwtLua, Tokens::Cached(HS256)).with_cells(n));
+        }
+    }
+    out
+}
+
+/// The host calls of the per-call table, by the probe's names, and what
+/// each does (`envoy/bench/probe`).
+pub const TABLE_CALLS: [(&str, &str); 9] = [
+    (
+        "pairs",
+        "proxy_get_header_map_pairs: every request header at once",
+    ),
+    ("get", "proxy_get_header_map_value: one request header"),
+    (
+        "replace",
+        "proxy_replace_header_map_value: set one request header",
+    ),
+    (
+        "remove",
+        "proxy_remove_header_map_value: a header the request lacks",
+    ),
+    ("time", "proxy_get_current_time_nanoseconds"),
+    ("metric", "proxy_increment_metric: one counter"),
+    (
+        "foreign",
+        "proxy_call_foreign_function(\"clear_route_cache\")",
+    ),
+    ("property_get", "proxy_get_property(request.path)"),
+    ("property_set", "proxy_set_property: one filter state value"),
+];
+
+/// Calls per request of the per-call table's rows.
+pub const TABLE_REPEATS: [u32; 3] = [1, 10, 100];
+
+/// The per-call table's rows (group 7): its baseline, then every call of
+/// [`TABLE_CALLS`] at every count of [`TABLE_REPEATS`].
+pub fn table_cases() -> Vec<Case> {
+    let mut out = vec![Case::probe_table("none", 0)];
+    for (call, _) in TABLE_CALLS {
+        for n in TABLE_REPEATS {
+            out.push(Case::probe_table(call, n));
         }
     }
     out
@@ -303,6 +411,8 @@ pub fn all_cases() -> Vec<Case> {
         Case::new(1, Gateway::Plain, Tokens::Cached(RS256)),
         Case::new(2, Gateway::Router, Tokens::Cached(HS256)),
         Case::new(2, Gateway::Router, Tokens::Cached(RS256)),
+        Case::new(2, Gateway::RouterNative, Tokens::Cached(HS256)),
+        Case::new(2, Gateway::RouterNative, Tokens::Cached(RS256)),
         Case::new(3, Gateway::RouterUnique, Tokens::Unique(HS256)),
         Case::new(3, Gateway::RouterUnique, Tokens::Unique(RS256)),
         Case::new(3, Gateway::RouterUnique, Tokens::Unique(ES256)),
@@ -330,9 +440,11 @@ mod tests {
             [
                 "plain-c100",
                 "router-cached-hs256-c100",
+                "native-cached-hs256-c100",
                 "jwtlua-cached-hs256-c100",
                 "plain-c1000",
                 "router-cached-hs256-c1000",
+                "native-cached-hs256-c1000",
                 "jwtlua-cached-hs256-c1000"
             ]
         );
@@ -349,15 +461,43 @@ mod tests {
             cases[1].baseline_jwt_lua().as_deref(),
             Some("jwtlua-cached-hs256-c100")
         );
-        assert_eq!(cases[3].headers(), ["x-cell-id: {cells:1000}"]);
+        assert_eq!(
+            cases[2].baseline_jwt_lua().as_deref(),
+            Some("jwtlua-cached-hs256-c100")
+        );
+        assert_eq!(cases[4].headers(), ["x-cell-id: {cells:1000}"]);
         assert!(
-            cases[4].label().ends_with(", 1,000 cells"),
+            cases[5].label().ends_with(", 1,000 cells"),
             "{}",
-            cases[4].label()
+            cases[5].label()
         );
         assert_eq!(cell_cases(&[1000], true).len(), 1);
         assert_eq!(all_cases()[0].headers(), ["x-cell-id: {cells:3}"]);
         assert_eq!(plain_cell(3), "cell-c");
+    }
+
+    #[test]
+    fn table_cases_name_their_call_and_count() {
+        let cases = table_cases();
+        assert_eq!(cases.len(), 1 + TABLE_CALLS.len() * TABLE_REPEATS.len());
+        assert_eq!(cases[0].id, "probe-table-none");
+        assert_eq!(
+            cases[0].headers(),
+            ["x-cell-id: cell-a", "x-probe-calls: none"]
+        );
+        let metric = cases
+            .iter()
+            .find(|c| c.id == "probe-table-metric-x100")
+            .unwrap();
+        assert_eq!(metric.probe, Some(("metric", 100)));
+        assert_eq!(
+            metric.headers(),
+            ["x-cell-id: cell-a", "x-probe-calls: metric*100"]
+        );
+        assert!(metric.baseline_jwt_lua().is_none());
+        assert!(metric.runs_at(16, &[16, 64]));
+        assert!(!metric.runs_at(64, &[16, 64]));
+        assert!(all_cases()[0].runs_at(64, &[16, 64]));
     }
 
     #[test]
@@ -377,8 +517,9 @@ mod tests {
                 assert!(ids.contains(&base.as_str()), "{} → {base}", case.id);
             }
         }
+        assert_eq!(cases[6].id, "router-unique-rs256");
         assert_eq!(
-            cases[4].baseline_jwt_lua().as_deref(),
+            cases[6].baseline_jwt_lua().as_deref(),
             Some("jwtlua-unique-rs256")
         );
         assert!(

@@ -2,7 +2,7 @@
 //! interleaved rounds, memory, propagation, and the report.
 
 use super::anatomy;
-use super::cases::{Case, DEFAULT_CELLS, Gateway, Tokens, all_cases, cell_cases};
+use super::cases::{Case, DEFAULT_CELLS, Gateway, Tokens, all_cases, cell_cases, table_cases};
 use super::inner::InnerBenches;
 use super::pools::{PoolStore, TokenFile};
 use super::propagation::{self, PropagationOptions, PropagationReport};
@@ -46,6 +46,10 @@ pub struct Options {
     pub token_dir: PathBuf,
     /// Where the probe filter is built (`None`: no probe cases).
     pub probe_target_dir: Option<PathBuf>,
+    /// The per-call cost table (needs the probe).
+    pub probe_table: bool,
+    /// Pin the gateways to one core and everything else to another.
+    pub pinning: Option<stack::Pinning>,
     pub command: String,
 }
 
@@ -75,12 +79,21 @@ fn log(message: impl AsRef<str>) {
 fn selected_cases(options: &Options) -> Vec<Case> {
     let mut all = all_cases();
     all.extend(cell_cases(&options.cells, options.cells_router_only));
+    if options.probe_table {
+        all.extend(table_cases());
+    }
     let Some(only) = &options.only else {
         return all;
     };
     let mut keep: Vec<String> = only.clone();
     keep.push("plain".into());
-    if only.iter().any(|id| id.starts_with("probe")) {
+    if only.iter().any(|id| id.starts_with("probe-table")) {
+        keep.push("probe-table-none".into());
+    }
+    if only
+        .iter()
+        .any(|id| id.starts_with("probe") && !id.starts_with("probe-table"))
+    {
         keep.extend([
             "probe-empty".into(),
             "probe-calls".into(),
@@ -114,7 +127,7 @@ fn sum_matching(stats: &HashMap<String, i64>, pred: impl Fn(&str) -> bool) -> Op
 impl Counters {
     fn read(envoy: &Envoy, gateway: Gateway) -> Counters {
         let mut counters = Counters::default();
-        if gateway.has_filter() {
+        if gateway.routes_by_snapshot() {
             let stats = envoy.stats("cell_router").unwrap_or_default();
             counters.hits = sum_matching(&stats, |k| k.ends_with("token_cache.hit"));
             counters.misses = sum_matching(&stats, |k| k.ends_with("token_cache.miss"));
@@ -189,6 +202,7 @@ impl Bench<'_> {
             token_file,
             start,
             headers: &case.headers(),
+            cpus: self.options.pinning.as_ref().map(|p| p.other_cpus.as_str()),
         }
         .run()
         .with_context(|| format!("{} at {connections} connections", case.id))?;
@@ -289,6 +303,12 @@ fn run_info(options: &Options) -> RunInfo {
         backend_concurrency: options.backend_concurrency,
         tenants: options.tenants,
         load_before: loadavg(),
+        pinning: options.pinning.as_ref().map(|p| {
+            format!(
+                "gateways on CPU {}, client, backend and sidecars on CPU {}",
+                p.gateway_cpus, p.other_cpus
+            )
+        }),
         ..RunInfo::default()
     }
 }
@@ -302,6 +322,15 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let mut cases = selected_cases(options);
     if options.probe_target_dir.is_none() {
         cases.retain(|c| !c.gateway.is_probe());
+    }
+    if let Err(err) = e2e::native_dir() {
+        log(format!("no native cases: {err:#}"));
+        cases.retain(|c| c.gateway != Gateway::RouterNative);
+    }
+    if let Some(pinning) = &options.pinning {
+        // The benchmark itself (and the wrk runs it starts) off the
+        // gateways' core.
+        stack::pin(std::process::id(), &pinning.other_cpus)?;
     }
     let max_conns = options.connections.iter().copied().max().unwrap_or(16);
 
@@ -354,6 +383,14 @@ pub fn run(options: &Options) -> Result<Outcome> {
     log("starting the backend Envoy, the sidecar and the gateways");
     let backends = stack::start_backend(&dir, options.backend_concurrency)?;
     let sidecar = Sidecar::start(&dir, &source)?;
+    let pin_other = |process: &e2e::Process| -> Result<()> {
+        if let (Some(pinning), Some(pid)) = (&options.pinning, process.pid()) {
+            stack::pin(pid, &pinning.other_cpus)?;
+        }
+        Ok(())
+    };
+    pin_other(&backends.process)?;
+    pin_other(&sidecar.process)?;
     // The cost-vs-cells rows: a snapshot of that many cells, its sidecar,
     // its Lua table, and gateways with that many cell clusters.
     let mut cell_sets: BTreeMap<usize, CellSet> = BTreeMap::new();
@@ -373,6 +410,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
         let source = cell_dir.join("snapshot.json");
         e2e::publish(&source, doc.to_json().as_bytes())?;
         let sidecar = Sidecar::start(&cell_dir, &source)?;
+        pin_other(&sidecar.process)?;
         cell_sets.insert(
             n,
             CellSet {
@@ -408,11 +446,14 @@ pub fn run(options: &Options) -> Result<Outcome> {
                 gw_files,
                 options.concurrency,
             )?;
+            if let (Some(pinning), Some(pid)) = (&options.pinning, envoy.process.pid()) {
+                stack::pin(pid, &pinning.gateway_cpus)?;
+            }
             gateways.insert((gateway, n), envoy);
         }
     }
     for ((gateway, n), envoy) in &gateways {
-        if gateway.has_filter() {
+        if gateway.routes_by_snapshot() {
             let log_tail = cell_sets
                 .get(n)
                 .map_or(&sidecar, |s| &s.sidecar)
@@ -509,6 +550,9 @@ pub fn run(options: &Options) -> Result<Outcome> {
             let run = 1 + round * options.connections.len() + conn_index;
             let n = cases.len();
             for case in cases.iter().cycle().skip(round % n.max(1)).take(n) {
+                if !case.runs_at(conns, &options.connections) {
+                    continue;
+                }
                 let (file, start) = token_file(case, run)?;
                 let sample = bench.run_case(case, conns, options.duration, &file, start, round)?;
                 log(format!(
@@ -608,6 +652,9 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let mut problems = Vec::new();
     for case in &cases {
         for conns in &options.connections {
+            if !case.runs_at(*conns, &options.connections) {
+                continue;
+            }
             match summaries
                 .iter()
                 .find(|s| s.case == case.id && s.connections == *conns)
@@ -616,6 +663,10 @@ pub fn run(options: &Options) -> Result<Outcome> {
                 Some(s) if s.rps <= 0.0 => {
                     problems.push(format!("{} @{conns}: no requests", case.id))
                 }
+                Some(s) if s.empty_runs > 0 => problems.push(format!(
+                    "{} @{conns}: {} runs without a single answer",
+                    case.id, s.empty_runs
+                )),
                 Some(s) if s.errors > 0 || s.rejected > 0 => problems.push(format!(
                     "{} @{conns}: {} errors, {} rejected",
                     case.id, s.errors, s.rejected

@@ -235,7 +235,7 @@ fn sidecar_settings() -> Value {
 /// The filter's configuration in a gateway (`None`: no filter).
 pub fn plugin_config(gateway: Gateway) -> Option<Value> {
     match gateway {
-        Gateway::Router | Gateway::RouterUnique => Some(
+        Gateway::Router | Gateway::RouterUnique | Gateway::RouterNative => Some(
             Config::jwt(&ALGS)
                 .set("jwks", bench_jwks())
                 .sidecar_with(sidecar_settings())
@@ -293,10 +293,10 @@ pub fn gateway_template(gateway: Gateway, files: &Files) -> Result<String> {
             .probe
             .as_ref()
             .context("the probe filter was not built")?;
-        let calls = if gateway == Gateway::ProbeCalls {
-            calls.as_str()
-        } else {
-            ""
+        let calls = match gateway {
+            Gateway::ProbeCalls => calls.as_str(),
+            Gateway::ProbeTable => "@header",
+            _ => "",
         };
         let block = PROBE_FILTER
             .replace("PROBE_WASM", &wasm.display().to_string())
@@ -403,11 +403,56 @@ pub fn start_gateway(
         with_cells(&gateway_template(gateway, files)?, cells)?,
     )?;
     let mut options = EnvoyOptions::new(backends, sidecar_port);
+    if gateway == Gateway::RouterNative {
+        // The module's search path and the sidecar's address (the native
+        // module subscribes from its own thread, not through a cluster).
+        options.use_native_build();
+    }
     options.template = template;
     options.concurrency = concurrency;
     options.plugin_config = plugin_config(gateway);
-    Envoy::start(dir, options)
-        .with_context(|| format!("starting gateway {} ({cells} cells)", gateway.name()))
+    let envoy = Envoy::start(dir, options)
+        .with_context(|| format!("starting gateway {} ({cells} cells)", gateway.name()))?;
+    Ok(envoy)
+}
+
+/// Where the processes run when the benchmark pins them (`taskset`): every
+/// gateway Envoy on the first core, the client, the backend, the sidecars
+/// and the benchmark itself on the second, so the gateway under test has a
+/// core to itself and its CPU time per request is not inflated by sharing
+/// one with the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pinning {
+    pub gateway_cpus: String,
+    pub other_cpus: String,
+}
+
+impl Pinning {
+    /// Two cores or more: the gateways on core 0, the rest on core 1.
+    pub fn for_this_machine() -> Option<Pinning> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let taskset = Command::new("taskset").arg("--version").output();
+        (cores >= 2 && taskset.is_ok_and(|o| o.status.success())).then(|| Pinning {
+            gateway_cpus: "0".into(),
+            other_cpus: "1".into(),
+        })
+    }
+}
+
+/// Pins every thread of process `pid` to `cpus` (threads it starts later
+/// inherit the mask).
+pub fn pin(pid: u32, cpus: &str) -> Result<()> {
+    let output = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("running taskset")?;
+    if !output.status.success() {
+        bail!(
+            "taskset -a -p -c {cpus} {pid}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// What the backend says about one request.
@@ -457,7 +502,9 @@ pub fn check_routing(
     let plain = plain_cell(doc.cells.len());
     for (i, token) in tokens.iter().enumerate() {
         let (want, headers): (&str, Vec<(&str, &str)>) = match gateway {
-            Gateway::ProbeEmpty | Gateway::ProbeCalls => ("cell-a", vec![("x-cell-id", "cell-a")]),
+            Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable => {
+                ("cell-a", vec![("x-cell-id", "cell-a")])
+            }
             Gateway::Plain => (plain.as_str(), vec![("x-cell-id", plain.as_str())]),
             // A spoofed header must make no difference.
             _ => (
@@ -491,7 +538,8 @@ pub fn check_routing(
                 }
             }
         };
-        let snapshot_ok = !gateway.has_filter() || routed.snapshot.as_deref() == Some(&version);
+        let snapshot_ok =
+            !gateway.routes_by_snapshot() || routed.snapshot.as_deref() == Some(&version);
         if routed.status != 200
             || routed.served_by.as_deref() != want_served
             || routed.routed_cell.as_deref() != Some(want)
@@ -587,7 +635,7 @@ mod tests {
 
     #[test]
     fn committed_plugin_configs_are_the_ones_measured() {
-        for gateway in [Gateway::Router, Gateway::TrustHeader] {
+        for gateway in [Gateway::Router, Gateway::RouterNative, Gateway::TrustHeader] {
             let path = bench_dir().join(gateway.template());
             let text = std::fs::read_to_string(&path).unwrap();
             assert_eq!(
@@ -642,7 +690,12 @@ mod tests {
             out.join("\n")
         }
         let plain = std::fs::read_to_string(bench_dir().join("plain.yaml")).unwrap();
-        for gateway in [Gateway::Router, Gateway::JwtLua, Gateway::TrustHeader] {
+        for gateway in [
+            Gateway::Router,
+            Gateway::RouterNative,
+            Gateway::JwtLua,
+            Gateway::TrustHeader,
+        ] {
             let text = std::fs::read_to_string(bench_dir().join(gateway.template())).unwrap();
             assert_eq!(skeleton(&text), skeleton(&plain), "{}", gateway.template());
             assert_ne!(text.lines().count(), plain.lines().count());

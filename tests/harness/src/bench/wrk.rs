@@ -77,12 +77,22 @@ pub struct WrkRun<'a> {
     pub start: usize,
     /// Extra `name: value` headers.
     pub headers: &'a [String],
+    /// Run wrk on these CPUs (`taskset -c`), off the gateway's.
+    pub cpus: Option<&'a str>,
 }
 
 impl WrkRun<'_> {
     pub fn run(&self) -> Result<WrkResult> {
         let threads = self.threads.min(self.connections).max(1);
-        let output = Command::new("wrk")
+        let mut command = match self.cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", cpus, "wrk"]);
+                command
+            }
+            None => Command::new("wrk"),
+        };
+        let output = command
             .arg("-t")
             .arg(threads.to_string())
             .arg("-c")
@@ -195,6 +205,7 @@ mod tests {
                 "x-cell-id: cell-a".to_string(),
                 "x-spread: {cells:1000}".to_string(),
             ],
+            cpus: None,
         }
         .run()
         .unwrap();

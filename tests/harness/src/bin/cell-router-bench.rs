@@ -69,13 +69,13 @@ struct ScaleArgs {
 #[derive(Parser, Debug)]
 struct RunArgs {
     /// Rounds: every case is measured once per round and connection count.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds per measured run (wrk takes whole seconds).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     duration_s: f64,
     /// Seconds of warm-up per case before the rounds.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     warmup_s: f64,
     /// Connection counts (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
@@ -83,8 +83,9 @@ struct RunArgs {
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
     wrk_threads: u32,
-    /// Worker threads of each gateway Envoy.
-    #[arg(long, default_value_t = 2)]
+    /// Worker threads of each gateway Envoy (one: the gateways' core is
+    /// one core when pinned).
+    #[arg(long, default_value_t = 1)]
     concurrency: u32,
     /// Worker threads of the backend Envoy.
     #[arg(long, default_value_t = 1)]
@@ -134,13 +135,21 @@ struct RunArgs {
     /// Where token pools are kept between runs.
     #[arg(long)]
     token_dir: Option<PathBuf>,
-    /// Skip the probe filter (the "where the time goes" cases).
+    /// Skip the probe filter (the "where the time goes" cases and the
+    /// per-call table).
     #[arg(long)]
     no_probe: bool,
+    /// Skip the per-call cost table.
+    #[arg(long)]
+    no_call_table: bool,
+    /// Do not pin processes to cores (by default, on 2 cores or more, the
+    /// gateways run on CPU 0 and everything else on CPU 1).
+    #[arg(long)]
+    no_pin: bool,
     /// A short run that checks everything works: one round of 2 s at 16
     /// connections, 100 tenants, small fixed token pools, a 20,000-override
-    /// big snapshot, one cost-vs-cells row (the router at 1,000 cells);
-    /// report under target/cell-router-bench/smoke/.
+    /// big snapshot, one cost-vs-cells row (the router at 1,000 cells), no
+    /// per-call table; report under target/cell-router-bench/smoke/.
     #[arg(long)]
     smoke: bool,
 }
@@ -216,6 +225,7 @@ fn main_run(mut args: RunArgs) -> Result<i32> {
         args.small_changes = 1;
         args.big_changes = 1;
         args.cells = vec![1000];
+        args.no_call_table = true;
     }
     let run_dir = if args.smoke {
         base.join("smoke")
@@ -269,6 +279,12 @@ fn main_run(mut args: RunArgs) -> Result<i32> {
                 .unwrap_or_else(|| repo_root().join("target"))
                 .join("bench-probe")
         }),
+        probe_table: !args.no_probe && !args.no_call_table,
+        pinning: if args.no_pin {
+            None
+        } else {
+            cell_router_harness::bench::stack::Pinning::for_this_machine()
+        },
         command,
     };
     let outcome = run(&options)?;

@@ -3,14 +3,16 @@
 //! `table` writes the Markdown, `chart` the SVG, and `method` holds
 //! the method text.
 
+mod calls;
 mod chart;
 mod goals;
 mod method;
 mod summary;
 mod table;
 
-pub use goals::{Goal, goals};
-pub use summary::{Memory, RunInfo, Sample, Summary, median, summarize};
+pub use calls::{CallCost, call_costs, slope};
+pub use goals::{Goal, Verdict, goals};
+pub use summary::{Memory, RoundRatio, RunInfo, Sample, Spreads, Summary, median, summarize};
 
 use super::anatomy::HostCalls;
 use super::cases::Case;

@@ -99,11 +99,66 @@ pub struct Summary {
     pub vs_default_cells: Option<f64>,
     pub cpu_vs_default_cells: Option<f64>,
     pub default_cells_case: Option<String>,
+    /// Slowest and fastest round of each ratio above (of the per-round
+    /// ratios the median is taken over).
+    pub spreads: Spreads,
     pub gateway_cpu_us: f64,
+    pub gateway_cpu_us_min: f64,
+    pub gateway_cpu_us_max: f64,
     pub cache_hit_share: Option<f64>,
     pub errors: u64,
+    /// Runs that got no answer at all (left out of every figure above).
+    pub empty_runs: usize,
     pub rejected: i64,
     pub wraps: u64,
+}
+
+/// Lowest and highest per-round value of each ratio of a [`Summary`].
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Spreads {
+    pub vs_plain: Option<(f64, f64)>,
+    pub p99_vs_plain: Option<(f64, f64)>,
+    pub vs_jwt_lua: Option<(f64, f64)>,
+    pub cpu_vs_plain: Option<(f64, f64)>,
+    pub cpu_vs_jwt_lua: Option<(f64, f64)>,
+    pub vs_default_cells: Option<(f64, f64)>,
+    pub cpu_vs_default_cells: Option<(f64, f64)>,
+}
+
+/// A ratio over the rounds: the median of the per-round ratios, and the
+/// lowest and highest of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundRatio {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl RoundRatio {
+    fn of(mut ratios: Vec<f64>) -> Option<RoundRatio> {
+        if ratios.is_empty() {
+            return None;
+        }
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(RoundRatio {
+            median: median(&mut ratios),
+            min,
+            max,
+        })
+    }
+
+    fn inverse(self) -> RoundRatio {
+        RoundRatio {
+            median: 1.0 / self.median,
+            min: 1.0 / self.max,
+            max: 1.0 / self.min,
+        }
+    }
+}
+
+fn split(r: Option<RoundRatio>) -> (Option<f64>, Option<(f64, f64)>) {
+    (r.map(|r| r.median), r.map(|r| (r.min, r.max)))
 }
 
 fn per_round_ratio(
@@ -112,19 +167,24 @@ fn per_round_ratio(
     base: &str,
     connections: u32,
     value: impl Fn(&Sample) -> f64,
-) -> Option<f64> {
-    let mut ratios: Vec<f64> = samples
+) -> Option<RoundRatio> {
+    // A run that got no answer (the machine stalled, wrk failed) has no
+    // ratio; it counts as a problem of the run instead.
+    let ratios: Vec<f64> = samples
         .iter()
-        .filter(|s| s.case == case && s.connections == connections)
+        .filter(|s| s.case == case && s.connections == connections && s.wrk.requests > 0)
         .filter_map(|s| {
-            let b = samples
-                .iter()
-                .find(|b| b.case == base && b.connections == connections && b.round == s.round)?;
-            let bv = value(b);
-            (bv > 0.0).then(|| value(s) / bv)
+            let b = samples.iter().find(|b| {
+                b.case == base
+                    && b.connections == connections
+                    && b.round == s.round
+                    && b.wrk.requests > 0
+            })?;
+            let (sv, bv) = (value(s), value(b));
+            (sv > 0.0 && bv > 0.0).then(|| sv / bv)
         })
         .collect();
-    (!ratios.is_empty()).then(|| median(&mut ratios))
+    RoundRatio::of(ratios)
 }
 
 /// Requests per gateway CPU-second.
@@ -137,10 +197,11 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
     let mut out = Vec::new();
     for &conns in connections {
         for case in cases {
-            let runs: Vec<&Sample> = samples
+            let all_runs = samples
                 .iter()
-                .filter(|s| s.case == case.id && s.connections == conns)
-                .collect();
+                .filter(|s| s.case == case.id && s.connections == conns);
+            let empty_runs = all_runs.clone().filter(|s| s.wrk.requests == 0).count();
+            let runs: Vec<&Sample> = all_runs.filter(|s| s.wrk.requests > 0).collect();
             if runs.is_empty() {
                 continue;
             }
@@ -154,6 +215,25 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
             let base3 = case
                 .at_default_cells()
                 .filter(|b| samples.iter().any(|s| &s.case == b));
+            let ratio = |base: Option<&str>, value: &dyn Fn(&Sample) -> f64| {
+                split(base.and_then(|b| per_round_ratio(samples, &case.id, b, conns, value)))
+            };
+            let (vs_plain, vs_plain_spread) = ratio(Some("plain"), &Sample::rps);
+            let (p99_vs_plain, p99_spread) =
+                ratio(Some("plain"), &|s: &Sample| s.wrk.p99_us as f64);
+            let (vs_jwt_lua, vs_jwt_lua_spread) = ratio(base4.as_deref(), &Sample::rps);
+            let (cpu_vs_plain, cpu_vs_plain_spread) = ratio(Some("plain"), &inverse_cpu);
+            let (cpu_vs_jwt_lua, cpu_vs_jwt_lua_spread) = ratio(base4.as_deref(), &inverse_cpu);
+            let (vs_default_cells, vs_default_cells_spread) = split(
+                base3
+                    .as_deref()
+                    .and_then(|b| per_round_ratio(samples, &case.id, b, conns, Sample::rps))
+                    .filter(|r| r.min > 0.0)
+                    .map(RoundRatio::inverse),
+            );
+            let (cpu_vs_default_cells, cpu_vs_default_cells_spread) =
+                ratio(base3.as_deref(), &Sample::gateway_cpu_us_per_request);
+            let cpu = collect(&Sample::gateway_cpu_us_per_request);
             out.push(Summary {
                 case: case.id.clone(),
                 label: case.label(),
@@ -165,36 +245,30 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
                 rps_max: rps.iter().copied().fold(0.0, f64::max),
                 p50_ms: median(&mut collect(&|s| s.wrk.p50_us as f64 / 1000.0)),
                 p99_ms: median(&mut collect(&|s| s.wrk.p99_us as f64 / 1000.0)),
-                vs_plain: per_round_ratio(samples, &case.id, "plain", conns, Sample::rps),
-                p99_vs_plain: per_round_ratio(samples, &case.id, "plain", conns, |s| {
-                    s.wrk.p99_us as f64
-                }),
-                vs_jwt_lua: base4
-                    .as_deref()
-                    .and_then(|b| per_round_ratio(samples, &case.id, b, conns, Sample::rps)),
-                cpu_vs_plain: per_round_ratio(samples, &case.id, "plain", conns, inverse_cpu),
-                cpu_vs_jwt_lua: base4
-                    .as_deref()
-                    .and_then(|b| per_round_ratio(samples, &case.id, b, conns, inverse_cpu)),
+                vs_plain,
+                p99_vs_plain,
+                vs_jwt_lua,
+                cpu_vs_plain,
+                cpu_vs_jwt_lua,
                 jwt_lua_case: base4,
-                vs_default_cells: base3.as_deref().and_then(|b| {
-                    per_round_ratio(samples, &case.id, b, conns, Sample::rps)
-                        .filter(|r| *r > 0.0)
-                        .map(|r| 1.0 / r)
-                }),
-                cpu_vs_default_cells: base3.as_deref().and_then(|b| {
-                    per_round_ratio(
-                        samples,
-                        &case.id,
-                        b,
-                        conns,
-                        Sample::gateway_cpu_us_per_request,
-                    )
-                }),
+                vs_default_cells,
+                cpu_vs_default_cells,
                 default_cells_case: base3,
-                gateway_cpu_us: median(&mut collect(&Sample::gateway_cpu_us_per_request)),
+                spreads: Spreads {
+                    vs_plain: vs_plain_spread,
+                    p99_vs_plain: p99_spread,
+                    vs_jwt_lua: vs_jwt_lua_spread,
+                    cpu_vs_plain: cpu_vs_plain_spread,
+                    cpu_vs_jwt_lua: cpu_vs_jwt_lua_spread,
+                    vs_default_cells: vs_default_cells_spread,
+                    cpu_vs_default_cells: cpu_vs_default_cells_spread,
+                },
+                gateway_cpu_us: median(&mut cpu.clone()),
+                gateway_cpu_us_min: cpu.iter().copied().fold(f64::INFINITY, f64::min),
+                gateway_cpu_us_max: cpu.iter().copied().fold(0.0, f64::max),
                 cache_hit_share: (!hits.is_empty()).then(|| median(&mut hits)),
                 errors: runs.iter().map(|s| s.wrk.errors()).sum(),
+                empty_runs,
                 rejected: runs.iter().map(|s| s.rejected).sum(),
                 wraps: runs.iter().map(|s| s.wrk.wraps).sum(),
             });
@@ -232,6 +306,8 @@ pub struct RunInfo {
     pub backend_concurrency: u32,
     pub tenants: usize,
     pub load_before: String,
+    /// Where the processes ran (`None`: not pinned).
+    pub pinning: Option<String>,
     pub load_after: String,
     pub minted: usize,
     pub mint_seconds: f64,

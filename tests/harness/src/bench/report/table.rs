@@ -17,6 +17,7 @@ impl Report<'_> {
         self.throughput(w);
         self.cells(w);
         self.anatomy(w);
+        self.call_table(w);
         self.memory(w);
         self.inside(w);
         let _ = writeln!(w, "## Method\n");
@@ -66,6 +67,13 @@ impl Report<'_> {
             info.rounds,
             info.tenants
         );
+        let _ = writeln!(
+            w,
+            "- **Pinning:** {}",
+            info.pinning
+                .as_deref()
+                .unwrap_or("none (fewer than 2 cores or no taskset): every process on every core")
+        );
         let _ = writeln!(w, "- **Command:** `{}`", info.command);
         let mut foreign: Vec<f64> = self.samples.iter().map(Sample::foreign_cpu_share).collect();
         let foreign_median = median(&mut foreign);
@@ -98,24 +106,26 @@ impl Report<'_> {
         );
         let _ = writeln!(
             w,
-            "| goal | connections | measured | met | by gateway CPU | met |"
+            "Each ratio is the median of the per-round ratios (runs of the same round paired), \
+             with the lowest and highest round in brackets; *yes (not every round)* and *no \
+             (some rounds met it)* mark goals the rounds disagree on, i.e. within the noise.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| goal | connections | measured [rounds] | met | by gateway CPU [rounds] | met |"
         );
         let _ = writeln!(w, "|---|---:|---:|---|---:|---|");
-        let verdict = |met: Option<bool>| match met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "–",
-        };
+        let verdict = |v: Option<super::Verdict>| v.map_or("–", super::Verdict::text);
         for g in self.goals {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} | {} |",
                 g.goal,
                 g.connections,
-                fmt_ratio(g.measured),
-                verdict(g.met()),
-                fmt_ratio(g.measured_cpu),
-                verdict(g.met_by_cpu()),
+                fmt_spread(g.measured, g.spread),
+                verdict(g.verdict()),
+                fmt_spread(g.measured_cpu, g.spread_cpu),
+                verdict(g.verdict_cpu()),
             );
         }
         let _ = writeln!(w);
@@ -129,7 +139,8 @@ impl Report<'_> {
             w,
             "Medians over the rounds. Ratios are medians of per-round ratios: ×(1) to plain \
              Envoy, ×(4) to jwt_authn + Lua with the same kind of tokens and algorithm. \
-             *spread*: slowest–fastest round. *gw CPU*: the gateway Envoy's CPU time per \
+             *spread*: slowest–fastest round; the brackets after a ratio: its lowest and \
+             highest round. *gw CPU*: the gateway Envoy's CPU time per \
              request (all its threads); *CPU ×(1)*, *CPU ×(4)*: the ratios computed \
              from it (requests per gateway CPU-second). *cache*: share of requests answered by the \
              verified-token cache (cell router) or jwt_authn's JWT cache.\n"
@@ -144,12 +155,22 @@ impl Report<'_> {
                 w,
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
-            for s in self.summaries.iter().filter(|s| s.connections == *conns) {
+            for s in self
+                .summaries
+                .iter()
+                .filter(|s| s.connections == *conns && s.group != 7)
+            {
                 let cache = s
                     .cache_hit_share
                     .map(|h| format!("{:.0} %", h * 100.0))
                     .unwrap_or_else(|| "–".into());
                 let mut errors = (s.errors + s.rejected.max(0) as u64).to_string();
+                if s.empty_runs > 0 {
+                    errors.push_str(&format!(
+                        " ({} runs without an answer, left out)",
+                        s.empty_runs
+                    ));
+                }
                 if s.wraps > 0 && s.case.starts_with("router-unique") {
                     errors.push_str(&format!(" (pool went round {}×)", s.wraps));
                 }
@@ -163,12 +184,12 @@ impl Report<'_> {
                     fmt_rps(s.rps_max),
                     s.p50_ms,
                     s.p99_ms,
-                    fmt_ratio(s.vs_plain),
-                    fmt_ratio(s.vs_jwt_lua),
+                    fmt_spread(s.vs_plain, s.spreads.vs_plain),
+                    fmt_spread(s.vs_jwt_lua, s.spreads.vs_jwt_lua),
                     fmt_ratio(s.p99_vs_plain),
                     s.gateway_cpu_us,
-                    fmt_ratio(s.cpu_vs_plain),
-                    fmt_ratio(s.cpu_vs_jwt_lua),
+                    fmt_spread(s.cpu_vs_plain, s.spreads.cpu_vs_plain),
+                    fmt_spread(s.cpu_vs_jwt_lua, s.spreads.cpu_vs_jwt_lua),
                     cache,
                     errors
                 );
@@ -260,8 +281,8 @@ impl Report<'_> {
                 fmt_rps(s.rps),
                 s.gateway_cpu_us,
                 base.map_or("–".into(), |b| format!("{:.0}", b.gateway_cpu_us)),
-                fmt_ratio(s.cpu_vs_default_cells),
-                fmt_ratio(s.vs_default_cells),
+                fmt_spread(s.cpu_vs_default_cells, s.spreads.cpu_vs_default_cells),
+                fmt_spread(s.vs_default_cells, s.spreads.vs_default_cells),
                 over_plain(s),
             );
         }
@@ -430,6 +451,14 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into())
+}
+
+/// A ratio and its lowest and highest round: `0.97 [0.95–0.99]`.
+fn fmt_spread(r: Option<f64>, spread: Option<(f64, f64)>) -> String {
+    match (r, spread) {
+        (Some(r), Some((lo, hi))) if hi > lo => format!("{r:.2} [{lo:.2}–{hi:.2}]"),
+        _ => fmt_ratio(r),
+    }
 }
 
 fn fmt_rps(v: f64) -> String {
