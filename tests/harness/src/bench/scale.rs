@@ -540,6 +540,9 @@ fn load_run(options: &ScaleOptions) -> Result<LoadRun> {
             token_file: &tokens,
             start,
             headers: &[],
+            // Not pinned: the scale cases measure memory and swap latency,
+            // not a per-request CPU ratio.
+            cpus: None,
         }
         .run()
     };
