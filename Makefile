@@ -128,6 +128,8 @@ BENCH_OUT := target/cell-router-bench
 
 bench: tools build envoy
 	$(CARGO) build --locked --release -p cell-router-harness --bin cell-router-bench
+	# The scale cases start test cells next to the bench binary.
+	$(CARGO) build --locked --release -p cell-router-cell-backend --bin cell-backend
 	mkdir -p $(BENCH_OUT)
 	rm -f $(BENCH_OUT)/mapping.txt $(BENCH_OUT)/wasm.txt
 	$(CARGO) bench --locked -p cell-router-mapping --bench resolve > $(BENCH_OUT)/mapping.txt 2>&1 \
