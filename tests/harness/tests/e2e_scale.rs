@@ -71,8 +71,9 @@ fn gateway(
     template: Option<PathBuf>,
 ) -> Result<Option<Gateway>> {
     if e2e::build() == e2e::Build::Native {
-        // The native module's subscriber does not send its limit (it has no
-        // Wasm VM to protect); these tests are about the Wasm filter.
+        // These tests count refusals per Wasm VM and Envoy's async-client
+        // buffer; the native module has one subscription per gateway and
+        // fetches outside Envoy (its own HTTP client), so they do not apply.
         eprintln!("e2e_scale: the Wasm filter's limits; skipped for CELL_ROUTER_BUILD=native");
         return Ok(None);
     }
