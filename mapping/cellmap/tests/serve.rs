@@ -528,3 +528,42 @@ fn serves_the_binary_form_to_clients_that_ask_for_it() {
     let (_, _, _, _, body) = get_raw(sidecar.port, "/snapshot", None);
     assert_eq!(Snapshot::parse(&body).unwrap().to_doc(), next.to_doc());
 }
+
+/// A binary source is persisted as it came (no JSON is rendered for a
+/// gateway that only asks for the binary form) and served again, in both
+/// forms, from that copy after a restart.
+#[test]
+fn a_binary_source_is_persisted_as_binary_and_restored() {
+    use cell_router_mapping::{Snapshot, binary};
+    let dir = temp_dir("persist-binary");
+    let file = dir.join("snapshot.bin");
+    let persist = dir.join("last-good");
+    let args = [
+        "--file",
+        file.to_str().unwrap(),
+        "--persist",
+        persist.to_str().unwrap(),
+    ];
+    let next = Snapshot::parse(snapshot(7, "cell-b").as_bytes()).unwrap();
+    let encoded = binary::encode(&next);
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, &encoded).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let sidecar = start(&args);
+    expect_version(&sidecar, 7, Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(2), || std::fs::read(
+        &persist
+    )
+    .ok()
+        == Some(encoded.clone())));
+    drop(sidecar);
+
+    std::fs::remove_file(&file).unwrap();
+    let sidecar = start(&args);
+    let (status, _, etag, _, body) = get_raw(sidecar.port, "/snapshot", Some(binary::MEDIA_TYPE));
+    assert_eq!((status, etag.as_str()), (200, "\"7-bin\""));
+    assert_eq!(body, encoded);
+    let (status, _, _, _, body) = get_raw(sidecar.port, "/snapshot", None);
+    assert_eq!(status, 200);
+    assert_eq!(Snapshot::parse(&body).unwrap().to_doc(), next.to_doc());
+}

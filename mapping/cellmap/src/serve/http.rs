@@ -190,11 +190,23 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
                 binary_etag(served.version),
             )
         } else {
-            (
-                served.body.clone(),
-                "application/json",
-                etag(served.version),
-            )
+            // Rendering a big snapshot's JSON takes a while: off the
+            // runtime's threads.
+            let rendering = Arc::clone(&served);
+            match tokio::task::spawn_blocking(move || rendering.json())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+            {
+                Ok(json) => (json, "application/json", etag(served.version)),
+                Err(why) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        &format!("cannot render the JSON form: {why}"),
+                    );
+                }
+            }
         };
         if body.len() as u64 > max_body_bytes {
             return too_large(

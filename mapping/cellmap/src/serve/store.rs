@@ -20,8 +20,13 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct Served {
     pub(crate) version: u64,
-    /// The JSON form (for people, and for `--persist`).
-    pub(crate) body: Bytes,
+    /// The JSON form (for people). Rendered on the first JSON request when
+    /// the source gave the binary form: rendering millions of overrides costs
+    /// about a second of CPU, next to a gateway that only asks for the binary
+    /// form.
+    json: std::sync::OnceLock<Bytes>,
+    /// The bytes the source gave (either form), as written to `--persist`.
+    pub(crate) source: Bytes,
     /// The binary form (`mapping/SPEC.md`, "Binary form"), for clients that
     /// ask for it (`Accept: application/vnd.cellmap.snapshot`).
     pub(crate) binary: Bytes,
@@ -30,6 +35,18 @@ pub(crate) struct Served {
     /// Where it came from (`file …`, `upstream …`, `persisted copy …`).
     pub(crate) origin: String,
     pub(crate) since: std::time::Instant,
+}
+
+impl Served {
+    /// The JSON form, rendered from the binary form on first use.
+    pub(crate) fn json(&self) -> Result<Bytes, String> {
+        if let Some(json) = self.json.get() {
+            return Ok(json.clone());
+        }
+        let snapshot = binary::parse_any(&self.binary).map_err(|e| e.to_string())?;
+        let rendered = Bytes::from(snapshot.to_doc().to_json().into_bytes());
+        Ok(self.json.get_or_init(|| rendered).clone())
+    }
 }
 
 /// What became of a snapshot offered by a source.
@@ -147,11 +164,13 @@ impl Store {
         let version = snapshot.version();
         let cells = snapshot.cells().len();
         let tenant_entries = snapshot.tenant_entries();
-        let (bytes, binary_form) = if binary::is_binary(&bytes) {
-            (snapshot.to_doc().to_json().into_bytes(), bytes)
+        let source = Bytes::from(bytes);
+        let (binary_form, json) = if binary::is_binary(&source) {
+            (source.clone(), std::sync::OnceLock::new())
         } else {
-            let encoded = binary::encode(&snapshot);
-            (bytes, encoded)
+            let json = std::sync::OnceLock::new();
+            let _ = json.set(source.clone());
+            (Bytes::from(binary::encode(&snapshot)), json)
         };
         drop(snapshot);
         // The smallest form served: if it does not fit, no gateway can take
@@ -174,7 +193,7 @@ impl Store {
         self.current.send_if_modified(|current| {
             if let Some(current) = current.as_ref() {
                 if version == current.version
-                    && (bytes == current.body || binary_form == current.binary)
+                    && (source == current.source || binary_form == current.binary)
                 {
                     outcome = Ok(Offer::Unchanged);
                     return false;
@@ -193,8 +212,9 @@ impl Store {
             }
             let served = Arc::new(Served {
                 version,
-                body: Bytes::from(bytes),
-                binary: Bytes::from(binary_form),
+                json,
+                source,
+                binary: binary_form,
                 cells,
                 tenant_entries,
                 origin: origin.to_string(),
@@ -223,7 +243,7 @@ impl Store {
                     ),
                 );
                 if let (Some(path), Save::Yes) = (&self.persist, save)
-                    && let Err(err) = crate::files::write_atomically(path, &served.body)
+                    && let Err(err) = crate::files::write_atomically(path, &served.source)
                 {
                     log(
                         "error",
