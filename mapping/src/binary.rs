@@ -14,7 +14,7 @@
 //! table to an override cell.
 
 use crate::error::PathError;
-use crate::hash::{HashKey, ratio_to_basis_points};
+use crate::hash::{HashKey, IncrementalHash, ratio_to_basis_points};
 use crate::pools::{DEFAULT_ID, FORMAT_POOLS, MAX_POOLS, MatchDoc, Pool, Region, RegionDoc};
 use crate::snapshot::{
     AnyCellDoc, Places, check_place, check_pool_heads, check_pooled_cells, check_regions,
@@ -22,6 +22,8 @@ use crate::snapshot::{
 };
 use crate::snapshot::{Cell, CellDoc, MAX_SLOTS, Move, MoveDoc, Snapshot, validate_cells};
 use crate::table::{EntryKind, TenantTable};
+use std::ops::Range;
+use std::sync::Arc;
 
 /// First 8 bytes of every binary snapshot. A JSON snapshot starts with `{`
 /// or whitespace, so the two forms are told apart by their first byte.
@@ -127,23 +129,19 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let moves = serde_json::to_vec(&move_docs(snapshot)).unwrap_or_default();
     let slots = u16_bytes(snapshot.slot_table());
     let (arena, buckets) = snapshot.tenant_table().indexed_parts();
-    let bucket_bytes = u64_bytes(buckets);
+    let bucket_bytes = buckets;
     let sections: [&[u8]; SECTIONS] = [
         snapshot.generated_at().as_bytes(),
         &cells,
         &slots,
         &moves,
         arena,
-        &bucket_bytes,
+        bucket_bytes,
     ];
     seal(snapshot, FORMAT, &[], &sections)
 }
 
 fn u16_bytes(values: &[u16]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn u64_bytes(values: &[u64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
@@ -195,7 +193,6 @@ fn encode_pooled(snapshot: &Snapshot) -> Vec<u8> {
     let regions = serde_json::to_vec(&doc.regions).unwrap_or_default();
     let region_table = u16_bytes(snapshot.region_table());
     let (region_arena, region_buckets) = snapshot.region_override_table().indexed_parts();
-    let region_buckets = u64_bytes(region_buckets);
     let heads: Vec<PoolHead> = snapshot
         .pools()
         .iter()
@@ -217,7 +214,7 @@ fn encode_pooled(snapshot: &Snapshot) -> Vec<u8> {
             .collect();
         let moves = serde_json::to_vec(&pool_doc.moves).unwrap_or_default();
         let (arena, buckets) = pool.tenant_table().indexed_parts();
-        per_pool.push([tables, moves, arena.to_vec(), u64_bytes(buckets)]);
+        per_pool.push([tables, moves, arena.to_vec(), buckets.to_vec()]);
     }
     let mut sections: Vec<&[u8]> = vec![
         snapshot.generated_at().as_bytes(),
@@ -225,7 +222,7 @@ fn encode_pooled(snapshot: &Snapshot) -> Vec<u8> {
         &regions,
         &region_table,
         region_arena,
-        &region_buckets,
+        region_buckets,
         &heads,
     ];
     for parts in &per_pool {
@@ -268,12 +265,12 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 /// The section table at `table_at`: contiguous sections, in order, from its
-/// end to the checksum.
-fn read_sections<'a>(
-    body: &'a [u8],
+/// end to the checksum. Ranges of `body`.
+fn read_sections(
+    body: &[u8],
     table_at: usize,
     names: &[String],
-) -> Result<Vec<&'a [u8]>, PathError> {
+) -> Result<Vec<Range<usize>>, PathError> {
     let header = |what: &str| err("header", format!("cut short before {what}"));
     let mut out = Vec::with_capacity(names.len());
     let mut expected = (table_at + names.len() * 16) as u64;
@@ -291,13 +288,13 @@ fn read_sections<'a>(
             .checked_add(len)
             .filter(|&e| e <= body.len() as u64)
             .ok_or_else(|| err(name, "section runs past the end"))?;
-        out.push(
-            usize::try_from(offset)
-                .ok()
-                .zip(usize::try_from(end).ok())
-                .and_then(|(a, b)| body.get(a..b))
-                .ok_or_else(|| err(name, "section runs past the end"))?,
-        );
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .map(|(a, b)| a..b)
+            .filter(|r| body.get(r.clone()).is_some())
+            .ok_or_else(|| err(name, "section runs past the end"))?;
+        out.push(range);
         expected = end;
     }
     if expected != body.len() as u64 {
@@ -349,78 +346,6 @@ fn read_u16_table(
     Ok(table)
 }
 
-fn read_buckets(bytes: &[u8], section: &str) -> Result<Vec<u64>, PathError> {
-    if !bytes.len().is_multiple_of(8) {
-        return Err(err(section, "length is not a multiple of 8"));
-    }
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-        .collect())
-}
-
-/// A pool's (or layout 1's) tenant table and moves, checked against each
-/// other: every move is in the table under its own index, nothing else is a
-/// move.
-fn read_tenants(
-    arena: &[u8],
-    bucket_bytes: &[u8],
-    moves: &[Move],
-    key: HashKey,
-    cell_count: usize,
-    names: [&str; 3],
-    mut place: impl FnMut(&[u8], u64, u16) -> Result<(), PathError>,
-) -> Result<TenantTable, PathError> {
-    let [moves_name, arena_name, buckets_name] = names;
-    let buckets = read_buckets(bucket_bytes, buckets_name)?;
-    let mut move_entries = 0usize;
-    let move_count = moves.len();
-    let tenants = TenantTable::from_indexed_parts(
-        arena.to_vec(),
-        buckets,
-        |t| key.hash(t),
-        |tenant, h, kind, value| {
-            let limit = match kind {
-                EntryKind::Override | EntryKind::Pin => cell_count,
-                EntryKind::Move => {
-                    move_entries += 1;
-                    move_count
-                }
-            };
-            if usize::from(value) >= limit {
-                return Err(format!("out-of-range value {value}"));
-            }
-            if kind == EntryKind::Move {
-                return Ok(());
-            }
-            place(tenant, h, value).map_err(|e| e.to_string())
-        },
-    )
-    .map_err(|e| err(arena_name, e))?;
-    if move_entries != moves.len() {
-        return Err(err(
-            moves_name,
-            format!(
-                "{} moves, but the table has {move_entries} move entries",
-                moves.len()
-            ),
-        ));
-    }
-    for (i, m) in moves.iter().enumerate() {
-        let t = m.tenant.as_bytes();
-        if tenants.get(t, key.hash(t)) != Some((EntryKind::Move, i as u16)) {
-            return Err(err(
-                moves_name,
-                format!(
-                    "move {i} (tenant {:?}) is not in the tenant table as move {i}",
-                    m.tenant
-                ),
-            ));
-        }
-    }
-    Ok(tenants)
-}
-
 fn json_section<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Result<T, PathError> {
     crate::error::from_json_with_path(bytes).map_err(|e| err(name, e.to_string()))
 }
@@ -428,38 +353,174 @@ fn json_section<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Res
 /// Reads and validates the binary form. Everything [`Snapshot::parse`]
 /// checks in a JSON snapshot is checked here too, so a snapshot accepted in
 /// one form routes exactly as in the other; never panics, whatever the bytes.
+/// Copies `bytes` once; [`decode_owned`] takes them as they are.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
+    decode_owned(bytes.to_vec())
+}
+
+/// [`decode`] without a copy: the snapshot's tenant tables are `bytes`
+/// themselves (the arena and directory sections, used in place).
+pub fn decode_owned(bytes: Vec<u8>) -> Result<Snapshot, PathError> {
+    let mut apply = Apply::new(bytes)?;
+    loop {
+        if let Some(snapshot) = apply.step(usize::MAX)? {
+            return Ok(snapshot);
+        }
+    }
+}
+
+/// A binary snapshot being applied in steps, so that a host with one thread
+/// per worker (a Wasm VM) can serve requests between them: each
+/// [`Apply::step`] does about `budget` bytes of work (the checksum, then
+/// the tenant tables' records), and the last one returns the snapshot. The
+/// checks and their order are [`decode`]'s (it is this, in one step); the
+/// snapshot routes from the received bytes in place: applying copies no
+/// tenant table.
+pub struct Apply {
+    body: Arc<Vec<u8>>,
+    stage: Stage,
+}
+
+enum Stage {
+    Checksum {
+        hash: IncrementalHash,
+        at: usize,
+    },
+    Prepare,
+    Tables(Box<Pending>),
+    /// Returned its snapshot or an error.
+    Over,
+}
+
+/// Everything decoded but the tenant tables' records.
+struct Pending {
+    snapshot: Snapshot,
+    /// Header N.
+    entries: u32,
+    /// Layout 2: pool and region ids, for the place checks' messages.
+    places: Option<Places>,
+    /// Per pool: its moves, arena and buckets section names.
+    names: Vec<[String; 3]>,
+    /// The table being checked: 0 is the region overrides (layout 2), then
+    /// pool `i` is `i + 1`.
+    table: usize,
+    bucket: usize,
+    records: usize,
+    move_entries: usize,
+    total: usize,
+}
+
+impl Apply {
+    /// Starts applying `bytes`: checks the fixed header (magic, format,
+    /// reserved word, length). Cheap.
+    pub fn new(bytes: Vec<u8>) -> Result<Apply, PathError> {
+        let header = |what: &str| err("header", format!("cut short before {what}"));
+        if !is_binary(&bytes) {
+            return Err(err("header", "not a binary snapshot (bad magic)"));
+        }
+        if bytes.len() < 48 + CHECKSUM_LEN {
+            return Err(header("the end of the header"));
+        }
+        let format = u32_at(&bytes, 8).ok_or_else(|| header("format"))?;
+        if format != FORMAT && format != u32::from(FORMAT_POOLS) {
+            return Err(err(
+                "header",
+                format!(
+                    "format {format} is not supported (this reader knows {FORMAT} and {FORMAT_POOLS})"
+                ),
+            ));
+        }
+        if u32_at(&bytes, 12) != Some(0) {
+            return Err(err("header", "reserved word must be 0"));
+        }
+        Ok(Apply {
+            body: Arc::new(bytes),
+            stage: Stage::Checksum {
+                hash: HashKey::from_bytes([0; 16]).incremental(),
+                at: 0,
+            },
+        })
+    }
+
+    /// The version the header names (not yet checked by the checksum).
+    pub fn claimed_version(&self) -> Option<u64> {
+        u64_at(&self.body, 16)
+    }
+
+    /// The size of the snapshot being applied, in bytes.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// About `budget` bytes of work (at least one unit). `Ok(Some(_))`: the
+    /// snapshot, valid; `Ok(None)`: call again; `Err`: refused (and every
+    /// later call is refused too).
+    pub fn step(&mut self, budget: usize) -> Result<Option<Snapshot>, PathError> {
+        let budget = budget.max(1);
+        let outcome = self.advance(budget);
+        if !matches!(outcome, Ok(None)) {
+            self.stage = Stage::Over;
+        }
+        outcome
+    }
+
+    fn advance(&mut self, budget: usize) -> Result<Option<Snapshot>, PathError> {
+        let body_len = self.body.len().saturating_sub(CHECKSUM_LEN);
+        match &mut self.stage {
+            Stage::Checksum { hash, at } => {
+                let end = at.saturating_add(budget).min(body_len);
+                hash.write(self.body.get(*at..end).unwrap_or(&[]));
+                *at = end;
+                if end < body_len {
+                    return Ok(None);
+                }
+                let stored = u64_at(&self.body, body_len)
+                    .ok_or_else(|| err("header", "cut short before checksum"))?;
+                let computed = hash.finish();
+                if stored != computed {
+                    return Err(err(
+                        "checksum",
+                        format!(
+                            "checksum {stored:016x} does not match the content ({computed:016x}): truncated or corrupted"
+                        ),
+                    ));
+                }
+                self.stage = Stage::Prepare;
+                Ok(None)
+            }
+            Stage::Prepare => {
+                let pending = prepare(&self.body)?;
+                self.stage = Stage::Tables(Box::new(pending));
+                Ok(None)
+            }
+            Stage::Tables(pending) => pending.check(budget),
+            Stage::Over => Err(err(
+                "header",
+                "this snapshot was already applied or refused",
+            )),
+        }
+    }
+}
+
+/// The fixed header fields both layouts share.
+struct Head {
+    version: u64,
+    key: HashKey,
+    slots: u32,
+    entries: u32,
+}
+
+/// Everything but the tenant tables' records (already checksummed).
+fn prepare(bytes: &Arc<Vec<u8>>) -> Result<Pending, PathError> {
     let header = |what: &str| err("header", format!("cut short before {what}"));
-    if !is_binary(bytes) {
-        return Err(err("header", "not a binary snapshot (bad magic)"));
-    }
-    if bytes.len() < 48 + CHECKSUM_LEN {
-        return Err(header("the end of the header"));
-    }
-    let format = u32_at(bytes, 8).ok_or_else(|| header("format"))?;
-    if format != FORMAT && format != u32::from(FORMAT_POOLS) {
-        return Err(err(
-            "header",
-            format!(
-                "format {format} is not supported (this reader knows {FORMAT} and {FORMAT_POOLS})"
-            ),
-        ));
-    }
-    if u32_at(bytes, 12) != Some(0) {
-        return Err(err("header", "reserved word must be 0"));
-    }
-    let body_len = bytes.len() - CHECKSUM_LEN;
-    let (body, trailer) = bytes.split_at(body_len);
-    let stored = u64_at(trailer, 0).ok_or_else(|| header("checksum"))?;
-    let computed = checksum(body);
-    if stored != computed {
-        return Err(err(
-            "checksum",
-            format!(
-                "checksum {stored:016x} does not match the content ({computed:016x}): truncated or corrupted"
-            ),
-        ));
-    }
+    let body = bytes
+        .get(..bytes.len().saturating_sub(CHECKSUM_LEN))
+        .unwrap_or(&[]);
+    let format = u32_at(body, 8).ok_or_else(|| header("format"))?;
     let version = u64_at(body, 16).ok_or_else(|| header("version"))?;
     let key_bytes: [u8; 16] = body
         .get(24..40)
@@ -481,21 +542,28 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
         entries,
     };
     if format == FORMAT {
-        decode_layout1(body, head)
+        prepare_layout1(bytes, body, head)
     } else {
-        decode_layout2(body, head)
+        prepare_layout2(bytes, body, head)
     }
 }
 
-/// The fixed header fields both layouts share.
-struct Head {
-    version: u64,
-    key: HashKey,
-    slots: u32,
-    entries: u32,
+/// A table's arena and directory, adopted in place; the errors name the
+/// arena's section.
+fn adopt(
+    bytes: &Arc<Vec<u8>>,
+    arena: Range<usize>,
+    buckets: Range<usize>,
+    buckets_name: &str,
+    arena_name: &str,
+) -> Result<TenantTable, PathError> {
+    if !(buckets.end - buckets.start).is_multiple_of(8) {
+        return Err(err(buckets_name, "length is not a multiple of 8"));
+    }
+    TenantTable::adopt(Arc::clone(bytes), arena, buckets).map_err(|e| err(arena_name, e))
 }
 
-fn decode_layout1(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
+fn prepare_layout1(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pending, PathError> {
     let Head {
         version,
         key,
@@ -506,60 +574,62 @@ fn decode_layout1(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
         return Err(err("header", "cut short before the end of the header"));
     }
     let names: Vec<String> = SECTION_NAMES.iter().map(|s| s.to_string()).collect();
-    let section = read_sections(body, 48, &names)?;
-    let [generated_at, cells, slot_bytes, moves, arena, bucket_bytes] = section.as_slice() else {
-        return Err(err("header", "wrong number of sections"));
+    let ranges = read_sections(body, 48, &names)?;
+    let get = |i: usize| -> &[u8] {
+        ranges
+            .get(i)
+            .and_then(|r| body.get(r.clone()))
+            .unwrap_or(&[])
     };
+    let range = |i: usize| ranges.get(i).cloned().unwrap_or(0..0);
 
-    let generated_at = std::str::from_utf8(generated_at)
+    let generated_at = std::str::from_utf8(get(0))
         .map_err(|_| err("generated_at", "not UTF-8"))?
         .to_string();
 
-    let cell_docs: Vec<crate::error::ObjectOnly<CellDoc>> = json_section(cells, "cells")?;
+    let cell_docs: Vec<crate::error::ObjectOnly<CellDoc>> = json_section(get(1), "cells")?;
     let cell_docs: Vec<CellDoc> = cell_docs.into_iter().map(|c| c.0).collect();
     let cells: Vec<Cell> = validate_cells(&cell_docs)?;
-    let slot_table = read_u16_table(slot_bytes, slots, cells.len(), "slot_table", "cell")?;
+    let slot_table = read_u16_table(get(2), slots, cells.len(), "slot_table", "cell")?;
 
-    let move_docs: Vec<crate::error::ObjectOnly<MoveDoc>> = json_section(moves, "moves")?;
+    let move_docs: Vec<crate::error::ObjectOnly<MoveDoc>> = json_section(get(3), "moves")?;
     let moves = validate_moves(move_docs.into_iter().map(|m| m.0), &cells, "binary:moves")?;
-    let tenants = read_tenants(
-        arena,
-        bucket_bytes,
-        &moves,
-        key,
-        cells.len(),
-        ["moves", "tenant_arena", "tenant_buckets"],
-        |_, _, _| Ok(()),
-    )?;
-    if tenants.len() != entries as usize {
-        return Err(err(
-            "header",
-            format!(
-                "header says {entries} tenant entries, the table holds {}",
-                tenants.len()
-            ),
-        ));
-    }
+    let tenants = adopt(bytes, range(4), range(5), "tenant_buckets", "tenant_arena")?;
 
-    Ok(Snapshot {
-        format: 1,
-        version,
-        generated_at,
-        key,
-        slots,
-        cells,
-        regions: vec![Region {
-            id: DEFAULT_ID.to_string(),
-        }],
-        region_table: Vec::new(),
-        region_overrides: TenantTable::default(),
-        pools: vec![Pool {
-            id: DEFAULT_ID.to_string(),
-            match_rule: None,
-            slot_tables: vec![slot_table],
-            tenants,
-            moves,
-        }],
+    Ok(Pending {
+        snapshot: Snapshot {
+            format: 1,
+            version,
+            generated_at,
+            key,
+            slots,
+            cells,
+            regions: vec![Region {
+                id: DEFAULT_ID.to_string(),
+            }],
+            region_table: Vec::new(),
+            region_overrides: TenantTable::default(),
+            pools: vec![Pool {
+                id: DEFAULT_ID.to_string(),
+                match_rule: None,
+                slot_tables: vec![slot_table],
+                tenants,
+                moves,
+            }],
+        },
+        entries,
+        places: None,
+        names: vec![[
+            "moves".to_string(),
+            "tenant_arena".to_string(),
+            "tenant_buckets".to_string(),
+        ]],
+        // No region overrides in layout 1: start at the pool.
+        table: 1,
+        bucket: 0,
+        records: 0,
+        move_entries: 0,
+        total: 0,
     })
 }
 
@@ -575,7 +645,7 @@ const LAYOUT2_SECTIONS: [&str; 7] = [
 ];
 const LAYOUT2_POOL_SECTIONS: [&str; 4] = ["slot_tables", "moves", "tenant_arena", "tenant_buckets"];
 
-fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
+fn prepare_layout2(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pending, PathError> {
     let Head {
         version,
         key,
@@ -600,8 +670,14 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
                 .map(|s| format!("pools[{p}].{s}")),
         );
     }
-    let section = read_sections(body, 56, &names)?;
-    let get = |i: usize| section.get(i).copied().unwrap_or(&[]);
+    let ranges = read_sections(body, 56, &names)?;
+    let get = |i: usize| -> &[u8] {
+        ranges
+            .get(i)
+            .and_then(|r| body.get(r.clone()))
+            .unwrap_or(&[])
+    };
+    let range = |i: usize| ranges.get(i).cloned().unwrap_or(0..0);
 
     let generated_at = std::str::from_utf8(get(0))
         .map_err(|_| err("generated_at", "not UTF-8"))?
@@ -642,31 +718,10 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
         &region_of,
         &places,
     )?;
+    let region_overrides = adopt(bytes, range(4), range(5), "region_buckets", "region_arena")?;
 
-    let region_overrides = TenantTable::from_indexed_parts(
-        get(4).to_vec(),
-        read_buckets(get(5), "region_buckets")?,
-        |t| key.hash(t),
-        |_, _, kind, value| {
-            if kind == EntryKind::Override && usize::from(value) < region_count {
-                Ok(())
-            } else {
-                Err(format!("not a region override of a known region ({value})"))
-            }
-        },
-    )
-    .map_err(|e| err("region_arena", e))?;
-    // With one region every tenant is homed there: no lookup needed.
-    let home_region = |tenant: &[u8], h: u64| -> u16 {
-        if region_count == 1 {
-            return 0;
-        }
-        home_region_of(&region_overrides, &region_table, slots, tenant, h)
-    };
-
-    let cell_places: Vec<(u16, u16)> = cells.iter().map(|c| (c.pool, c.region)).collect();
     let mut pools = Vec::with_capacity(pool_count);
-    let mut total = 0usize;
+    let mut pool_names = Vec::with_capacity(pool_count);
     for ((p, head), match_rule) in heads.into_iter().enumerate().zip(match_rules) {
         let at = 7 + 4 * p;
         let name = |i: usize| names.get(at + i).map_or("pools", String::as_str);
@@ -701,40 +756,12 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
             &cells,
             &format!("binary:{}", name(1)),
         )?;
-        for (i, m) in moves.iter().enumerate() {
-            let home = home_region(m.tenant.as_bytes(), key.hash(m.tenant.as_bytes()));
-            for (field, cell) in [("from", m.from), ("to", m.to)] {
-                check_place(
-                    &cells,
-                    &places,
-                    p as u16,
-                    cell,
-                    m.tenant.as_bytes(),
-                    home,
-                    || format!("binary:{}[{i}].{field}", name(1)),
-                )?;
-            }
-        }
-        let tenants = read_tenants(
-            get(at + 2),
-            get(at + 3),
-            &moves,
-            key,
-            cells.len(),
-            [name(1), name(2), name(3)],
-            |tenant, h, cell| {
-                let home = home_region(tenant, h);
-                // The common case from a compact table; check_place words
-                // the refusal.
-                if cell_places.get(usize::from(cell)) == Some(&(p as u16, home)) {
-                    return Ok(());
-                }
-                check_place(&cells, &places, p as u16, cell, tenant, home, || {
-                    format!("binary:{}", name(2))
-                })
-            },
-        )?;
-        total += tenants.len();
+        let tenants = adopt(bytes, range(at + 2), range(at + 3), name(3), name(2))?;
+        pool_names.push([
+            name(1).to_string(),
+            name(2).to_string(),
+            name(3).to_string(),
+        ]);
         pools.push(Pool {
             id: head.0.id,
             match_rule,
@@ -743,28 +770,275 @@ fn decode_layout2(body: &[u8], head: Head) -> Result<Snapshot, PathError> {
             moves,
         });
     }
-    if total != entries as usize {
-        return Err(err(
-            "header",
-            format!("header says {entries} tenant entries, the tables hold {total}"),
-        ));
+
+    Ok(Pending {
+        snapshot: Snapshot {
+            format: FORMAT_POOLS,
+            version,
+            generated_at,
+            key,
+            slots,
+            cells,
+            regions: region_docs
+                .into_iter()
+                .map(|r| Region { id: r.id })
+                .collect(),
+            region_table,
+            region_overrides,
+            pools,
+        },
+        entries,
+        places: Some(places),
+        names: pool_names,
+        table: 0,
+        bucket: 0,
+        records: 0,
+        move_entries: 0,
+        total: 0,
+    })
+}
+
+impl Pending {
+    /// Checks about `budget` bytes of records; the snapshot after the last.
+    fn check(&mut self, budget: usize) -> Result<Option<Snapshot>, PathError> {
+        let mut left = budget;
+        loop {
+            let pool_index = self.table.checked_sub(1);
+            let Some(table) = (match pool_index {
+                None => Some(&self.snapshot.region_overrides),
+                Some(p) => self.snapshot.pools.get(p).map(|pool| &pool.tenants),
+            }) else {
+                return self.finish().map(Some);
+            };
+            if self.bucket == 0
+                && let Some(p) = pool_index
+            {
+                self.check_move_places(p)?;
+            }
+            let count = table.bucket_count();
+            // Whole buckets up to the budget's byte.
+            let from = table.bucket_start(self.bucket);
+            let mut end = self.bucket + 1;
+            if left == usize::MAX {
+                end = count;
+            } else {
+                let mut step = 1usize;
+                while end < count && table.bucket_start(end).saturating_sub(from) < left {
+                    end = (end + step).min(count);
+                    step = step.saturating_mul(2);
+                }
+            }
+            let end = end.min(count).max(self.bucket);
+            let (records, bytes) = self.check_range(pool_index, self.bucket..end)?;
+            self.records += records;
+            self.bucket = end;
+            left = left.saturating_sub(bytes.max(1));
+            if self.bucket >= count {
+                self.finish_table(pool_index)?;
+            }
+            if left == 0 {
+                return Ok(None);
+            }
+        }
     }
 
-    Ok(Snapshot {
-        format: FORMAT_POOLS,
-        version,
-        generated_at,
-        key,
-        slots,
-        cells,
-        regions: region_docs
-            .into_iter()
-            .map(|r| Region { id: r.id })
-            .collect(),
-        region_table,
-        region_overrides,
-        pools,
-    })
+    /// Buckets `range` of the current table, with the checks of its kind.
+    fn check_range(
+        &mut self,
+        pool_index: Option<usize>,
+        range: Range<usize>,
+    ) -> Result<(usize, usize), PathError> {
+        let snapshot = &self.snapshot;
+        let key = snapshot.key;
+        let Some(p) = pool_index else {
+            let region_count = snapshot.regions.len();
+            return snapshot
+                .region_overrides
+                .check_buckets(
+                    range,
+                    |t| key.hash(t),
+                    |_, _, kind, value| {
+                        if kind == EntryKind::Override && usize::from(value) < region_count {
+                            Ok(())
+                        } else {
+                            Err(format!("not a region override of a known region ({value})"))
+                        }
+                    },
+                )
+                .map_err(|e| err("region_arena", e));
+        };
+        let Some(pool) = snapshot.pools.get(p) else {
+            return Ok((0, 0));
+        };
+        let arena_name = self.names.get(p).map_or("tenant_arena", |n| n[1].as_str());
+        let cell_count = snapshot.cells.len();
+        let move_count = pool.moves.len();
+        let cell_places: Vec<(u16, u16)> = match &self.places {
+            Some(_) => snapshot.cells.iter().map(|c| (c.pool, c.region)).collect(),
+            None => Vec::new(),
+        };
+        let region_count = snapshot.regions.len();
+        let places = self.places.as_ref();
+        let move_entries = &mut self.move_entries;
+        pool.tenants
+            .check_buckets(
+                range,
+                |t| key.hash(t),
+                |tenant, h, kind, value| {
+                    let limit = match kind {
+                        EntryKind::Override | EntryKind::Pin => cell_count,
+                        EntryKind::Move => {
+                            *move_entries += 1;
+                            move_count
+                        }
+                    };
+                    if usize::from(value) >= limit {
+                        return Err(format!("out-of-range value {value}"));
+                    }
+                    let Some(places) = places else {
+                        return Ok(());
+                    };
+                    if kind == EntryKind::Move {
+                        return Ok(());
+                    }
+                    // With one region every tenant is homed there.
+                    let home = if region_count == 1 {
+                        0
+                    } else {
+                        home_region_of(
+                            &snapshot.region_overrides,
+                            &snapshot.region_table,
+                            snapshot.slots,
+                            tenant,
+                            h,
+                        )
+                    };
+                    // The common case from a compact table; check_place
+                    // words the refusal.
+                    if cell_places.get(usize::from(value)) == Some(&(p as u16, home)) {
+                        return Ok(());
+                    }
+                    check_place(
+                        &snapshot.cells,
+                        places,
+                        p as u16,
+                        value,
+                        tenant,
+                        home,
+                        || format!("binary:{arena_name}"),
+                    )
+                    .map_err(|e| e.to_string())
+                },
+            )
+            .map_err(|e| err(arena_name, e))
+    }
+
+    /// Layout 2: a move's cells in its pool and its tenant's home region
+    /// (checked once the region overrides are).
+    fn check_move_places(&self, p: usize) -> Result<(), PathError> {
+        let (Some(places), Some(pool)) = (&self.places, self.snapshot.pools.get(p)) else {
+            return Ok(());
+        };
+        let snapshot = &self.snapshot;
+        let moves_name = self.names.get(p).map_or("moves", |n| n[0].as_str());
+        for (i, m) in pool.moves.iter().enumerate() {
+            let tenant = m.tenant.as_bytes();
+            let home = if snapshot.regions.len() == 1 {
+                0
+            } else {
+                home_region_of(
+                    &snapshot.region_overrides,
+                    &snapshot.region_table,
+                    snapshot.slots,
+                    tenant,
+                    snapshot.key.hash(tenant),
+                )
+            };
+            for (field, cell) in [("from", m.from), ("to", m.to)] {
+                check_place(
+                    &snapshot.cells,
+                    places,
+                    p as u16,
+                    cell,
+                    tenant,
+                    home,
+                    || format!("binary:{moves_name}[{i}].{field}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current table is checked: its record count, and for a pool its
+    /// moves (every move in the table under its own index, nothing else a
+    /// move).
+    fn finish_table(&mut self, pool_index: Option<usize>) -> Result<(), PathError> {
+        let records = std::mem::take(&mut self.records);
+        let move_entries = std::mem::take(&mut self.move_entries);
+        self.table += 1;
+        self.bucket = 0;
+        let key = self.snapshot.key;
+        let Some(p) = pool_index else {
+            let table = std::mem::take(&mut self.snapshot.region_overrides);
+            self.snapshot.region_overrides = table
+                .with_entries(records)
+                .map_err(|e| err("region_arena", e))?;
+            return Ok(());
+        };
+        let [moves_name, arena_name, _] = self.names.get(p).cloned().unwrap_or_default();
+        let Some(pool) = self.snapshot.pools.get_mut(p) else {
+            return Ok(());
+        };
+        let table = std::mem::take(&mut pool.tenants);
+        pool.tenants = table
+            .with_entries(records)
+            .map_err(|e| err(&arena_name, e))?;
+        if move_entries != pool.moves.len() {
+            return Err(err(
+                &moves_name,
+                format!(
+                    "{} moves, but the table has {move_entries} move entries",
+                    pool.moves.len()
+                ),
+            ));
+        }
+        for (i, m) in pool.moves.iter().enumerate() {
+            let t = m.tenant.as_bytes();
+            if pool.tenants.get(t, key.hash(t)) != Some((EntryKind::Move, i as u16)) {
+                return Err(err(
+                    &moves_name,
+                    format!(
+                        "move {i} (tenant {:?}) is not in the tenant table as move {i}",
+                        m.tenant
+                    ),
+                ));
+            }
+        }
+        self.total += records;
+        Ok(())
+    }
+
+    /// Every table is checked: the header's count, and the snapshot.
+    fn finish(&mut self) -> Result<Snapshot, PathError> {
+        if self.total != self.entries as usize {
+            let what = if self.places.is_some() {
+                "the tables hold"
+            } else {
+                "the table holds"
+            };
+            return Err(err(
+                "header",
+                format!(
+                    "header says {} tenant entries, {what} {}",
+                    self.entries, self.total
+                ),
+            ));
+        }
+        Ok(std::mem::replace(
+            &mut self.snapshot,
+            Snapshot::placeholder(),
+        ))
+    }
 }
 
 fn validate_moves(

@@ -87,6 +87,12 @@ impl HashKey {
         hasher.finish()
     }
 
+    /// SipHash-1-3 under this key over bytes given in pieces: the same as
+    /// [`Self::hash`] of their concatenation.
+    pub fn incremental(&self) -> IncrementalHash {
+        IncrementalHash(SipHasher13::new_with_keys(self.k0, self.k1))
+    }
+
     /// A keyed draw in `0..10_000`: SipHash-1-3 over the domain byte
     /// followed by the key (the split key for moves and ramps), modulo
     /// 10,000. Compared with a share in basis points: `draw < share` selects.
@@ -96,6 +102,20 @@ impl HashKey {
         hasher.write(&[domain]);
         hasher.write(key);
         (hasher.finish() % u64::from(BASIS_POINTS)) as u16
+    }
+}
+
+/// [`HashKey::incremental`]: a hash fed in pieces.
+#[derive(Clone, Debug)]
+pub struct IncrementalHash(SipHasher13);
+
+impl IncrementalHash {
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0.finish()
     }
 }
 

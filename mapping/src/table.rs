@@ -17,6 +17,8 @@
 //! which the resolver has already computed, so an override lookup costs no
 //! extra hashing.
 
+use std::sync::Arc;
+
 /// Longest tenant id an override may name. Tokens carry short ids; this bounds
 /// the arena and keeps the length in 14 bits.
 pub const MAX_TENANT_BYTES: usize = 1024;
@@ -56,17 +58,70 @@ const LEN_MASK: u16 = (1 << LEN_BITS) - 1;
 /// `len|kind` (u16 LE) and value (u16 LE) before the tenant bytes.
 const HEADER: usize = 4;
 
+/// Where a table's bytes live: a vector of its own (built here), or a range
+/// of a received binary snapshot that the whole snapshot shares, so applying
+/// one copies nothing (`binary::Apply`).
+#[derive(Clone, Debug)]
+struct Store {
+    own: Vec<u8>,
+    /// When set, the bytes are `body[start..end]` and `own` is empty.
+    shared: Option<(Arc<Vec<u8>>, usize, usize)>,
+}
+
+impl Store {
+    const fn owned_by(own: Vec<u8>) -> Self {
+        Store { own, shared: None }
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match &self.shared {
+            None => &self.own,
+            Some((body, start, end)) => body.get(*start..*end).unwrap_or(&[]),
+        }
+    }
+
+    /// Its own vector (a shared range is copied first: only the builder
+    /// writes, and it never holds a shared table).
+    fn owned(&mut self) -> &mut Vec<u8> {
+        if let Some((body, start, end)) = self.shared.take() {
+            self.own = body.get(start..end).unwrap_or(&[]).to_vec();
+        }
+        &mut self.own
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match &self.shared {
+            None => self.own.capacity(),
+            Some((_, start, end)) => end.saturating_sub(*start),
+        }
+    }
+}
+
 /// Tenant ids with a kind and a 16-bit value each, in insertion order until
 /// [`TenantTable::build_index`] groups them by bucket; call it before
 /// [`TenantTable::get`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TenantTable {
-    arena: Vec<u8>,
+    arena: Store,
     entries: usize,
-    /// One word per bucket plus a sentinel: the bucket's first record offset
-    /// in the low 32 bits, its Bloom word in the high 32. A bucket's records
-    /// end where the next bucket's start. Empty until indexed.
-    buckets: Vec<u64>,
+    /// One little-endian u64 word per bucket plus a sentinel: the bucket's
+    /// first record offset in the low 32 bits, its Bloom word in the high
+    /// 32. A bucket's records end where the next bucket's start. Empty until
+    /// indexed. Bytes, as in the binary form, so a received table is used
+    /// in place.
+    buckets: Store,
+}
+
+impl Default for TenantTable {
+    fn default() -> Self {
+        TenantTable::EMPTY
+    }
+}
+
+/// Little-endian u64 words.
+fn words_to_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// Records per bucket, on average.
@@ -101,6 +156,26 @@ impl std::fmt::Display for InsertError {
     }
 }
 
+/// The record at `offset` of an arena: tenant, kind, value and the next
+/// offset.
+#[inline]
+fn record_at(arena: &[u8], offset: usize) -> Option<(&[u8], EntryKind, u16, usize)> {
+    let header = arena.get(offset..offset.checked_add(HEADER)?)?;
+    let (len_kind, value) = match header {
+        [a, b, c, d] => (u16::from_le_bytes([*a, *b]), u16::from_le_bytes([*c, *d])),
+        _ => return None,
+    };
+    let len = usize::from(len_kind & LEN_MASK);
+    let start = offset + HEADER;
+    let tenant = arena.get(start..start + len)?;
+    Some((
+        tenant,
+        EntryKind::from_bits(len_kind >> LEN_BITS),
+        value,
+        start + len,
+    ))
+}
+
 /// The bucket of a hash: the low 32 bits scaled to the bucket count
 /// (multiply-shift), so the count need not be a power of two.
 #[inline]
@@ -111,23 +186,39 @@ fn bucket_of(h: u64, buckets: usize) -> usize {
 impl TenantTable {
     /// An empty table (usable in statics).
     pub const EMPTY: TenantTable = TenantTable {
-        arena: Vec::new(),
+        arena: Store::owned_by(Vec::new()),
         entries: 0,
-        buckets: Vec::new(),
+        buckets: Store::owned_by(Vec::new()),
     };
 
     pub fn with_capacity(entries: usize, arena_bytes: usize) -> Self {
         TenantTable {
-            arena: Vec::with_capacity(arena_bytes.saturating_add(entries.saturating_mul(HEADER))),
+            arena: Store::owned_by(Vec::with_capacity(
+                arena_bytes.saturating_add(entries.saturating_mul(HEADER)),
+            )),
             entries: 0,
-            buckets: Vec::new(),
+            buckets: Store::owned_by(Vec::new()),
         }
     }
 
     /// Makes room for `entries` more tenants of about `arena_bytes` in all.
     pub fn reserve(&mut self, entries: usize, arena_bytes: usize) {
         self.arena
+            .owned()
             .reserve(arena_bytes.saturating_add(entries.saturating_mul(HEADER)));
+    }
+
+    /// Directory word `i`.
+    #[inline]
+    fn word(&self, i: usize) -> Option<u64> {
+        let at = i.checked_mul(8)?;
+        let bytes = self.buckets.bytes().get(at..at.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    /// Directory words (buckets plus the sentinel).
+    fn word_count(&self) -> usize {
+        self.buckets.bytes().len() / 8
     }
 
     pub fn len(&self) -> usize {
@@ -146,14 +237,15 @@ impl TenantTable {
         if tenant.len() > MAX_TENANT_BYTES {
             return Err(InsertError::TooLong(tenant.len()));
         }
+        let arena = self.arena.owned();
         // Offsets are stored in 32 bits.
-        if self.arena.len() + HEADER + tenant.len() >= u32::MAX as usize {
+        if arena.len() + HEADER + tenant.len() >= u32::MAX as usize {
             return Err(InsertError::TooMany);
         }
         let len_kind = (tenant.len() as u16) | (kind.to_bits() << LEN_BITS);
-        self.arena.extend_from_slice(&len_kind.to_le_bytes());
-        self.arena.extend_from_slice(&value.to_le_bytes());
-        self.arena.extend_from_slice(tenant);
+        arena.extend_from_slice(&len_kind.to_le_bytes());
+        arena.extend_from_slice(&value.to_le_bytes());
+        arena.extend_from_slice(tenant);
         self.entries += 1;
         Ok(())
     }
@@ -161,20 +253,7 @@ impl TenantTable {
     /// The record at `offset`: tenant, kind, value and the next offset.
     #[inline]
     fn record(&self, offset: usize) -> Option<(&[u8], EntryKind, u16, usize)> {
-        let header = self.arena.get(offset..offset + HEADER)?;
-        let (len_kind, value) = match header {
-            [a, b, c, d] => (u16::from_le_bytes([*a, *b]), u16::from_le_bytes([*c, *d])),
-            _ => return None,
-        };
-        let len = usize::from(len_kind & LEN_MASK);
-        let start = offset + HEADER;
-        let tenant = self.arena.get(start..start + len)?;
-        Some((
-            tenant,
-            EntryKind::from_bits(len_kind >> LEN_BITS),
-            value,
-            start + len,
-        ))
+        record_at(self.arena.bytes(), offset)
     }
 
     /// Offsets of every record, in arena order.
@@ -204,10 +283,11 @@ impl TenantTable {
 
     /// Rewrites every value (e.g. interned cell names → cell indexes).
     pub fn map_values(&mut self, mut f: impl FnMut(EntryKind, u16) -> u16) {
+        let arena = self.arena.owned();
         let mut offset = 0;
-        while let Some((_, kind, value, next)) = self.record(offset) {
+        while let Some((_, kind, value, next)) = record_at(arena, offset) {
             let new = f(kind, value).to_le_bytes();
-            if let Some(slot) = self.arena.get_mut(offset + 2..offset + HEADER) {
+            if let Some(slot) = arena.get_mut(offset + 2..offset + HEADER) {
                 slot.copy_from_slice(&new);
             }
             offset = next;
@@ -236,7 +316,7 @@ impl TenantTable {
             }
         }
         // Pass 2: copy each record to its bucket, in insertion order.
-        let mut grouped = vec![0u8; self.arena.len()];
+        let mut grouped = vec![0u8; self.arena.bytes().len()];
         let mut fill: Vec<u32> = starts.clone();
         let mut blooms = vec![0u32; count];
         let mut offset = 0;
@@ -246,7 +326,7 @@ impl TenantTable {
             if let (Some(at), Some(bloom), Some(record)) = (
                 fill.get_mut(b),
                 blooms.get_mut(b),
-                self.arena.get(offset..next),
+                self.arena.bytes().get(offset..next),
             ) {
                 let to = *at as usize;
                 if let Some(slot) = grouped.get_mut(to..to + record.len()) {
@@ -265,9 +345,9 @@ impl TenantTable {
             })
             .collect();
         let indexed = TenantTable {
-            arena: grouped,
+            arena: Store::owned_by(grouped),
             entries: self.entries,
-            buckets,
+            buckets: Store::owned_by(words_to_bytes(&buckets)),
         };
         if indexed.has_repeated_tenant() {
             return Err(self.first_repeat_position());
@@ -281,10 +361,12 @@ impl TenantTable {
     /// one bucket cost O(n), not O(n²).
     fn has_repeated_tenant(&self) -> bool {
         let mut records: Vec<&[u8]> = Vec::new();
-        for pair in self.buckets.windows(2) {
-            let [start, end] = pair else { continue };
+        for b in 0..self.word_count().saturating_sub(1) {
+            let (Some(start), Some(end)) = (self.word(b), self.word(b + 1)) else {
+                continue;
+            };
             records.clear();
-            let (mut offset, end) = ((*start as u32) as usize, (*end as u32) as usize);
+            let (mut offset, end) = ((start as u32) as usize, (end as u32) as usize);
             while offset < end {
                 let Some((tenant, _, _, next)) = self.record(offset) else {
                     break;
@@ -321,18 +403,18 @@ impl TenantTable {
     /// [`Self::build_index`]).
     #[inline]
     pub fn get(&self, tenant: &[u8], h: u64) -> Option<(EntryKind, u16)> {
-        let count = self.buckets.len().checked_sub(1)?;
+        let count = self.word_count().checked_sub(1)?;
         if count == 0 {
             return None;
         }
         let b = bucket_of(h, count);
-        let word = *self.buckets.get(b)?;
+        let word = self.word(b)?;
         let bits = bloom_bits(h);
         if ((word >> 32) as u32) & bits != bits {
             return None;
         }
         let mut offset = (word as u32) as usize;
-        let end = (*self.buckets.get(b + 1)? as u32) as usize;
+        let end = (self.word(b + 1)? as u32) as usize;
         while offset < end {
             let (bytes, kind, value, next) = self.record(offset)?;
             if bytes == tenant {
@@ -344,71 +426,132 @@ impl TenantTable {
     }
 
     /// The indexed table's two parts as stored in the binary snapshot form:
-    /// the record arena in bucket order and the bucket directory (one word per
-    /// bucket plus a sentinel). Empty directory if not indexed.
-    pub fn indexed_parts(&self) -> (&[u8], &[u64]) {
-        (&self.arena, &self.buckets)
+    /// the record arena in bucket order and the bucket directory (one
+    /// little-endian u64 word per bucket plus a sentinel). Empty directory if
+    /// not indexed.
+    pub fn indexed_parts(&self) -> (&[u8], &[u8]) {
+        (self.arena.bytes(), self.buckets.bytes())
     }
 
     /// Adopts an arena and a bucket directory as written by
-    /// [`Self::indexed_parts`] after [`Self::build_index`], checking everything
-    /// a lookup relies on, in one pass and without a per-entry allocation:
-    /// the directory has the bucket count `build_index` would choose, starts
-    /// at 0, never goes back and ends at the arena's end; every record fits
-    /// its bucket, has a 1 … 1,024-byte tenant and a known kind, hashes
-    /// (with `hash`) to the bucket it sits in and has its Bloom bits set;
-    /// `check` accepts it (given the tenant, its hash, kind and value: the
-    /// caller's own checks, without hashing again); and no tenant appears
-    /// twice. A table
+    /// [`Self::indexed_parts`] after [`Self::build_index`], checking
+    /// everything a lookup relies on (see [`Self::check_buckets`]). A table
     /// that passes answers [`Self::get`] exactly as the table `build_index`
     /// builds from the same records.
     pub fn from_indexed_parts(
         arena: Vec<u8>,
         buckets: Vec<u64>,
         hash: impl Fn(&[u8]) -> u64,
-        mut check: impl FnMut(&[u8], u64, EntryKind, u16) -> Result<(), String>,
+        check: impl FnMut(&[u8], u64, EntryKind, u16) -> Result<(), String>,
     ) -> Result<Self, String> {
-        let count = buckets
-            .len()
-            .checked_sub(1)
-            .filter(|&c| c > 0)
-            .ok_or("the bucket directory needs at least two words")?;
-        let start_of = |i: usize| -> usize { buckets.get(i).map_or(0, |w| (*w as u32) as usize) };
+        let table = TenantTable {
+            arena: Store::owned_by(arena),
+            entries: 0,
+            buckets: Store::owned_by(words_to_bytes(&buckets)),
+        }
+        .checked_directory()?;
+        let (records, _) = table.check_buckets(0..table.bucket_count(), hash, check)?;
+        table.with_entries(records)
+    }
+
+    /// Adopts the arena and the directory that sit at `arena` and `buckets`
+    /// in `body` (a received binary snapshot), in place: nothing is copied.
+    /// Checks the directory's ends here (it starts at 0, its sentinel ends
+    /// at the arena's end with no Bloom bits); the records are checked by
+    /// [`Self::check_buckets`], in as many pieces as the caller likes, and
+    /// the count by [`Self::with_entries`]. Not usable before both.
+    pub fn adopt(
+        body: Arc<Vec<u8>>,
+        arena: std::ops::Range<usize>,
+        buckets: std::ops::Range<usize>,
+    ) -> Result<Self, String> {
+        if body.get(arena.clone()).is_none() || body.get(buckets.clone()).is_none() {
+            return Err("the table runs past the end of the snapshot".into());
+        }
+        if !(buckets.end - buckets.start).is_multiple_of(8) {
+            return Err("the bucket directory's length is not a multiple of 8".into());
+        }
+        TenantTable {
+            arena: Store {
+                own: Vec::new(),
+                shared: Some((Arc::clone(&body), arena.start, arena.end)),
+            },
+            entries: 0,
+            buckets: Store {
+                own: Vec::new(),
+                shared: Some((body, buckets.start, buckets.end)),
+            },
+        }
+        .checked_directory()
+    }
+
+    /// The directory's ends: at least one bucket, starting at offset 0, the
+    /// sentinel at the arena's end with no Bloom bits.
+    fn checked_directory(self) -> Result<Self, String> {
+        let count = self.bucket_count();
+        if count == 0 {
+            return Err("the bucket directory needs at least two words".into());
+        }
+        let start_of = |i: usize| -> usize { self.word(i).map_or(0, |w| (w as u32) as usize) };
         if start_of(0) != 0 {
             return Err("the first bucket must start at offset 0".into());
         }
-        if start_of(count) != arena.len() {
+        let arena_len = self.arena.bytes().len();
+        if start_of(count) != arena_len {
             return Err(format!(
-                "the directory ends at offset {}, the arena has {} bytes",
-                start_of(count),
-                arena.len()
+                "the directory ends at offset {}, the arena has {arena_len} bytes",
+                start_of(count)
             ));
         }
-        if buckets.last().is_some_and(|w| (w >> 32) != 0) {
+        if self.word(count).is_some_and(|w| (w >> 32) != 0) {
             return Err("the sentinel word must have no Bloom bits".into());
         }
-        let table = TenantTable {
-            arena,
-            entries: 0,
-            buckets: Vec::new(),
-        };
+        Ok(self)
+    }
+
+    /// Buckets in the directory (words less the sentinel).
+    pub fn bucket_count(&self) -> usize {
+        self.word_count().saturating_sub(1)
+    }
+
+    /// Where bucket `b`'s records start in the arena (the arena's length
+    /// for the sentinel): how far a piecewise check has got.
+    pub fn bucket_start(&self, b: usize) -> usize {
+        self.word(b).map_or(0, |w| (w as u32) as usize)
+    }
+
+    /// Checks the records of buckets `range`, without a per-entry
+    /// allocation: each bucket never goes back, every record fits its
+    /// bucket, has a 1 … 1,024-byte tenant and a known kind, hashes (with
+    /// `hash`) to the bucket it sits in and has its Bloom bits set; `check`
+    /// accepts it (given the tenant, its hash, kind and value: the caller's
+    /// own checks, without hashing again); and no tenant appears twice (a
+    /// tenant's copies share its bucket). Returns the records checked.
+    pub fn check_buckets(
+        &self,
+        range: std::ops::Range<usize>,
+        hash: impl Fn(&[u8]) -> u64,
+        mut check: impl FnMut(&[u8], u64, EntryKind, u16) -> Result<(), String>,
+    ) -> Result<(usize, usize), String> {
+        let count = self.bucket_count();
+        let arena = self.arena.bytes();
+        let start_of = |i: usize| -> usize { self.word(i).map_or(0, |w| (w as u32) as usize) };
         let mut entries = 0usize;
         // The bucket's tenants so far, for the duplicate check (pairwise in
         // small buckets, a hash set in large ones, as in `build_index`);
         // done in this pass rather than a second walk over the arena.
         let mut seen: Vec<&[u8]> = Vec::new();
         let mut seen_set: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
-        for b in 0..count {
+        for b in range.start..range.end.min(count) {
             let (mut offset, end) = (start_of(b), start_of(b + 1));
             if end < offset {
                 return Err(format!("bucket {b} ends before it starts"));
             }
             seen.clear();
             seen_set.clear();
-            let bloom = buckets.get(b).map_or(0, |w| (w >> 32) as u32);
+            let bloom = self.word(b).map_or(0, |w| (w >> 32) as u32);
             while offset < end {
-                let header = table
-                    .arena
+                let header = arena
                     .get(offset..offset + HEADER)
                     .ok_or_else(|| format!("record at offset {offset} is cut short"))?;
                 let len_kind = match header {
@@ -424,10 +567,10 @@ impl TenantTable {
                         "record at offset {offset} has a tenant of {len} bytes (1 … {MAX_TENANT_BYTES})"
                     ));
                 }
-                let (tenant, kind, value, next) = table
-                    .record(offset)
-                    .filter(|r| r.3 <= end)
-                    .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))?;
+                let (tenant, kind, value, next) =
+                    record_at(arena, offset)
+                        .filter(|r| r.3 <= end)
+                        .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))?;
                 let h = hash(tenant);
                 if bucket_of(h, count) != b {
                     return Err(format!(
@@ -458,23 +601,28 @@ impl TenantTable {
                 offset = next;
             }
         }
-        if entries.div_ceil(BUCKET_LOAD).max(1) != count {
+        let bytes = start_of(range.end.min(count)).saturating_sub(start_of(range.start.min(count)));
+        Ok((entries, bytes))
+    }
+
+    /// The table once every bucket has been checked, holding `entries`
+    /// records: the directory must have the bucket count `build_index`
+    /// would choose for them.
+    pub fn with_entries(mut self, entries: usize) -> Result<Self, String> {
+        let want = entries.div_ceil(BUCKET_LOAD).max(1);
+        if want != self.bucket_count() {
             return Err(format!(
-                "{entries} records need {} buckets, the directory has {count}",
-                entries.div_ceil(BUCKET_LOAD).max(1)
+                "{entries} records need {want} buckets, the directory has {}",
+                self.bucket_count()
             ));
         }
-        let table = TenantTable {
-            arena: table.arena,
-            entries,
-            buckets,
-        };
-        Ok(table)
+        self.entries = entries;
+        Ok(self)
     }
 
     /// Heap bytes held (for memory reports).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity() + self.buckets.capacity() * std::mem::size_of::<u64>()
+        self.arena.heap_bytes() + self.buckets.heap_bytes()
     }
 }
 
@@ -617,10 +765,14 @@ mod tests {
             let count = entries.div_ceil(BUCKET_LOAD).max(1);
             // All in bucket 0: the first word holds the Bloom bit, the
             // others start (and end) at the arena's end.
-            let mut words = vec![t.arena.len() as u64; count + 1];
+            let mut words = vec![t.arena.bytes().len() as u64; count + 1];
             words[0] = 1u64 << 32;
-            let got =
-                TenantTable::from_indexed_parts(t.arena.clone(), words, |_| 0, |_, _, _, _| Ok(()));
+            let got = TenantTable::from_indexed_parts(
+                t.arena.bytes().to_vec(),
+                words,
+                |_| 0,
+                |_, _, _, _| Ok(()),
+            );
             if repeat {
                 assert_eq!(got.unwrap_err(), "a tenant appears more than once");
             } else {

@@ -733,3 +733,68 @@ fn committed_binary_vectors_match_the_generator() {
         layout2_snapshot().to_pooled_doc()
     );
 }
+
+/// Applies `bytes` in steps of `budget` bytes.
+fn apply_in_steps(bytes: &[u8], budget: usize) -> Result<(Snapshot, usize), String> {
+    let mut apply = binary::Apply::new(bytes.to_vec()).map_err(|e| e.to_string())?;
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        if let Some(snapshot) = apply.step(budget).map_err(|e| e.to_string())? {
+            return Ok((snapshot, steps));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A snapshot applied in steps of any size is the one decoded at once,
+    /// and a bad one is refused with the same error; small steps take many
+    /// calls (work is really split).
+    #[test]
+    fn stepwise_apply_equals_decode(
+        g in gen_snapshot(),
+        pooled in pooled_gen::strategy(),
+        budget in 1usize..600,
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        for doc in [parse(&to_json(&g)), parse(&pooled.to_json())] {
+            let mut bytes = binary::encode(&doc);
+            let (stepped, steps) = apply_in_steps(&bytes, budget).unwrap();
+            prop_assert_eq!(stepped.to_pooled_doc(), doc.to_pooled_doc());
+            prop_assert!(steps >= bytes.len() / budget, "{} steps for {} bytes", steps, bytes.len());
+            for (at, value) in &edits {
+                let i = at.index(bytes.len() - 8);
+                bytes[i] = *value;
+            }
+            let resealed = reseal(bytes);
+            let once = binary::decode(&resealed).map(|s| s.to_pooled_doc()).map_err(|e| e.to_string());
+            let stepped = apply_in_steps(&resealed, budget).map(|(s, _)| s.to_pooled_doc());
+            prop_assert_eq!(stepped, once);
+        }
+    }
+}
+
+/// A refused apply stays refused, and a finished one cannot be stepped again.
+#[test]
+fn an_apply_is_over_after_its_outcome() {
+    let bytes = binary::encode(&parse(&small()));
+    let mut apply = binary::Apply::new(bytes.clone()).unwrap();
+    assert_eq!(apply.claimed_version(), Some(7));
+    while apply.step(64).unwrap().is_none() {}
+    assert!(apply.step(64).is_err());
+    let mut bad = bytes;
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let mut apply = binary::Apply::new(bad).unwrap();
+    let error = loop {
+        match apply.step(1 << 20) {
+            Ok(None) => continue,
+            Ok(Some(_)) => panic!("a bad checksum was accepted"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(error.contains("checksum"), "{error}");
+    assert!(apply.step(1 << 20).is_err());
+}
