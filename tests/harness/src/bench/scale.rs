@@ -351,10 +351,15 @@ fn applied(envoy: &Envoy) -> i64 {
 
 /// Waits until `applied` reaches `want`; what it reached.
 fn await_applied(envoy: &Envoy, want: i64, timeout: Duration) -> i64 {
+    await_applied_every(envoy, want, timeout, Duration::from_millis(5))
+}
+
+/// [`await_applied`], asking Envoy's admin every `every`.
+fn await_applied_every(envoy: &Envoy, want: i64, timeout: Duration, every: Duration) -> i64 {
     let deadline = Instant::now() + timeout;
     let mut seen = applied(envoy);
     while seen < want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(every);
         seen = applied(envoy);
     }
     seen
@@ -580,7 +585,10 @@ fn load_run(options: &ScaleOptions) -> Result<LoadRun> {
                 version += 1;
                 target += vms;
                 let left = run_for.saturating_sub(started.elapsed());
-                if await_applied(&gateway.envoy, target, left) >= target
+                // Every 100 ms: the admin's stats dump runs on Envoy's
+                // main thread and would add its own load to what is measured.
+                if await_applied_every(&gateway.envoy, target, left, Duration::from_millis(100))
+                    >= target
                     && started.elapsed() < run_for
                 {
                     swaps += 1;
