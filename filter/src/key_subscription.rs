@@ -355,6 +355,7 @@ impl KeySubscription {
                 self.last_contact_ms = Some(now_ms);
                 let outcome = match body {
                     Body::Read(bytes) => self.take(bytes, now_ms),
+                    Body::Owned(bytes) => self.take(&bytes, now_ms),
                     Body::TooLarge(size) => KeysOutcome::Refused {
                         why: format!(
                             "the JWKS is {size} bytes, more than max_jwks_bytes = {}",

@@ -27,6 +27,12 @@ fn source_name(source: Source) -> &'static str {
     }
 }
 
+/// Host time a Wasm VM spends applying a snapshot before its worker serves
+/// requests again (`Root::apply_slice`).
+const APPLY_SLICE_NS: u64 = 500_000;
+/// Bytes checked between two looks at the clock.
+const APPLY_STEP_BYTES: usize = 32 * 1024;
+
 fn now_ms() -> u64 {
     hostcalls::now_nanos() / 1_000_000
 }
@@ -92,6 +98,11 @@ pub(crate) struct Root {
     /// Tick period asked of the host and not yet accepted by it (ticks
     /// drive retries: without them a failed fetch is never retried).
     tick_pending: Option<u64>,
+    /// The tick period the config asks for (ticks run every millisecond
+    /// while a snapshot is applied in steps, then go back to this).
+    tick_ms: u64,
+    /// Ticks were asked every millisecond (a stepwise apply is under way).
+    ticking_fast: bool,
     /// Keys fetched at run time (`jwks_remote`), see `key_subscription.rs`.
     /// One per key source: the top-level one (`None`) or `providers[i]`.
     keys: Vec<(Option<usize>, KeySubscription)>,
@@ -390,79 +401,23 @@ impl Root {
         let response = CallResponse::read(body_size, |status| {
             subscription.body_plan(status, body_size)
         });
+        let status = response.status;
+        let (etag, body) = response.into_parts();
         let outcome = subscription.on_response(
             token,
             now,
             FetchResponse {
-                status: response.status,
-                etag: response.etag.as_deref(),
-                body: response.body(),
+                status,
+                etag: etag.as_deref(),
+                body,
             },
         );
-        match outcome {
-            FetchOutcome::Applied { snapshot, source } => {
-                let version = snapshot.version();
-                let cells = snapshot.cells().len();
-                if self.install(*snapshot, source) {
-                    if let Some(subscription) = self.subscription.as_mut() {
-                        subscription.installed(version, now);
-                    }
-                    self.count(|m, s| m.snapshot_applied(s, source));
-                    log(
-                        LogLevel::Info,
-                        &format!(
-                            "cell-router: snapshot version {version} applied from the {} ({cells} cells)",
-                            source_name(source)
-                        ),
-                    );
-                } else {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "cell-router: snapshot version {version} could not be put in force; asking again"
-                        ),
-                    );
-                }
-            }
-            FetchOutcome::Unchanged | FetchOutcome::Stale => {}
-            FetchOutcome::Refused {
-                source,
-                error,
-                too_large,
-            } => {
-                self.count(|m, s| m.snapshot_refused(s, too_large));
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "cell-router: snapshot from the {} refused, keeping the last good one: {error}",
-                        source_name(source)
-                    ),
-                );
-            }
-            FetchOutcome::Failed { source, why } => {
-                // No status: say what Envoy says (it cannot tell a reset
-                // from a body over its buffer limit).
-                let why = match (response.status, hostcalls::last_status()) {
-                    (None, Some((code, message))) => {
-                        format!(
-                            "{why}; {}",
-                            crate::subscription::host_failure(code, &message)
-                        )
-                    }
-                    _ => why,
-                };
-                let failures = subscription.failures_of(source);
-                self.count(|m, s| m.fetch_failed(s, source));
-                if failures.is_power_of_two() {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "cell-router: snapshot fetch from the {} failed: {why}; {failures} failure(s) in a row, backing off",
-                            source_name(source)
-                        ),
-                    );
-                }
-            }
+        if matches!(outcome, FetchOutcome::Applying) {
+            // The first slice now; the rest on millisecond ticks, so the
+            // worker serves requests between them.
+            self.apply_slice(now);
+        } else {
+            self.on_snapshot_outcome(outcome, now, status);
         }
         self.arm_tick();
         // Long-poll again at once, so the next change arrives in milliseconds.
@@ -568,10 +523,116 @@ impl Root {
             verify_signature: ForeignCall::Unknown,
             unknown_kids: Vec::new(),
         })));
+        self.tick_ms = tick_ms;
         self.tick_pending = Some(tick_ms);
         self.arm_tick();
         self.update_gauges(now);
         true
+    }
+
+    /// What an answer (or the last step of a stepwise apply) means: install,
+    /// count, log.
+    fn on_snapshot_outcome(&mut self, outcome: FetchOutcome, now: u64, status: Option<u16>) {
+        match outcome {
+            FetchOutcome::Applied { snapshot, source } => {
+                let version = snapshot.version();
+                let cells = snapshot.cells().len();
+                if self.install(*snapshot, source) {
+                    if let Some(subscription) = self.subscription.as_mut() {
+                        subscription.installed(version, now);
+                    }
+                    self.count(|m, s| m.snapshot_applied(s, source));
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "cell-router: snapshot version {version} applied from the {} ({cells} cells)",
+                            source_name(source)
+                        ),
+                    );
+                } else {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cell-router: snapshot version {version} could not be put in force; asking again"
+                        ),
+                    );
+                }
+            }
+            FetchOutcome::Unchanged | FetchOutcome::Stale | FetchOutcome::Applying => {}
+            FetchOutcome::Refused {
+                source,
+                error,
+                too_large,
+            } => {
+                self.count(|m, s| m.snapshot_refused(s, too_large));
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "cell-router: snapshot from the {} refused, keeping the last good one: {error}",
+                        source_name(source)
+                    ),
+                );
+            }
+            FetchOutcome::Failed { source, why } => {
+                // No status: say what Envoy says (it cannot tell a reset
+                // from a body over its buffer limit).
+                let why = match (status, hostcalls::last_status()) {
+                    (None, Some((code, message))) => {
+                        format!(
+                            "{why}; {}",
+                            crate::subscription::host_failure(code, &message)
+                        )
+                    }
+                    _ => why,
+                };
+                let failures = self
+                    .subscription
+                    .as_ref()
+                    .map_or(0, |s| s.failures_of(source));
+                self.count(|m, s| m.fetch_failed(s, source));
+                if failures.is_power_of_two() {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cell-router: snapshot fetch from the {} failed: {why}; {failures} failure(s) in a row, backing off",
+                            source_name(source)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Applies the snapshot being checked for up to [`APPLY_SLICE_NS`] of
+    /// host time, in steps of [`APPLY_STEP_BYTES`]. While more is left,
+    /// ticks come every millisecond; once done, the outcome is handled like
+    /// any answer's and the configured tick period comes back.
+    fn apply_slice(&mut self, now: u64) {
+        let started = hostcalls::now_nanos();
+        loop {
+            let Some(subscription) = self.subscription.as_mut() else {
+                return;
+            };
+            let outcome = subscription.apply_step(now, APPLY_STEP_BYTES);
+            if !matches!(outcome, FetchOutcome::Applying) {
+                self.on_snapshot_outcome(outcome, now_ms(), Some(200));
+                if self.ticking_fast {
+                    self.ticking_fast = false;
+                    self.tick_pending = Some(self.tick_ms);
+                    self.arm_tick();
+                }
+                self.fetch_if_due(now_ms());
+                return;
+            }
+            if hostcalls::now_nanos().saturating_sub(started) >= APPLY_SLICE_NS {
+                break;
+            }
+        }
+        if !self.ticking_fast {
+            self.ticking_fast = true;
+            self.tick_pending = Some(1);
+            self.arm_tick();
+        }
     }
 
     /// Asks the host for ticks if it has not accepted the period yet; tried
@@ -593,6 +654,9 @@ impl Root {
 
     pub fn on_tick(&mut self) {
         let now = now_ms();
+        if self.subscription.as_ref().is_some_and(|s| s.is_applying()) {
+            self.apply_slice(now);
+        }
         self.fetch_if_due(now);
         self.update_gauges(now);
     }
@@ -631,6 +695,17 @@ impl CallResponse {
             },
         };
         CallResponse { status, etag, body }
+    }
+
+    /// The ETag and the body, handed over (a binary snapshot is routed by
+    /// from the body's own bytes).
+    fn into_parts(self) -> (Option<Vec<u8>>, Body<'static>) {
+        let body = match self.body {
+            CallBody::Read(bytes) => Body::Owned(bytes),
+            CallBody::TooLarge(size) => Body::TooLarge(size),
+            CallBody::Unreadable => Body::Unreadable,
+        };
+        (self.etag, body)
     }
 
     fn body(&self) -> Body<'_> {

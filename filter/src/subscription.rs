@@ -101,9 +101,12 @@ impl FetchRequest {
 }
 
 /// The body of an answer, as far as the VM read it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Body<'a> {
     Read(&'a [u8]),
+    /// Read, and handed over: a binary snapshot is then routed by from these
+    /// very bytes (no copy).
+    Owned(Vec<u8>),
     /// Larger than `max_snapshot_bytes`: not read (this many bytes).
     TooLarge(usize),
     /// The host did not hand it over.
@@ -123,7 +126,7 @@ pub enum BodyPlan {
 
 /// An answer, as far as the host reported it. A failed or timed out call
 /// has no status.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FetchResponse<'a> {
     pub status: Option<u16>,
     /// The `etag` header, if any (the sidecar sends `"<version>"`).
@@ -151,6 +154,9 @@ pub enum FetchOutcome {
         snapshot: Box<Snapshot>,
         source: Source,
     },
+    /// A binary snapshot is being checked in steps
+    /// ([`Subscription::apply_step`]); no new request until it is done.
+    Applying,
     /// 304: nothing newer.
     Unchanged,
     /// A 200 whose snapshot was refused; the last good one stays.
@@ -177,6 +183,15 @@ enum State {
         token: u32,
         since_ms: u64,
     },
+    /// A binary snapshot from the sidecar is being applied in steps.
+    Applying,
+}
+
+/// A binary snapshot being applied, and the version its ETag named.
+#[derive(Debug)]
+struct Applying {
+    apply: binary::Apply,
+    etag_version: Option<u64>,
 }
 
 /// The persisted copy's part of the subscription.
@@ -234,9 +249,11 @@ impl Clock {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Subscription {
     config: SidecarConfig,
+    /// The binary snapshot being applied in steps, if any.
+    applying: Option<Applying>,
     clock: Clock,
     state: State,
     /// Consecutive sidecar failures, for the backoff.
@@ -268,6 +285,7 @@ impl Subscription {
     pub fn new(config: SidecarConfig, now_ms: u64, seed: u64) -> Self {
         Subscription {
             config,
+            applying: None,
             clock: Clock::new(now_ms),
             state: State::Idle {
                 not_before_ms: now_ms,
@@ -320,6 +338,11 @@ impl Subscription {
         matches!(self.state, State::InFlight { .. })
     }
 
+    /// A binary snapshot is being applied ([`Subscription::apply_step`]).
+    pub fn is_applying(&self) -> bool {
+        self.applying.is_some()
+    }
+
     /// Consecutive failures of `source`.
     pub fn failures_of(&self, source: Source) -> u32 {
         match source {
@@ -336,7 +359,7 @@ impl Subscription {
     pub fn next_fetch_at_ms(&self) -> Option<u64> {
         match self.state {
             State::Idle { not_before_ms } => Some(not_before_ms),
-            State::InFlight { .. } => None,
+            State::InFlight { .. } | State::Applying => None,
         }
     }
 
@@ -364,7 +387,7 @@ impl Subscription {
             State::Idle { not_before_ms } if now_ms >= not_before_ms => {
                 return Some(self.request());
             }
-            State::Idle { .. } => {}
+            State::Idle { .. } | State::Applying => {}
         }
         self.poll_persisted(now_ms)
     }
@@ -513,7 +536,8 @@ impl Subscription {
         match response.status {
             Some(200) => {
                 let body = match response.body {
-                    Body::Read(body) => body,
+                    Body::Read(body) => Cow::Borrowed(body),
+                    Body::Owned(body) => Cow::Owned(body),
                     Body::TooLarge(size) => {
                         self.remember_refused(response.etag.and_then(etag_version));
                         self.fail(now_ms);
@@ -531,7 +555,21 @@ impl Subscription {
                         };
                     }
                 };
-                match self.fits_region(binary::parse_any_newer(body, self.version)) {
+                let etag = response.etag.and_then(etag_version);
+                if binary::is_binary(&body) {
+                    return match binary::Apply::new(body.into_owned()) {
+                        Ok(apply) => {
+                            self.applying = Some(Applying {
+                                apply,
+                                etag_version: etag,
+                            });
+                            self.state = State::Applying;
+                            FetchOutcome::Applying
+                        }
+                        Err(error) => self.refuse(now_ms, etag, error),
+                    };
+                }
+                match self.fits_region(binary::parse_any_newer(&body, self.version)) {
                     Ok(snapshot) => {
                         // Recorded once installed, not before: a snapshot
                         // dropped on the way must be asked for again.
@@ -542,22 +580,8 @@ impl Subscription {
                         }
                     }
                     Err(error) => {
-                        // The sidecar keeps serving what we refused: ask past
-                        // its version when known, and back off (asking again
-                        // at once could only loop). Not a successful contact
-                        // either: what we serve is getting older.
-                        self.remember_refused(
-                            response
-                                .etag
-                                .and_then(etag_version)
-                                .or_else(|| claimed_version(body)),
-                        );
-                        self.fail(now_ms);
-                        FetchOutcome::Refused {
-                            source,
-                            error,
-                            too_large: false,
-                        }
+                        let claimed = etag.or_else(|| claimed_version(&body));
+                        self.refuse(now_ms, claimed, error)
                     }
                 }
             }
@@ -583,6 +607,59 @@ impl Subscription {
         }
     }
 
+    /// A sidecar snapshot refused. The sidecar keeps serving it: ask past its
+    /// version when known, and back off (asking again at once could only
+    /// loop). Not a successful contact either: what we serve is getting
+    /// older.
+    fn refuse(&mut self, now_ms: u64, version: Option<u64>, error: PathError) -> FetchOutcome {
+        self.remember_refused(version);
+        self.fail(now_ms);
+        FetchOutcome::Refused {
+            source: Source::Sidecar,
+            error,
+            too_large: false,
+        }
+    }
+
+    /// Checks about `budget` more bytes of the binary snapshot being
+    /// applied: [`FetchOutcome::Applying`] while there is more, then
+    /// `Applied` (install it, as for any answer) or `Refused`. `Stale` when
+    /// nothing is being applied.
+    pub fn apply_step(&mut self, now_ms: u64, budget: usize) -> FetchOutcome {
+        let now_ms = self.clock.now(now_ms);
+        let Some(applying) = self.applying.as_mut() else {
+            return FetchOutcome::Stale;
+        };
+        let stepped = applying.apply.step(budget);
+        if let Ok(None) = stepped {
+            return FetchOutcome::Applying;
+        }
+        let etag = self.applying.take().and_then(|a| a.etag_version);
+        let checked = stepped.and_then(|snapshot| {
+            let snapshot = snapshot.ok_or_else(|| PathError::new("$", "no snapshot"))?;
+            match self.version {
+                Some(current) if snapshot.version() <= current => Err(PathError::new(
+                    "$.version",
+                    format!(
+                        "version {} is not greater than the current version {current}",
+                        snapshot.version()
+                    ),
+                )),
+                _ => Ok(snapshot),
+            }
+        });
+        match self.fits_region(checked) {
+            Ok(snapshot) => {
+                self.succeed(now_ms);
+                FetchOutcome::Applied {
+                    snapshot: Box::new(snapshot),
+                    source: Source::Sidecar,
+                }
+            }
+            Err(error) => self.refuse(now_ms, etag, error),
+        }
+    }
+
     /// 413: the sidecar did not send a snapshot larger than this VM takes.
     /// With its version known (ETag), the next request asks past it: the
     /// sidecar then holds it until a newer version comes, so there is no
@@ -592,6 +669,7 @@ impl Subscription {
         let version = response.etag.and_then(etag_version);
         let detail = match response.body {
             Body::Read(body) => sidecar_detail(body),
+            Body::Owned(body) => sidecar_detail(&body),
             Body::TooLarge(_) | Body::Unreadable => None,
         }
         .unwrap_or_else(|| "no reason given".to_string());
@@ -632,7 +710,8 @@ impl Subscription {
         match response.status {
             Some(200) => {
                 let body = match response.body {
-                    Body::Read(body) => body,
+                    Body::Read(body) => Cow::Borrowed(body),
+                    Body::Owned(body) => Cow::Owned(body),
                     Body::TooLarge(size) => {
                         self.persisted = PersistedState::Done;
                         return FetchOutcome::Refused {
@@ -650,7 +729,7 @@ impl Subscription {
                     }
                 };
                 self.persisted = PersistedState::Done;
-                match self.fits_region(binary::parse_any(body)) {
+                match self.fits_region(binary::parse_any(&body)) {
                     Err(error) => FetchOutcome::Refused {
                         source,
                         error,

@@ -64,7 +64,18 @@ fn respond_with(
     now: u64,
     response: FetchResponse<'_>,
 ) -> FetchOutcome {
-    let outcome = sub.on_response(token, now, response);
+    let mut outcome = sub.on_response(token, now, response);
+    // A binary snapshot is applied in steps, as the root context does on
+    // its ticks; no new request may start meanwhile.
+    let mut steps = 0;
+    while matches!(outcome, FetchOutcome::Applying) {
+        assert!(sub.is_applying());
+        assert_eq!(sub.poll(now + 5_000), None, "a fetch while applying");
+        outcome = sub.apply_step(now, 256);
+        steps += 1;
+        assert!(steps < 100_000, "the apply never ends");
+    }
+    assert!(!sub.is_applying());
     if let FetchOutcome::Applied { snapshot, .. } = &outcome {
         sub.installed(snapshot.version(), now);
     }
@@ -887,8 +898,19 @@ fn the_binary_form_is_asked_first_and_either_form_is_applied() {
         request.header("accept"),
         Some("application/vnd.cellmap.snapshot, application/json;q=0.5")
     );
-    // A binary answer is applied, and routes as the JSON it came from.
+    // A binary answer is applied (in steps: the first answer says so),
+    // and routes as the JSON it came from.
     let bytes = binary::encode(&snapshot(5));
+    let mut probe = Subscription::new(sidecar(), T0, 1);
+    start(&mut probe, T0, 1);
+    assert!(matches!(
+        probe.on_response(1, T0 + 10, FetchResponse::new(Some(200), &bytes)),
+        FetchOutcome::Applying
+    ));
+    assert!(matches!(
+        probe.apply_step(T0 + 11, 16),
+        FetchOutcome::Applying
+    ));
     match respond(&mut sub, 1, T0 + 10, Some(200), &bytes) {
         FetchOutcome::Applied { snapshot: got, .. } => {
             assert_eq!(got.version(), 5);

@@ -381,6 +381,22 @@ pub struct Apply {
     stage: Stage,
 }
 
+impl std::fmt::Debug for Apply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stage = match &self.stage {
+            Stage::Checksum { at, .. } => format!("checksum at byte {at}"),
+            Stage::Prepare => "sections".to_string(),
+            Stage::Tables(pending) => format!("table {} bucket {}", pending.table, pending.bucket),
+            Stage::Over => "over".to_string(),
+        };
+        f.debug_struct("Apply")
+            .field("bytes", &self.body.len())
+            .field("version", &self.claimed_version())
+            .field("stage", &stage)
+            .finish()
+    }
+}
+
 enum Stage {
     Checksum {
         hash: IncrementalHash,

@@ -505,17 +505,20 @@ impl<'s> Root<'s> {
 
     fn on_answer(&mut self, answer: Answer) {
         let now = now_ms();
-        let (status, etag, body) = match &answer.result {
+        let (status, etag, body) = match answer.result {
             Ok(fetched) => (
                 Some(fetched.status),
-                fetched.etag.as_deref().map(str::as_bytes),
-                match &fetched.body {
-                    FetchedBody::Read(bytes) => Body::Read(bytes),
-                    FetchedBody::TooLarge(size) => Body::TooLarge(*size),
+                fetched.etag,
+                match fetched.body {
+                    // Handed over: a binary snapshot is routed by from
+                    // these very bytes.
+                    FetchedBody::Read(bytes) => Body::Owned(bytes),
+                    FetchedBody::TooLarge(size) => Body::TooLarge(size),
                 },
             ),
             Err(_) => (None, None, Body::Unreadable),
         };
+        let etag = etag.as_deref().map(str::as_bytes);
         match answer.caller {
             Caller::Keys(slot) => {
                 let Some((_, keys)) = self.keys.get_mut(slot) else {
@@ -550,11 +553,15 @@ impl<'s> Root<'s> {
                 let Some(subscription) = self.subscription.as_mut() else {
                     return;
                 };
-                let outcome = subscription.on_response(
+                let mut outcome = subscription.on_response(
                     answer.token,
                     now,
                     FetchResponse { status, etag, body },
                 );
+                // This thread serves no requests: apply in one go.
+                while matches!(outcome, FetchOutcome::Applying) {
+                    outcome = subscription.apply_step(now, usize::MAX);
+                }
                 self.on_snapshot_outcome(outcome, now);
             }
         }
@@ -617,7 +624,7 @@ impl<'s> Root<'s> {
                     );
                 }
             }
-            FetchOutcome::Unchanged | FetchOutcome::Stale => {}
+            FetchOutcome::Unchanged | FetchOutcome::Stale | FetchOutcome::Applying => {}
         }
     }
 
