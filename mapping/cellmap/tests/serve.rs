@@ -567,3 +567,77 @@ fn a_binary_source_is_persisted_as_binary_and_restored() {
     assert_eq!(status, 200);
     assert_eq!(Snapshot::parse(&body).unwrap().to_doc(), next.to_doc());
 }
+
+/// The binary form in pieces: a client naming `x-cellmap-chunk-bytes` gets
+/// 206 with the first piece and asks for the rest with `Range` and
+/// `If-Match`; a version published meanwhile answers 412, a range outside
+/// the snapshot 416.
+#[test]
+fn the_binary_form_is_served_in_pieces() {
+    use cell_router_mapping::{Snapshot, binary};
+    let file = temp_file("chunks");
+    publish(&file, &snapshot(3, "cell-b"));
+    let sidecar = start(&["--file", file.to_str().unwrap()]);
+    expect_version(&sidecar, 3, Duration::from_secs(5));
+    let whole = binary::encode(&Snapshot::parse(snapshot(3, "cell-b").as_bytes()).unwrap());
+    assert!(whole.len() > 250, "{} bytes", whole.len());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{}/snapshot", sidecar.port);
+    let ask = |headers: &[(&str, &str)]| {
+        let mut request = agent.get(&url).header("accept", binary::MEDIA_TYPE);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.call().unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (range, etag) = (header("content-range"), header("etag"));
+        let status = response.status().as_u16();
+        (
+            status,
+            range,
+            etag,
+            response.body_mut().read_to_vec().unwrap(),
+        )
+    };
+
+    let (status, range, etag, first) = ask(&[("x-cellmap-chunk-bytes", "100")]);
+    assert_eq!(status, 206);
+    assert_eq!(range, format!("bytes 0-99/{}", whole.len()));
+    assert_eq!(etag, "\"3-bin\"");
+    let mut assembled = first;
+    while assembled.len() < whole.len() {
+        let from = assembled.len();
+        let to = (from + 100).min(whole.len()) - 1;
+        let (status, range, _, piece) = ask(&[
+            ("range", &format!("bytes={from}-{to}")),
+            ("if-match", "\"3-bin\""),
+        ]);
+        assert_eq!(status, 206);
+        assert_eq!(range, format!("bytes {from}-{to}/{}", whole.len()));
+        assembled.extend_from_slice(&piece);
+    }
+    assert_eq!(assembled, whole);
+    // A snapshot that fits the piece is answered whole.
+    let (status, _, _, body) = ask(&[("x-cellmap-chunk-bytes", &whole.len().to_string())]);
+    assert_eq!((status, body.len()), (200, whole.len()));
+    // Out of range, malformed, or too small a piece.
+    let past = format!("bytes={}-{}", whole.len(), whole.len() + 10);
+    assert_eq!(ask(&[("range", &past)]).0, 416);
+    assert_eq!(ask(&[("range", "lines=1-2")]).0, 416);
+    assert_eq!(ask(&[("x-cellmap-chunk-bytes", "12")]).0, 400);
+    // A newer version meanwhile: the old pieces are gone.
+    publish(&file, &snapshot(4, "cell-b"));
+    expect_version(&sidecar, 4, Duration::from_secs(5));
+    let (status, _, etag, _) = ask(&[("range", "bytes=0-10"), ("if-match", "\"3-bin\"")]);
+    assert_eq!((status, etag.as_str()), (412, "\"4-bin\""));
+}

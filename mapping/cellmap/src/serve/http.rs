@@ -60,6 +60,13 @@ const X_CELL_SNAPSHOT_BYTES: HeaderName = HeaderName::from_static("x-cell-snapsh
 /// The largest body the client takes (the filter sends its
 /// `sidecar.max_snapshot_bytes`).
 const X_CELLMAP_MAX_BODY_BYTES: HeaderName = HeaderName::from_static("x-cellmap-max-body-bytes");
+/// The largest piece of the binary form the client wants per answer: a
+/// larger snapshot is answered 206 with its first piece, and the client asks
+/// for the rest with `Range` (a Wasm VM copies each answer's body in one
+/// callback, during which its worker serves nothing).
+const X_CELLMAP_CHUNK_BYTES: HeaderName = HeaderName::from_static("x-cellmap-chunk-bytes");
+/// The smallest piece served.
+const MIN_CHUNK_BYTES: u64 = 64;
 
 /// Handles one request. The in-flight permit is held until the answer is
 /// ready, and released by drop on every path, also when hyper drops this
@@ -145,6 +152,29 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
         }
     }
     let binary = wants_binary(request.headers().get(header::ACCEPT));
+    if let Some(range) = request.headers().get(header::RANGE) {
+        return ranged(context, request, range, binary);
+    }
+    let chunk = match request.headers().get(X_CELLMAP_CHUNK_BYTES) {
+        None => None,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&v| v >= MIN_CHUNK_BYTES)
+        {
+            Some(chunk) => Some(chunk),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!(
+                        "header x-cellmap-chunk-bytes must be a whole number of at least {MIN_CHUNK_BYTES}"
+                    ),
+                );
+            }
+        },
+    };
     let mut max_body_bytes = context.store.max_body_bytes();
     if let Some(value) = request.headers().get(X_CELLMAP_MAX_BODY_BYTES) {
         match value
@@ -218,6 +248,12 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
                 etag,
             );
         }
+        if binary
+            && let Some(chunk) = chunk.and_then(|c| usize::try_from(c).ok())
+            && body.len() > chunk
+        {
+            return partial(&served, 0, chunk - 1);
+        }
         let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -251,6 +287,101 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
             "the sidecar has no valid snapshot yet",
         ),
     }
+}
+
+/// `GET /snapshot` with `Range: bytes=<first>-<last>` (binary form only):
+/// that piece of the snapshot served now, no long-poll. `If-Match` names the
+/// version the client is assembling; when the sidecar serves another one
+/// meanwhile, 412 with the current ETag (the client starts over).
+fn ranged<B>(
+    context: &Context,
+    request: &Request<B>,
+    range: &HeaderValue,
+    binary: bool,
+) -> Response<Body> {
+    if !binary {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "ranges are served for the binary form only (Accept: application/vnd.cellmap.snapshot)",
+        );
+    }
+    let Some(served) = context.store.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_snapshot",
+            "the sidecar has no valid snapshot yet",
+        );
+    };
+    let current = binary_etag(served.version);
+    if let Some(wanted) = request.headers().get(header::IF_MATCH)
+        && Some(wanted) != current.as_ref()
+    {
+        let mut response = error(
+            StatusCode::PRECONDITION_FAILED,
+            "changed",
+            &format!(
+                "the sidecar now serves snapshot version {}; start over",
+                served.version
+            ),
+        );
+        if let Some(etag) = current {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        return response;
+    }
+    let total = served.binary.len();
+    let bounds = range
+        .to_str()
+        .ok()
+        .and_then(|r| r.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(first, last)| {
+            let first = first.trim().parse::<usize>().ok()?;
+            let last = match last.trim() {
+                "" => total.checked_sub(1)?,
+                last => last.parse::<usize>().ok()?.min(total.checked_sub(1)?),
+            };
+            (first <= last).then_some((first, last))
+        });
+    match bounds {
+        Some((first, last)) => partial(&served, first, last),
+        None => {
+            let mut response = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad_range",
+                &format!("one range `bytes=<first>-<last>` within the {total} bytes, please"),
+            );
+            if let Ok(value) = HeaderValue::try_from(format!("bytes */{total}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+    }
+}
+
+/// 206: bytes `first..=last` of the binary form (a slice of the served
+/// bytes, not a copy).
+fn partial(served: &super::store::Served, first: usize, last: usize) -> Response<Body> {
+    let total = served.binary.len();
+    let last = last.min(total.saturating_sub(1));
+    let body = served.binary.slice(first.min(last + 1)..last + 1);
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(cell_router_mapping::binary::MEDIA_TYPE),
+    );
+    if let Ok(value) = HeaderValue::try_from(format!("bytes {first}-{last}/{total}")) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    if let Some(etag) = binary_etag(served.version) {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert(X_CELL_SNAPSHOT_VERSION, HeaderValue::from(served.version));
+    headers.insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 /// 413 instead of a snapshot body larger than the client takes: the version
