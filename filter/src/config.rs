@@ -48,6 +48,12 @@ pub const DEFAULT_SPLIT_CLAIM: &str = "sub";
 /// `cellmap serve --max-snapshot-mib` (512 by default).
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 pub const MIN_MAX_SNAPSHOT_BYTES: usize = 1024;
+/// `sidecar.chunk_bytes` default: a Wasm VM copies each answer's body in
+/// one callback (its worker serving nothing meanwhile); 1 MiB takes about a
+/// millisecond.
+pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+/// The smallest `sidecar.chunk_bytes` (other than 0, whole snapshots).
+pub const MIN_CHUNK_BYTES: usize = 64 << 10;
 pub const DEFAULT_PERSISTED_AUTHORITY: &str = "cellmap-persisted";
 pub const DEFAULT_PERSISTED_PATH: &str = "/snapshot";
 pub const DEFAULT_PERSISTED_TIMEOUT_MS: u64 = 5000;
@@ -136,6 +142,7 @@ struct RawSidecar {
     min_fetch_interval_ms: Option<u64>,
     max_snapshot_bytes: Option<usize>,
     binary: Option<bool>,
+    chunk_bytes: Option<usize>,
     persisted: Option<ObjectOnly<RawPersisted>>,
 }
 
@@ -1126,6 +1133,15 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         MIN_MAX_SNAPSHOT_BYTES,
         MAX_MAX_SNAPSHOT_BYTES,
     )?;
+    let chunk_bytes = match raw.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES) {
+        0 => 0,
+        chunk => in_range(
+            "sidecar.chunk_bytes",
+            chunk,
+            MIN_CHUNK_BYTES,
+            MAX_MAX_SNAPSHOT_BYTES,
+        )?,
+    };
     let persisted = match raw.persisted {
         Some(ObjectOnly(raw)) => Some(persisted(raw)?),
         None => None,
@@ -1142,6 +1158,7 @@ fn sidecar(raw: RawSidecar) -> Result<SidecarConfig, ConfigError> {
         min_fetch_interval_ms,
         max_snapshot_bytes,
         binary: raw.binary.unwrap_or(true),
+        chunk_bytes,
         persisted,
     })
 }

@@ -20,6 +20,19 @@ use std::mem::MaybeUninit;
 struct Contexts {
     roots: HashMap<u32, Root>,
     filters: HashMap<u32, Filter>,
+    /// Requests this VM has seen start (wrapping): a root applying a
+    /// snapshot in slices keeps them short while requests come.
+    requests_started: u64,
+}
+
+impl Contexts {
+    /// What a root needs to know of the VM's requests.
+    fn load(&self) -> crate::root_context::Load {
+        crate::root_context::Load {
+            in_flight: self.filters.len(),
+            started: self.requests_started,
+        }
+    }
 }
 
 thread_local! {
@@ -87,6 +100,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
             // configured) gets a filter without state: it answers 503.
             let shared = c.roots.get(&parent_id).and_then(Root::shared);
             c.filters.insert(context_id, Filter::new(shared));
+            c.requests_started = c.requests_started.wrapping_add(1);
         }
     });
 }
@@ -108,8 +122,9 @@ pub extern "C" fn proxy_on_configure(root_id: u32, configuration_size: usize) ->
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
     with_contexts((), |c| {
+        let load = c.load();
         if let Some(root) = c.roots.get_mut(&root_id) {
-            root.on_tick();
+            root.on_tick(load);
         }
     });
 }
@@ -123,8 +138,9 @@ pub extern "C" fn proxy_on_http_call_response(
     _trailers: usize,
 ) {
     with_contexts((), |c| {
+        let load = c.load();
         if let Some(root) = c.roots.get_mut(&root_id) {
-            root.on_http_call_response(token, headers, body_size);
+            root.on_http_call_response(token, headers, body_size, load);
         }
     });
 }

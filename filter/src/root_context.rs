@@ -28,10 +28,24 @@ fn source_name(source: Source) -> &'static str {
 }
 
 /// Host time a Wasm VM spends applying a snapshot before its worker serves
-/// requests again (`Root::apply_slice`).
-const APPLY_SLICE_NS: u64 = 500_000;
+/// requests again (`Root::apply_slice`), while the VM has requests in
+/// flight: what a request may wait for it.
+const APPLY_SLICE_BUSY_NS: u64 = 500_000;
+/// The same when no request is in flight and none started since the last
+/// slice (or tick): longer, so an idle gateway takes a big snapshot in about
+/// the time it takes to check it.
+const APPLY_SLICE_IDLE_NS: u64 = 20_000_000;
 /// Bytes checked between two looks at the clock.
 const APPLY_STEP_BYTES: usize = 32 * 1024;
+
+/// The VM's requests, as the exports see them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Load {
+    /// HTTP contexts alive now.
+    pub in_flight: usize,
+    /// Requests started so far (wrapping).
+    pub started: u64,
+}
 
 fn now_ms() -> u64 {
     hostcalls::now_nanos() / 1_000_000
@@ -103,6 +117,9 @@ pub(crate) struct Root {
     tick_ms: u64,
     /// Ticks were asked every millisecond (a stepwise apply is under way).
     ticking_fast: bool,
+    /// `Load::started` at the last tick or answer: requests since then mean
+    /// the worker is serving.
+    requests_seen: u64,
     /// Keys fetched at run time (`jwks_remote`), see `key_subscription.rs`.
     /// One per key source: the top-level one (`None`) or `providers[i]`.
     keys: Vec<(Option<usize>, KeySubscription)>,
@@ -389,7 +406,13 @@ impl Root {
         }
     }
 
-    pub fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize) {
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        load: Load,
+    ) {
         let now = now_ms();
         if let Some(slot) = self.keys.iter().position(|(_, k)| k.owns(token)) {
             self.on_keys_response(slot, token, now, body_size);
@@ -398,24 +421,34 @@ impl Root {
         let Some(subscription) = self.subscription.as_mut() else {
             return;
         };
+        let read_from = hostcalls::now_nanos();
         let response = CallResponse::read(body_size, |status| {
             subscription.body_plan(status, body_size)
         });
+        let read_ns = hostcalls::now_nanos().saturating_sub(read_from);
         let status = response.status;
-        let (etag, body) = response.into_parts();
+        let (etag, content_range, body) = response.into_parts();
         let outcome = subscription.on_response(
             token,
             now,
             FetchResponse {
                 status,
                 etag: etag.as_deref(),
+                content_range: content_range.as_deref(),
                 body,
             },
         );
         if matches!(outcome, FetchOutcome::Applying) {
+            log(
+                LogLevel::Info,
+                &format!(
+                    "cell-router: snapshot received (last answer of {body_size} bytes read in {:.1} ms); applying it in slices",
+                    read_ns as f64 / 1e6
+                ),
+            );
             // The first slice now; the rest on millisecond ticks, so the
             // worker serves requests between them.
-            self.apply_slice(now);
+            self.apply_slice(now, load);
         } else {
             self.on_snapshot_outcome(outcome, now, status);
         }
@@ -558,7 +591,10 @@ impl Root {
                     );
                 }
             }
-            FetchOutcome::Unchanged | FetchOutcome::Stale | FetchOutcome::Applying => {}
+            FetchOutcome::Unchanged
+            | FetchOutcome::Stale
+            | FetchOutcome::Applying
+            | FetchOutcome::Downloading => {}
             FetchOutcome::Refused {
                 source,
                 error,
@@ -603,11 +639,19 @@ impl Root {
         }
     }
 
-    /// Applies the snapshot being checked for up to [`APPLY_SLICE_NS`] of
-    /// host time, in steps of [`APPLY_STEP_BYTES`]. While more is left,
-    /// ticks come every millisecond; once done, the outcome is handled like
-    /// any answer's and the configured tick period comes back.
-    fn apply_slice(&mut self, now: u64) {
+    /// Applies the snapshot being checked for up to [`APPLY_SLICE_BUSY_NS`]
+    /// of host time ([`APPLY_SLICE_IDLE_NS`] when no request is in flight),
+    /// in steps of [`APPLY_STEP_BYTES`]. While more is left, ticks come
+    /// every millisecond; once done, the outcome is handled like any
+    /// answer's and the configured tick period comes back.
+    fn apply_slice(&mut self, now: u64, load: Load) {
+        let serving = load.in_flight > 0 || load.started != self.requests_seen;
+        self.requests_seen = load.started;
+        let slice_ns = if serving {
+            APPLY_SLICE_BUSY_NS
+        } else {
+            APPLY_SLICE_IDLE_NS
+        };
         let started = hostcalls::now_nanos();
         loop {
             let Some(subscription) = self.subscription.as_mut() else {
@@ -624,7 +668,7 @@ impl Root {
                 self.fetch_if_due(now_ms());
                 return;
             }
-            if hostcalls::now_nanos().saturating_sub(started) >= APPLY_SLICE_NS {
+            if hostcalls::now_nanos().saturating_sub(started) >= slice_ns {
                 break;
             }
         }
@@ -652,10 +696,12 @@ impl Root {
         }
     }
 
-    pub fn on_tick(&mut self) {
+    pub fn on_tick(&mut self, load: Load) {
         let now = now_ms();
         if self.subscription.as_ref().is_some_and(|s| s.is_applying()) {
-            self.apply_slice(now);
+            self.apply_slice(now, load);
+        } else {
+            self.requests_seen = load.started;
         }
         self.fetch_if_due(now);
         self.update_gauges(now);
@@ -668,6 +714,7 @@ impl Root {
 struct CallResponse {
     status: Option<u16>,
     etag: Option<Vec<u8>>,
+    content_range: Option<Vec<u8>>,
     body: CallBody,
 }
 
@@ -685,6 +732,7 @@ impl CallResponse {
         let status =
             header(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
         let etag = header(b"etag").map(<[u8]>::to_vec);
+        let content_range = header(b"content-range").map(<[u8]>::to_vec);
         let body = match plan(status) {
             BodyPlan::Skip => CallBody::Read(Vec::new()),
             BodyPlan::TooLarge => CallBody::TooLarge(body_size),
@@ -694,18 +742,23 @@ impl CallResponse {
                 _ => CallBody::Unreadable,
             },
         };
-        CallResponse { status, etag, body }
+        CallResponse {
+            status,
+            etag,
+            content_range,
+            body,
+        }
     }
 
     /// The ETag and the body, handed over (a binary snapshot is routed by
     /// from the body's own bytes).
-    fn into_parts(self) -> (Option<Vec<u8>>, Body<'static>) {
+    fn into_parts(self) -> (Option<Vec<u8>>, Option<Vec<u8>>, Body<'static>) {
         let body = match self.body {
             CallBody::Read(bytes) => Body::Owned(bytes),
             CallBody::TooLarge(size) => Body::TooLarge(size),
             CallBody::Unreadable => Body::Unreadable,
         };
-        (self.etag, body)
+        (self.etag, self.content_range, body)
     }
 
     fn body(&self) -> Body<'_> {

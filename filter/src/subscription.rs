@@ -18,6 +18,8 @@ use cell_router_mapping::{PathError, Snapshot, binary};
 const BINARY_THEN_JSON: &str = "application/vnd.cellmap.snapshot, application/json;q=0.5";
 /// The request header naming the largest body the VM takes.
 pub const MAX_BODY_BYTES_HEADER: &str = "x-cellmap-max-body-bytes";
+/// The request header naming the largest piece the VM takes per answer.
+pub const CHUNK_BYTES_HEADER: &str = "x-cellmap-chunk-bytes";
 /// The most of a 413's error body read (the sidecar's `detail`).
 const MAX_ERROR_BODY_BYTES: usize = 4096;
 /// proxy-wasm's `BrokenConnection` status: what Envoy reports for a call
@@ -57,6 +59,10 @@ pub struct SidecarConfig {
     /// (told apart by its first bytes), so a sidecar that only speaks JSON
     /// still works.
     pub binary: bool,
+    /// With `binary`: the largest piece of a snapshot asked for per answer
+    /// (`x-cellmap-chunk-bytes`); the rest comes with `Range` requests, one
+    /// after the other. 0: whole snapshots.
+    pub chunk_bytes: usize,
     /// A second source: the sidecar's last accepted snapshot as persisted on
     /// disk and served by Envoy itself (a `direct_response` from the file).
     pub persisted: Option<PersistedConfig>,
@@ -131,6 +137,8 @@ pub struct FetchResponse<'a> {
     pub status: Option<u16>,
     /// The `etag` header, if any (the sidecar sends `"<version>"`).
     pub etag: Option<&'a [u8]>,
+    /// The `content-range` header of a 206 (`bytes <first>-<last>/<total>`).
+    pub content_range: Option<&'a [u8]>,
     pub body: Body<'a>,
 }
 
@@ -140,6 +148,7 @@ impl<'a> FetchResponse<'a> {
         FetchResponse {
             status,
             etag: None,
+            content_range: None,
             body: Body::Read(body),
         }
     }
@@ -154,6 +163,9 @@ pub enum FetchOutcome {
         snapshot: Box<Snapshot>,
         source: Source,
     },
+    /// A piece of a binary snapshot arrived (or the download starts over):
+    /// the next request is due at once.
+    Downloading,
     /// A binary snapshot is being checked in steps
     /// ([`Subscription::apply_step`]); no new request until it is done.
     Applying,
@@ -192,6 +204,28 @@ enum State {
 struct Applying {
     apply: binary::Apply,
     etag_version: Option<u64>,
+}
+
+/// A binary snapshot arriving in pieces.
+#[derive(Debug)]
+struct Download {
+    /// The ETag of its first piece: every later piece must have it.
+    etag: Vec<u8>,
+    total: usize,
+    bytes: Vec<u8>,
+}
+
+/// `bytes <first>-<last>/<total>`.
+fn content_range(value: &[u8]) -> Option<(usize, usize, usize)> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (span, total) = text.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, total) = (
+        first.trim().parse().ok()?,
+        last.trim().parse().ok()?,
+        total.trim().parse().ok()?,
+    );
+    (first <= last && last < total).then_some((first, last, total))
 }
 
 /// The persisted copy's part of the subscription.
@@ -254,6 +288,8 @@ pub struct Subscription {
     config: SidecarConfig,
     /// The binary snapshot being applied in steps, if any.
     applying: Option<Applying>,
+    /// The binary snapshot arriving in pieces, if any.
+    download: Option<Download>,
     clock: Clock,
     state: State,
     /// Consecutive sidecar failures, for the backoff.
@@ -286,6 +322,7 @@ impl Subscription {
         Subscription {
             config,
             applying: None,
+            download: None,
             clock: Clock::new(now_ms),
             state: State::Idle {
                 not_before_ms: now_ms,
@@ -437,8 +474,32 @@ impl Subscription {
         }
     }
 
-    /// The request for the version held now.
+    /// The request for the version held now (or for the next piece of the
+    /// snapshot arriving).
     pub fn request(&self) -> FetchRequest {
+        if let Some(download) = &self.download {
+            let first = download.bytes.len();
+            let last = first
+                .saturating_add(self.config.chunk_bytes.max(1))
+                .min(download.total)
+                .saturating_sub(1);
+            return FetchRequest {
+                source: Source::Sidecar,
+                cluster: self.config.cluster.clone(),
+                headers: vec![
+                    (":method", "GET".to_string()),
+                    (":path", self.config.path.clone()),
+                    (":authority", self.config.authority.clone()),
+                    ("accept", binary::MEDIA_TYPE.to_string()),
+                    ("range", format!("bytes={first}-{last}")),
+                    (
+                        "if-match",
+                        String::from_utf8_lossy(&download.etag).into_owned(),
+                    ),
+                ],
+                timeout: Duration::from_millis(self.config.timeout_ms),
+            };
+        }
         let held = self.after();
         let after = held.unwrap_or(0);
         let mut headers = vec![
@@ -459,6 +520,9 @@ impl Subscription {
         ];
         if let Some(version) = held {
             headers.push(("if-none-match", format!("\"{version}\"")));
+        }
+        if self.config.binary && self.config.chunk_bytes > 0 {
+            headers.push((CHUNK_BYTES_HEADER, self.config.chunk_bytes.to_string()));
         }
         FetchRequest {
             source: Source::Sidecar,
@@ -506,7 +570,7 @@ impl Subscription {
         if status == Some(413) && body_size <= MAX_ERROR_BODY_BYTES {
             // The sidecar's reason, in a small JSON error.
             BodyPlan::Read
-        } else if status != Some(200) {
+        } else if status != Some(200) && status != Some(206) {
             BodyPlan::Skip
         } else if body_size > self.config.max_snapshot_bytes {
             BodyPlan::TooLarge
@@ -533,6 +597,9 @@ impl Subscription {
             _ => return FetchOutcome::Stale,
         }
         let source = Source::Sidecar;
+        if self.download.is_some() || response.status == Some(206) {
+            return self.on_piece(now_ms, response);
+        }
         match response.status {
             Some(200) => {
                 let body = match response.body {
@@ -557,17 +624,7 @@ impl Subscription {
                 };
                 let etag = response.etag.and_then(etag_version);
                 if binary::is_binary(&body) {
-                    return match binary::Apply::new(body.into_owned()) {
-                        Ok(apply) => {
-                            self.applying = Some(Applying {
-                                apply,
-                                etag_version: etag,
-                            });
-                            self.state = State::Applying;
-                            FetchOutcome::Applying
-                        }
-                        Err(error) => self.refuse(now_ms, etag, error),
-                    };
+                    return self.start_apply(now_ms, body.into_owned(), etag);
                 }
                 match self.fits_region(binary::parse_any_newer(&body, self.version)) {
                     Ok(snapshot) => {
@@ -605,6 +662,144 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Starts applying a binary snapshot in steps.
+    fn start_apply(&mut self, now_ms: u64, bytes: Vec<u8>, etag: Option<u64>) -> FetchOutcome {
+        match binary::Apply::new(bytes) {
+            Ok(apply) => {
+                self.applying = Some(Applying {
+                    apply,
+                    etag_version: etag,
+                });
+                self.state = State::Applying;
+                FetchOutcome::Applying
+            }
+            Err(error) => self.refuse(now_ms, etag, error),
+        }
+    }
+
+    /// A piece of a binary snapshot (206), or what came instead of one.
+    /// The first piece (`bytes 0-…/<total>`) starts a download of `total`
+    /// bytes, held in one buffer of exactly that size; every later piece
+    /// must continue it, with the same ETag. A newer version published
+    /// meanwhile (412) starts over at once; anything else fails the
+    /// download (and backs off) like a failed fetch.
+    fn on_piece(&mut self, now_ms: u64, response: FetchResponse<'_>) -> FetchOutcome {
+        let source = Source::Sidecar;
+        let etag = response.etag;
+        if response.status == Some(412) && self.download.is_some() {
+            self.download = None;
+            self.contact(now_ms);
+            return FetchOutcome::Downloading;
+        }
+        let body = match (response.status, response.body) {
+            (Some(206), Body::Read(body)) => Cow::Borrowed(body),
+            (Some(206), Body::Owned(body)) => Cow::Owned(body),
+            (Some(206), Body::TooLarge(size)) => {
+                self.download = None;
+                self.remember_refused(etag.and_then(etag_version));
+                self.fail(now_ms);
+                return FetchOutcome::Refused {
+                    source,
+                    error: self.too_large(size),
+                    too_large: true,
+                };
+            }
+            (status, _) => {
+                self.download = None;
+                self.fail(now_ms);
+                return FetchOutcome::Failed {
+                    source,
+                    why: match status {
+                        Some(status) => {
+                            format!("sidecar answered HTTP {status} to a piece of a snapshot")
+                        }
+                        None => "no response to a piece of a snapshot".to_string(),
+                    },
+                };
+            }
+        };
+        let range = response.content_range.and_then(content_range);
+        let piece = match (range, etag) {
+            (Some((first, last, total)), Some(etag)) if last - first + 1 == body.len() => {
+                Some((first, total, etag))
+            }
+            _ => None,
+        };
+        let Some((first, total, etag)) = piece else {
+            return self.broken_download(
+                now_ms,
+                etag,
+                "a piece without a matching Content-Range or ETag",
+            );
+        };
+        match self.download.as_mut() {
+            None if first == 0 => {
+                if total > self.config.max_snapshot_bytes {
+                    self.remember_refused(etag_version(etag));
+                    self.fail(now_ms);
+                    return FetchOutcome::Refused {
+                        source,
+                        error: self.too_large(total),
+                        too_large: true,
+                    };
+                }
+                let mut bytes = Vec::new();
+                if bytes.try_reserve_exact(total).is_err() {
+                    return self.broken_download(now_ms, Some(etag), "no memory for the snapshot");
+                }
+                bytes.extend_from_slice(&body);
+                self.download = Some(Download {
+                    etag: etag.to_vec(),
+                    total,
+                    bytes,
+                });
+            }
+            Some(download)
+                if first == download.bytes.len()
+                    && total == download.total
+                    && etag == download.etag.as_slice() =>
+            {
+                download.bytes.extend_from_slice(&body);
+            }
+            _ => {
+                return self.broken_download(now_ms, Some(etag), "a piece out of order");
+            }
+        }
+        self.contact(now_ms);
+        match self.download.take() {
+            Some(download) if download.bytes.len() >= download.total => {
+                let version = etag_version(&download.etag);
+                self.start_apply(now_ms, download.bytes, version)
+            }
+            download => {
+                self.download = download;
+                FetchOutcome::Downloading
+            }
+        }
+    }
+
+    /// A download that cannot go on: dropped, and the fetch failed.
+    fn broken_download(&mut self, now_ms: u64, etag: Option<&[u8]>, why: &str) -> FetchOutcome {
+        self.download = None;
+        self.fail(now_ms);
+        let version = etag
+            .and_then(etag_version)
+            .map_or(String::new(), |v| format!(" of version {v}"));
+        FetchOutcome::Failed {
+            source: Source::Sidecar,
+            why: format!("{why}{version}; starting over"),
+        }
+    }
+
+    /// A successful contact mid-download: the next request is due at once.
+    fn contact(&mut self, now_ms: u64) {
+        self.failures = 0;
+        self.last_contact_ms = Some(now_ms);
+        self.state = State::Idle {
+            not_before_ms: now_ms,
+        };
     }
 
     /// A sidecar snapshot refused. The sidecar keeps serving it: ask past its

@@ -29,6 +29,7 @@ fn sidecar() -> SidecarConfig {
         min_fetch_interval_ms: 100,
         max_snapshot_bytes: 64 << 20,
         binary: true,
+        chunk_bytes: 1 << 20,
         persisted: None,
     }
 }
@@ -420,6 +421,7 @@ fn a_snapshot_larger_than_the_limit_is_refused_before_its_body_is_read() {
 
     start(&mut sub, T0 + 200, 2);
     let response = FetchResponse {
+        content_range: None,
         status: Some(200),
         etag: Some(b"\"6\""),
         body: Body::TooLarge(70 << 20),
@@ -456,6 +458,7 @@ fn a_413_with_a_version_is_asked_past_at_once_and_never_downloaded() {
     assert_eq!(sub.body_plan(Some(413), detail.len()), BodyPlan::Read);
     assert_eq!(sub.body_plan(Some(413), 1 << 20), BodyPlan::Skip);
     let response = FetchResponse {
+        content_range: None,
         status: Some(413),
         etag: Some(b"\"6-bin\""),
         body: Body::Read(detail),
@@ -491,6 +494,7 @@ fn a_413_with_a_version_is_asked_past_at_once_and_never_downloaded() {
 fn a_413_without_a_version_backs_off() {
     let (mut sub, now) = holding_5(2);
     let response = FetchResponse {
+        content_range: None,
         status: Some(413),
         etag: None,
         body: Body::Read(b"not json"),
@@ -522,6 +526,7 @@ fn a_body_the_host_did_not_hand_over_is_a_failure_not_a_refusal() {
     let mut sub = Subscription::new(sidecar(), T0, 1);
     start(&mut sub, T0, 1);
     let response = FetchResponse {
+        content_range: None,
         status: Some(200),
         etag: Some(b"\"6\""),
         body: Body::Unreadable,
@@ -565,6 +570,7 @@ fn a_refused_version_is_not_fetched_again() {
     let (mut sub, now) = holding_5(2);
     let body6 = bad_body(6);
     let response = FetchResponse {
+        content_range: None,
         status: Some(200),
         etag: Some(b"\"6\""),
         body: Body::Read(&body6),
@@ -615,6 +621,7 @@ fn an_oversized_snapshot_is_not_fetched_again() {
     respond(&mut sub, 1, T0 + 10, Some(200), &body(5));
     start(&mut sub, T0 + 200, 2);
     let response = FetchResponse {
+        content_range: None,
         status: Some(200),
         etag: Some(b"W/\"6\""),
         body: Body::TooLarge(1 << 20),
@@ -644,6 +651,7 @@ fn a_refusal_of_unknown_or_older_version_asks_after_what_is_held() {
     for (etag, bad) in cases {
         let (mut sub, now) = holding_5(2);
         let response = FetchResponse {
+            content_range: None,
             status: Some(200),
             etag,
             body: Body::Read(bad),
@@ -826,6 +834,7 @@ fn a_refused_persisted_copy_is_not_asked_again() {
         let started = start_all(&mut sub, T0, 2);
         assert_eq!(started[0].1.source, Source::Persisted);
         let response = FetchResponse {
+            content_range: None,
             status: Some(200),
             etag: None,
             body: if too_large {
@@ -1008,4 +1017,137 @@ fn a_snapshot_without_the_gateways_region_is_refused_and_asked_past() {
         respond(&mut sub, 1, T0, Some(200), &two_regions(6)),
         FetchOutcome::Applied { .. }
     ));
+}
+
+/// A piece of `bytes` as the sidecar answers it (206).
+fn piece<'a>(
+    bytes: &'a [u8],
+    first: usize,
+    chunk: usize,
+    etag: &'a [u8],
+    range: &'a mut String,
+) -> FetchResponse<'a> {
+    let last = (first + chunk).min(bytes.len()) - 1;
+    *range = format!("bytes {first}-{last}/{}", bytes.len());
+    FetchResponse {
+        status: Some(206),
+        etag: Some(etag),
+        content_range: Some(range.as_bytes()),
+        body: Body::Read(&bytes[first..=last]),
+    }
+}
+
+/// A big binary snapshot arrives in pieces: the long-poll names the piece
+/// size, the first 206 starts the download, every next piece is asked at
+/// once with Range and If-Match, nothing else is asked meanwhile, and the
+/// assembled snapshot is applied.
+#[test]
+fn a_binary_snapshot_arrives_in_pieces() {
+    use cell_router_mapping::binary;
+    let mut config = sidecar();
+    config.chunk_bytes = 100;
+    let mut sub = Subscription::new(config, T0, 1);
+    let request = start(&mut sub, T0, 1);
+    assert_eq!(request.header("x-cellmap-chunk-bytes"), Some("100"));
+    let bytes = binary::encode(&snapshot(5));
+    assert!(bytes.len() > 300, "{}", bytes.len());
+    let etag: &[u8] = b"\"5-bin\"";
+    let mut range = String::new();
+    let mut outcome = sub.on_response(1, T0 + 1, piece(&bytes, 0, 100, etag, &mut range));
+    let mut token = 1;
+    let mut at = 100;
+    while matches!(outcome, FetchOutcome::Downloading) {
+        assert_eq!(sub.body_plan(Some(206), 100), BodyPlan::Read);
+        let next = sub.poll(T0 + 2).expect("the next piece is due at once");
+        let last = (at + 100).min(bytes.len()) - 1;
+        assert_eq!(
+            next.header("range"),
+            Some(format!("bytes={at}-{last}").as_str())
+        );
+        assert_eq!(next.header("if-match"), Some("\"5-bin\""));
+        token += 1;
+        sub.dispatched(Source::Sidecar, token, T0 + 2);
+        outcome = sub.on_response(token, T0 + 3, piece(&bytes, at, 100, etag, &mut range));
+        at = last + 1;
+    }
+    assert_eq!(token as usize, bytes.len().div_ceil(100));
+    while matches!(outcome, FetchOutcome::Applying) {
+        assert_eq!(sub.poll(T0 + 4), None);
+        outcome = sub.apply_step(T0 + 4, 64);
+    }
+    match outcome {
+        FetchOutcome::Applied { snapshot: got, .. } => {
+            assert_eq!(got.to_doc(), snapshot(5).to_doc());
+            sub.installed(got.version(), T0 + 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sub.failures_of(Source::Sidecar), 0);
+    let next = sub.poll(T0 + 1_000).expect("the long-poll again");
+    assert_eq!(next.header(":path"), Some("/snapshot?after=5&wait=30"));
+    assert_eq!(next.header("range"), None);
+}
+
+/// A download that goes wrong starts over: a newer version meanwhile (412)
+/// at once; a piece out of order, a wrong ETag, a failed call or a total
+/// over the limit with the failure's backoff, and the limit's refusal asks
+/// past that version.
+#[test]
+fn a_broken_download_starts_over() {
+    use cell_router_mapping::binary;
+    let mut config = sidecar();
+    config.chunk_bytes = 100;
+    let bytes = binary::encode(&snapshot(5));
+    let etag: &[u8] = b"\"5-bin\"";
+    let mut range = String::new();
+    let begin = |sub: &mut Subscription, range: &mut String| {
+        start(sub, T0, 1);
+        let outcome = sub.on_response(1, T0 + 1, piece(&bytes, 0, 100, etag, range));
+        assert!(matches!(outcome, FetchOutcome::Downloading), "{outcome:?}");
+        sub.poll(T0 + 2).expect("next piece");
+        sub.dispatched(Source::Sidecar, 2, T0 + 2);
+    };
+
+    let mut sub = Subscription::new(config.clone(), T0, 1);
+    begin(&mut sub, &mut range);
+    let changed = FetchResponse {
+        etag: Some(b"\"6-bin\""),
+        ..FetchResponse::new(Some(412), b"")
+    };
+    assert!(matches!(
+        sub.on_response(2, T0 + 3, changed),
+        FetchOutcome::Downloading
+    ));
+    let again = sub.poll(T0 + 3).expect("at once");
+    assert_eq!(again.header("range"), None);
+    assert_eq!(again.header(":path"), Some("/snapshot?after=0&wait=30"));
+
+    for bad in ["out of order", "wrong etag", "failed call"] {
+        let mut sub = Subscription::new(config.clone(), T0, 1);
+        begin(&mut sub, &mut range);
+        let response = match bad {
+            "out of order" => piece(&bytes, 200, 100, etag, &mut range),
+            "wrong etag" => piece(&bytes, 100, 100, b"\"6-bin\"", &mut range),
+            _ => FetchResponse::new(None, b""),
+        };
+        match sub.on_response(2, T0 + 3, response) {
+            FetchOutcome::Failed { why, .. } => assert!(!why.is_empty()),
+            other => panic!("{bad}: {other:?}"),
+        }
+        assert_eq!(sub.failures_of(Source::Sidecar), 1, "{bad}");
+        assert_eq!(sub.poll(T0 + 4), None, "{bad}: backing off");
+        let again = sub.poll(T0 + 60_000).expect("after the backoff");
+        assert_eq!(again.header("range"), None, "{bad}: from the start");
+    }
+
+    let mut small = config.clone();
+    small.max_snapshot_bytes = 200;
+    let mut sub = Subscription::new(small, T0, 1);
+    start(&mut sub, T0, 1);
+    match sub.on_response(1, T0 + 1, piece(&bytes, 0, 100, etag, &mut range)) {
+        FetchOutcome::Refused { too_large, .. } => assert!(too_large),
+        other => panic!("{other:?}"),
+    }
+    let again = sub.poll(T0 + 60_000).expect("after the backoff");
+    assert_eq!(again.header(":path"), Some("/snapshot?after=5&wait=30"));
 }

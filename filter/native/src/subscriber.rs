@@ -279,7 +279,10 @@ impl<'s> Root<'s> {
     fn new(shared: &'s Shared, clusters: Clusters) -> Root<'s> {
         let now = now_ms();
         let config = shared.config();
-        let subscription = config.sidecar.clone().map(|sidecar| {
+        let subscription = config.sidecar.clone().map(|mut sidecar| {
+            // Whole snapshots: this thread serves no requests, and its
+            // client reads bodies of any size (pieces only cost round trips).
+            sidecar.chunk_bytes = 0;
             Subscription::new(sidecar, now, now ^ 0x9e37_79b9_7f4a_7c15)
                 .with_gateway_region(config.region.clone())
         });
@@ -556,7 +559,12 @@ impl<'s> Root<'s> {
                 let mut outcome = subscription.on_response(
                     answer.token,
                     now,
-                    FetchResponse { status, etag, body },
+                    FetchResponse {
+                        status,
+                        etag,
+                        content_range: None,
+                        body,
+                    },
                 );
                 // This thread serves no requests: apply in one go.
                 while matches!(outcome, FetchOutcome::Applying) {
@@ -624,7 +632,10 @@ impl<'s> Root<'s> {
                     );
                 }
             }
-            FetchOutcome::Unchanged | FetchOutcome::Stale | FetchOutcome::Applying => {}
+            FetchOutcome::Unchanged
+            | FetchOutcome::Stale
+            | FetchOutcome::Applying
+            | FetchOutcome::Downloading => {}
         }
     }
 
