@@ -11,9 +11,12 @@
 //!   version that fits is taken;
 //! - the sidecar's `--max-body-bytes`: it does not publish the snapshot and
 //!   `/healthz` says why; the gateway never sees it;
-//! - Envoy's `http.async_response_buffer_limit` alone (a misconfiguration
-//!   the two others prevent): the VM logs what Envoy reported for the reset
-//!   call, and keeps routing by the last good snapshot.
+//! - Envoy's `http.async_response_buffer_limit` alone, with the snapshot
+//!   fetched whole (a misconfiguration the two others prevent): the VM logs
+//!   what Envoy reported for the reset call, and keeps routing by the last
+//!   good snapshot;
+//! - the same buffer limit with the snapshot fetched in pieces smaller than
+//!   it (`sidecar.chunk_bytes`): every VM applies it, no fetch fails.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use cell_router_harness::e2e::{
@@ -63,12 +66,14 @@ fn healthz(sidecar: &Sidecar) -> Result<serde_json::Value> {
 }
 
 /// A gateway whose sidecar runs with `sidecar_args`, whose filter config
-/// has `max_snapshot_bytes`, and whose Envoy runs `template`.
+/// has `max_snapshot_bytes` and `chunk_bytes`, and whose Envoy runs
+/// `template`.
 fn gateway(
     name: &str,
     sidecar_args: &[&str],
     max_snapshot_bytes: Option<u64>,
     template: Option<PathBuf>,
+    chunk_bytes: Option<u64>,
 ) -> Result<Option<Gateway>> {
     if e2e::build() == e2e::Build::Native {
         // These tests count refusals per Wasm VM and Envoy's async-client
@@ -90,6 +95,9 @@ fn gateway(
     let mut config = plugin_config_of(&std::fs::read_to_string(&options.template)?)?;
     if let Some(max) = max_snapshot_bytes {
         config["sidecar"]["max_snapshot_bytes"] = max.into();
+    }
+    if let Some(chunk) = chunk_bytes {
+        config["sidecar"]["chunk_bytes"] = chunk.into();
     }
     options.plugin_config = Some(config);
     let envoy = Envoy::start(&dir, options)?;
@@ -177,7 +185,7 @@ fn wait_for(
 
 #[test]
 fn a_snapshot_over_the_vms_limit_is_refused_once_per_vm_and_never_downloaded() -> Result<()> {
-    let Some(gateway) = gateway("scale-vm-limit", &[], Some(LIMIT), None)? else {
+    let Some(gateway) = gateway("scale-vm-limit", &[], Some(LIMIT), None, None)? else {
         return Ok(());
     };
     let failures_before = counter(&gateway.envoy, "snapshot.fetch_failures");
@@ -264,6 +272,7 @@ fn the_sidecar_does_not_publish_a_snapshot_over_the_gateways_limit() -> Result<(
         &["--max-body-bytes", &limit],
         None,
         None,
+        None,
     )?
     else {
         return Ok(());
@@ -303,11 +312,9 @@ fn the_sidecar_does_not_publish_a_snapshot_over_the_gateways_limit() -> Result<(
     Ok(())
 }
 
-#[test]
-fn a_body_over_envoys_buffer_limit_is_logged_with_envoys_reason() -> Result<()> {
-    // envoy/envoy.yaml with the runtime key lowered below the big snapshot,
-    // and nothing else: the sidecar and the VM would take it.
-    let dir = work_dir("scale-envoy-limit-template")?;
+/// envoy/envoy.yaml with `http.async_response_buffer_limit` at [`LIMIT`].
+fn low_buffer_template(name: &str) -> Result<PathBuf> {
+    let dir = work_dir(name)?;
     let template = dir.join("envoy-low-buffer-limit.yaml");
     let shipped = std::fs::read_to_string(e2e::repo_root().join("envoy/envoy.yaml"))?;
     let key = "http.async_response_buffer_limit: ";
@@ -317,7 +324,61 @@ fn a_body_over_envoys_buffer_limit_is_logged_with_envoys_reason() -> Result<()> 
     let end = at + shipped[at..].find('\n').unwrap_or(shipped.len() - at);
     let lowered = format!("{}{key}{LIMIT}{}", &shipped[..at], &shipped[end..]);
     std::fs::write(&template, lowered)?;
-    let Some(gateway) = gateway("scale-envoy-limit", &[], None, Some(template))? else {
+    Ok(template)
+}
+
+/// A snapshot larger than Envoy's async-client buffer arrives in pieces
+/// smaller than it (`sidecar.chunk_bytes`): every VM applies it, every
+/// worker routes by it, no fetch fails.
+#[test]
+fn a_snapshot_larger_than_envoys_buffer_arrives_in_pieces() -> Result<()> {
+    let template = low_buffer_template("scale-pieces-template")?;
+    let Some(gateway) = gateway("scale-pieces", &[], None, Some(template), Some(65_536))? else {
+        return Ok(());
+    };
+    let applied_before = counter(&gateway.envoy, "snapshot.applied");
+    let failures_before = counter(&gateway.envoy, "snapshot.fetch_failures");
+    let big = big_after(&small_snapshot())?;
+    let binary_size = cell_router_mapping::binary::encode(
+        &cell_router_mapping::binary::parse_any(&big).map_err(|e| anyhow!("{e}"))?,
+    )
+    .len();
+    ensure!(
+        binary_size as u64 > LIMIT,
+        "the binary form ({binary_size} bytes) must be larger than Envoy's buffer ({LIMIT})"
+    );
+    publish(&gateway.source, &big)?;
+    wait_for(
+        "every VM applied version 2",
+        || Ok(counter(&gateway.envoy, "snapshot.applied") >= applied_before + VMS),
+        || gateway.envoy.process.log_tail(30),
+    )?;
+    for _ in 0..8 {
+        let (cell, version) = routed(&gateway, "acme-corp")?;
+        ensure!(
+            (cell.as_str(), version.as_str()) == ("cell-a", "2"),
+            "acme-corp routed to {cell} with snapshot {version}, expected cell-a with version 2"
+        );
+    }
+    assert_eq!(
+        counter(&gateway.envoy, "snapshot.fetch_failures"),
+        failures_before,
+        "no piece failed"
+    );
+    assert_eq!(
+        counter(&gateway.envoy, "snapshot.applied"),
+        applied_before + VMS
+    );
+    Ok(())
+}
+
+#[test]
+fn a_body_over_envoys_buffer_limit_is_logged_with_envoys_reason() -> Result<()> {
+    // envoy/envoy.yaml with the runtime key lowered below the big snapshot,
+    // and nothing else: the sidecar and the VM would take it (whole: the
+    // big snapshot is smaller than the default piece).
+    let template = low_buffer_template("scale-envoy-limit-template")?;
+    let Some(gateway) = gateway("scale-envoy-limit", &[], None, Some(template), None)? else {
         return Ok(());
     };
     let failures_before = counter(&gateway.envoy, "snapshot.fetch_failures");
