@@ -442,17 +442,28 @@ impl Pinning {
 /// Pins every thread of process `pid` to `cpus` (threads it starts later
 /// inherit the mask).
 pub fn pin(pid: u32, cpus: &str) -> Result<()> {
-    let output = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .output()
-        .context("running taskset")?;
-    if !output.status.success() {
-        bail!(
-            "taskset -a -p -c {cpus} {pid}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+    // `taskset -a` sets every thread in turn; one that exits meanwhile (the
+    // native module's fetch threads come and go) fails it with "No such
+    // process". The threads already set keep their CPUs and new ones
+    // inherit their creator's, so another pass settles it.
+    let mut last = String::new();
+    for _ in 0..10 {
+        let output = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .output()
+            .context("running taskset")?;
+        if output.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        let vanished_thread = last.contains("No such process")
+            && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !vanished_thread {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
+    bail!("taskset -a -p -c {cpus} {pid}: {last}")
 }
 
 /// What the backend says about one request.
