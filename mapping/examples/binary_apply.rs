@@ -16,7 +16,8 @@
 //! baseline compiler's code during the apply).
 //!
 //! In the VM the file is read into linear memory first (as the filter holds
-//! the response body), then decoded; "held by the snapshot" is the growth of
+//! the response body), then decoded in place (`decode_owned`: the snapshot
+//! routes from the body's bytes); "held besides the body" is the growth of
 //! linear memory during the decode (Wasm memory never shrinks, so this is
 //! also the decode's peak above the body).
 
@@ -100,9 +101,10 @@ fn memory_bytes() -> u64 {
 
 fn apply(path: &str) {
     let bytes = std::fs::read(path).expect("read");
+    let size = bytes.len();
     let before = memory_bytes();
     let start = Instant::now();
-    let snapshot = binary::decode(&bytes).expect("decode");
+    let snapshot = binary::decode_owned(bytes).expect("decode");
     let elapsed = start.elapsed();
     let after = memory_bytes();
     let mib = |b: u64| b as f64 / 1_048_576.0;
@@ -111,12 +113,9 @@ fn apply(path: &str) {
     } else {
         "native (VmRSS)"
     };
+    println!("binary snapshot: {:.1} MiB, {target}", mib(size as u64));
     println!(
-        "binary snapshot: {:.1} MiB, {target}",
-        mib(bytes.len() as u64)
-    );
-    println!(
-        "  apply (checksum + validation + copy): {:.1} ms (goal ≤ 100 ms: {})",
+        "  apply (checksum + validation, in place): {:.1} ms (goal ≤ 100 ms: {})",
         elapsed.as_secs_f64() * 1e3,
         if elapsed.as_secs_f64() <= 0.1 {
             "met"
@@ -125,17 +124,16 @@ fn apply(path: &str) {
         }
     );
     println!(
-        "  memory with the body: {:.1} MiB before, {:.1} MiB after; held by the snapshot {:.1} MiB (goal ≤ 32 MiB: {})",
+        "  memory with the body: {:.1} MiB before, {:.1} MiB after; held besides the body {:.1} MiB (with it, goal ≤ 32 MiB: {})",
         mib(before),
         mib(after),
         mib(after.saturating_sub(before)),
-        if mib(after.saturating_sub(before)) <= 32.0 {
+        if mib(after.saturating_sub(before) + size as u64) <= 32.0 {
             "met"
         } else {
             "UNMET"
         }
     );
-    drop(bytes);
     // 100 % hits, dependent: each probe's index waits for the last answer.
     let n = 1_000_000usize;
     // Ids packed in one buffer (all 15 bytes), in a scattered order.
