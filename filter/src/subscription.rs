@@ -204,6 +204,10 @@ enum State {
 struct Applying {
     apply: binary::Apply,
     etag_version: Option<u64>,
+    /// Assembled from pieces: a checksum that does not match may be the
+    /// assembly's fault (pieces of two encodings under one ETag), so that
+    /// version is asked for again rather than skipped.
+    from_pieces: bool,
 }
 
 /// A binary snapshot arriving in pieces.
@@ -624,7 +628,7 @@ impl Subscription {
                 };
                 let etag = response.etag.and_then(etag_version);
                 if binary::is_binary(&body) {
-                    return self.start_apply(now_ms, body.into_owned(), etag);
+                    return self.start_apply(now_ms, body.into_owned(), etag, false);
                 }
                 match self.fits_region(binary::parse_any_newer(&body, self.version)) {
                     Ok(snapshot) => {
@@ -665,12 +669,19 @@ impl Subscription {
     }
 
     /// Starts applying a binary snapshot in steps.
-    fn start_apply(&mut self, now_ms: u64, bytes: Vec<u8>, etag: Option<u64>) -> FetchOutcome {
+    fn start_apply(
+        &mut self,
+        now_ms: u64,
+        bytes: Vec<u8>,
+        etag: Option<u64>,
+        from_pieces: bool,
+    ) -> FetchOutcome {
         match binary::Apply::new(bytes) {
             Ok(apply) => {
                 self.applying = Some(Applying {
                     apply,
                     etag_version: etag,
+                    from_pieces,
                 });
                 self.state = State::Applying;
                 FetchOutcome::Applying
@@ -771,7 +782,7 @@ impl Subscription {
         match self.download.take() {
             Some(download) if download.bytes.len() >= download.total => {
                 let version = etag_version(&download.etag);
-                self.start_apply(now_ms, download.bytes, version)
+                self.start_apply(now_ms, download.bytes, version, true)
             }
             download => {
                 self.download = download;
@@ -829,7 +840,12 @@ impl Subscription {
         if let Ok(None) = stepped {
             return FetchOutcome::Applying;
         }
-        let etag = self.applying.take().and_then(|a| a.etag_version);
+        let applying = self.applying.take();
+        let pieces = applying.as_ref().is_some_and(|a| a.from_pieces);
+        let mut etag = applying.and_then(|a| a.etag_version);
+        if pieces && stepped.as_ref().is_err_and(|e| e.path == "binary:checksum") {
+            etag = None;
+        }
         let checked = stepped.and_then(|snapshot| {
             let snapshot = snapshot.ok_or_else(|| PathError::new("$", "no snapshot"))?;
             match self.version {

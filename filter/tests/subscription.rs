@@ -1151,3 +1151,38 @@ fn a_broken_download_starts_over() {
     let again = sub.poll(T0 + 60_000).expect("after the backoff");
     assert_eq!(again.header(":path"), Some("/snapshot?after=5&wait=30"));
 }
+
+/// Pieces that do not add up to their checksum are refused, but that
+/// version is asked for again (after the backoff): the assembly, not the
+/// snapshot, may be at fault. A whole body with a bad checksum is skipped.
+#[test]
+fn pieces_that_fail_their_checksum_are_fetched_again() {
+    use cell_router_mapping::binary;
+    let mut config = sidecar();
+    config.chunk_bytes = 100;
+    let mut bad = binary::encode(&snapshot(5));
+    let middle = bad.len() / 2;
+    bad[middle] ^= 1;
+    let etag: &[u8] = b"\"5-bin\"";
+    let mut range = String::new();
+    let mut sub = Subscription::new(config, T0, 1);
+    start(&mut sub, T0, 1);
+    let mut outcome = sub.on_response(1, T0 + 1, piece(&bad, 0, 100, etag, &mut range));
+    let (mut token, mut at) = (1, 100);
+    while matches!(outcome, FetchOutcome::Downloading) {
+        sub.poll(T0 + 2).expect("next piece");
+        token += 1;
+        sub.dispatched(Source::Sidecar, token, T0 + 2);
+        outcome = sub.on_response(token, T0 + 3, piece(&bad, at, 100, etag, &mut range));
+        at += 100;
+    }
+    while matches!(outcome, FetchOutcome::Applying) {
+        outcome = sub.apply_step(T0 + 4, 1 << 20);
+    }
+    match outcome {
+        FetchOutcome::Refused { error, .. } => assert_eq!(error.path, "binary:checksum"),
+        other => panic!("{other:?}"),
+    }
+    let again = sub.poll(T0 + 60_000).expect("after the backoff");
+    assert_eq!(again.header(":path"), Some("/snapshot?after=0&wait=30"));
+}
