@@ -361,7 +361,13 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, PathError> {
 /// [`decode`] without a copy: the snapshot's tenant tables are `bytes`
 /// themselves (the arena and directory sections, used in place).
 pub fn decode_owned(bytes: Vec<u8>) -> Result<Snapshot, PathError> {
-    let mut apply = Apply::new(bytes)?;
+    decode_shared(Arc::new(bytes))
+}
+
+/// [`decode_owned`] of bytes the caller keeps a handle on (e.g. to serve
+/// them): once the snapshot is dropped, `Arc::try_unwrap` gives them back.
+pub fn decode_shared(bytes: Arc<Vec<u8>>) -> Result<Snapshot, PathError> {
+    let mut apply = Apply::from_shared(bytes)?;
     loop {
         if let Some(snapshot) = apply.step(usize::MAX)? {
             return Ok(snapshot);
@@ -430,6 +436,11 @@ impl Apply {
     /// Starts applying `bytes`: checks the fixed header (magic, format,
     /// reserved word, length). Cheap.
     pub fn new(bytes: Vec<u8>) -> Result<Apply, PathError> {
+        Apply::from_shared(Arc::new(bytes))
+    }
+
+    /// [`Apply::new`] of bytes shared with the caller.
+    pub fn from_shared(bytes: Arc<Vec<u8>>) -> Result<Apply, PathError> {
         let header = |what: &str| err("header", format!("cut short before {what}"));
         if !is_binary(&bytes) {
             return Err(err("header", "not a binary snapshot (bad magic)"));
@@ -450,7 +461,7 @@ impl Apply {
             return Err(err("header", "reserved word must be 0"));
         }
         Ok(Apply {
-            body: Arc::new(bytes),
+            body: bytes,
             stage: Stage::Checksum {
                 hash: HashKey::from_bytes([0; 16]).incremental(),
                 at: 0,

@@ -160,19 +160,32 @@ impl Store {
     /// served one (the same version with the same bytes is `Unchanged`).
     pub(crate) fn offer(&self, bytes: Vec<u8>, origin: &str) -> Result<Offer, Refused> {
         // Either form is taken; both are served.
-        let snapshot = binary::parse_any(&bytes).map_err(|e| Refused::invalid(e.to_string()))?;
+        // A binary source is checked in place (no copy of a body that may be
+        // hundreds of MiB) and then served as it is.
+        let shared = std::sync::Arc::new(bytes);
+        let parsed = if binary::is_binary(&shared) {
+            binary::decode_shared(std::sync::Arc::clone(&shared))
+        } else {
+            cell_router_mapping::Snapshot::parse(&shared)
+        };
+        let snapshot = parsed.map_err(|e| Refused::invalid(e.to_string()))?;
         let version = snapshot.version();
         let cells = snapshot.cells().len();
         let tenant_entries = snapshot.tenant_entries();
-        let source = Bytes::from(bytes);
-        let (binary_form, json) = if binary::is_binary(&source) {
-            (source.clone(), std::sync::OnceLock::new())
-        } else {
-            let json = std::sync::OnceLock::new();
-            let _ = json.set(source.clone());
-            (Bytes::from(binary::encode(&snapshot)), json)
-        };
+        let encoded = (!binary::is_binary(&shared)).then(|| binary::encode(&snapshot));
         drop(snapshot);
+        // The snapshot held the other handles: the bytes come back whole.
+        let source = Bytes::from(
+            std::sync::Arc::try_unwrap(shared).unwrap_or_else(|shared| shared.as_ref().clone()),
+        );
+        let (binary_form, json) = match encoded {
+            None => (source.clone(), std::sync::OnceLock::new()),
+            Some(encoded) => {
+                let json = std::sync::OnceLock::new();
+                let _ = json.set(source.clone());
+                (Bytes::from(encoded), json)
+            }
+        };
         // The smallest form served: if it does not fit, no gateway can take
         // the snapshot. (A JSON client asking for a larger JSON form gets a
         // 413 per request instead, `http.rs`.)
