@@ -571,14 +571,18 @@ impl Root {
                 let version = snapshot.version();
                 let cells = snapshot.cells().len();
                 if self.install(*snapshot, source) {
+                    let mut report = String::new();
                     if let Some(subscription) = self.subscription.as_mut() {
                         subscription.installed(version, now);
+                        if let Some(r) = subscription.take_apply_report() {
+                            report = format!("; {r}");
+                        }
                     }
                     self.count(|m, s| m.snapshot_applied(s, source));
                     log(
                         LogLevel::Info,
                         &format!(
-                            "cell-router: snapshot version {version} applied from the {} ({cells} cells)",
+                            "cell-router: snapshot version {version} applied from the {} ({cells} cells{report})",
                             source_name(source)
                         ),
                     );

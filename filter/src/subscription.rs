@@ -208,6 +208,10 @@ struct Applying {
     /// assembly's fault (pieces of two encodings under one ETag), so that
     /// version is asked for again rather than skipped.
     from_pieces: bool,
+    /// Pieces and download time, and when the checks started.
+    pieces: u32,
+    download_ms: u64,
+    started_ms: u64,
 }
 
 /// A binary snapshot arriving in pieces.
@@ -217,6 +221,30 @@ struct Download {
     etag: Vec<u8>,
     total: usize,
     bytes: Vec<u8>,
+    pieces: u32,
+    started_ms: u64,
+}
+
+/// How the last binary snapshot was received and checked, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub bytes: usize,
+    /// Answers it came in (1: whole).
+    pub pieces: u32,
+    /// From the first piece to the last.
+    pub download_ms: u64,
+    /// From the last piece to the outcome (the checks, in slices).
+    pub check_ms: u64,
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes in {} piece(s) over {} ms, checked in {} ms",
+            self.bytes, self.pieces, self.download_ms, self.check_ms
+        )
+    }
 }
 
 /// `bytes <first>-<last>/<total>`.
@@ -294,6 +322,8 @@ pub struct Subscription {
     applying: Option<Applying>,
     /// The binary snapshot arriving in pieces, if any.
     download: Option<Download>,
+    /// The last apply's report, until taken.
+    report: Option<ApplyReport>,
     clock: Clock,
     state: State,
     /// Consecutive sidecar failures, for the backoff.
@@ -327,6 +357,7 @@ impl Subscription {
             config,
             applying: None,
             download: None,
+            report: None,
             clock: Clock::new(now_ms),
             state: State::Idle {
                 not_before_ms: now_ms,
@@ -628,7 +659,7 @@ impl Subscription {
                 };
                 let etag = response.etag.and_then(etag_version);
                 if binary::is_binary(&body) {
-                    return self.start_apply(now_ms, body.into_owned(), etag, false);
+                    return self.start_apply(now_ms, body.into_owned(), etag, (1, 0));
                 }
                 match self.fits_region(binary::parse_any_newer(&body, self.version)) {
                     Ok(snapshot) => {
@@ -668,20 +699,29 @@ impl Subscription {
         }
     }
 
-    /// Starts applying a binary snapshot in steps.
+    /// How the last binary snapshot was received and checked (once).
+    pub fn take_apply_report(&mut self) -> Option<ApplyReport> {
+        self.report.take()
+    }
+
+    /// Starts applying a binary snapshot in steps (`pieces` answers over
+    /// `download_ms`).
     fn start_apply(
         &mut self,
         now_ms: u64,
         bytes: Vec<u8>,
         etag: Option<u64>,
-        from_pieces: bool,
+        (pieces, download_ms): (u32, u64),
     ) -> FetchOutcome {
         match binary::Apply::new(bytes) {
             Ok(apply) => {
                 self.applying = Some(Applying {
                     apply,
                     etag_version: etag,
-                    from_pieces,
+                    from_pieces: pieces > 1,
+                    pieces,
+                    download_ms,
+                    started_ms: now_ms,
                 });
                 self.state = State::Applying;
                 FetchOutcome::Applying
@@ -765,6 +805,8 @@ impl Subscription {
                     etag: etag.to_vec(),
                     total,
                     bytes,
+                    pieces: 1,
+                    started_ms: now_ms,
                 });
             }
             Some(download)
@@ -773,6 +815,7 @@ impl Subscription {
                     && etag == download.etag.as_slice() =>
             {
                 download.bytes.extend_from_slice(&body);
+                download.pieces = download.pieces.saturating_add(1);
             }
             _ => {
                 return self.broken_download(now_ms, Some(etag), "a piece out of order");
@@ -782,7 +825,8 @@ impl Subscription {
         match self.download.take() {
             Some(download) if download.bytes.len() >= download.total => {
                 let version = etag_version(&download.etag);
-                self.start_apply(now_ms, download.bytes, version, true)
+                let received = (download.pieces, now_ms.saturating_sub(download.started_ms));
+                self.start_apply(now_ms, download.bytes, version, received)
             }
             download => {
                 self.download = download;
@@ -841,6 +885,12 @@ impl Subscription {
             return FetchOutcome::Applying;
         }
         let applying = self.applying.take();
+        self.report = applying.as_ref().map(|a| ApplyReport {
+            bytes: a.apply.len(),
+            pieces: a.pieces,
+            download_ms: a.download_ms,
+            check_ms: now_ms.saturating_sub(a.started_ms),
+        });
         let pieces = applying.as_ref().is_some_and(|a| a.from_pieces);
         let mut etag = applying.and_then(|a| a.etag_version);
         if pieces && stepped.as_ref().is_err_and(|e| e.path == "binary:checksum") {

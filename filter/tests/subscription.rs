@@ -1056,9 +1056,11 @@ fn a_binary_snapshot_arrives_in_pieces() {
     let mut outcome = sub.on_response(1, T0 + 1, piece(&bytes, 0, 100, etag, &mut range));
     let mut token = 1;
     let mut at = 100;
+    let mut now = T0 + 1;
     while matches!(outcome, FetchOutcome::Downloading) {
         assert_eq!(sub.body_plan(Some(206), 100), BodyPlan::Read);
-        let next = sub.poll(T0 + 2).expect("the next piece is due at once");
+        now += 1;
+        let next = sub.poll(now).expect("the next piece is due at once");
         let last = (at + 100).min(bytes.len()) - 1;
         assert_eq!(
             next.header("range"),
@@ -1066,24 +1068,41 @@ fn a_binary_snapshot_arrives_in_pieces() {
         );
         assert_eq!(next.header("if-match"), Some("\"5-bin\""));
         token += 1;
-        sub.dispatched(Source::Sidecar, token, T0 + 2);
-        outcome = sub.on_response(token, T0 + 3, piece(&bytes, at, 100, etag, &mut range));
+        sub.dispatched(Source::Sidecar, token, now);
+        now += 1;
+        outcome = sub.on_response(token, now, piece(&bytes, at, 100, etag, &mut range));
         at = last + 1;
     }
+    let downloaded_at = now;
     assert_eq!(token as usize, bytes.len().div_ceil(100));
     while matches!(outcome, FetchOutcome::Applying) {
-        assert_eq!(sub.poll(T0 + 4), None);
-        outcome = sub.apply_step(T0 + 4, 64);
+        now += 1;
+        assert_eq!(sub.poll(now), None);
+        outcome = sub.apply_step(now, 64);
     }
     match outcome {
         FetchOutcome::Applied { snapshot: got, .. } => {
             assert_eq!(got.to_doc(), snapshot(5).to_doc());
-            sub.installed(got.version(), T0 + 4);
+            sub.installed(got.version(), now);
         }
         other => panic!("{other:?}"),
     }
+    let report = sub.take_apply_report().expect("a report");
+    assert_eq!((report.bytes, report.pieces), (bytes.len(), token));
+    assert_eq!(report.download_ms, downloaded_at - (T0 + 1));
+    assert_eq!(report.check_ms, now - downloaded_at);
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "{} bytes in {token} piece(s) over {} ms, checked in {} ms",
+            bytes.len(),
+            report.download_ms,
+            report.check_ms
+        )
+    );
+    assert_eq!(sub.take_apply_report(), None, "taken once");
     assert_eq!(sub.failures_of(Source::Sidecar), 0);
-    let next = sub.poll(T0 + 1_000).expect("the long-poll again");
+    let next = sub.poll(now + 1_000).expect("the long-poll again");
     assert_eq!(next.header(":path"), Some("/snapshot?after=5&wait=30"));
     assert_eq!(next.header("range"), None);
 }

@@ -589,15 +589,19 @@ impl<'s> Root<'s> {
                     &self.shared.installed,
                     Some(Arc::new(Installed::with_source(*snapshot, from))),
                 );
+                let mut report = String::new();
                 if let Some(subscription) = self.subscription.as_mut() {
                     subscription.installed(version, now);
+                    if let Some(r) = subscription.take_apply_report() {
+                        report = format!("; {r}");
+                    }
                 }
                 self.count(|m, _, s| m.snapshot_applied(s, source));
                 self.main_gauges();
                 envoy::log(
                     abi::LOG_LEVEL_INFO,
                     &format!(
-                        "cell-router: snapshot version {version} applied from the {} ({cells} cells)",
+                        "cell-router: snapshot version {version} applied from the {} ({cells} cells{report})",
                         source_name(source)
                     ),
                 );
