@@ -102,6 +102,7 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     readiness_path: Option<Option<String>>,
     log_tenant: Option<bool>,
+    filter_state: Option<bool>,
     region: Option<String>,
 }
 
@@ -268,6 +269,10 @@ pub struct Config {
     /// (`wasm.cell_router.tenant`) for access logs; off by default, since
     /// a tenant id may be personal data.
     pub log_tenant: bool,
+    /// Whether each decision is written into filter state for access logs
+    /// (`wasm.cell_router.cell`, `.reason`, …); on by default. Off saves
+    /// Envoy about 1 µs per value per request when no log reads them.
+    pub filter_state: bool,
     /// The region this gateway is in: requests for tenants homed elsewhere
     /// are forwarded to their home region's gateway. Needed by format-2
     /// snapshots with more than one region; ignored by format-1 ones.
@@ -631,6 +636,14 @@ impl RawConfig {
                 Some(snapshot)
             }
         };
+        let log_tenant = self.log_tenant.unwrap_or(false);
+        let filter_state = self.filter_state.unwrap_or(true);
+        if log_tenant && !filter_state {
+            return Err(ConfigError::new(
+                "log_tenant",
+                "writes the tenant into filter state, which filter_state: false turns off",
+            ));
+        }
         let readiness_path = match self.readiness_path {
             None => Some(DEFAULT_READINESS_PATH.to_string()),
             Some(None) => None,
@@ -656,7 +669,8 @@ impl RawConfig {
             sidecar,
             fallback_snapshot,
             readiness_path,
-            log_tenant: self.log_tenant.unwrap_or(false),
+            log_tenant,
+            filter_state,
             region,
         })
     }

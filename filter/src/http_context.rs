@@ -102,7 +102,6 @@ impl Filter {
         let Shared {
             vm,
             metrics,
-            clear_route_cache,
             verify_signature,
             unknown_kids,
             ..
@@ -137,9 +136,12 @@ impl Filter {
 
         // The decision, where access logs read it. A failed set only costs
         // the log its field: the request goes on.
-        for (key, value) in decide::filter_state(&decision, installed.as_deref(), config.log_tenant)
-        {
-            let _ = hostcalls::set_property(key, value.as_bytes());
+        if config.filter_state {
+            for (key, value) in
+                decide::filter_state(&decision, installed.as_deref(), config.log_tenant)
+            {
+                let _ = hostcalls::set_property(key, value.as_bytes());
+            }
         }
         // Client copies go whatever the answer, so nothing after the filter
         // (a cell, an access log's %REQ(X-CELL-ID)%) reads the client's choice.
@@ -156,19 +158,11 @@ impl Filter {
                         return false;
                     }
                 }
-                if *clear_route_cache != ForeignCall::Missing {
-                    match hostcalls::call_foreign_function("clear_route_cache", &[]) {
-                        Ok(_) => *clear_route_cache = ForeignCall::Available,
-                        Err(status::NOT_FOUND) => {
-                            *clear_route_cache = ForeignCall::Missing;
-                            log(
-                                LogLevel::Info,
-                                "cell-router: host has no clear_route_cache; relying on its own route refresh",
-                            );
-                        }
-                        Err(_) => {}
-                    }
-                }
+                // No `clear_route_cache` call: Envoy clears the route cache
+                // itself when a plugin of ABI 0.2.1 or older (this one)
+                // changes a request header; the foreign function is for
+                // newer plugins, which it stopped doing that for
+                // (envoyproxy/envoy #36671). It cost about 1.7 µs a request.
                 true
             }
             Action::Respond(reply) => {

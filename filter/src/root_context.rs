@@ -99,7 +99,6 @@ pub(crate) struct Shared {
     pub vm: VmState,
     pub installed: Option<Rc<Installed>>,
     pub metrics: Metrics,
-    pub clear_route_cache: ForeignCall,
     pub verify_signature: ForeignCall,
     /// Unknown kids seen by requests, for the key subscription (bounded).
     pub unknown_kids: Vec<crate::key_subscription::UnknownKid>,
@@ -552,7 +551,6 @@ impl Root {
             vm,
             installed,
             metrics,
-            clear_route_cache: ForeignCall::Unknown,
             verify_signature: ForeignCall::Unknown,
             unknown_kids: Vec::new(),
         })));

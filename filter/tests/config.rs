@@ -71,6 +71,8 @@ fn defaults_are_applied() {
     assert_eq!(sidecar.max_snapshot_bytes, 64 << 20);
     assert_eq!(sidecar.persisted, None);
     assert_eq!(config.readiness_path.as_deref(), Some("/cell-router/ready"));
+    assert!(config.filter_state);
+    assert!(!config.log_tenant);
     assert_eq!(config.fallback_snapshot.as_ref().unwrap().version(), 1);
 }
 
@@ -100,7 +102,8 @@ fn every_field_can_be_set() {
                 "timeout_ms": 2000
             }
         },
-        "readiness_path": "/ready"
+        "readiness_path": "/ready",
+        "filter_state": false
     });
     let config = config(&value);
     let jwt = config.jwt().unwrap();
@@ -128,6 +131,7 @@ fn every_field_can_be_set() {
     assert_eq!(persisted.path, "/persisted");
     assert_eq!(persisted.timeout_ms, 2000);
     assert_eq!(config.readiness_path.as_deref(), Some("/ready"));
+    assert!(!config.filter_state);
     assert!(config.fallback_snapshot.is_none());
 }
 
@@ -520,6 +524,20 @@ fn cases() -> Vec<(Value, &'static str, &'static str)> {
             with(base.clone(), "/fallback_snapshot/hash/key", json!("zz")),
             "fallback_snapshot.hash.key",
             "32 hex",
+        ),
+        (
+            set(base.clone(), "filter_state", json!("no")),
+            "filter_state",
+            "boolean",
+        ),
+        (
+            set(
+                set(base.clone(), "filter_state", json!(false)),
+                "log_tenant",
+                json!(true),
+            ),
+            "log_tenant",
+            "filter_state: false turns off",
         ),
         // The base has no `token`: the first JWT-only field present is `jwks`.
         (

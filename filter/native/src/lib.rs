@@ -451,10 +451,12 @@ fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
         }
 
         // The decision, where access logs read it (`%FILTER_STATE(cell_router.cell:PLAIN)%`).
-        for (key, value) in
-            decide::filter_state(&decision, installed.as_deref(), settings.log_tenant)
-        {
-            let _ = stream.set_filter_state(key, value.as_bytes());
+        if settings.filter_state {
+            for (key, value) in
+                decide::filter_state(&decision, installed.as_deref(), settings.log_tenant)
+            {
+                let _ = stream.set_filter_state(key, value.as_bytes());
+            }
         }
         // Client copies go whatever the answer.
         for name in &decision.remove {
