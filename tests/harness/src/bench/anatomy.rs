@@ -81,13 +81,14 @@ impl HostCalls {
 }
 
 /// Counts the real `.wasm`'s host calls for cached-token requests in the
-/// wasmtime host (configured like the benchmark gateways, with the
-/// benchmark snapshot inline).
+/// wasmtime host (configured like the benchmark gateways, `filter_state`
+/// off as in `stack::plugin_config`, with the benchmark snapshot inline).
 pub fn count_router_host_calls(doc: &SnapshotDoc) -> Result<HostCalls> {
     let mut host = Host::new().context("starting the wasmtime host")?;
     let snapshot: serde_json::Value = serde_json::from_str(&doc.to_json())?;
     host.configure(
         Config::jwt(&[Alg::HS256])
+            .set("filter_state", false)
             .set("fallback_snapshot", snapshot)
             .json(),
     )?;
