@@ -156,6 +156,34 @@ impl std::fmt::Display for InsertError {
     }
 }
 
+/// The record at `offset` of a bucket ending at `end`, its header checked:
+/// a known kind, a tenant of 1 … [`MAX_TENANT_BYTES`], inside the bucket.
+fn record_in_bucket(
+    arena: &[u8],
+    offset: usize,
+    end: usize,
+) -> Result<(&[u8], EntryKind, u16, usize), String> {
+    let header = arena
+        .get(offset..offset.saturating_add(HEADER))
+        .ok_or_else(|| format!("record at offset {offset} is cut short"))?;
+    let len_kind = match header {
+        [a, b, ..] => u16::from_le_bytes([*a, *b]),
+        _ => 0,
+    };
+    if len_kind >> LEN_BITS > 2 {
+        return Err(format!("record at offset {offset} has an unknown kind"));
+    }
+    let len = usize::from(len_kind & LEN_MASK);
+    if len == 0 || len > MAX_TENANT_BYTES {
+        return Err(format!(
+            "record at offset {offset} has a tenant of {len} bytes (1 … {MAX_TENANT_BYTES})"
+        ));
+    }
+    record_at(arena, offset)
+        .filter(|r| r.3 <= end)
+        .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))
+}
+
 /// The record at `offset` of an arena: tenant, kind, value and the next
 /// offset.
 #[inline]
@@ -551,26 +579,7 @@ impl TenantTable {
             seen_set.clear();
             let bloom = self.word(b).map_or(0, |w| (w >> 32) as u32);
             while offset < end {
-                let header = arena
-                    .get(offset..offset + HEADER)
-                    .ok_or_else(|| format!("record at offset {offset} is cut short"))?;
-                let len_kind = match header {
-                    [a, b, ..] => u16::from_le_bytes([*a, *b]),
-                    _ => 0,
-                };
-                if len_kind >> LEN_BITS > 2 {
-                    return Err(format!("record at offset {offset} has an unknown kind"));
-                }
-                let len = usize::from(len_kind & LEN_MASK);
-                if len == 0 || len > MAX_TENANT_BYTES {
-                    return Err(format!(
-                        "record at offset {offset} has a tenant of {len} bytes (1 … {MAX_TENANT_BYTES})"
-                    ));
-                }
-                let (tenant, kind, value, next) =
-                    record_at(arena, offset)
-                        .filter(|r| r.3 <= end)
-                        .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))?;
+                let (tenant, kind, value, next) = record_in_bucket(arena, offset, end)?;
                 let h = hash(tenant);
                 if bucket_of(h, count) != b {
                     return Err(format!(
@@ -603,6 +612,35 @@ impl TenantTable {
         }
         let bytes = start_of(range.end.min(count)).saturating_sub(start_of(range.start.min(count)));
         Ok((entries, bytes))
+    }
+
+    /// Buckets `range` walked without the per-record checks, for bytes
+    /// whose records were already checked (the same bytes, by checksum, in
+    /// another reader): each record is still parsed and kept inside its
+    /// bucket, so the table's count and its moves are known. Returns the
+    /// records, the move records among them, and the arena bytes walked.
+    pub fn count_buckets(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Result<(usize, usize, usize), String> {
+        let count = self.bucket_count();
+        let arena = self.arena.bytes();
+        let start_of = |i: usize| -> usize { self.word(i).map_or(0, |w| (w as u32) as usize) };
+        let (mut entries, mut moves) = (0usize, 0usize);
+        for b in range.start..range.end.min(count) {
+            let (mut offset, end) = (start_of(b), start_of(b + 1));
+            if end < offset {
+                return Err(format!("bucket {b} ends before it starts"));
+            }
+            while offset < end {
+                let (_, kind, _, next) = record_in_bucket(arena, offset, end)?;
+                entries += 1;
+                moves += usize::from(kind == EntryKind::Move);
+                offset = next;
+            }
+        }
+        let bytes = start_of(range.end.min(count)).saturating_sub(start_of(range.start.min(count)));
+        Ok((entries, moves, bytes))
     }
 
     /// The table once every bucket has been checked, holding `entries`

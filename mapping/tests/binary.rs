@@ -779,6 +779,101 @@ proptest! {
     }
 }
 
+/// Applies `bytes` in steps of `budget` bytes, trusting the records as soon
+/// as the checksum is verified (as a Wasm VM does once another VM of its
+/// Envoy has checked the same bytes); also says whether trust took effect.
+fn apply_trusting(bytes: &[u8], budget: usize) -> Result<(Snapshot, bool), String> {
+    let mut apply = binary::Apply::new(bytes.to_vec()).map_err(|e| e.to_string())?;
+    loop {
+        if apply.verified_fingerprint().is_some() {
+            apply.trust_records();
+        }
+        if let Some(snapshot) = apply.step(budget).map_err(|e| e.to_string())? {
+            return Ok((snapshot, apply.records_trusted()));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Trusting the records (bytes another reader checked) gives the very
+    /// snapshot the full checks give.
+    #[test]
+    fn a_trusted_apply_equals_decode(
+        g in gen_snapshot(),
+        pooled in pooled_gen::strategy(),
+        budget in 1usize..600,
+    ) {
+        for doc in [parse(&to_json(&g)), parse(&pooled.to_json())] {
+            let bytes = binary::encode(&doc);
+            let (trusted, took) = apply_trusting(&bytes, budget).unwrap();
+            prop_assert!(took, "the records were checked although the checksum was verified");
+            prop_assert_eq!(trusted.to_pooled_doc(), doc.to_pooled_doc());
+        }
+    }
+
+    /// Trusted records are still walked: mutated and resealed bytes never
+    /// panic, in the apply or in routing.
+    #[test]
+    fn trusted_resealed_mutations_never_panic(
+        g in gen_snapshot(),
+        pooled in pooled_gen::strategy(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        for doc in [parse(&to_json(&g)), parse(&pooled.to_json())] {
+            let mut bytes = binary::encode(&doc);
+            for (at, value) in &edits {
+                let i = at.index(bytes.len() - 8);
+                bytes[i] = *value;
+            }
+            if let Ok((s, _)) = apply_trusting(&reseal(bytes), 64) {
+                for pool in 0..s.pools().len() as u16 {
+                    let _ = s.resolve_in(b"a", pool, Some(0), false, &Draws::unshed(b"k", 0));
+                }
+                let _ = binary::encode(&s);
+            }
+        }
+    }
+}
+
+/// Trust is only for bytes whose own checksum was verified: before that it
+/// does not take, and a corrupted body is refused by its checksum whatever
+/// another reader checked.
+#[test]
+fn records_are_trusted_only_after_the_checksum() {
+    let bytes = binary::encode(&parse(&small()));
+    let mut apply = binary::Apply::new(bytes.clone()).unwrap();
+    assert_eq!(apply.verified_fingerprint(), None);
+    assert!(!apply.trust_records());
+    let fingerprint = loop {
+        if let Some(f) = apply.verified_fingerprint() {
+            break f;
+        }
+        assert!(apply.step(16).unwrap().is_none());
+    };
+    assert_eq!(fingerprint.version, 7);
+    let stored = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().unwrap());
+    assert_eq!(fingerprint.checksum, stored);
+    assert_eq!(fingerprint.to_string().parse(), Ok(fingerprint));
+    assert!(apply.trust_records());
+
+    let mut bad = bytes;
+    bad[HEADER_LEN + 3] ^= 1;
+    let mut apply = binary::Apply::new(bad).unwrap();
+    let error = loop {
+        apply.trust_records();
+        match apply.step(16) {
+            Ok(None) => continue,
+            Ok(Some(_)) => panic!("a corrupted body was accepted"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(error.contains("checksum"), "{error}");
+    assert!(!apply.records_trusted());
+    assert_eq!(apply.verified_fingerprint(), None);
+}
+
 /// A refused apply stays refused, and a finished one cannot be stepped again.
 #[test]
 fn an_apply_is_over_after_its_outcome() {
