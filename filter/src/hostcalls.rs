@@ -102,6 +102,20 @@ unsafe extern "C" {
         timeout_ms: u32,
         token: *mut u32,
     ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
@@ -189,6 +203,34 @@ pub fn buffer(buffer: Buffer, start: usize, max_size: usize) -> Result<Option<Ve
         status::NOT_FOUND => Ok(None),
         other => Err(other),
     }
+}
+
+/// The value of `key` in the data the VMs of this plugin's `vm_id` share
+/// (the host's, one per Envoy process); `None` when it has none.
+pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: the key is a live slice; the host writes a pointer, a size and
+    // a CAS into our locals.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    // SAFETY: the host allocated `data` with proxy_on_memory_allocate(size).
+    let value = unsafe { take_host_buffer(data, size) };
+    match status {
+        status::OK => Ok(Some((value, cas))),
+        status::NOT_FOUND => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// Sets `key` in the shared data: with `cas` 0 whatever it holds, else only
+/// if it is still at that CAS (an error status otherwise).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    // SAFETY: both slices are live for the call.
+    result(unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
 }
 
 /// The serialized header map, as one buffer (parse it with [`pairs`]).

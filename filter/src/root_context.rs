@@ -10,8 +10,10 @@ use crate::hostcalls::{self, Buffer, LogLevel, Map, MetricType};
 use crate::key_subscription::{KeyMetrics, KeySubscription, KeysOutcome};
 use crate::metrics::{MetricKind, MetricSink, Metrics};
 use crate::subscription::{
-    Body, BodyPlan, FetchOutcome, FetchRequest, FetchResponse, Source, Subscription,
+    Body, BodyPlan, CHECKED_MARK_KEY, CHECKING_KEY, FetchOutcome, FetchRequest, FetchResponse,
+    Source, Subscription,
 };
+use cell_router_mapping::binary;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -31,12 +33,24 @@ fn source_name(source: Source) -> &'static str {
 /// requests again (`Root::apply_slice`), while the VM has requests in
 /// flight: what a request may wait for it.
 const APPLY_SLICE_BUSY_NS: u64 = 500_000;
-/// The same when no request is in flight and none started since the last
-/// slice (or tick): longer, so an idle gateway takes a big snapshot in about
-/// the time it takes to check it.
+/// The same when the VM has served no request for [`IDLE_AFTER_NS`]:
+/// longer, so an idle gateway takes a big snapshot in about the time it
+/// takes to check it.
 const APPLY_SLICE_IDLE_NS: u64 = 20_000_000;
+/// A VM is idle once no request was in flight or started for this long: a
+/// worker serving a light load has gaps of a millisecond or two between
+/// requests, and a 20 ms slice in such a gap held the next ones (p99.9 of
+/// 10–17 ms during swaps, measured at a third of the bench's capacity).
+const IDLE_AFTER_NS: u64 = 100_000_000;
 /// Bytes checked between two looks at the clock.
 const APPLY_STEP_BYTES: usize = 32 * 1024;
+/// How often a VM applying a snapshot looks at the marks of the others.
+const MARK_LOOK_NS: u64 = 1_000_000;
+/// A VM checking records for the others says so again this often...
+const CLAIM_REFRESH_NS: u64 = 100_000_000;
+/// ...and a claim not renewed for this long is taken over (its VM is gone
+/// or stuck): the others then check the records themselves.
+const CLAIM_STALE_NS: u64 = 1_000_000_000;
 
 /// The VM's requests, as the exports see them.
 #[derive(Clone, Copy, Debug, Default)]
@@ -119,6 +133,11 @@ pub(crate) struct Root {
     /// `Load::started` at the last tick or answer: requests since then mean
     /// the worker is serving.
     requests_seen: u64,
+    /// Host time the VM was last seen serving (a request in flight or
+    /// started since the previous look).
+    last_served_ns: u64,
+    /// Sharing a binary snapshot's record checks with the other VMs.
+    check_share: CheckShare,
     /// Keys fetched at run time (`jwks_remote`), see `key_subscription.rs`.
     /// One per key source: the top-level one (`None`) or `providers[i]`.
     keys: Vec<(Option<usize>, KeySubscription)>,
@@ -574,6 +593,9 @@ impl Root {
                         subscription.installed(version, now);
                         if let Some(r) = subscription.take_apply_report() {
                             report = format!("; {r}");
+                            if let (Some(fingerprint), false) = (r.fingerprint, r.records_trusted) {
+                                publish_checked_mark(fingerprint);
+                            }
                         }
                     }
                     self.count(|m, s| m.snapshot_applied(s, source));
@@ -647,8 +669,8 @@ impl Root {
     /// every millisecond; once done, the outcome is handled like any
     /// answer's and the configured tick period comes back.
     fn apply_slice(&mut self, now: u64, load: Load) {
-        let serving = load.in_flight > 0 || load.started != self.requests_seen;
-        self.requests_seen = load.started;
+        self.note_load(load);
+        let serving = hostcalls::now_nanos().saturating_sub(self.last_served_ns) < IDLE_AFTER_NS;
         let slice_ns = if serving {
             APPLY_SLICE_BUSY_NS
         } else {
@@ -659,8 +681,15 @@ impl Root {
             let Some(subscription) = self.subscription.as_mut() else {
                 return;
             };
+            if !self.check_share.before_step(subscription) {
+                // Another VM is checking these bytes' records: wait for it
+                // on the next ticks.
+                break;
+            }
             let outcome = subscription.apply_step(now, APPLY_STEP_BYTES);
             if !matches!(outcome, FetchOutcome::Applying) {
+                self.check_share
+                    .after_outcome(matches!(outcome, FetchOutcome::Applied { .. }));
                 self.on_snapshot_outcome(outcome, now_ms(), Some(200));
                 if self.ticking_fast {
                     self.ticking_fast = false;
@@ -679,6 +708,14 @@ impl Root {
             self.tick_pending = Some(1);
             self.arm_tick();
         }
+    }
+
+    /// Notes whether the VM served requests since the last look.
+    fn note_load(&mut self, load: Load) {
+        if load.in_flight > 0 || load.started != self.requests_seen {
+            self.last_served_ns = hostcalls::now_nanos();
+        }
+        self.requests_seen = load.started;
     }
 
     /// Asks the host for ticks if it has not accepted the period yet; tried
@@ -703,10 +740,133 @@ impl Root {
         if self.subscription.as_ref().is_some_and(|s| s.is_applying()) {
             self.apply_slice(now, load);
         } else {
-            self.requests_seen = load.started;
+            self.note_load(load);
         }
         self.fetch_if_due(now);
         self.update_gauges(now);
+    }
+}
+
+/// The VMs of one Envoy check a binary snapshot's records once for all
+/// (keys in `subscription.rs`): every VM receives its own copy and verifies
+/// its checksum; then, unless another VM has vouched for bytes with the same
+/// fingerprint, the first to claim them checks the records while the others
+/// wait, and trust them once it vouches. A claim not renewed within
+/// [`CLAIM_STALE_NS`] is taken over; a claimer whose check refuses the bytes
+/// withdraws its claim, so the others check (and refuse) them themselves.
+#[derive(Default)]
+struct CheckShare {
+    /// This VM's name in claims (random, set at the first claim).
+    name: u64,
+    looked_ns: u64,
+    /// The last look found another VM checking these bytes.
+    waiting: bool,
+    /// The bytes this VM claimed, and when it last said so.
+    claimed: Option<(binary::Fingerprint, u64)>,
+}
+
+impl CheckShare {
+    /// Before a step of the apply: false while another VM is checking these
+    /// bytes' records (do not step; look again on a later tick).
+    fn before_step(&mut self, subscription: &mut Subscription) -> bool {
+        let Some(fingerprint) = subscription.applying_fingerprint() else {
+            // Checksum not verified yet, or the records trusted: step on.
+            return true;
+        };
+        let now = hostcalls::now_nanos();
+        if let Some((claimed, said)) = self.claimed
+            && claimed == fingerprint
+        {
+            if now.saturating_sub(said) >= CLAIM_REFRESH_NS {
+                self.claim(fingerprint, now, 0);
+            }
+            return true;
+        }
+        if now.saturating_sub(self.looked_ns) < MARK_LOOK_NS {
+            return !self.waiting;
+        }
+        self.looked_ns = now;
+        self.waiting = false;
+        if let Ok(Some((mark, _))) = hostcalls::shared_data(CHECKED_MARK_KEY)
+            && parse_fingerprint(&mark) == Some(fingerprint)
+        {
+            subscription.trust_applying_records();
+            return true;
+        }
+        let cas = match hostcalls::shared_data(CHECKING_KEY) {
+            Ok(Some((claim, cas))) => {
+                if let Some((named, by, at)) = parse_claim(&claim)
+                    && named == fingerprint
+                    && by != self.name
+                    && now.saturating_sub(at) < CLAIM_STALE_NS
+                    && at.saturating_sub(now) < CLAIM_STALE_NS
+                {
+                    self.waiting = true;
+                    return false;
+                }
+                cas
+            }
+            Ok(None) => 0,
+            // No shared data: check here, as a lone VM would.
+            Err(_) => return true,
+        };
+        // Lost the race for the claim: look again on the next look.
+        self.waiting = !self.claim(fingerprint, now, cas);
+        !self.waiting
+    }
+
+    /// Claims the checking of `fingerprint`'s records (only if the claim
+    /// key is still at `cas`, unless 0); whether it took.
+    fn claim(&mut self, fingerprint: binary::Fingerprint, now: u64, cas: u32) -> bool {
+        if self.name == 0 {
+            let key = random_key();
+            self.name = u64::from_le_bytes(key[..8].try_into().unwrap_or([1; 8])).max(1);
+        }
+        let claim = format!("{fingerprint} {:016x} {now}", self.name);
+        let took = hostcalls::set_shared_data(CHECKING_KEY, claim.as_bytes(), cas).is_ok();
+        if took {
+            self.claimed = Some((fingerprint, now));
+        }
+        took
+    }
+
+    /// The apply is over: a claimer whose bytes were not put in force
+    /// withdraws its claim (an applied one has vouched instead).
+    fn after_outcome(&mut self, applied: bool) {
+        if self.claimed.take().is_some() && !applied {
+            let _ = hostcalls::set_shared_data(CHECKING_KEY, b"", 0);
+        }
+        self.waiting = false;
+    }
+}
+
+fn parse_fingerprint(text: &[u8]) -> Option<binary::Fingerprint> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// `<version> <checksum> <claimer> <time ns>`.
+fn parse_claim(text: &[u8]) -> Option<(binary::Fingerprint, u64, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut words = text.split(' ');
+    let (version, checksum) = (words.next()?, words.next()?);
+    let fingerprint = format!("{version} {checksum}").parse().ok()?;
+    let by = u64::from_str_radix(words.next()?, 16).ok()?;
+    let at = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((fingerprint, by, at))
+}
+
+/// Vouches for a binary snapshot this VM checked in full and put in force.
+fn publish_checked_mark(fingerprint: binary::Fingerprint) {
+    if let Err(status) =
+        hostcalls::set_shared_data(CHECKED_MARK_KEY, fingerprint.to_string().as_bytes(), 0)
+    {
+        // The other VMs then check it themselves, as without the mark.
+        log(
+            LogLevel::Warn,
+            &format!(
+                "cell-router: could not share that snapshot {fingerprint} was checked (status {status})"
+            ),
+        );
     }
 }
 

@@ -199,6 +199,17 @@ enum State {
     Applying,
 }
 
+/// Shared-data key (one per Envoy and `vm_id`) naming the last binary
+/// snapshot a VM checked in full and put in force: `<version> <checksum>`.
+/// Every VM receives and checksums its own copy; the records are checked by
+/// one VM for all ([`CHECKING_KEY`]), so a swap costs the process about one
+/// record check instead of one per worker (Wasm only: the native module
+/// holds one snapshot for every worker).
+pub const CHECKED_MARK_KEY: &str = "cell_router.checked_snapshot";
+/// Shared-data key naming the binary snapshot whose records a VM is checking
+/// for the others, while it does: `<version> <checksum> <VM> <time ns>`.
+pub const CHECKING_KEY: &str = "cell_router.checking_snapshot";
+
 /// A binary snapshot being applied, and the version its ETag named.
 #[derive(Debug)]
 struct Applying {
@@ -235,6 +246,11 @@ pub struct ApplyReport {
     pub download_ms: u64,
     /// From the last piece to the outcome (the checks, in slices).
     pub check_ms: u64,
+    /// The bytes' fingerprint (`None` if refused before its checksum).
+    pub fingerprint: Option<binary::Fingerprint>,
+    /// Its records were not checked here: another VM of this Envoy had
+    /// checked the same bytes ([`Subscription::trust_applying_records`]).
+    pub records_trusted: bool,
 }
 
 impl fmt::Display for ApplyReport {
@@ -243,7 +259,11 @@ impl fmt::Display for ApplyReport {
             f,
             "{} bytes in {} piece(s) over {} ms, checked in {} ms",
             self.bytes, self.pieces, self.download_ms, self.check_ms
-        )
+        )?;
+        if self.records_trusted {
+            write!(f, " (records already checked by another VM of this Envoy)")?;
+        }
+        Ok(())
     }
 }
 
@@ -704,6 +724,26 @@ impl Subscription {
         self.report.take()
     }
 
+    /// The binary snapshot being applied whose records this VM is still
+    /// checking, once its own checksum is verified: what another VM's
+    /// "checked" mark must name for [`Self::trust_applying_records`].
+    pub fn applying_fingerprint(&self) -> Option<binary::Fingerprint> {
+        let applying = self.applying.as_ref()?;
+        if applying.apply.records_trusted() {
+            return None;
+        }
+        applying.apply.verified_fingerprint()
+    }
+
+    /// Skips the record checks left for the snapshot being applied: another
+    /// VM of this Envoy fully checked bytes with the same fingerprint (see
+    /// `binary::Apply::trust_records`). Returns whether that took effect.
+    pub fn trust_applying_records(&mut self) -> bool {
+        self.applying
+            .as_mut()
+            .is_some_and(|applying| applying.apply.trust_records())
+    }
+
     /// Starts applying a binary snapshot in steps (`pieces` answers over
     /// `download_ms`).
     fn start_apply(
@@ -880,6 +920,8 @@ impl Subscription {
         let Some(applying) = self.applying.as_mut() else {
             return FetchOutcome::Stale;
         };
+        // Known before the last step (afterwards the apply is over).
+        let fingerprint = applying.apply.verified_fingerprint();
         let stepped = applying.apply.step(budget);
         if let Ok(None) = stepped {
             return FetchOutcome::Applying;
@@ -890,6 +932,8 @@ impl Subscription {
             pieces: a.pieces,
             download_ms: a.download_ms,
             check_ms: now_ms.saturating_sub(a.started_ms),
+            fingerprint,
+            records_trusted: a.apply.records_trusted(),
         });
         let pieces = applying.as_ref().is_some_and(|a| a.from_pieces);
         let mut etag = applying.and_then(|a| a.etag_version);

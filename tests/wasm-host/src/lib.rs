@@ -525,6 +525,18 @@ impl Host {
             .cloned()
     }
 
+    /// Sets a shared-data entry as another VM of this Envoy would.
+    pub fn set_shared_data(&self, key: &str, value: &[u8]) {
+        let state = self.store.data();
+        let mut shared = lock(&state.shared);
+        let cas = shared.next_cas;
+        shared.next_cas = shared.next_cas.wrapping_add(1).max(1);
+        shared.data.insert(
+            (state.vm_id.clone(), key.as_bytes().to_vec()),
+            (value.to_vec(), cas),
+        );
+    }
+
     /// Everything the plugin logged so far.
     pub fn logs(&self) -> &[LogLine] {
         &self.store.data().logs

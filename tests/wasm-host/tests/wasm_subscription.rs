@@ -304,6 +304,156 @@ fn an_unknown_sidecar_cluster_is_a_fetch_failure_not_a_crash() {
     assert!(send(&mut host, "acme").forwarded());
 }
 
+/// Answers `host`'s long-poll with these binary bytes.
+fn serve_binary(host: &mut Host, bytes: Vec<u8>) {
+    let call = next_fetch(host);
+    host.respond_http_call(
+        call.token,
+        200,
+        &[("content-type", cell_router_mapping::binary::MEDIA_TYPE)],
+        bytes,
+    )
+    .unwrap();
+}
+
+const TRUSTED: &str = "records already checked by another VM of this Envoy";
+
+fn applied_lines(host: &Host) -> Vec<String> {
+    host.logs()
+        .iter()
+        .filter(|l| l.message.contains("applied from the sidecar"))
+        .map(|l| l.message.clone())
+        .collect()
+}
+
+/// Workers of one Envoy each receive and checksum their own copy of a
+/// binary snapshot, but the records are checked by the first VM only: it
+/// publishes the bytes' fingerprint in shared data, and a VM holding bytes
+/// with that fingerprint trusts them. Bytes that do not match the mark
+/// (another version, a corrupted copy) are checked (and refused) in full.
+#[test]
+fn one_vm_checks_a_binary_snapshot_for_every_worker() {
+    use cell_router_mapping::binary;
+    let mut first = subscribed();
+    let mut second = first.worker().unwrap();
+    second
+        .configure(Config::jwt(&[Alg::HS256]).sidecar().json())
+        .unwrap();
+    let v1 = binary::encode(&parsed(&with_override(snapshot(1), "acme", "cell-c")));
+    serve_binary(&mut first, v1.clone());
+    let checksum = u64::from_le_bytes(v1[v1.len() - 8..].try_into().unwrap());
+    let mark = first
+        .shared_data(cell_router_filter::subscription::CHECKED_MARK_KEY)
+        .map(|(value, _)| String::from_utf8(value).unwrap());
+    assert_eq!(mark, Some(format!("1 {checksum:016x}")));
+    serve_binary(&mut second, v1);
+    for host in [&mut first, &mut second] {
+        let r = send(host, "acme");
+        assert_eq!(r.cell(), Some("cell-c"));
+        assert_eq!(r.header("x-cell-snapshot"), Some("1"));
+    }
+    let (one, two) = (applied_lines(&first), applied_lines(&second));
+    assert!(one.len() == 1 && !one[0].contains(TRUSTED), "{one:?}");
+    assert!(two.len() == 1 && two[0].contains(TRUSTED), "{two:?}");
+
+    // A copy corrupted on its way to the second VM, under a mark for the
+    // same version: its own checksum refuses it.
+    let v2 = binary::encode(&parsed(&with_override(snapshot(2), "acme", "cell-a")));
+    serve_binary(&mut first, v2.clone());
+    let mut bad = v2;
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x10;
+    serve_binary(&mut second, bad);
+    assert_eq!(send(&mut first, "acme").cell(), Some("cell-a"));
+    let r = send(&mut second, "acme");
+    assert_eq!(
+        r.header("x-cell-snapshot"),
+        Some("1"),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(r.cell(), Some("cell-c"));
+
+    // A mark naming other bytes (another encoding of version 3): checked here.
+    let v3 = binary::encode(&parsed(&with_override(snapshot(3), "acme", "cell-b")));
+    second.set_shared_data(
+        cell_router_filter::subscription::CHECKED_MARK_KEY,
+        b"3 0123456789abcdef",
+    );
+    second.clear_logs();
+    serve_binary(&mut second, v3);
+    assert_eq!(send(&mut second, "acme").cell(), Some("cell-b"));
+    let lines = applied_lines(&second);
+    assert!(lines.len() == 1 && !lines[0].contains(TRUSTED), "{lines:?}");
+}
+
+fn unix_nanos(host: &Host) -> u64 {
+    host.now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// While another VM holds a fresh claim on the same bytes, a VM waits for
+/// its mark (serving the last good snapshot), then trusts them; a claim not
+/// renewed for a second is taken over and the records checked here.
+#[test]
+fn a_vm_waits_for_the_vm_checking_the_same_bytes() {
+    use cell_router_filter::subscription::{CHECKED_MARK_KEY, CHECKING_KEY};
+    use cell_router_mapping::binary;
+    let mut host = subscribed();
+    serve(&mut host, &snapshot(1));
+    let v2 = binary::encode(&parsed(&with_override(snapshot(2), "acme", "cell-c")));
+    let checksum = u64::from_le_bytes(v2[v2.len() - 8..].try_into().unwrap());
+    let fingerprint = format!("2 {checksum:016x}");
+    let claim = format!("{fingerprint} 00000000000000aa {}", unix_nanos(&host));
+    host.set_shared_data(CHECKING_KEY, claim.as_bytes());
+    serve_binary(&mut host, v2);
+    host.advance(Duration::from_millis(300)).unwrap();
+    let r = send(&mut host, "acme");
+    assert_eq!(
+        r.header("x-cell-snapshot"),
+        Some("1"),
+        "{}",
+        host.log_text()
+    );
+    host.set_shared_data(CHECKED_MARK_KEY, fingerprint.as_bytes());
+    host.advance(Duration::from_millis(20)).unwrap();
+    let r = send(&mut host, "acme");
+    assert_eq!(
+        r.header("x-cell-snapshot"),
+        Some("2"),
+        "{}",
+        host.log_text()
+    );
+    assert_eq!(r.cell(), Some("cell-c"));
+    let lines = applied_lines(&host);
+    assert!(
+        lines.last().is_some_and(|l| l.contains(TRUSTED)),
+        "{lines:?}"
+    );
+
+    // A claim last renewed two seconds ago: its VM is gone; checked here.
+    let v3 = binary::encode(&parsed(&with_override(snapshot(3), "acme", "cell-b")));
+    let checksum = u64::from_le_bytes(v3[v3.len() - 8..].try_into().unwrap());
+    let stale = unix_nanos(&host) - 2_000_000_000;
+    let claim = format!("3 {checksum:016x} 00000000000000aa {stale}");
+    host.set_shared_data(CHECKING_KEY, claim.as_bytes());
+    host.clear_logs();
+    serve_binary(&mut host, v3);
+    host.advance(Duration::from_millis(20)).unwrap();
+    assert_eq!(
+        send(&mut host, "acme").cell(),
+        Some("cell-b"),
+        "{}",
+        host.log_text()
+    );
+    let lines = applied_lines(&host);
+    assert!(lines.len() == 1 && !lines[0].contains(TRUSTED), "{lines:?}");
+    let mark = host.shared_data(CHECKED_MARK_KEY).map(|(v, _)| v);
+    assert_eq!(mark, Some(format!("3 {checksum:016x}").into_bytes()));
+}
+
 /// The real `.wasm` asks for the binary form and installs it: routing
 /// follows the binary snapshot exactly as it follows the JSON one; a
 /// corrupted binary body is refused and the last good snapshot serves.
