@@ -203,6 +203,7 @@ impl Bench<'_> {
             start,
             headers: &case.headers(),
             cpus: self.options.pinning.as_ref().map(|p| p.other_cpus.as_str()),
+            think_ms: 0,
         }
         .run()
         .with_context(|| format!("{} at {connections} connections", case.id))?;

@@ -62,6 +62,9 @@ pub struct ScaleOptions {
     pub connections: u32,
     /// Quiet/swapping pairs of wrk runs.
     pub load_rounds: usize,
+    /// The load case once per think time (ms each wrk connection waits
+    /// before each request; 0 saturates the gateway).
+    pub load_think_ms: Vec<u32>,
     /// Measure the native module (needs `dist/libcell_router_native.so`).
     pub native: bool,
     /// The three limits (Envoy's runtime key, `max_snapshot_bytes`,
@@ -149,6 +152,8 @@ pub struct LoadRound {
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadRun {
     pub concurrency: u32,
+    /// Ms each connection waited before each request (0: closed loop).
+    pub think_ms: u32,
     pub overrides: usize,
     pub connections: u32,
     pub seconds: u64,
@@ -166,6 +171,14 @@ impl LoadRun {
         v.get(v.len() / 2).copied()
     }
 
+    /// How the load was offered, for the report.
+    fn pacing(&self) -> String {
+        match self.think_ms {
+            0 => "closed loop, saturating the gateway".to_string(),
+            ms => format!("paced: each connection waits {ms} ms before each request"),
+        }
+    }
+
     fn ratio(&self) -> Option<f64> {
         let quiet = self.p99_ms(|r| &r.quiet)?;
         let swapping = self.p99_ms(|r| &r.swapping)?;
@@ -177,7 +190,7 @@ impl LoadRun {
 pub struct ScaleReport {
     pub wasm: Vec<BigRun>,
     pub native: Option<BigRun>,
-    pub load: Option<LoadRun>,
+    pub load: Vec<LoadRun>,
     /// Cases that could not be measured, and why.
     pub failures: Vec<String>,
 }
@@ -218,14 +231,20 @@ pub fn measure(options: &ScaleOptions) -> Result<ScaleReport> {
         }
     }
     drop(big);
-    if options.load_rounds > 0 {
+    for &think_ms in options
+        .load_think_ms
+        .iter()
+        .filter(|_| options.load_rounds > 0)
+    {
         log(&format!(
-            "p99 under load with {}-override swaps",
+            "p99 under load ({think_ms} ms think time) with {}-override swaps",
             options.load_overrides
         ));
-        match load_run(options) {
-            Ok(run) => report.load = Some(run),
-            Err(err) => report.failures.push(format!("load: {err:#}")),
+        match load_run(options, think_ms) {
+            Ok(run) => report.load.push(run),
+            Err(err) => report
+                .failures
+                .push(format!("load ({think_ms} ms think time): {err:#}")),
         }
     }
     Ok(report)
@@ -521,8 +540,11 @@ fn big_run(
     })
 }
 
-fn load_run(options: &ScaleOptions) -> Result<LoadRun> {
-    let dir = options.work_dir.join("load");
+fn load_run(options: &ScaleOptions, think_ms: u32) -> Result<LoadRun> {
+    let dir = options.work_dir.join(match think_ms {
+        0 => "load".to_string(),
+        ms => format!("load-think-{ms}ms"),
+    });
     let _ = std::fs::remove_dir_all(&dir);
     let concurrency = 2;
     let gateway = start(&dir, Build::Wasm, concurrency, 64 << 20)?;
@@ -548,6 +570,7 @@ fn load_run(options: &ScaleOptions) -> Result<LoadRun> {
             // Not pinned: the scale cases measure memory and swap latency,
             // not a per-request CPU ratio.
             cpus: None,
+            think_ms,
         }
         .run()
     };
@@ -617,6 +640,7 @@ fn load_run(options: &ScaleOptions) -> Result<LoadRun> {
     }
     Ok(LoadRun {
         concurrency,
+        think_ms,
         overrides: options.load_overrides,
         connections: options.connections,
         seconds: options.load_seconds,
@@ -687,24 +711,23 @@ impl ScaleReport {
                 "| 10,000,000 overrides in the Wasm build | not measured | not measured |"
             );
         }
-        match &self.load {
-            Some(load) => {
-                let _ = writeln!(
-                    w,
-                    "| p99 during {}-override swaps ≤ 1.5 × p99 without | {} (median p99 {:.2} ms vs {:.2} ms) | {} |",
-                    load.overrides,
-                    load.ratio().map_or("–".into(), |r| format!("{r:.2} ×")),
-                    load.p99_ms(|r| &r.swapping).unwrap_or(0.0),
-                    load.p99_ms(|r| &r.quiet).unwrap_or(0.0),
-                    verdict(load.ratio().map(|r| r <= 1.5))
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    w,
-                    "| p99 during 1 M swaps ≤ 1.5 × p99 without | not measured | not measured |"
-                );
-            }
+        for load in &self.load {
+            let _ = writeln!(
+                w,
+                "| p99 during {}-override swaps ≤ 1.5 × p99 without ({}) | {} (median p99 {:.2} ms vs {:.2} ms) | {} |",
+                load.overrides,
+                load.pacing(),
+                load.ratio().map_or("–".into(), |r| format!("{r:.2} ×")),
+                load.p99_ms(|r| &r.swapping).unwrap_or(0.0),
+                load.p99_ms(|r| &r.quiet).unwrap_or(0.0),
+                verdict(load.ratio().map(|r| r <= 1.5))
+            );
+        }
+        if self.load.is_empty() {
+            let _ = writeln!(
+                w,
+                "| p99 during 1 M swaps ≤ 1.5 × p99 without | not measured | not measured |"
+            );
         }
         match &self.native {
             Some(run) => {
@@ -770,13 +793,17 @@ impl ScaleReport {
             }
             let _ = writeln!(w);
         }
-        if let Some(load) = &self.load {
+        for load in &self.load {
             let _ = writeln!(
                 w,
-                "Load: wrk, {} connections, {} s per run, HS256 tokens, Wasm build at \
+                "Load ({}): wrk, {} connections, {} s per run, HS256 tokens, Wasm build at \
                  concurrency {}; each round is a run without swaps, then a run during which \
                  {}-override snapshots (the binary form) are published one after the other.\n",
-                load.connections, load.seconds, load.concurrency, load.overrides
+                load.pacing(),
+                load.connections,
+                load.seconds,
+                load.concurrency,
+                load.overrides
             );
             let _ = writeln!(
                 w,

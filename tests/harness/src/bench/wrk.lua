@@ -12,6 +12,15 @@
 -- spread over N cells as the router's tenants do.
 -- done() prints one line: BENCH_RESULT {json}
 
+-- CELL_ROUTER_WRK_THINK_MS=N: each connection waits N ms before each request,
+-- a paced load below saturation (latency is still timed from the send).
+local think_ms = tonumber(os.getenv("CELL_ROUTER_WRK_THINK_MS") or "") or 0
+if think_ms > 0 then
+  function delay()
+    return think_ms
+  end
+end
+
 local threads = {}
 local next_id = 0
 

@@ -79,6 +79,9 @@ pub struct WrkRun<'a> {
     pub headers: &'a [String],
     /// Run wrk on these CPUs (`taskset -c`), off the gateway's.
     pub cpus: Option<&'a str>,
+    /// Milliseconds each connection waits before each request (0: none, a
+    /// closed loop that saturates the gateway).
+    pub think_ms: u32,
 }
 
 impl WrkRun<'_> {
@@ -93,6 +96,7 @@ impl WrkRun<'_> {
             None => Command::new("wrk"),
         };
         let output = command
+            .env("CELL_ROUTER_WRK_THINK_MS", self.think_ms.to_string())
             .arg("-t")
             .arg(threads.to_string())
             .arg("-c")
@@ -206,6 +210,7 @@ mod tests {
                 "x-spread: {cells:1000}".to_string(),
             ],
             cpus: None,
+            think_ms: 0,
         }
         .run()
         .unwrap();

@@ -49,6 +49,10 @@ struct ScaleArgs {
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 10)]
     load_seconds: u64,
+    /// The load case once per think time: ms each wrk connection waits
+    /// before each request (0: closed loop, saturating; comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,2")]
+    load_think_ms: Vec<u32>,
     /// wrk connections.
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -180,6 +184,7 @@ fn main_scale(args: ScaleArgs) -> Result<i32> {
         load_seconds: args.load_seconds,
         connections: args.connections,
         load_rounds: args.load_rounds,
+        load_think_ms: args.load_think_ms,
         native: !args.no_native,
         limit_bytes: args.limit_mib.saturating_mul(1 << 20),
         work_dir: args

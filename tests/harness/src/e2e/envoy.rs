@@ -305,7 +305,9 @@ impl Envoy {
             .arg(options.concurrency.to_string())
             .arg("--disable-hot-restart")
             .arg("--log-level")
-            .arg("warn")
+            // Envoy's own log level: `warn` keeps the logs to what went wrong;
+            // CELL_ROUTER_ENVOY_LOG_LEVEL=info shows the filter's info lines.
+            .arg(std::env::var("CELL_ROUTER_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .current_dir(repo_root());
         let process = Process::spawn(&format!("envoy-{port}"), command, dir)?;
         let mut envoy = Envoy {
