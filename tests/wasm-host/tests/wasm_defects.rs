@@ -185,9 +185,7 @@ fn the_module_only_uses_host_calls_the_filter_declares() {
         assert!(
             !matches!(
                 import.as_str(),
-                "env.proxy_set_effective_context"
-                    | "env.proxy_done"
-                    | "env.proxy_grpc_call"
+                "env.proxy_set_effective_context" | "env.proxy_done" | "env.proxy_grpc_call"
             ),
             "imports {import}"
         );
