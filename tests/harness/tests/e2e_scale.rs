@@ -100,6 +100,8 @@ fn gateway(
         config["sidecar"]["chunk_bytes"] = chunk.into();
     }
     options.plugin_config = Some(config);
+    // The filter's info lines: how each VM applied a snapshot.
+    options.log_level = Some("info".into());
     let envoy = Envoy::start(&dir, options)?;
     let gateway = Gateway {
         dir,
@@ -329,7 +331,8 @@ fn low_buffer_template(name: &str) -> Result<PathBuf> {
 
 /// A snapshot larger than Envoy's async-client buffer arrives in pieces
 /// smaller than it (`sidecar.chunk_bytes`): every VM applies it, every
-/// worker routes by it, no fetch fails.
+/// worker routes by it, no fetch fails. Its records are checked by one VM
+/// and trusted by the others (proxy shared data across Envoy's real VMs).
 #[test]
 fn a_snapshot_larger_than_envoys_buffer_arrives_in_pieces() -> Result<()> {
     let template = low_buffer_template("scale-pieces-template")?;
@@ -368,6 +371,20 @@ fn a_snapshot_larger_than_envoys_buffer_arrives_in_pieces() -> Result<()> {
     assert_eq!(
         counter(&gateway.envoy, "snapshot.applied"),
         applied_before + VMS
+    );
+    let log = envoy_log(&gateway);
+    let applied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("snapshot version 2 applied from the sidecar"))
+        .collect();
+    let trusted = applied
+        .iter()
+        .filter(|l| l.contains("records already checked by another VM"))
+        .count();
+    ensure!(
+        applied.len() as i64 == VMS && trusted >= 1 && trusted < applied.len(),
+        "one VM checks the records, the others trust them; applied:\n{}",
+        applied.join("\n")
     );
     Ok(())
 }

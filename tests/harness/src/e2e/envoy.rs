@@ -49,6 +49,9 @@ pub struct EnvoyOptions {
     /// Extra environment for Envoy (e.g. `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`
     /// for `envoy/envoy-native.yaml`).
     pub env: Vec<(String, String)>,
+    /// Envoy's `--log-level`: `warn` (what went wrong) unless set here or by
+    /// CELL_ROUTER_ENVOY_LOG_LEVEL (`info` shows the filter's info lines).
+    pub log_level: Option<String>,
 }
 
 impl EnvoyOptions {
@@ -68,6 +71,7 @@ impl EnvoyOptions {
             persisted: None,
             launcher: None,
             env: Vec::new(),
+            log_level: None,
         };
         if super::build() == super::Build::Native {
             options.use_native_build();
@@ -305,9 +309,9 @@ impl Envoy {
             .arg(options.concurrency.to_string())
             .arg("--disable-hot-restart")
             .arg("--log-level")
-            // Envoy's own log level: `warn` keeps the logs to what went wrong;
-            // CELL_ROUTER_ENVOY_LOG_LEVEL=info shows the filter's info lines.
-            .arg(std::env::var("CELL_ROUTER_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+            .arg(options.log_level.clone().unwrap_or_else(|| {
+                std::env::var("CELL_ROUTER_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into())
+            }))
             .current_dir(repo_root());
         let process = Process::spawn(&format!("envoy-{port}"), command, dir)?;
         let mut envoy = Envoy {
