@@ -21,7 +21,7 @@ use crate::snapshot::{
     check_slot_table_places, home_region_of,
 };
 use crate::snapshot::{Cell, CellDoc, MAX_SLOTS, Move, MoveDoc, Snapshot, validate_cells};
-use crate::table::{EntryKind, TenantTable};
+use crate::table::{EntryKind, Keys, TenantTable};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -30,6 +30,9 @@ use std::sync::Arc;
 pub const MAGIC: [u8; 8] = *b"CELLMAPB";
 /// The layout version this code reads and writes.
 pub const FORMAT: u32 = 1;
+/// Header flag (the word at offset 12): the tenant tables are keyed by the
+/// tenant's 64-bit routing hash, not by its bytes (SPEC, "Hashed keys").
+pub const FLAG_HASHED_KEYS: u32 = 1;
 /// The media type the sidecar serves the binary form under.
 pub const MEDIA_TYPE: &str = "application/vnd.cellmap.snapshot";
 /// Fixed header: magic, format, reserved, version, key, slots, entries, and
@@ -59,6 +62,12 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 /// Whether `bytes` look like the binary form (they start with [`MAGIC`]).
 pub fn is_binary(bytes: &[u8]) -> bool {
     bytes.starts_with(&MAGIC)
+}
+
+/// Whether `bytes` are the binary form keyed by hash (they claim so in
+/// their header; not yet checked).
+pub fn is_hashed(bytes: &[u8]) -> bool {
+    is_binary(bytes) && u32_at(bytes, 12) == Some(FLAG_HASHED_KEYS)
 }
 
 /// Parses either form: binary if it starts with [`MAGIC`], JSON otherwise.
@@ -118,9 +127,11 @@ fn move_docs(snapshot: &Snapshot) -> Vec<MoveDoc> {
         .collect()
 }
 
-/// Writes the binary form of a snapshot. Deterministic: the same snapshot
-/// gives the same bytes. A format-1 snapshot is written in layout 1 (as
-/// before pools existed), a format-2 snapshot in layout 2.
+/// Writes the binary form of a snapshot, its tenant tables keyed as the
+/// snapshot's are (by id, unless it was decoded from a form keyed by
+/// hash). Deterministic: the same snapshot gives the same bytes. A format-1
+/// snapshot is written in layout 1 (as before pools existed), a format-2
+/// snapshot in layout 2.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     if snapshot.format() == FORMAT_POOLS {
         return encode_pooled(snapshot);
@@ -141,6 +152,15 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     seal(snapshot, FORMAT, &[], &sections)
 }
 
+/// The binary form with every tenant table keyed by the tenant's 64-bit
+/// routing hash (10 bytes a tenant, ids not kept; SPEC, "Hashed keys"): for
+/// gateways, which only route. Refused, naming the tenants, when two
+/// tenants of one table share a hash, and when a cell or move index does
+/// not fit 14 bits; the form keyed by id ([`encode`]) carries any snapshot.
+pub fn encode_hashed(snapshot: &Snapshot) -> Result<Vec<u8>, PathError> {
+    Ok(encode(&snapshot.with_hashed_keys()?))
+}
+
 fn u16_bytes(values: &[u16]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -153,7 +173,12 @@ fn seal(snapshot: &Snapshot, format: u32, extra: &[u32], sections: &[&[u8]]) -> 
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&format.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    let flags = if snapshot.keys() == Keys::Hashes {
+        FLAG_HASHED_KEYS
+    } else {
+        0
+    };
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&snapshot.version().to_le_bytes());
     out.extend_from_slice(&key_bytes(snapshot.key()));
     out.extend_from_slice(&snapshot.slots().to_le_bytes());
@@ -492,8 +517,17 @@ impl Apply {
                 ),
             ));
         }
-        if u32_at(&bytes, 12) != Some(0) {
-            return Err(err("header", "reserved word must be 0"));
+        match u32_at(&bytes, 12) {
+            Some(0 | FLAG_HASHED_KEYS) => {}
+            flags => {
+                return Err(err(
+                    "header",
+                    format!(
+                        "unknown flags {:#x} (this reader knows {FLAG_HASHED_KEYS:#x}, hashed keys)",
+                        flags.unwrap_or(0)
+                    ),
+                ));
+            }
         }
         Ok(Apply {
             body: bytes,
@@ -607,6 +641,7 @@ struct Head {
     key: HashKey,
     slots: u32,
     entries: u32,
+    keys: Keys,
 }
 
 /// Everything but the tenant tables' records (already checksummed).
@@ -624,6 +659,11 @@ fn prepare(bytes: &Arc<Vec<u8>>) -> Result<Pending, PathError> {
     let key = HashKey::from_bytes(key_bytes);
     let slots = u32_at(body, 40).ok_or_else(|| header("slots"))?;
     let entries = u32_at(body, 44).ok_or_else(|| header("entries"))?;
+    let keys = if u32_at(body, 12) == Some(FLAG_HASHED_KEYS) {
+        Keys::Hashes
+    } else {
+        Keys::Ids
+    };
     if slots == 0 || slots > MAX_SLOTS {
         return Err(err(
             "header",
@@ -635,6 +675,7 @@ fn prepare(bytes: &Arc<Vec<u8>>) -> Result<Pending, PathError> {
         key,
         slots,
         entries,
+        keys,
     };
     if format == FORMAT {
         prepare_layout1(bytes, body, head)
@@ -651,11 +692,12 @@ fn adopt(
     buckets: Range<usize>,
     buckets_name: &str,
     arena_name: &str,
+    keys: Keys,
 ) -> Result<TenantTable, PathError> {
     if !(buckets.end - buckets.start).is_multiple_of(8) {
         return Err(err(buckets_name, "length is not a multiple of 8"));
     }
-    TenantTable::adopt(Arc::clone(bytes), arena, buckets).map_err(|e| err(arena_name, e))
+    TenantTable::adopt(Arc::clone(bytes), arena, buckets, keys).map_err(|e| err(arena_name, e))
 }
 
 fn prepare_layout1(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pending, PathError> {
@@ -664,6 +706,7 @@ fn prepare_layout1(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pend
         key,
         slots,
         entries,
+        keys,
     } = head;
     if body.len() < HEADER_LEN {
         return Err(err("header", "cut short before the end of the header"));
@@ -689,7 +732,14 @@ fn prepare_layout1(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pend
 
     let move_docs: Vec<crate::error::ObjectOnly<MoveDoc>> = json_section(get(3), "moves")?;
     let moves = validate_moves(move_docs.into_iter().map(|m| m.0), &cells, "binary:moves")?;
-    let tenants = adopt(bytes, range(4), range(5), "tenant_buckets", "tenant_arena")?;
+    let tenants = adopt(
+        bytes,
+        range(4),
+        range(5),
+        "tenant_buckets",
+        "tenant_arena",
+        keys,
+    )?;
 
     Ok(Pending {
         snapshot: Snapshot {
@@ -746,6 +796,7 @@ fn prepare_layout2(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pend
         key,
         slots,
         entries,
+        keys,
     } = head;
     let pool_count = u32_at(body, 48).ok_or_else(|| err("header", "cut short before P"))?;
     let region_count = u32_at(body, 52).ok_or_else(|| err("header", "cut short before R"))?;
@@ -813,7 +864,14 @@ fn prepare_layout2(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pend
         &region_of,
         &places,
     )?;
-    let region_overrides = adopt(bytes, range(4), range(5), "region_buckets", "region_arena")?;
+    let region_overrides = adopt(
+        bytes,
+        range(4),
+        range(5),
+        "region_buckets",
+        "region_arena",
+        keys,
+    )?;
 
     let mut pools = Vec::with_capacity(pool_count);
     let mut pool_names = Vec::with_capacity(pool_count);
@@ -851,7 +909,7 @@ fn prepare_layout2(bytes: &Arc<Vec<u8>>, body: &[u8], head: Head) -> Result<Pend
             &cells,
             &format!("binary:{}", name(1)),
         )?;
-        let tenants = adopt(bytes, range(at + 2), range(at + 3), name(3), name(2))?;
+        let tenants = adopt(bytes, range(at + 2), range(at + 3), name(3), name(2), keys)?;
         pool_names.push([
             name(1).to_string(),
             name(2).to_string(),
@@ -1041,12 +1099,18 @@ impl Pending {
                     if cell_places.get(usize::from(value)) == Some(&(p as u16, home)) {
                         return Ok(());
                     }
+                    // Keyed by hash, the tenant is named by its hash.
+                    let label = if tenant.is_empty() {
+                        format!("with hash {h:016x}").into_bytes()
+                    } else {
+                        tenant.to_vec()
+                    };
                     check_place(
                         &snapshot.cells,
                         places,
                         p as u16,
                         value,
-                        tenant,
+                        &label,
                         home,
                         || format!("binary:{arena_name}"),
                     )

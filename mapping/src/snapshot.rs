@@ -10,7 +10,7 @@ use crate::pools::{
     check_path_prefix,
 };
 use crate::ramp::{Ramp, RampDoc};
-use crate::table::{EntryKind, TenantTable};
+use crate::table::{EntryKind, Keys, TenantTable};
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -218,6 +218,64 @@ impl Snapshot {
             region_overrides: TenantTable::EMPTY,
             pools: Vec::new(),
         }
+    }
+
+    /// How the tenant tables name their tenants: by id (parsed from JSON,
+    /// or the binary form keyed by id) or by hash (SPEC, "Hashed keys"). A
+    /// snapshot keyed by hash routes exactly as the one it was made from,
+    /// but cannot list its overrides, pins or region overrides: its JSON
+    /// document, diffs and builds need the form keyed by id.
+    pub fn keys(&self) -> Keys {
+        self.pools.first().map_or(Keys::Ids, |p| p.tenants.keys())
+    }
+
+    /// The same snapshot with every tenant table keyed by hash
+    /// ([`TenantTable::to_hashed`]); refused, naming the tenants and the
+    /// table, when two tenants of a table share a hash or an index does
+    /// not fit.
+    pub fn with_hashed_keys(&self) -> Result<Snapshot, PathError> {
+        let key = self.key;
+        let hash = |t: &[u8]| key.hash(t);
+        let refused = |table: &str, e: crate::table::HashingError| {
+            PathError::new(table, format!("cannot key by hash: {e}"))
+        };
+        let region_overrides = if self.format >= 2 {
+            self.region_overrides
+                .to_hashed(hash)
+                .map_err(|e| refused("$.region_overrides", e))?
+        } else {
+            TenantTable::EMPTY
+        };
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for pool in &self.pools {
+            let tenants = pool.tenants.to_hashed(hash).map_err(|e| {
+                let path = if self.format >= 2 {
+                    format!("$.pools[{:?}]", pool.id)
+                } else {
+                    "$.overrides".to_string()
+                };
+                refused(&path, e)
+            })?;
+            pools.push(Pool {
+                id: pool.id.clone(),
+                match_rule: pool.match_rule.clone(),
+                slot_tables: pool.slot_tables.clone(),
+                tenants,
+                moves: pool.moves.clone(),
+            });
+        }
+        Ok(Snapshot {
+            format: self.format,
+            version: self.version,
+            generated_at: self.generated_at.clone(),
+            key,
+            slots: self.slots,
+            cells: self.cells.clone(),
+            regions: self.regions.clone(),
+            region_table: self.region_table.clone(),
+            region_overrides,
+            pools,
+        })
     }
 }
 

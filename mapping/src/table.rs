@@ -16,6 +16,13 @@
 //! (one or two cache lines). It is looked up with the tenant's routing hash,
 //! which the resolver has already computed, so an override lookup costs no
 //! extra hashing.
+//!
+//! A table can also be keyed by that 64-bit hash alone ([`Keys::Hashes`]:
+//! 10 bytes a record, the ids are not kept), for gateways that only route:
+//! [`TenantTable::to_hashed`] refuses a table in which two tenants share a
+//! hash, so every tenant in it is still found exactly, and a tenant that is
+//! not in it matches only by a 64-bit collision under the snapshot's secret
+//! key (SPEC, "Hashed keys").
 
 use std::sync::Arc;
 
@@ -57,6 +64,62 @@ const LEN_BITS: u16 = 14;
 const LEN_MASK: u16 = (1 << LEN_BITS) - 1;
 /// `len|kind` (u16 LE) and value (u16 LE) before the tenant bytes.
 const HEADER: usize = 4;
+/// A hashed record: the tenant's hash (u64 LE), then `kind|value` (u16 LE:
+/// the kind in the top 2 bits, the value in the low 14).
+const HASHED_RECORD: usize = 10;
+/// The largest value a hashed record holds (a cell or move index).
+pub const MAX_HASHED_VALUE: u16 = (1 << LEN_BITS) - 1;
+
+/// How a table's records name their tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keys {
+    /// By the tenant's bytes: exact, and the table can list its tenants.
+    #[default]
+    Ids,
+    /// By the tenant's 64-bit routing hash: 10 bytes a record, no ids kept
+    /// (the table cannot list its tenants; lookups still need only the hash).
+    Hashes,
+}
+
+/// How a record names its tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Id(&'a [u8]),
+    Hash(u64),
+}
+
+/// The tenant's bytes (none when keyed by hash).
+fn tenant_of(key: Key<'_>) -> &[u8] {
+    match key {
+        Key::Id(tenant) => tenant,
+        Key::Hash(_) => &[],
+    }
+}
+
+/// Why a table could not be keyed by hashes ([`TenantTable::to_hashed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashingError {
+    /// Two tenants have the same 64-bit hash under the snapshot's key.
+    Collision(String, String),
+    /// A cell or move index does not fit the record's 14 bits.
+    ValueTooLarge(u16),
+}
+
+impl std::fmt::Display for HashingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashingError::Collision(a, b) => write!(
+                f,
+                "tenants {a:?} and {b:?} have the same 64-bit hash under this snapshot's key"
+            ),
+            HashingError::ValueTooLarge(v) => write!(
+                f,
+                "index {v} does not fit a hashed record (cells and moves up to {})",
+                u32::from(MAX_HASHED_VALUE) + 1
+            ),
+        }
+    }
+}
 
 /// Where a table's bytes live: a vector of its own (built here), or a range
 /// of a received binary snapshot that the whole snapshot shares, so applying
@@ -111,6 +174,7 @@ pub struct TenantTable {
     /// indexed. Bytes, as in the binary form, so a received table is used
     /// in place.
     buckets: Store,
+    keys: Keys,
 }
 
 impl Default for TenantTable {
@@ -157,12 +221,28 @@ impl std::fmt::Display for InsertError {
 }
 
 /// The record at `offset` of a bucket ending at `end`, its header checked:
-/// a known kind, a tenant of 1 … [`MAX_TENANT_BYTES`], inside the bucket.
+/// a known kind, a tenant of 1 … [`MAX_TENANT_BYTES`] (keyed by id), inside
+/// the bucket.
 fn record_in_bucket(
     arena: &[u8],
     offset: usize,
     end: usize,
-) -> Result<(&[u8], EntryKind, u16, usize), String> {
+    keys: Keys,
+) -> Result<(Key<'_>, EntryKind, u16, usize), String> {
+    if keys == Keys::Hashes {
+        let (key, kind_value, next) = hashed_record_at(arena, offset)
+            .filter(|r| r.2 <= end)
+            .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))?;
+        if kind_value >> LEN_BITS > 2 {
+            return Err(format!("record at offset {offset} has an unknown kind"));
+        }
+        return Ok((
+            key,
+            EntryKind::from_bits(kind_value >> LEN_BITS),
+            kind_value & LEN_MASK,
+            next,
+        ));
+    }
     let header = arena
         .get(offset..offset.saturating_add(HEADER))
         .ok_or_else(|| format!("record at offset {offset} is cut short"))?;
@@ -179,15 +259,38 @@ fn record_in_bucket(
             "record at offset {offset} has a tenant of {len} bytes (1 … {MAX_TENANT_BYTES})"
         ));
     }
-    record_at(arena, offset)
+    record_at(arena, offset, Keys::Ids)
         .filter(|r| r.3 <= end)
         .ok_or_else(|| format!("record at offset {offset} overruns its bucket"))
 }
 
-/// The record at `offset` of an arena: tenant, kind, value and the next
+/// A hashed record at `offset`: its hash, `kind|value` and the next offset.
+#[inline]
+fn hashed_record_at(arena: &[u8], offset: usize) -> Option<(Key<'_>, u16, usize)> {
+    let next = offset.checked_add(HASHED_RECORD)?;
+    match arena.get(offset..next)? {
+        [h @ .., lo, hi] => Some((
+            Key::Hash(u64::from_le_bytes(h.try_into().ok()?)),
+            u16::from_le_bytes([*lo, *hi]),
+            next,
+        )),
+        _ => None,
+    }
+}
+
+/// The record at `offset` of an arena: its key, kind, value and the next
 /// offset.
 #[inline]
-fn record_at(arena: &[u8], offset: usize) -> Option<(&[u8], EntryKind, u16, usize)> {
+fn record_at(arena: &[u8], offset: usize, keys: Keys) -> Option<(Key<'_>, EntryKind, u16, usize)> {
+    if keys == Keys::Hashes {
+        let (key, kind_value, next) = hashed_record_at(arena, offset)?;
+        return Some((
+            key,
+            EntryKind::from_bits(kind_value >> LEN_BITS),
+            kind_value & LEN_MASK,
+            next,
+        ));
+    }
     let header = arena.get(offset..offset.checked_add(HEADER)?)?;
     let (len_kind, value) = match header {
         [a, b, c, d] => (u16::from_le_bytes([*a, *b]), u16::from_le_bytes([*c, *d])),
@@ -197,7 +300,7 @@ fn record_at(arena: &[u8], offset: usize) -> Option<(&[u8], EntryKind, u16, usiz
     let start = offset + HEADER;
     let tenant = arena.get(start..start + len)?;
     Some((
-        tenant,
+        Key::Id(tenant),
         EntryKind::from_bits(len_kind >> LEN_BITS),
         value,
         start + len,
@@ -217,6 +320,7 @@ impl TenantTable {
         arena: Store::owned_by(Vec::new()),
         entries: 0,
         buckets: Store::owned_by(Vec::new()),
+        keys: Keys::Ids,
     };
 
     pub fn with_capacity(entries: usize, arena_bytes: usize) -> Self {
@@ -226,6 +330,7 @@ impl TenantTable {
             )),
             entries: 0,
             buckets: Store::owned_by(Vec::new()),
+            keys: Keys::Ids,
         }
     }
 
@@ -234,6 +339,11 @@ impl TenantTable {
         self.arena
             .owned()
             .reserve(arena_bytes.saturating_add(entries.saturating_mul(HEADER)));
+    }
+
+    /// How the records name their tenant.
+    pub fn keys(&self) -> Keys {
+        self.keys
     }
 
     /// Directory word `i`.
@@ -258,12 +368,16 @@ impl TenantTable {
     }
 
     /// Appends a tenant. Duplicates are found by [`Self::build_index`].
+    /// Only tables keyed by id take tenants.
     pub fn push(&mut self, tenant: &[u8], kind: EntryKind, value: u16) -> Result<(), InsertError> {
         if tenant.is_empty() {
             return Err(InsertError::Empty);
         }
         if tenant.len() > MAX_TENANT_BYTES {
             return Err(InsertError::TooLong(tenant.len()));
+        }
+        if self.keys == Keys::Hashes {
+            return Err(InsertError::TooMany);
         }
         let arena = self.arena.owned();
         // Offsets are stored in 32 bits.
@@ -278,10 +392,10 @@ impl TenantTable {
         Ok(())
     }
 
-    /// The record at `offset`: tenant, kind, value and the next offset.
+    /// The record at `offset`: key, kind, value and the next offset.
     #[inline]
-    fn record(&self, offset: usize) -> Option<(&[u8], EntryKind, u16, usize)> {
-        record_at(self.arena.bytes(), offset)
+    fn record(&self, offset: usize) -> Option<(Key<'_>, EntryKind, u16, usize)> {
+        record_at(self.arena.bytes(), offset, self.keys)
     }
 
     /// Offsets of every record, in arena order.
@@ -302,18 +416,32 @@ impl TenantTable {
         self.iter().nth(i)
     }
 
+    /// Every tenant with its kind and value. A table keyed by hashes lists
+    /// none: check [`Self::keys`] before listing.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], EntryKind, u16)> + '_ {
-        self.offsets().filter_map(|offset| {
-            let (tenant, kind, value, _) = self.record(offset)?;
-            Some((tenant, kind, value))
-        })
+        self.offsets()
+            .filter_map(|offset| match self.record(offset)? {
+                (Key::Id(tenant), kind, value, _) => Some((tenant, kind, value)),
+                (Key::Hash(_), ..) => None,
+            })
     }
 
-    /// Rewrites every value (e.g. interned cell names → cell indexes).
+    /// Every record's kind and value, however the table is keyed (for
+    /// counts).
+    pub fn kinds(&self) -> impl Iterator<Item = (EntryKind, u16)> + '_ {
+        self.offsets()
+            .filter_map(|offset| self.record(offset).map(|(_, kind, value, _)| (kind, value)))
+    }
+
+    /// Rewrites every value (e.g. interned cell names → cell indexes) of a
+    /// table keyed by id.
     pub fn map_values(&mut self, mut f: impl FnMut(EntryKind, u16) -> u16) {
+        if self.keys == Keys::Hashes {
+            return;
+        }
         let arena = self.arena.owned();
         let mut offset = 0;
-        while let Some((_, kind, value, next)) = record_at(arena, offset) {
+        while let Some((_, kind, value, next)) = record_at(arena, offset, Keys::Ids) {
             let new = f(kind, value).to_le_bytes();
             if let Some(slot) = arena.get_mut(offset + 2..offset + HEADER) {
                 slot.copy_from_slice(&new);
@@ -325,14 +453,18 @@ impl TenantTable {
     /// Groups the records by bucket and builds the directory, with `hash`
     /// (the snapshot's tenant hash). On a duplicate tenant, returns the
     /// insertion-order position of the first entry that repeats an earlier
-    /// one, and leaves the table as it was.
+    /// one, and leaves the table as it was. (A table keyed by hashes is
+    /// indexed already.)
     pub fn build_index(&mut self, hash: impl Fn(&[u8]) -> u64) -> Result<(), usize> {
+        if self.keys == Keys::Hashes {
+            return Ok(());
+        }
         let count = self.entries.div_ceil(BUCKET_LOAD).max(1);
         // Pass 1: bytes per bucket → start offsets.
         let mut starts = vec![0u32; count + 1];
         let mut offset = 0;
-        while let Some((tenant, _, _, next)) = self.record(offset) {
-            if let Some(n) = starts.get_mut(bucket_of(hash(tenant), count) + 1) {
+        while let Some((key, _, _, next)) = self.record(offset) {
+            if let Some(n) = starts.get_mut(bucket_of(hash(tenant_of(key)), count) + 1) {
                 *n += (next - offset) as u32;
             }
             offset = next;
@@ -348,8 +480,8 @@ impl TenantTable {
         let mut fill: Vec<u32> = starts.clone();
         let mut blooms = vec![0u32; count];
         let mut offset = 0;
-        while let Some((tenant, _, _, next)) = self.record(offset) {
-            let h = hash(tenant);
+        while let Some((key, _, _, next)) = self.record(offset) {
+            let h = hash(tenant_of(key));
             let b = bucket_of(h, count);
             if let (Some(at), Some(bloom), Some(record)) = (
                 fill.get_mut(b),
@@ -365,17 +497,11 @@ impl TenantTable {
             }
             offset = next;
         }
-        let buckets: Vec<u64> = starts
-            .iter()
-            .enumerate()
-            .map(|(i, &start)| {
-                u64::from(start) | (u64::from(blooms.get(i).copied().unwrap_or(0)) << 32)
-            })
-            .collect();
         let indexed = TenantTable {
             arena: Store::owned_by(grouped),
             entries: self.entries,
-            buckets: Store::owned_by(words_to_bytes(&buckets)),
+            buckets: Store::owned_by(directory(&starts, &blooms)),
+            keys: Keys::Ids,
         };
         if indexed.has_repeated_tenant() {
             return Err(self.first_repeat_position());
@@ -384,11 +510,76 @@ impl TenantTable {
         Ok(())
     }
 
+    /// The same table keyed by hashes (`hash`: the snapshot's tenant hash),
+    /// indexed: records grouped by bucket as [`Self::build_index`] groups
+    /// them and, within a bucket, in increasing hash order. Refused when two
+    /// tenants share a hash (then a lookup could not tell them apart) or a
+    /// value does not fit 14 bits.
+    pub fn to_hashed(&self, hash: impl Fn(&[u8]) -> u64) -> Result<TenantTable, HashingError> {
+        if self.keys == Keys::Hashes {
+            return Ok(self.clone());
+        }
+        let count = self.entries.div_ceil(BUCKET_LOAD).max(1);
+        // (bucket, hash, kind|value, arena offset): sorted, then written.
+        let mut records: Vec<(u32, u64, u16, u32)> = Vec::with_capacity(self.entries);
+        for offset in self.offsets() {
+            let Some((Key::Id(tenant), kind, value, _)) = self.record(offset) else {
+                continue;
+            };
+            if value > MAX_HASHED_VALUE {
+                return Err(HashingError::ValueTooLarge(value));
+            }
+            let h = hash(tenant);
+            records.push((
+                bucket_of(h, count) as u32,
+                h,
+                value | (kind.to_bits() << LEN_BITS),
+                offset as u32,
+            ));
+        }
+        records.sort_unstable();
+        let tenant_at = |offset: u32| match self.record(offset as usize) {
+            Some((Key::Id(tenant), ..)) => String::from_utf8_lossy(tenant).into_owned(),
+            _ => String::new(),
+        };
+        if let Some(pair) = records.windows(2).find(|w| match w {
+            [a, b] => a.1 == b.1,
+            _ => false,
+        }) && let [a, b] = pair
+        {
+            return Err(HashingError::Collision(tenant_at(a.3), tenant_at(b.3)));
+        }
+        let mut arena = Vec::with_capacity(records.len() * HASHED_RECORD);
+        let mut starts = vec![0u32; count + 1];
+        let mut blooms = vec![0u32; count];
+        for &(b, h, kind_value, _) in &records {
+            let b = b as usize;
+            if let (Some(end), Some(bloom)) = (starts.get_mut(b + 1), blooms.get_mut(b)) {
+                *end += HASHED_RECORD as u32;
+                *bloom |= bloom_bits(h);
+            }
+            arena.extend_from_slice(&h.to_le_bytes());
+            arena.extend_from_slice(&kind_value.to_le_bytes());
+        }
+        for i in 1..starts.len() {
+            let before = starts.get(i - 1).copied().unwrap_or(0);
+            if let Some(n) = starts.get_mut(i) {
+                *n += before;
+            }
+        }
+        Ok(TenantTable {
+            arena: Store::owned_by(arena),
+            entries: records.len(),
+            buckets: Store::owned_by(directory(&starts, &blooms)),
+            keys: Keys::Hashes,
+        })
+    }
+
     /// Whether a tenant appears twice (duplicates share a bucket). Pairwise
     /// in small buckets, a hash set in large ones, so crafted ids that crowd
     /// one bucket cost O(n), not O(n²).
     fn has_repeated_tenant(&self) -> bool {
-        let mut records: Vec<&[u8]> = Vec::new();
+        let mut records: Vec<Key<'_>> = Vec::new();
         for b in 0..self.word_count().saturating_sub(1) {
             let (Some(start), Some(end)) = (self.word(b), self.word(b + 1)) else {
                 continue;
@@ -396,10 +587,10 @@ impl TenantTable {
             records.clear();
             let (mut offset, end) = ((start as u32) as usize, (end as u32) as usize);
             while offset < end {
-                let Some((tenant, _, _, next)) = self.record(offset) else {
+                let Some((key, _, _, next)) = self.record(offset) else {
                     break;
                 };
-                records.push(tenant);
+                records.push(key);
                 offset = next;
             }
             let repeated = if records.len() <= PAIRWISE_LIMIT {
@@ -428,7 +619,7 @@ impl TenantTable {
     }
 
     /// Looks a tenant up by its bytes and its hash (the one given to
-    /// [`Self::build_index`]).
+    /// [`Self::build_index`]); a table keyed by hashes compares the hash.
     #[inline]
     pub fn get(&self, tenant: &[u8], h: u64) -> Option<(EntryKind, u16)> {
         let count = self.word_count().checked_sub(1)?;
@@ -444,8 +635,12 @@ impl TenantTable {
         let mut offset = (word as u32) as usize;
         let end = (self.word(b + 1)? as u32) as usize;
         while offset < end {
-            let (bytes, kind, value, next) = self.record(offset)?;
-            if bytes == tenant {
+            let (key, kind, value, next) = self.record(offset)?;
+            let found = match key {
+                Key::Id(bytes) => bytes == tenant,
+                Key::Hash(stored) => stored == h,
+            };
+            if found {
                 return Some((kind, value));
             }
             offset = next;
@@ -476,6 +671,7 @@ impl TenantTable {
             arena: Store::owned_by(arena),
             entries: 0,
             buckets: Store::owned_by(words_to_bytes(&buckets)),
+            keys: Keys::Ids,
         }
         .checked_directory()?;
         let (records, _) = table.check_buckets(0..table.bucket_count(), hash, check)?;
@@ -492,6 +688,7 @@ impl TenantTable {
         body: Arc<Vec<u8>>,
         arena: std::ops::Range<usize>,
         buckets: std::ops::Range<usize>,
+        keys: Keys,
     ) -> Result<Self, String> {
         if body.get(arena.clone()).is_none() || body.get(buckets.clone()).is_none() {
             return Err("the table runs past the end of the snapshot".into());
@@ -509,6 +706,7 @@ impl TenantTable {
                 own: Vec::new(),
                 shared: Some((body, buckets.start, buckets.end)),
             },
+            keys,
         }
         .checked_directory()
     }
@@ -550,11 +748,14 @@ impl TenantTable {
 
     /// Checks the records of buckets `range`, without a per-entry
     /// allocation: each bucket never goes back, every record fits its
-    /// bucket, has a 1 … 1,024-byte tenant and a known kind, hashes (with
-    /// `hash`) to the bucket it sits in and has its Bloom bits set; `check`
-    /// accepts it (given the tenant, its hash, kind and value: the caller's
-    /// own checks, without hashing again); and no tenant appears twice (a
-    /// tenant's copies share its bucket). Returns the records checked.
+    /// bucket, has a known kind and (keyed by id) a 1 … 1,024-byte tenant,
+    /// its hash (`hash` of the tenant, or the stored hash) puts it in the
+    /// bucket it sits in and has its Bloom bits set; `check` accepts it
+    /// (given the tenant, empty when keyed by hash, its hash, kind and
+    /// value: the caller's own checks, without hashing again); and no
+    /// tenant appears twice (a tenant's copies share its bucket; hashed
+    /// records must be in strictly increasing hash order). Returns the
+    /// records checked and the arena bytes they span.
     pub fn check_buckets(
         &self,
         range: std::ops::Range<usize>,
@@ -577,10 +778,14 @@ impl TenantTable {
             }
             seen.clear();
             seen_set.clear();
+            let mut previous_hash: Option<u64> = None;
             let bloom = self.word(b).map_or(0, |w| (w >> 32) as u32);
             while offset < end {
-                let (tenant, kind, value, next) = record_in_bucket(arena, offset, end)?;
-                let h = hash(tenant);
+                let (key, kind, value, next) = record_in_bucket(arena, offset, end, self.keys)?;
+                let (tenant, h) = match key {
+                    Key::Id(tenant) => (tenant, hash(tenant)),
+                    Key::Hash(h) => (&[][..], h),
+                };
                 if bucket_of(h, count) != b {
                     return Err(format!(
                         "record at offset {offset} is not in its tenant's bucket"
@@ -593,15 +798,28 @@ impl TenantTable {
                 }
                 check(tenant, h, kind, value)
                     .map_err(|why| format!("record at offset {offset}: {why}"))?;
-                let repeated = if seen.len() < PAIRWISE_LIMIT {
-                    let repeated = seen.contains(&tenant);
-                    seen.push(tenant);
-                    repeated
-                } else {
-                    if seen_set.is_empty() {
-                        seen_set.extend(seen.iter().copied());
+                let repeated = match key {
+                    Key::Hash(_) => {
+                        if previous_hash.is_some_and(|p| p > h) {
+                            return Err(format!(
+                                "record at offset {offset} is out of hash order in bucket {b}"
+                            ));
+                        }
+                        let repeated = previous_hash == Some(h);
+                        previous_hash = Some(h);
+                        repeated
                     }
-                    !seen_set.insert(tenant)
+                    Key::Id(_) if seen.len() < PAIRWISE_LIMIT => {
+                        let repeated = seen.contains(&tenant);
+                        seen.push(tenant);
+                        repeated
+                    }
+                    Key::Id(_) => {
+                        if seen_set.is_empty() {
+                            seen_set.extend(seen.iter().copied());
+                        }
+                        !seen_set.insert(tenant)
+                    }
                 };
                 if repeated {
                     return Err("a tenant appears more than once".into());
@@ -633,7 +851,7 @@ impl TenantTable {
                 return Err(format!("bucket {b} ends before it starts"));
             }
             while offset < end {
-                let (_, kind, _, next) = record_in_bucket(arena, offset, end)?;
+                let (_, kind, _, next) = record_in_bucket(arena, offset, end, self.keys)?;
                 entries += 1;
                 moves += usize::from(kind == EntryKind::Move);
                 offset = next;
@@ -662,6 +880,19 @@ impl TenantTable {
     pub fn heap_bytes(&self) -> usize {
         self.arena.heap_bytes() + self.buckets.heap_bytes()
     }
+}
+
+/// The directory's bytes from bucket starts (one more than buckets: the
+/// sentinel) and Bloom words.
+fn directory(starts: &[u32], blooms: &[u32]) -> Vec<u8> {
+    let words: Vec<u64> = starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            u64::from(start) | (u64::from(blooms.get(i).copied().unwrap_or(0)) << 32)
+        })
+        .collect();
+    words_to_bytes(&words)
 }
 
 #[cfg(test)]
@@ -767,6 +998,77 @@ mod tests {
             );
         }
         assert_eq!(t.get(b"t100", 42), None);
+    }
+
+    #[test]
+    fn hashed_tables_find_by_hash_and_refuse_collisions() {
+        let key = HashKey::from_hex("00112233445566778899aabbccddeeff").unwrap();
+        let hash = |b: &[u8]| key.hash(b);
+        let mut t = TenantTable::default();
+        for i in 0..1_000u16 {
+            t.push(format!("tenant-{i}").as_bytes(), EntryKind::Override, i)
+                .unwrap();
+        }
+        t.push(b"moved", EntryKind::Move, 7).unwrap();
+        t.push(b"pinned", EntryKind::Pin, MAX_HASHED_VALUE).unwrap();
+        t.build_index(hash).unwrap();
+        let hashed = t.to_hashed(hash).unwrap();
+        assert_eq!(hashed.keys(), Keys::Hashes);
+        assert_eq!(hashed.len(), t.len());
+        assert_eq!(hashed.bucket_count(), t.bucket_count());
+        assert_eq!(hashed.indexed_parts().0.len(), HASHED_RECORD * t.len());
+        for (tenant, kind, value) in t.iter() {
+            assert_eq!(hashed.get(tenant, hash(tenant)), Some((kind, value)));
+            // Only the hash is compared: the bytes are not kept.
+            assert_eq!(hashed.get(b"", hash(tenant)), Some((kind, value)));
+        }
+        assert_eq!(hashed.get(b"nobody", hash(b"nobody")), None);
+        assert_eq!(hashed.iter().count(), 0);
+        // Re-adopted from its parts, every check passes.
+        let (arena, directory) = hashed.indexed_parts();
+        let mut body = arena.to_vec();
+        body.extend_from_slice(directory);
+        let body = Arc::new(body);
+        let adopted = TenantTable::adopt(
+            Arc::clone(&body),
+            0..arena.len(),
+            arena.len()..body.len(),
+            Keys::Hashes,
+        )
+        .unwrap();
+        let (records, _) = adopted
+            .check_buckets(0..adopted.bucket_count(), hash, |_, _, _, _| Ok(()))
+            .unwrap();
+        assert_eq!(records, t.len());
+
+        // Two tenants with one hash cannot be told apart: refused, named.
+        let weak = |b: &[u8]| {
+            if b == b"tenant-9" {
+                hash(b"tenant-3")
+            } else {
+                hash(b)
+            }
+        };
+        let mut collide = TenantTable::default();
+        for i in 0..10u16 {
+            collide
+                .push(format!("tenant-{i}").as_bytes(), EntryKind::Override, i)
+                .unwrap();
+        }
+        let error = collide.to_hashed(weak).unwrap_err();
+        assert_eq!(
+            error,
+            HashingError::Collision("tenant-3".into(), "tenant-9".into())
+        );
+        assert!(error.to_string().contains("same 64-bit hash"), "{error}");
+        // An index above 14 bits does not fit.
+        let mut big = TenantTable::default();
+        big.push(b"x", EntryKind::Override, MAX_HASHED_VALUE + 1)
+            .unwrap();
+        assert_eq!(
+            big.to_hashed(hash).unwrap_err(),
+            HashingError::ValueTooLarge(MAX_HASHED_VALUE + 1)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use base64::Engine as _;
 use cell_router_mapping::binary::{self, HEADER_LEN};
+use cell_router_mapping::table::Keys;
 use cell_router_mapping::{Draws, Snapshot, Source};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -97,6 +98,78 @@ fn round_trip_routes_and_documents_identically() {
     assert_eq!(binary::parse_any(&bytes).unwrap().to_doc(), json.to_doc());
     assert!(binary::parse_any_newer(&bytes, Some(7)).is_err());
     assert!(binary::parse_any_newer(&bytes, Some(6)).is_ok());
+}
+
+/// The form keyed by hash: flagged in the header, 10 bytes a tenant instead
+/// of 4 + the id, routes as the JSON form, re-encodes to the same bytes,
+/// refuses every truncation and bit flip, and cannot be listed as JSON.
+#[test]
+fn hashed_keys_route_identically_in_fewer_bytes() {
+    let json = parse(&small());
+    let by_id = binary::encode(&json);
+    let bytes = binary::encode_hashed(&json).unwrap();
+    assert_eq!(&bytes[12..16], &binary::FLAG_HASHED_KEYS.to_le_bytes());
+    assert_eq!(&by_id[12..16], &0u32.to_le_bytes());
+    let back = binary::decode(&bytes).unwrap();
+    assert_eq!(back.keys(), Keys::Hashes);
+    assert_eq!(binary::decode(&by_id).unwrap().keys(), Keys::Ids);
+    assert_eq!(back.tenant_entries(), json.tenant_entries());
+    let probes: Vec<Vec<u8>> = ["acme", "initech", "globex", "nobody", "", "acm", "acmee"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    assert_same_routes(&json, &back, &probes);
+    assert_eq!(binary::encode(&back), bytes);
+    // A table keyed by hash lists no tenant: its JSON would lose them.
+    assert!(back.overrides().is_empty() && !json.overrides().is_empty());
+    // Arena: the ids' bytes + 4 each by id, 10 each by hash (smaller from
+    // 7-byte ids on).
+    let ids: usize = json
+        .tenant_table()
+        .iter()
+        .map(|(t, _, _)| t.len() + 4)
+        .sum();
+    let entries = json.tenant_entries();
+    assert_eq!(by_id.len() + 10 * entries, bytes.len() + ids);
+    for len in 0..bytes.len() {
+        assert!(binary::decode(&bytes[..len]).is_err(), "truncated to {len}");
+    }
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1 << bit;
+            assert!(binary::decode(&bad).is_err(), "byte {i} bit {bit}");
+        }
+    }
+    // Unknown flags are refused, even resealed.
+    let mut flagged = bytes.clone();
+    flagged[12] = 3;
+    let error = binary::decode(&reseal(flagged)).unwrap_err().to_string();
+    assert!(error.contains("unknown flags 0x3"), "{error}");
+}
+
+/// Records keyed by hash must be in increasing hash order within a bucket:
+/// a swapped or repeated record is refused, resealed or not.
+#[test]
+fn hashed_records_out_of_order_or_repeated_are_refused() {
+    // One bucket (at most 4 tenants): records 0..3 in hash order.
+    let json = parse(&small());
+    let bytes = binary::encode_hashed(&json).unwrap();
+    let (arena, len) = section(&bytes, 4);
+    assert_eq!(len, 10 * json.tenant_entries());
+    assert!(json.tenant_entries() >= 2);
+    let mut swapped = bytes.clone();
+    let (a, b) = (arena, arena + 10);
+    let first: Vec<u8> = swapped[a..a + 10].to_vec();
+    let second: Vec<u8> = swapped[b..b + 10].to_vec();
+    swapped[a..a + 10].copy_from_slice(&second);
+    swapped[b..b + 10].copy_from_slice(&first);
+    let error = binary::decode(&reseal(swapped)).unwrap_err().to_string();
+    assert!(error.contains("out of hash order"), "{error}");
+    let mut repeated = bytes.clone();
+    repeated[b..b + 8].copy_from_slice(&first[..8]);
+    let error = binary::decode(&reseal(repeated)).unwrap_err().to_string();
+    assert!(error.contains("more than once"), "{error}");
 }
 
 #[test]
@@ -223,6 +296,7 @@ fn adversarial_ids_never_route_a_stranger_to_an_override() {
     });
     let json = parse(&doc);
     let bin = binary::decode(&binary::encode(&json)).unwrap();
+    let hashed = binary::decode(&binary::encode_hashed(&json).unwrap()).unwrap();
     let mut strangers: Vec<Vec<u8>> = same_low;
     strangers.push(Vec::new());
     strangers.push("x".repeat(254).into_bytes());
@@ -243,16 +317,18 @@ fn adversarial_ids_never_route_a_stranger_to_an_override() {
         .map(|s| s.as_bytes().to_vec()),
     );
     for s in &strangers {
-        for snap in [&json, &bin] {
+        for snap in [&json, &bin, &hashed] {
             let r = snap.resolve(s, &Draws::default());
             assert_eq!(r.source, Source::Slot, "{s:?}");
             assert_eq!(r.routed_cell(), Some(0), "{s:?}");
         }
     }
     for m in &members {
-        let r = bin.resolve(m.as_bytes(), &Draws::default());
-        assert_eq!(r.source, Source::Override);
-        assert_eq!(r.routed_cell(), Some(1));
+        for snap in [&bin, &hashed] {
+            let r = snap.resolve(m.as_bytes(), &Draws::default());
+            assert_eq!(r.source, Source::Override);
+            assert_eq!(r.routed_cell(), Some(1));
+        }
     }
 }
 
@@ -357,11 +433,17 @@ proptest! {
         let bytes = binary::encode(&json);
         let bin = binary::decode(&bytes).unwrap();
         prop_assert_eq!(bin.to_doc(), json.to_doc());
+        let hashed_bytes = binary::encode_hashed(&json).unwrap();
+        let hashed = binary::decode(&hashed_bytes).unwrap();
+        prop_assert_eq!(hashed.keys(), Keys::Hashes);
+        prop_assert_eq!(hashed.tenant_entries(), json.tenant_entries());
+        prop_assert_eq!(&binary::encode(&hashed), &hashed_bytes);
         let listed = g.tenants.iter().map(|t| t.0.as_bytes().to_vec());
         for probe in listed.chain(probes.iter().map(|p| p.as_bytes().to_vec())) {
             for (split_key, shed, now_ms) in &keys {
                 let draws = Draws::new(split_key, *shed, *now_ms);
                 prop_assert_eq!(json.resolve(&probe, &draws), bin.resolve(&probe, &draws));
+                prop_assert_eq!(json.resolve(&probe, &draws), hashed.resolve(&probe, &draws));
             }
         }
     }
@@ -384,8 +466,14 @@ proptest! {
     fn resealed_mutations_never_panic(
         g in gen_snapshot(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        hashed in any::<bool>(),
     ) {
-        let mut bytes = binary::encode(&parse(&to_json(&g)));
+        let snapshot = parse(&to_json(&g));
+        let mut bytes = if hashed {
+            binary::encode_hashed(&snapshot).unwrap()
+        } else {
+            binary::encode(&snapshot)
+        };
         for (at, value) in edits {
             let i = at.index(bytes.len() - 8);
             bytes[i] = value;
@@ -487,9 +575,13 @@ proptest! {
         let bytes = binary::encode(&json);
         let bin = binary::decode(&bytes).unwrap();
         prop_assert_eq!(bin.to_pooled_doc(), json.to_pooled_doc());
+        let hashed_bytes = binary::encode_hashed(&json).unwrap();
+        let hashed = binary::decode(&hashed_bytes).unwrap();
+        prop_assert_eq!(&binary::encode(&hashed), &hashed_bytes);
         let listed = g.entries.iter().map(|t| t.0.as_bytes().to_vec());
         let probes: Vec<Vec<u8>> = listed.chain(probes.iter().map(|p| p.as_bytes().to_vec())).collect();
         assert_same_pooled_routes(&json, &bin, &probes);
+        assert_same_pooled_routes(&json, &hashed, &probes);
     }
 
     /// Byte-level mutations of a valid layout-2 snapshot never panic.
@@ -497,8 +589,14 @@ proptest! {
     fn resealed_layout_2_mutations_never_panic(
         g in pooled_gen::strategy(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        hashed in any::<bool>(),
     ) {
-        let mut bytes = binary::encode(&parse(&g.to_json()));
+        let snapshot = parse(&g.to_json());
+        let mut bytes = if hashed {
+            binary::encode_hashed(&snapshot).unwrap()
+        } else {
+            binary::encode(&snapshot)
+        };
         for (at, value) in edits {
             let i = at.index(bytes.len() - 8);
             bytes[i] = value;
@@ -623,8 +721,10 @@ fn binary_vectors() -> String {
         }
     }
     let doc = json!({
-        "about": "Binary snapshot form (mapping/SPEC.md, Binary form): `binary` is the base64 of one binary snapshot; every route is what the routing function gives for tenant, split_key, shed draw and now_ms (Unix ms, decimal string). `layout2`: the same for a format-2 snapshot (binary layout 2; the first pools scenario of vectors.json), each route also with its pool, gateway_region (null: no region check) and forwarded. Generated by mapping/tests/binary.rs; check with mapping/tests/binary_check.py, which decodes the bytes on its own.",
+        "about": "Binary snapshot form (mapping/SPEC.md, Binary form): `binary` is the base64 of one binary snapshot; every route is what the routing function gives for tenant, split_key, shed draw and now_ms (Unix ms, decimal string). `binary_hashed`: the same snapshot keyed by hash (header flag 1), which routes the same. `layout2`: the same for a format-2 snapshot (binary layout 2; the first pools scenario of vectors.json), each route also with its pool, gateway_region (null: no region check) and forwarded. Generated by mapping/tests/binary.rs; check with mapping/tests/binary_check.py, which decodes the bytes on its own.",
         "binary": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "binary_hashed": base64::engine::general_purpose::STANDARD
+            .encode(binary::encode_hashed(&snapshot).unwrap()),
         "routes": routes,
         "layout2": layout2_vectors(),
     });
@@ -698,6 +798,8 @@ fn layout2_vectors() -> Value {
     }
     json!({
         "binary": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "binary_hashed": base64::engine::general_purpose::STANDARD
+            .encode(binary::encode_hashed(&snapshot).unwrap()),
         "routes": routes,
     })
 }
@@ -734,6 +836,14 @@ fn committed_binary_vectors_match_the_generator() {
     );
 }
 
+/// Each snapshot's binary form keyed by id, then keyed by hash.
+fn both_forms(snapshots: &[Snapshot]) -> Vec<Vec<u8>> {
+    snapshots
+        .iter()
+        .flat_map(|s| [binary::encode(s), binary::encode_hashed(s).unwrap()])
+        .collect()
+}
+
 /// Applies `bytes` in steps of `budget` bytes.
 fn apply_in_steps(bytes: &[u8], budget: usize) -> Result<(Snapshot, usize), String> {
     let mut apply = binary::Apply::new(bytes.to_vec()).map_err(|e| e.to_string())?;
@@ -759,10 +869,9 @@ proptest! {
         budget in 1usize..600,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
     ) {
-        for doc in [parse(&to_json(&g)), parse(&pooled.to_json())] {
-            let mut bytes = binary::encode(&doc);
+        for mut bytes in both_forms(&[parse(&to_json(&g)), parse(&pooled.to_json())]) {
             let (stepped, steps) = apply_in_steps(&bytes, budget).unwrap();
-            prop_assert_eq!(stepped.to_pooled_doc(), doc.to_pooled_doc());
+            prop_assert_eq!(&binary::encode(&stepped), &bytes);
             // The checksum alone is hashed `budget` bytes per step; the
             // trailing checksum itself is compared, not hashed.
             let hashed = bytes.len() - binary::CHECKSUM_LEN;
@@ -772,8 +881,8 @@ proptest! {
                 bytes[i] = *value;
             }
             let resealed = reseal(bytes);
-            let once = binary::decode(&resealed).map(|s| s.to_pooled_doc()).map_err(|e| e.to_string());
-            let stepped = apply_in_steps(&resealed, budget).map(|(s, _)| s.to_pooled_doc());
+            let once = binary::decode(&resealed).map(|s| binary::encode(&s)).map_err(|e| e.to_string());
+            let stepped = apply_in_steps(&resealed, budget).map(|(s, _)| binary::encode(&s));
             prop_assert_eq!(stepped, once);
         }
     }
@@ -805,11 +914,10 @@ proptest! {
         pooled in pooled_gen::strategy(),
         budget in 1usize..600,
     ) {
-        for doc in [parse(&to_json(&g)), parse(&pooled.to_json())] {
-            let bytes = binary::encode(&doc);
+        for bytes in both_forms(&[parse(&to_json(&g)), parse(&pooled.to_json())]) {
             let (trusted, took) = apply_trusting(&bytes, budget).unwrap();
             prop_assert!(took, "the records were checked although the checksum was verified");
-            prop_assert_eq!(trusted.to_pooled_doc(), doc.to_pooled_doc());
+            prop_assert_eq!(&binary::encode(&trusted), &bytes);
         }
     }
 
@@ -821,8 +929,7 @@ proptest! {
         pooled in pooled_gen::strategy(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
     ) {
-        for doc in [parse(&to_json(&g)), parse(&pooled.to_json())] {
-            let mut bytes = binary::encode(&doc);
+        for mut bytes in both_forms(&[parse(&to_json(&g)), parse(&pooled.to_json())]) {
             for (at, value) in &edits {
                 let i = at.index(bytes.len() - 8);
                 bytes[i] = *value;
