@@ -666,6 +666,75 @@ fn build_and_diff_refuse_bad_input_with_exit_1() {
     assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
 }
 
+/// `--binary-keys hashes`: 10 bytes a tenant, routes as the JSON form,
+/// validates and routes with `cellmap`, but cannot be diffed or built on.
+#[test]
+fn build_writes_the_binary_form_keyed_by_hash() {
+    let dir = scratch();
+    let json_path = dir.join("snapshot.json");
+    let bin_path = dir.join("snapshot.hashed.bin");
+    let out = cellmap(&[
+        "build",
+        "--spec",
+        example("spec.json").to_str().unwrap(),
+        "-o",
+        json_path.to_str().unwrap(),
+        "--binary",
+        bin_path.to_str().unwrap(),
+        "--binary-keys",
+        "hashes",
+    ])
+    .env("SOURCE_DATE_EPOCH", EXAMPLE_EPOCH)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bytes = std::fs::read(&bin_path).unwrap();
+    let json = Snapshot::parse(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(
+        bytes,
+        cell_router_mapping::binary::encode_hashed(&json).unwrap()
+    );
+    let bin = cell_router_mapping::binary::decode(&bytes).unwrap();
+    for tenant in ["tenant-3", "acme-corp", "globex", "nobody"] {
+        assert_eq!(
+            bin.resolve(tenant.as_bytes(), &Draws::unshed(b"user-5", 0)),
+            json.resolve(tenant.as_bytes(), &Draws::unshed(b"user-5", 0))
+        );
+    }
+    let ok = run(&["validate", bin_path.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("1 override, 0 pins, 1 move (binary form keyed by hash)"),
+        "{}",
+        stdout(&ok)
+    );
+    let route = run(&[
+        "route",
+        "--snapshot",
+        bin_path.to_str().unwrap(),
+        "acme-corp",
+    ]);
+    let route_json = run(&[
+        "route",
+        "--snapshot",
+        json_path.to_str().unwrap(),
+        "acme-corp",
+    ]);
+    assert_eq!(route.status.code(), Some(0), "{}", stderr(&route));
+    assert_eq!(stdout(&route), stdout(&route_json));
+    let diff = run(&[
+        "diff",
+        json_path.to_str().unwrap(),
+        bin_path.to_str().unwrap(),
+    ]);
+    assert_eq!(diff.status.code(), Some(1));
+    assert!(
+        stderr(&diff).contains("keyed by hash: it carries no tenant ids, so it cannot be diffed"),
+        "{}",
+        stderr(&diff)
+    );
+}
+
 #[test]
 fn build_writes_the_binary_form_and_validate_reads_both() {
     let dir = scratch();

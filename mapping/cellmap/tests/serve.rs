@@ -472,9 +472,10 @@ fn serves_the_binary_form_to_clients_that_ask_for_it() {
     assert_eq!(content_type, binary::MEDIA_TYPE);
     assert_eq!(etag, "\"1-bin\"");
     assert_eq!(vary, "accept");
-    assert_eq!(body, binary::encode(&json));
+    // Keyed by hash (`--binary-keys hashes`, the default): gateways route.
+    assert_eq!(body, binary::encode_hashed(&json).unwrap());
     let served = binary::decode(&body).unwrap();
-    assert_eq!(served.to_doc(), json.to_doc());
+    assert_eq!(served.keys(), cell_router_mapping::table::Keys::Hashes);
     assert_eq!(
         served
             .resolve(b"acme", &cell_router_mapping::Draws::default())
@@ -524,9 +525,40 @@ fn serves_the_binary_form_to_clients_that_ask_for_it() {
     expect_version(&sidecar, 2, Duration::from_secs(5));
     let (_, _, etag, _, body) = get_raw(sidecar.port, "/snapshot", Some(binary::MEDIA_TYPE));
     assert_eq!(etag, "\"2-bin\"");
-    assert_eq!(body, binary::encode(&next));
+    assert_eq!(body, binary::encode_hashed(&next).unwrap());
     let (_, _, _, _, body) = get_raw(sidecar.port, "/snapshot", None);
     assert_eq!(Snapshot::parse(&body).unwrap().to_doc(), next.to_doc());
+
+    // A source keyed by hash is served as it is, and has no JSON form.
+    let third = Snapshot::parse(snapshot(3, "cell-a").as_bytes()).unwrap();
+    let hashed = binary::encode_hashed(&third).unwrap();
+    std::fs::write(&tmp, &hashed).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    expect_version(&sidecar, 3, Duration::from_secs(5));
+    let (_, _, _, _, body) = get_raw(sidecar.port, "/snapshot", Some(binary::MEDIA_TYPE));
+    assert_eq!(body, hashed);
+    let (status, _, _, _, body) = get_raw(sidecar.port, "/snapshot", None);
+    assert_eq!(status, 406);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("no_json_form") && body.contains("no tenant ids"),
+        "{body}"
+    );
+}
+
+/// `--binary-keys ids`: the binary form keeps the tenant ids.
+#[test]
+fn the_binary_form_can_keep_tenant_ids() {
+    use cell_router_mapping::{Snapshot, binary};
+    let file = temp_file("binary-ids");
+    publish(&file, &snapshot(1, "cell-b"));
+    let sidecar = start(&["--file", file.to_str().unwrap(), "--binary-keys", "ids"]);
+    expect_version(&sidecar, 1, Duration::from_secs(5));
+    let json = Snapshot::parse(snapshot(1, "cell-b").as_bytes()).unwrap();
+    let (status, _, _, _, body) = get_raw(sidecar.port, "/snapshot", Some(binary::MEDIA_TYPE));
+    assert_eq!(status, 200);
+    assert_eq!(body, binary::encode(&json));
+    assert_eq!(binary::decode(&body).unwrap().to_doc(), json.to_doc());
 }
 
 /// A binary source is persisted as it came (no JSON is rendered for a
@@ -546,6 +578,7 @@ fn a_binary_source_is_persisted_as_binary_and_restored() {
     ];
     let next = Snapshot::parse(snapshot(7, "cell-b").as_bytes()).unwrap();
     let encoded = binary::encode(&next);
+    let served = binary::encode_hashed(&next).unwrap();
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, &encoded).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
@@ -562,7 +595,7 @@ fn a_binary_source_is_persisted_as_binary_and_restored() {
     let sidecar = start(&args);
     let (status, _, etag, _, body) = get_raw(sidecar.port, "/snapshot", Some(binary::MEDIA_TYPE));
     assert_eq!((status, etag.as_str()), (200, "\"7-bin\""));
-    assert_eq!(body, encoded);
+    assert_eq!(body, served);
     let (status, _, _, _, body) = get_raw(sidecar.port, "/snapshot", None);
     assert_eq!(status, 200);
     assert_eq!(Snapshot::parse(&body).unwrap().to_doc(), next.to_doc());
@@ -579,7 +612,8 @@ fn the_binary_form_is_served_in_pieces() {
     publish(&file, &snapshot(3, "cell-b"));
     let sidecar = start(&["--file", file.to_str().unwrap()]);
     expect_version(&sidecar, 3, Duration::from_secs(5));
-    let whole = binary::encode(&Snapshot::parse(snapshot(3, "cell-b").as_bytes()).unwrap());
+    let whole =
+        binary::encode_hashed(&Snapshot::parse(snapshot(3, "cell-b").as_bytes()).unwrap()).unwrap();
     assert!(whole.len() > 250, "{} bytes", whole.len());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -492,3 +492,54 @@ fn the_binary_form_is_asked_for_and_installed() {
     assert_eq!(r.header("x-cell-snapshot"), Some("1"));
     assert_eq!(host.metric(metric::SNAPSHOTS_APPLIED), Some(1));
 }
+
+/// The binary form keyed by hash (what `cellmap serve` sends by default) is
+/// installed by the real `.wasm` and routes as the JSON form: the override's
+/// tenant goes to its cell, others by slot; a copy with a record out of
+/// hash order is refused and the last good snapshot keeps serving.
+#[test]
+fn the_binary_form_keyed_by_hash_is_installed() {
+    use cell_router_mapping::binary;
+    let mut host = subscribed();
+    let v1 = with_override(snapshot(1), "acme", "cell-c");
+    let json = parsed(&v1);
+    serve_binary(&mut host, binary::encode_hashed(&json).unwrap());
+    let stranger = tenant_not_in(&v1, "cell-c");
+    for tenant in ["acme", stranger.as_str()] {
+        let want = json.resolve(tenant.as_bytes(), &cell_router_mapping::Draws::default());
+        let want = want
+            .routed_cell()
+            .and_then(|i| json.cell(i))
+            .map(|c| c.id.clone());
+        let r = send(&mut host, tenant);
+        assert_eq!(r.cell().map(str::to_string), want, "{tenant}");
+        assert_eq!(r.header("x-cell-snapshot"), Some("1"));
+    }
+    assert_eq!(send(&mut host, "acme").cell(), Some("cell-c"));
+    assert_eq!(host.metric(metric::SNAPSHOTS_APPLIED), Some(1));
+
+    // Version 2 with two overrides, the records swapped and resealed.
+    let v2 = with_override(
+        with_override(snapshot(2), "acme", "cell-a"),
+        "beta",
+        "cell-a",
+    );
+    let bytes = binary::encode_hashed(&parsed(&v2)).unwrap();
+    let arena =
+        u64::from_le_bytes(bytes[48 + 4 * 16..48 + 4 * 16 + 8].try_into().unwrap()) as usize;
+    let mut bad = bytes.clone();
+    bad[arena..arena + 10].copy_from_slice(&bytes[arena + 10..arena + 20]);
+    bad[arena + 10..arena + 20].copy_from_slice(&bytes[arena..arena + 10]);
+    let body = bad.len() - 8;
+    let sum = binary::checksum(&bad[..body]);
+    bad[body..].copy_from_slice(&sum.to_le_bytes());
+    serve_binary(&mut host, bad);
+    let r = send(&mut host, "acme");
+    assert_eq!(r.cell(), Some("cell-c"), "the last good snapshot serves");
+    assert_eq!(r.header("x-cell-snapshot"), Some("1"));
+    assert!(
+        host.log_text().contains("out of hash order"),
+        "{}",
+        host.log_text()
+    );
+}

@@ -1,6 +1,6 @@
 //! `cellmap build`: a snapshot from a spec.
 
-use super::{Failure, load_snapshot, path_failure, plural, read_input, write_failure};
+use super::{Failure, load_snapshot_with_ids, path_failure, plural, read_input, write_failure};
 use cell_router_mapping::builder::load::{Breach, Load};
 use cell_router_mapping::builder::pools::{self, PoolsBuildOptions, PoolsBuildReport, PoolsSpec};
 use cell_router_mapping::builder::{self, BuildOptions, BuildReport, CellReport, Spec};
@@ -65,6 +65,11 @@ pub(super) struct BuildArgs {
     /// form") to FILE, decoded back and checked before it is written
     #[arg(long, value_name = "FILE")]
     binary: Option<PathBuf>,
+    /// How the binary form keys tenants: `ids` (4 bytes + the id; it can be
+    /// diffed and built on) or `hashes` (10 bytes a tenant, no ids: for
+    /// gateways, which only route; refused if two tenants collide in 64 bits)
+    #[arg(long, value_enum, default_value_t = crate::serve::BinaryKeys::Ids, requires = "binary")]
+    binary_keys: crate::serve::BinaryKeys,
     /// Also write the report as JSON to FILE (`-` for stdout when the
     /// snapshot goes to a file)
     #[arg(long, value_name = "FILE")]
@@ -128,7 +133,7 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
         None => None,
     };
     let previous = match &args.previous {
-        Some(path) => Some(load_snapshot(path)?),
+        Some(path) => Some(load_snapshot_with_ids(path, "built on")?),
         None => None,
     };
     let known = match &args.tenants {
@@ -158,6 +163,58 @@ pub(super) fn run(args: BuildArgs) -> Result<(), Failure> {
     print_reports(&args, &report, &built.report)
 }
 
+/// The binary form keyed by id, checked like the JSON one: decoded back, it
+/// is the same snapshot.
+fn binary_keyed_by_id(snapshot: &cell_router_mapping::Snapshot) -> Result<Vec<u8>, Failure> {
+    let bytes = cell_router_mapping::binary::encode(snapshot);
+    let back = cell_router_mapping::binary::decode(&bytes)
+        .map_err(|e| Failure::invalid(format!("the binary form does not decode: {e}")))?;
+    if back.to_doc() != snapshot.to_doc() || back.to_pooled_doc() != snapshot.to_pooled_doc() {
+        return Err(Failure::invalid(
+            "the binary form decodes to another snapshot",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The binary form keyed by hash, checked: it decodes, every tenant of
+/// every table is found there with the same target, and it holds no other.
+fn binary_keyed_by_hash(snapshot: &cell_router_mapping::Snapshot) -> Result<Vec<u8>, Failure> {
+    use cell_router_mapping::binary;
+    let bytes = binary::encode_hashed(snapshot).map_err(|e| {
+        Failure::invalid(format!(
+            "the binary form cannot be keyed by hash: {e}; use --binary-keys ids"
+        ))
+    })?;
+    let back = binary::decode(&bytes)
+        .map_err(|e| Failure::invalid(format!("the binary form does not decode: {e}")))?;
+    let key = snapshot.key();
+    let mut tables = vec![(
+        snapshot.region_override_table(),
+        back.region_override_table(),
+    )];
+    tables.extend(
+        snapshot
+            .pools()
+            .iter()
+            .zip(back.pools())
+            .map(|(a, b)| (a.tenant_table(), b.tenant_table())),
+    );
+    let same = back.pools().len() == snapshot.pools().len()
+        && tables.iter().all(|(ids, hashes)| {
+            ids.len() == hashes.len()
+                && ids
+                    .iter()
+                    .all(|(t, kind, value)| hashes.get(t, key.hash(t)) == Some((kind, value)))
+        });
+    if !same {
+        return Err(Failure::invalid(
+            "the binary form keyed by hash does not hold the snapshot's tenants",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Writes the binary form (when asked) and the JSON snapshot.
 fn write_outputs(
     args: &BuildArgs,
@@ -165,23 +222,10 @@ fn write_outputs(
     json: &str,
 ) -> Result<(), Failure> {
     if let Some(path) = &args.binary {
-        let bytes = cell_router_mapping::binary::encode(snapshot);
-        // The binary form is checked like the JSON one: decoded back, it is
-        // the same snapshot.
-        let back = cell_router_mapping::binary::decode(&bytes).map_err(|e| {
-            if snapshot.format() >= 2 {
-                Failure::invalid(format!(
-                    "the binary form cannot carry this format-2 snapshot ({e}); build without --binary (the JSON form serves every gateway)"
-                ))
-            } else {
-                Failure::invalid(format!("the binary form does not decode: {e}"))
-            }
-        })?;
-        if back.to_doc() != snapshot.to_doc() || back.to_pooled_doc() != snapshot.to_pooled_doc() {
-            return Err(Failure::invalid(
-                "the binary form decodes to another snapshot",
-            ));
-        }
+        let bytes = match args.binary_keys {
+            crate::serve::BinaryKeys::Ids => binary_keyed_by_id(snapshot)?,
+            crate::serve::BinaryKeys::Hashes => binary_keyed_by_hash(snapshot)?,
+        };
         crate::files::write_atomically(path, &bytes)
             .map_err(|e| Failure::invalid(format!("cannot write {}: {e}", path.display())))?;
     }
@@ -267,7 +311,7 @@ fn run_pools(args: BuildArgs, spec_bytes: &[u8]) -> Result<(), Failure> {
         Some(path) => {
             // A format-1 snapshot is one pool in one region: the builder
             // reads it as the spec's default pool in the spec's first region.
-            Some(load_snapshot(path)?)
+            Some(load_snapshot_with_ids(path, "built on")?)
         }
         None => None,
     };

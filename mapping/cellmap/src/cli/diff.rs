@@ -1,6 +1,6 @@
 //! `cellmap diff`: what changes between two snapshots.
 
-use super::{Failure, load_snapshot, read_input, write_failure};
+use super::{Failure, load_snapshot_with_ids, read_input, write_failure};
 use cell_router_mapping::SnapshotDiff;
 use cell_router_mapping::builder::parse_known_tenants;
 use cell_router_mapping::diff::PoolsDiff;
@@ -49,8 +49,8 @@ fn emit<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> Resul
 }
 
 pub(super) fn run(args: DiffArgs) -> Result<(), Failure> {
-    let old = load_snapshot(&args.old)?;
-    let new = load_snapshot(&args.new)?;
+    let old = load_snapshot_with_ids(&args.old, "diffed")?;
+    let new = load_snapshot_with_ids(&args.new, "diffed")?;
     // Per pool and region when either snapshot has pools, or to follow
     // known tenants (a format-1 snapshot is then one pool and one region,
     // both `default`).

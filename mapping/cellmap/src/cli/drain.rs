@@ -2,7 +2,7 @@
 //! other cells in small steps, and optionally publishing it step by step.
 
 use super::build::{breaches, generated_at, table};
-use super::{Failure, load_snapshot, path_failure, read_input};
+use super::{Failure, load_snapshot_with_ids, path_failure, read_input};
 use cell_router_mapping::builder::drain::{self, DrainOptions, DrainPlan};
 use cell_router_mapping::builder::load::Load;
 use cell_router_mapping::{CellDoc, Snapshot};
@@ -92,7 +92,7 @@ fn step_basis_points(percent: f64) -> Result<u16, Failure> {
 
 pub(super) fn run(args: DrainArgs) -> Result<(), Failure> {
     let step = step_basis_points(args.step)?;
-    let current = load_snapshot(&args.snapshot)?;
+    let current = load_snapshot_with_ids(&args.snapshot, "drained")?;
     let load = match &args.load {
         Some(path) => {
             let load = Load::parse(&read_input(path)?).map_err(|e| path_failure(e, path))?;

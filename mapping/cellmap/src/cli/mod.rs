@@ -113,6 +113,20 @@ fn load_snapshot(path: &Path) -> Result<Snapshot, Failure> {
     cell_router_mapping::binary::parse_any(&read_input(path)?).map_err(|e| path_failure(e, path))
 }
 
+/// [`load_snapshot`] for a command that needs the tenant ids (`doing`: what
+/// it does with them): the binary form keyed by hash has none.
+fn load_snapshot_with_ids(path: &Path, doing: &str) -> Result<Snapshot, Failure> {
+    let snapshot = load_snapshot(path)?;
+    if snapshot.keys() == cell_router_mapping::table::Keys::Hashes {
+        return Err(Failure::invalid(format!(
+            "{} is the binary form keyed by hash: it carries no tenant ids, so it cannot be {doing}; \
+             use the JSON form or the binary form keyed by id (`cellmap build --binary-keys ids`)",
+            path.display()
+        )));
+    }
+    Ok(snapshot)
+}
+
 fn write_failure(err: std::io::Error) -> Failure {
     // `cellmap route ... | head` closing the pipe early is not an error.
     if err.kind() == std::io::ErrorKind::BrokenPipe {

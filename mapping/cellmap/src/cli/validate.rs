@@ -25,7 +25,9 @@ pub(super) struct ValidateArgs {
 
 pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
     let bytes = read_input(&args.file)?;
-    let form = if cell_router_mapping::binary::is_binary(&bytes) {
+    let form = if cell_router_mapping::binary::is_hashed(&bytes) {
+        " (binary form keyed by hash)"
+    } else if cell_router_mapping::binary::is_binary(&bytes) {
         " (binary form)"
     } else {
         ""
@@ -38,12 +40,7 @@ pub(super) fn run(args: ValidateArgs) -> Result<(), Failure> {
         snapshot
             .pools()
             .iter()
-            .map(|p| {
-                p.tenant_table()
-                    .iter()
-                    .filter(|(_, k, _)| *k == kind)
-                    .count()
-            })
+            .map(|p| p.tenant_table().kinds().filter(|(k, _)| *k == kind).count())
             .sum()
     };
     let overrides = entries(EntryKind::Override);
@@ -134,8 +131,8 @@ fn describe_pools(snapshot: &Snapshot) -> String {
             .collect();
         let count = |kind: EntryKind| {
             pool.tenant_table()
-                .iter()
-                .filter(|(_, k, _)| *k == kind)
+                .kinds()
+                .filter(|(k, _)| *k == kind)
                 .count()
         };
         out.push_str(&format!(

@@ -219,6 +219,12 @@ async fn snapshot<B>(context: &Context, request: &Request<B>) -> Response<Body> 
                 cell_router_mapping::binary::MEDIA_TYPE,
                 binary_etag(served.version),
             )
+        } else if !served.has_json() {
+            return error(
+                StatusCode::NOT_ACCEPTABLE,
+                "no_json_form",
+                super::store::NO_JSON,
+            );
         } else {
             // Rendering a big snapshot's JSON takes a while: off the
             // runtime's threads.

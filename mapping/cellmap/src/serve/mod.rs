@@ -110,6 +110,12 @@ pub struct ServeArgs {
     /// for is answered 413 with the version's ETag instead of the body.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: u64,
+    /// How the binary form served to gateways keys tenants: `hashes` (10
+    /// bytes a tenant, no ids: gateways only route; a snapshot whose tenants
+    /// collide in 64 bits, or with more than 16,384 cells or moves, is
+    /// served keyed by id, with a warning) or `ids` (4 bytes + the id).
+    #[arg(long, value_enum, default_value_t = BinaryKeys::Hashes)]
+    pub binary_keys: BinaryKeys,
     /// Most requests handled at once (long-polls included); more get 503.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
@@ -117,6 +123,22 @@ pub struct ServeArgs {
     /// closed as soon as they are accepted.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+}
+
+/// `--binary-keys`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BinaryKeys {
+    Hashes,
+    Ids,
+}
+
+impl BinaryKeys {
+    fn keys(self) -> cell_router_mapping::table::Keys {
+        match self {
+            BinaryKeys::Hashes => cell_router_mapping::table::Keys::Hashes,
+            BinaryKeys::Ids => cell_router_mapping::table::Keys::Ids,
+        }
+    }
 }
 
 /// `--max-body-bytes` default: Envoy's default `http.async_response_buffer_limit`.
@@ -151,7 +173,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // the default action.
     let mut signals = Signals::install()?;
     let max_bytes = args.max_snapshot_mib.saturating_mul(1024 * 1024);
-    let store = Arc::new(Store::new(args.persist.clone(), args.max_body_bytes));
+    let store = Arc::new(Store::new(
+        args.persist.clone(),
+        args.max_body_bytes,
+        args.binary_keys.keys(),
+    ));
     if let Some(path) = &args.persist {
         restore(&store, path, max_bytes);
     }

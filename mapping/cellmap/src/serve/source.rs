@@ -329,7 +329,7 @@ mod tests {
         let path = dir.join("snapshot.json");
         std::fs::write(&path, snapshot(1)).unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-        let store = Store::new(None, u64::MAX);
+        let store = Store::new(None, u64::MAX, cell_router_mapping::table::Keys::Ids);
         let mut source = FileSource::new(path.clone(), 1 << 20);
         source.look(&store, false);
         assert_eq!(store.current_version(), Some(1));
@@ -360,7 +360,7 @@ mod tests {
         let path = dir.join("snapshot.json");
         std::fs::write(&path, snapshot(1)).unwrap();
         let fine = Stamp::of(&std::fs::metadata(&path).unwrap()).racy_window() == RACY_WINDOW_FINE;
-        let store = Store::new(None, u64::MAX);
+        let store = Store::new(None, u64::MAX, cell_router_mapping::table::Keys::Ids);
         let mut source = FileSource::new(path.clone(), 1 << 20);
         std::thread::sleep(RACY_WINDOW_FINE * 2);
         source.look(&store, false);

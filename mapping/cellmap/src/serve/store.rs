@@ -9,6 +9,7 @@
 use super::log;
 use bytes::Bytes;
 use cell_router_mapping::binary;
+use cell_router_mapping::table::Keys;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -30,6 +31,10 @@ pub(crate) struct Served {
     /// The binary form (`mapping/SPEC.md`, "Binary form"), for clients that
     /// ask for it (`Accept: application/vnd.cellmap.snapshot`).
     pub(crate) binary: Bytes,
+    /// Whether the binary form is keyed by hash (`--binary-keys`), and if
+    /// it was asked for but not possible, why.
+    pub(crate) hashed: bool,
+    pub(crate) not_hashed_because: Option<String>,
     pub(crate) cells: usize,
     pub(crate) tenant_entries: usize,
     /// Where it came from (`file …`, `upstream …`, `persisted copy …`).
@@ -38,12 +43,21 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    /// The JSON form, rendered from the binary form on first use.
+    /// Whether there is a JSON form: not when the source is the binary form
+    /// keyed by hash, which carries no tenant ids.
+    pub(crate) fn has_json(&self) -> bool {
+        !binary::is_hashed(&self.source)
+    }
+
+    /// The JSON form, rendered from the source's binary form on first use.
     pub(crate) fn json(&self) -> Result<Bytes, String> {
         if let Some(json) = self.json.get() {
             return Ok(json.clone());
         }
-        let snapshot = binary::parse_any(&self.binary).map_err(|e| e.to_string())?;
+        let snapshot = binary::parse_any(&self.source).map_err(|e| e.to_string())?;
+        if snapshot.keys() == Keys::Hashes {
+            return Err(NO_JSON.to_string());
+        }
         let rendered = Bytes::from(snapshot.to_doc().to_json().into_bytes());
         Ok(self.json.get_or_init(|| rendered).clone())
     }
@@ -84,6 +98,10 @@ impl Refused {
     }
 }
 
+/// Why a source keyed by hash has no JSON form.
+pub(crate) const NO_JSON: &str = "the source is the binary form keyed by hash, which carries no \
+    tenant ids: there is no JSON form (publish JSON, or the binary form keyed by id)";
+
 /// The longest a long-poll is held, whatever `wait` and `--max-wait-s` say.
 const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -101,6 +119,8 @@ pub(crate) struct Store {
     /// larger is not published: no gateway could take it, and every VM
     /// would download it again and again.
     max_body_bytes: u64,
+    /// `--binary-keys`: how the binary form served to gateways keys tenants.
+    binary_keys: Keys,
 }
 
 /// Why a snapshot offered by a source was refused, for `/healthz`.
@@ -113,7 +133,7 @@ pub(crate) struct Refusal {
 }
 
 impl Store {
-    pub(crate) fn new(persist: Option<PathBuf>, max_body_bytes: u64) -> Self {
+    pub(crate) fn new(persist: Option<PathBuf>, max_body_bytes: u64, binary_keys: Keys) -> Self {
         Store {
             current: watch::Sender::new(None),
             refused: AtomicU64::new(0),
@@ -122,6 +142,7 @@ impl Store {
             applied: AtomicU64::new(0),
             persist,
             max_body_bytes,
+            binary_keys,
         }
     }
 
@@ -172,20 +193,35 @@ impl Store {
         let version = snapshot.version();
         let cells = snapshot.cells().len();
         let tenant_entries = snapshot.tenant_entries();
-        let encoded = (!binary::is_binary(&shared)).then(|| binary::encode(&snapshot));
+        // Gateways only route: keyed by hash, the form is 10 bytes a tenant
+        // (SPEC, "Hashed keys"). Otherwise, or if this snapshot cannot be
+        // keyed by hash, a JSON source is encoded keyed by id and a binary
+        // source is served as it is.
+        let mut not_hashed_because = None;
+        let mut encoded = None;
+        if self.binary_keys == Keys::Hashes && snapshot.keys() == Keys::Ids {
+            match binary::encode_hashed(&snapshot) {
+                Ok(bytes) => encoded = Some(bytes),
+                Err(e) => not_hashed_because = Some(e.to_string()),
+            }
+        }
+        if encoded.is_none() && !binary::is_binary(&shared) {
+            encoded = Some(binary::encode(&snapshot));
+        }
         drop(snapshot);
         // The snapshot held the other handles: the bytes come back whole.
         let source = Bytes::from(
             std::sync::Arc::try_unwrap(shared).unwrap_or_else(|shared| shared.as_ref().clone()),
         );
-        let (binary_form, json) = match encoded {
-            None => (source.clone(), std::sync::OnceLock::new()),
-            Some(encoded) => {
-                let json = std::sync::OnceLock::new();
-                let _ = json.set(source.clone());
-                (Bytes::from(encoded), json)
-            }
+        let json = std::sync::OnceLock::new();
+        if !binary::is_binary(&source) {
+            let _ = json.set(source.clone());
+        }
+        let binary_form = match encoded {
+            None => source.clone(),
+            Some(encoded) => Bytes::from(encoded),
         };
+        let hashed = binary::is_hashed(&binary_form);
         // The smallest form served: if it does not fit, no gateway can take
         // the snapshot. (A JSON client asking for a larger JSON form gets a
         // 413 per request instead, `http.rs`.)
@@ -228,6 +264,8 @@ impl Store {
                 json,
                 source,
                 binary: binary_form,
+                hashed,
+                not_hashed_because,
                 cells,
                 tenant_entries,
                 origin: origin.to_string(),
@@ -251,10 +289,24 @@ impl Store {
                 log(
                     "info",
                     &format!(
-                        "serving snapshot version {} from {origin} ({} cells, {} overrides/pins/moves)",
-                        served.version, served.cells, served.tenant_entries
+                        "serving snapshot version {} from {origin} ({} cells, {} overrides/pins/moves; \
+                         binary form {} bytes, keyed by {})",
+                        served.version,
+                        served.cells,
+                        served.tenant_entries,
+                        served.binary.len(),
+                        if served.hashed { "hash" } else { "id" }
                     ),
                 );
+                if let Some(why) = &served.not_hashed_because {
+                    log(
+                        "warning",
+                        &format!(
+                            "snapshot version {}: binary form keyed by id, not by hash: {why}",
+                            served.version
+                        ),
+                    );
+                }
                 if let (Some(path), Save::Yes) = (&self.persist, save)
                     && let Err(err) = crate::files::write_atomically(path, &served.source)
                 {
@@ -370,7 +422,7 @@ mod tests {
 
     #[test]
     fn applies_newer_and_refuses_older_or_invalid() {
-        let store = Store::new(None, u64::MAX);
+        let store = Store::new(None, u64::MAX, Keys::Ids);
         assert_eq!(version(store.offer(snapshot(3), "t")), Ok(("applied", 3)));
         assert_eq!(version(store.offer(snapshot(3), "t")), Ok(("unchanged", 0)));
         assert!(
@@ -387,7 +439,7 @@ mod tests {
     #[test]
     fn refuses_a_snapshot_larger_than_the_gateways_take() {
         let binary_size = binary::encode(&binary::parse_any(&snapshot(1)).unwrap()).len() as u64;
-        let store = Store::new(None, binary_size);
+        let store = Store::new(None, binary_size, Keys::Ids);
         assert_eq!(version(store.offer(snapshot(1), "t")), Ok(("applied", 1)));
         // The same document with one tenant more no longer fits.
         let mut bigger: serde_json::Value = serde_json::from_slice(&snapshot(2)).unwrap();
@@ -411,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_poll_wakes_on_a_newer_version_or_shutdown() {
-        let store = Arc::new(Store::new(None, u64::MAX));
+        let store = Arc::new(Store::new(None, u64::MAX, Keys::Ids));
         store.offer(snapshot(1), "t").unwrap();
         let (stop, mut shutdown) = watch::channel(false);
         let waiter = {

@@ -285,7 +285,10 @@ impl BigDocs {
         let first = doc.to_json().into_bytes();
         let snapshot = cell_router_mapping::binary::parse_any(&first)
             .map_err(|e| anyhow!("the big snapshot is invalid: {e}"))?;
-        let binary_bytes = cell_router_mapping::binary::encode(&snapshot).len() as u64;
+        // What the sidecar serves gateways (`--binary-keys hashes`).
+        let binary_bytes = cell_router_mapping::binary::encode_hashed(&snapshot)
+            .map_err(|e| anyhow!("the big snapshot cannot be keyed by hash: {e}"))?
+            .len() as u64;
         drop(snapshot);
         doc.version = 3;
         let second = doc.to_json().into_bytes();
@@ -586,7 +589,9 @@ fn load_run(options: &ScaleOptions, think_ms: u32) -> Result<LoadRun> {
                 stack::bench_snapshot(version + 1 + i, 100, options.load_overrides).and_then(|d| {
                     let parsed = cell_router_mapping::binary::parse_any(d.to_json().as_bytes())
                         .map_err(|e| anyhow!("load snapshot: {e}"))?;
-                    Ok(cell_router_mapping::binary::encode(&parsed))
+                    // As `cellmap build --binary-keys hashes` writes it.
+                    cell_router_mapping::binary::encode_hashed(&parsed)
+                        .map_err(|e| anyhow!("load snapshot: {e}"))
                 })
             })
             .collect::<Result<_>>()?;
