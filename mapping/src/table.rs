@@ -835,12 +835,14 @@ impl TenantTable {
     /// Buckets `range` walked without the per-record checks, for bytes
     /// whose records were already checked (the same bytes, by checksum, in
     /// another reader): each record is still parsed and kept inside its
-    /// bucket, so the table's count and its moves are known. Returns the
+    /// bucket, so the table's count and its moves are known. Keyed by hash,
+    /// records have a fixed size: only the buckets are walked (each a whole
+    /// number of records) and moves are not counted (`None`). Returns the
     /// records, the move records among them, and the arena bytes walked.
     pub fn count_buckets(
         &self,
         range: std::ops::Range<usize>,
-    ) -> Result<(usize, usize, usize), String> {
+    ) -> Result<(usize, Option<usize>, usize), String> {
         let count = self.bucket_count();
         let arena = self.arena.bytes();
         let start_of = |i: usize| -> usize { self.word(i).map_or(0, |w| (w as u32) as usize) };
@@ -850,6 +852,14 @@ impl TenantTable {
             if end < offset {
                 return Err(format!("bucket {b} ends before it starts"));
             }
+            if self.keys == Keys::Hashes {
+                let span = end - offset;
+                if !span.is_multiple_of(HASHED_RECORD) || end > arena.len() {
+                    return Err(format!("bucket {b} is not a whole number of records"));
+                }
+                entries += span / HASHED_RECORD;
+                continue;
+            }
             while offset < end {
                 let (_, kind, _, next) = record_in_bucket(arena, offset, end, self.keys)?;
                 entries += 1;
@@ -858,6 +868,7 @@ impl TenantTable {
             }
         }
         let bytes = start_of(range.end.min(count)).saturating_sub(start_of(range.start.min(count)));
+        let moves = (self.keys == Keys::Ids).then_some(moves);
         Ok((entries, moves, bytes))
     }
 
