@@ -32,7 +32,7 @@ fn source_name(source: Source) -> &'static str {
 /// Host time a Wasm VM spends applying a snapshot before its worker serves
 /// requests again (`Root::apply_slice`), while the VM has requests in
 /// flight: what a request may wait for it.
-const APPLY_SLICE_BUSY_NS: u64 = 500_000;
+const APPLY_SLICE_BUSY_NS: u64 = 200_000;
 /// The same when the VM has served no request for [`IDLE_AFTER_NS`]:
 /// longer, so an idle gateway takes a big snapshot in about the time it
 /// takes to check it.
