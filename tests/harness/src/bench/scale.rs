@@ -53,6 +53,10 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct ScaleOptions {
     /// Overrides of the big snapshot (10,000,000); 0 for no big cases.
     pub overrides: usize,
+    /// Overrides of the mid-size snapshot swapped twice into the Wasm build
+    /// at concurrency 2 (1,000,000: memory per VM, apply time per VM,
+    /// propagation); 0 for none.
+    pub mid_overrides: usize,
     /// Concurrencies the Wasm build is measured at.
     pub concurrencies: Vec<u32>,
     /// Overrides of the snapshots swapped in under load (1,000,000).
@@ -88,6 +92,11 @@ pub struct Swap {
     pub heap_after: u64,
     /// `VmHWM` during the swap.
     pub high_water: u64,
+    /// Per VM, from its log line (Envoy at `info`): ms from the first piece
+    /// to the last, and ms from the last piece to the snapshot in force
+    /// (the check, in slices; a VM that trusts another's check waits for
+    /// it). Empty for the native module.
+    pub vm_download_check_ms: Vec<(u64, u64)>,
 }
 
 /// The big snapshot on one gateway: applied twice (two swaps after a small
@@ -139,6 +148,49 @@ impl BigRun {
     fn high_water(&self) -> Option<u64> {
         self.swaps.iter().map(|s| s.high_water).max()
     }
+
+    /// The slowest VM's apply (download + check), and its check alone, over
+    /// every swap.
+    fn slowest_apply_ms(&self) -> Option<(u64, u64)> {
+        self.swaps
+            .iter()
+            .flat_map(|s| s.vm_download_check_ms.iter())
+            .map(|&(download, check)| (download + check, check))
+            .max()
+    }
+
+    /// The slowest check over every swap and VM.
+    fn slowest_check_ms(&self) -> Option<u64> {
+        self.swaps
+            .iter()
+            .flat_map(|s| s.vm_download_check_ms.iter())
+            .map(|&(_, check)| check)
+            .max()
+    }
+}
+
+/// `(download ms, check ms)` of each VM's "snapshot version `version`
+/// applied from the sidecar" log line.
+fn apply_times(log: &str, version: u64) -> Vec<(u64, u64)> {
+    let marker = format!("snapshot version {version} applied from the sidecar");
+    let number_before = |text: &str, suffix: &str| -> Option<u64> {
+        let end = text.find(suffix)?;
+        let head = &text[..end];
+        let start = head
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        head[start..].parse().ok()
+    };
+    log.lines()
+        .filter(|l| l.contains(&marker))
+        .filter_map(|l| {
+            let over = &l[l.find(" over ")? + 6..];
+            let download = number_before(over, " ms")?;
+            let checked = &l[l.find("checked in ")? + 11..];
+            let check = number_before(checked, " ms")?;
+            Some((download, check))
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -188,6 +240,8 @@ impl LoadRun {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ScaleReport {
+    /// The mid-size snapshot (1 M) in the Wasm build.
+    pub mid: Option<BigRun>,
     pub wasm: Vec<BigRun>,
     pub native: Option<BigRun>,
     pub load: Vec<LoadRun>,
@@ -204,6 +258,21 @@ fn log(message: &str) {
 pub fn measure(options: &ScaleOptions) -> Result<ScaleReport> {
     std::fs::create_dir_all(&options.work_dir)?;
     let mut report = ScaleReport::default();
+    if options.mid_overrides > 0 {
+        log(&format!(
+            "wasm, concurrency 2, {}-override snapshots",
+            options.mid_overrides
+        ));
+        match BigDocs::new(options.mid_overrides)
+            .and_then(|mid| big_run(options, &mid, Build::Wasm, 2))
+        {
+            Ok(run) => report.mid = Some(run),
+            Err(err) => report.failures.push(format!(
+                "wasm, {} overrides: {err:#}",
+                options.mid_overrides
+            )),
+        }
+    }
     log(&format!(
         "building the {}-override snapshots",
         options.overrides
@@ -342,6 +411,8 @@ fn start(dir: &Path, build: Build, concurrency: u32, limit: u64) -> Result<Gatew
     if build == Build::Native {
         options.use_native_build();
     }
+    // The filter logs each apply's download and check times at info.
+    options.log_level = Some("info".into());
     options.template = template(dir, build, limit)?;
     options.concurrency = concurrency;
     let mut config = plugin_config_of(&std::fs::read_to_string(&options.template)?)?;
@@ -486,6 +557,7 @@ fn swap(gateway: &Gateway, bytes: &[u8], version: u64, vms: i64) -> Result<Swap>
         heap_before,
         heap_after: envoy_heap(envoy),
         high_water,
+        vm_download_check_ms: apply_times(&envoy.process.log_tail(usize::MAX), version),
     })
 }
 
@@ -497,7 +569,7 @@ fn big_run(
 ) -> Result<BigRun> {
     let dir = options
         .work_dir
-        .join(format!("{}-c{concurrency}", build.name()));
+        .join(format!("{}-c{concurrency}-{}", build.name(), big.overrides));
     let _ = std::fs::remove_dir_all(&dir);
     let gateway = start(&dir, build, concurrency, options.limit_bytes)?;
     // The Wasm build has a VM per worker and one on the main thread; the
@@ -683,6 +755,45 @@ impl ScaleReport {
         );
         let _ = writeln!(w, "| goal | measured | met? |");
         let _ = writeln!(w, "|---|---|---|");
+        match &self.mid {
+            Some(run) => {
+                let per_vm = run.per_vm_outside_heap();
+                let _ = writeln!(
+                    w,
+                    "| {} overrides: resident per Wasm VM after two swaps ≤ 32 MiB (concurrency 2) | {} outside Envoy's heap ({} of RSS growth over {} VMs, Envoy's heap included) | {} |",
+                    run.overrides,
+                    per_vm.map_or("–".into(), mib),
+                    run.per_vm().map_or("–".into(), mib),
+                    run.vms,
+                    verdict(per_vm.map(|b| b <= 32.0 * MIB))
+                );
+                let slowest = run.slowest_apply_ms();
+                let _ = writeln!(
+                    w,
+                    "| {} overrides: apply per VM ≤ 100 ms | slowest download + check {} (check alone at most {} ms: in slices while serving; a VM that trusts another's check waits for it) | {} |",
+                    run.overrides,
+                    slowest.map_or("–".into(), |(total, _)| format!("{total} ms")),
+                    run.slowest_check_ms()
+                        .map_or("–".into(), |ms| ms.to_string()),
+                    verdict(slowest.map(|(total, _)| total <= 100))
+                );
+                let worst = run.worst_propagation_ms();
+                let _ = writeln!(
+                    w,
+                    "| propagation of a {}-override snapshot to every worker ≤ 1 s | {} (published → every worker routing, worst of {} swaps) | {} |",
+                    run.overrides,
+                    worst.map_or("–".into(), |ms| format!("{ms:.0} ms")),
+                    run.swaps.len(),
+                    verdict(worst.map(|ms| ms <= 1000.0))
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    w,
+                    "| 1,000,000 overrides per Wasm VM | not measured | not measured |"
+                );
+            }
+        }
         for run in &self.wasm {
             let c = run.concurrency;
             let works = !run.swaps.is_empty();
@@ -755,25 +866,45 @@ impl ScaleReport {
             }
         }
         let _ = writeln!(w);
-        let runs: Vec<&BigRun> = self.wasm.iter().chain(self.native.as_ref()).collect();
+        let runs: Vec<&BigRun> = self
+            .mid
+            .iter()
+            .chain(&self.wasm)
+            .chain(self.native.as_ref())
+            .collect();
         if !runs.is_empty() {
             let _ = writeln!(
                 w,
-                "Big-snapshot swaps (binary form {}; RSS before is with a 100-tenant snapshot):\n",
-                runs.first()
-                    .map_or("–".into(), |r| mib(r.binary_bytes as f64))
+                "Big-snapshot swaps (the binary form the sidecar serves, keyed by hash: {}; RSS before is with a 100-tenant snapshot). *VMs: download / check ms*: each VM's own log line (from the first piece to the last; from the last to the snapshot in force).\n",
+                runs.iter()
+                    .map(|r| format!("{} overrides {}", r.overrides, mib(r.binary_bytes as f64)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let _ = writeln!(
                 w,
-                "| build | concurrency | VMs | version | file → published ms | published → every VM applied ms | published → every worker routing ms | RSS before | RSS after | Envoy heap before → after | high-water mark in the swap |"
+                "| build | overrides | concurrency | VMs | version | file → published ms | published → every VM applied ms | published → every worker routing ms | VMs: download / check ms | RSS before | RSS after | Envoy heap before → after | high-water mark in the swap |"
             );
-            let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                w,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+            );
             for run in runs {
                 for s in &run.swaps {
+                    let per_vm = if s.vm_download_check_ms.is_empty() {
+                        "–".to_string()
+                    } else {
+                        s.vm_download_check_ms
+                            .iter()
+                            .map(|(d, c)| format!("{d} / {c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
                     let _ = writeln!(
                         w,
-                        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} → {} | {} |",
+                        "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {per_vm} | {} | {} | {} → {} | {} |",
                         run.build,
+                        run.overrides,
                         run.concurrency,
                         run.vms,
                         s.version,
@@ -790,7 +921,7 @@ impl ScaleReport {
                 if let (Some(hw), Some(last)) = (run.high_water(), run.swaps.last()) {
                     let _ = writeln!(
                         w,
-                        "| | | | swap peak over the steady state | | | | | | | {} ({} per VM) |",
+                        "| | | | | swap peak over the steady state | | | | | | | | {} ({} per VM) |",
                         mib(hw as f64 - last.rss_after as f64),
                         mib((hw as f64 - last.rss_after as f64) / run.vms.max(1) as f64)
                     );

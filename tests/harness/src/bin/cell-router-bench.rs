@@ -37,6 +37,10 @@ struct ScaleArgs {
     /// Overrides of the big snapshot (0: no big-snapshot cases).
     #[arg(long, default_value_t = 10_000_000)]
     overrides: usize,
+    /// Overrides of the mid-size snapshot swapped twice into the Wasm build
+    /// at concurrency 2 (memory and apply time per VM, propagation; 0: none).
+    #[arg(long, default_value_t = 1_000_000)]
+    mid_overrides: usize,
     /// Envoy concurrencies the Wasm build is measured at (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "2,8")]
     concurrency: Vec<u32>,
@@ -179,6 +183,7 @@ fn main_scale(args: ScaleArgs) -> Result<i32> {
         .unwrap_or_else(|_| "cell-router-bench scale".to_string());
     let options = scale::ScaleOptions {
         overrides: args.overrides,
+        mid_overrides: args.mid_overrides,
         concurrencies: args.concurrency,
         load_overrides: args.load_overrides,
         load_seconds: args.load_seconds,
