@@ -557,7 +557,12 @@ fn swap(gateway: &Gateway, bytes: &[u8], version: u64, vms: i64) -> Result<Swap>
         heap_before,
         heap_after: envoy_heap(envoy),
         high_water,
-        vm_download_check_ms: apply_times(&envoy.process.log_tail(usize::MAX), version),
+        // The native module applies in one go on its own thread: no times.
+        vm_download_check_ms: if vms > 0 {
+            apply_times(&envoy.process.log_tail(usize::MAX), version)
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -876,10 +881,16 @@ impl ScaleReport {
             let _ = writeln!(
                 w,
                 "Big-snapshot swaps (the binary form the sidecar serves, keyed by hash: {}; RSS before is with a 100-tenant snapshot). *VMs: download / check ms*: each VM's own log line (from the first piece to the last; from the last to the snapshot in force).\n",
-                runs.iter()
-                    .map(|r| format!("{} overrides {}", r.overrides, mib(r.binary_bytes as f64)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                {
+                    let mut sizes: Vec<String> = runs
+                        .iter()
+                        .map(|r| {
+                            format!("{} overrides {}", r.overrides, mib(r.binary_bytes as f64))
+                        })
+                        .collect();
+                    sizes.dedup();
+                    sizes.join(", ")
+                }
             );
             let _ = writeln!(
                 w,
