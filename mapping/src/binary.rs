@@ -9,9 +9,11 @@
 //! section. The result is an ordinary [`Snapshot`]: there is one routing
 //! function, [`Snapshot::resolve`], for both forms.
 //!
-//! Tenant lookups compare the full tenant bytes (the arena holds every id),
-//! so no hash collision, crafted or not, can route a tenant that is not in the
-//! table to an override cell.
+//! In the form keyed by id, tenant lookups compare the full tenant bytes (the
+//! arena holds every id), so no hash collision, crafted or not, can route a
+//! tenant that is not in the table to an override cell. The form keyed by
+//! hash ([`encode_hashed`]) compares 64-bit keyed hashes, refusing at
+//! encoding a table in which two tenants share one (SPEC, "Hashed keys").
 
 use crate::error::PathError;
 use crate::hash::{HashKey, IncrementalHash, ratio_to_basis_points};
