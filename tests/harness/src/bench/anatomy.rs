@@ -117,6 +117,32 @@ pub fn count_router_host_calls(doc: &SnapshotDoc) -> Result<HostCalls> {
     })
 }
 
+/// Builds the native probe (`envoy/bench/native-probe`, its own small crate)
+/// into `target_dir`; the directory holding its `.so` (Envoy's module search
+/// path for the native probe gateways).
+pub fn build_native_probe(target_dir: &Path) -> Result<PathBuf> {
+    let manifest = crate::e2e::repo_root().join("envoy/bench/native-probe/Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--locked", "--release"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .context("running cargo to build the native probe")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "building the native probe failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dir = target_dir.join("release");
+    let library = dir.join("libcell_router_bench_native_probe.so");
+    anyhow::ensure!(library.is_file(), "no {}", library.display());
+    Ok(dir)
+}
+
 /// Builds the probe filter (`envoy/bench/probe`, its own small crate) for
 /// wasm32-wasip1 under `target_dir`; the `.wasm`'s path.
 pub fn build_probe(target_dir: &Path) -> Result<PathBuf> {

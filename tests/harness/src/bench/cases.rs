@@ -30,10 +30,16 @@ pub enum Gateway {
     /// plain + the probe filter repeating the host call the request's
     /// `x-probe-calls` header names: the per-call cost table.
     ProbeTable,
+    /// plain + a dynamic module doing nothing (`envoy/bench/native-probe`):
+    /// what Envoy spends on any dynamic-module filter.
+    NativeProbeEmpty,
+    /// plain + that module clearing the route cache: Envoy then matches the
+    /// route a second time, as it does for the router.
+    NativeProbeClear,
 }
 
 impl Gateway {
-    pub const ALL: [Gateway; 10] = [
+    pub const ALL: [Gateway; 12] = [
         Gateway::Plain,
         Gateway::Router,
         Gateway::RouterNative,
@@ -44,6 +50,8 @@ impl Gateway {
         Gateway::ProbeEmpty,
         Gateway::ProbeCalls,
         Gateway::ProbeTable,
+        Gateway::NativeProbeEmpty,
+        Gateway::NativeProbeClear,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,24 +66,36 @@ impl Gateway {
             Gateway::ProbeCalls => "probe-calls",
             Gateway::RouterNative => "cell-router-native",
             Gateway::ProbeTable => "probe-table",
+            Gateway::NativeProbeEmpty => "native-probe-empty",
+            Gateway::NativeProbeClear => "native-probe-clear",
         }
     }
 
-    /// The probe gateways (plain + `envoy/bench/probe`), which route on the
-    /// client's header like plain.
+    /// The probe gateways (plain + `envoy/bench/probe` or
+    /// `envoy/bench/native-probe`), which route on the client's header like
+    /// plain.
     pub fn is_probe(self) -> bool {
-        matches!(
-            self,
-            Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable
-        )
+        self.is_native_probe()
+            || matches!(
+                self,
+                Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable
+            )
+    }
+
+    /// plain + `envoy/bench/native-probe` (a dynamic module).
+    pub fn is_native_probe(self) -> bool {
+        matches!(self, Gateway::NativeProbeEmpty | Gateway::NativeProbeClear)
     }
 
     /// The config template in `envoy/bench/`.
     pub fn template(self) -> &'static str {
         match self {
-            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable => {
-                "plain.yaml"
-            }
+            Gateway::Plain
+            | Gateway::ProbeEmpty
+            | Gateway::ProbeCalls
+            | Gateway::ProbeTable
+            | Gateway::NativeProbeEmpty
+            | Gateway::NativeProbeClear => "plain.yaml",
             Gateway::Router | Gateway::RouterUnique => "cell-router.yaml",
             Gateway::RouterNative => "cell-router-native.yaml",
             Gateway::JwtLua | Gateway::JwtLuaNoCache => "jwt-lua.yaml",
@@ -162,11 +182,16 @@ impl Case {
             Gateway::ProbeCalls => "probe-calls",
             Gateway::RouterNative => "native",
             Gateway::ProbeTable => "probe-table",
+            Gateway::NativeProbeEmpty => "native-probe-empty",
+            Gateway::NativeProbeClear => "native-probe-clear",
         };
         let id = match gateway {
-            Gateway::Plain | Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable => {
-                prefix.to_string()
-            }
+            Gateway::Plain
+            | Gateway::ProbeEmpty
+            | Gateway::ProbeCalls
+            | Gateway::ProbeTable
+            | Gateway::NativeProbeEmpty
+            | Gateway::NativeProbeClear => prefix.to_string(),
             _ => {
                 let kind = if tokens.is_unique() {
                     "unique"
@@ -263,6 +288,10 @@ impl Case {
             Gateway::ProbeEmpty => "plain + a Wasm filter doing nothing (probe)".into(),
             Gateway::ProbeCalls => {
                 "plain + a Wasm filter making the router's host calls (probe)".into()
+            }
+            Gateway::NativeProbeEmpty => "plain + a dynamic module doing nothing (probe)".into(),
+            Gateway::NativeProbeClear => {
+                "plain + a dynamic module clearing the route cache (probe)".into()
             }
         }
     }
@@ -424,6 +453,8 @@ pub fn all_cases() -> Vec<Case> {
         Case::new(5, Gateway::TrustHeader, Tokens::Cached(RS256)),
         Case::new(0, Gateway::ProbeEmpty, Tokens::Cached(HS256)),
         Case::new(0, Gateway::ProbeCalls, Tokens::Cached(HS256)),
+        Case::new(0, Gateway::NativeProbeEmpty, Tokens::Cached(HS256)),
+        Case::new(0, Gateway::NativeProbeClear, Tokens::Cached(HS256)),
     ]
 }
 

@@ -100,6 +100,13 @@ fn selected_cases(options: &Options) -> Vec<Case> {
             "router-cached-hs256".into(),
         ]);
     }
+    if only.iter().any(|id| id.starts_with("native-probe")) {
+        keep.extend([
+            "native-probe-empty".into(),
+            "native-probe-clear".into(),
+            "native-cached-hs256".into(),
+        ]);
+    }
     for case in all.iter().filter(|c| only.contains(&c.id)) {
         keep.extend(case.baseline_jwt_lua());
         keep.extend(case.at_default_cells());
@@ -376,6 +383,19 @@ pub fn run(options: &Options) -> Result<Outcome> {
             Err(err) => {
                 log(format!("no probe cases: {err:#}"));
                 cases.retain(|c| !c.gateway.is_probe());
+            }
+        }
+    }
+    if let (Some(target), true) = (
+        &options.probe_target_dir,
+        cases.iter().any(|c| c.gateway.is_native_probe()),
+    ) {
+        log("building the native probe");
+        match anatomy::build_native_probe(target) {
+            Ok(dir) => files.native_probe = Some(dir),
+            Err(err) => {
+                log(format!("no native probe cases: {err:#}"));
+                cases.retain(|c| !c.gateway.is_native_probe());
             }
         }
     }

@@ -261,6 +261,8 @@ pub struct Files {
     pub lua: PathBuf,
     /// The probe filter's `.wasm` and the host calls it is to make.
     pub probe: Option<(PathBuf, String)>,
+    /// The directory holding the native probe's `.so`.
+    pub native_probe: Option<PathBuf>,
 }
 
 impl Files {
@@ -274,6 +276,7 @@ impl Files {
             jwks,
             lua,
             probe: None,
+            native_probe: None,
         })
     }
 }
@@ -292,7 +295,17 @@ pub fn gateway_template(gateway: Gateway, files: &Files) -> Result<String> {
             "/etc/envoy/cell_lookup.lua",
             &files.lua.display().to_string(),
         );
-    if gateway.is_probe() {
+    if gateway.is_native_probe() {
+        let config = match gateway {
+            Gateway::NativeProbeClear => "clear_route_cache",
+            _ => "",
+        };
+        text = insert_first_filter(
+            &text,
+            &path,
+            &NATIVE_PROBE_FILTER.replace("PROBE_CONFIG", config),
+        )?;
+    } else if gateway.is_probe() {
         let (wasm, calls) = files
             .probe
             .as_ref()
@@ -305,11 +318,7 @@ pub fn gateway_template(gateway: Gateway, files: &Files) -> Result<String> {
         let block = PROBE_FILTER
             .replace("PROBE_WASM", &wasm.display().to_string())
             .replace("PROBE_CALLS", calls);
-        let marker = "          http_filters:\n";
-        if !text.contains(marker) {
-            bail!("{}: no http_filters", path.display());
-        }
-        text = text.replacen(marker, &format!("{marker}{block}"), 1);
+        text = insert_first_filter(&text, &path, &block)?;
     }
     if gateway == Gateway::JwtLuaNoCache {
         let before = text.lines().count();
@@ -324,6 +333,29 @@ pub fn gateway_template(gateway: Gateway, files: &Files) -> Result<String> {
     }
     Ok(text)
 }
+
+/// `block` as the first of the template's HTTP filters.
+fn insert_first_filter(text: &str, path: &Path, block: &str) -> Result<String> {
+    let marker = "          http_filters:\n";
+    if !text.contains(marker) {
+        bail!("{}: no http_filters", path.display());
+    }
+    Ok(text.replacen(marker, &format!("{marker}{block}"), 1))
+}
+
+/// The native probe (`envoy/bench/native-probe`), inserted first in
+/// plain.yaml's filter chain; Envoy finds its `.so` through
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+const NATIVE_PROBE_FILTER: &str = r#"          - name: native_probe
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                name: cell_router_bench_native_probe
+              filter_name: native_probe
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: "PROBE_CONFIG"
+"#;
 
 /// The probe filter, inserted first in plain.yaml's filter chain (a
 /// measuring instrument, so it has no config file of its own).
@@ -411,6 +443,16 @@ pub fn start_gateway(
         // The module's search path and the sidecar's address (the native
         // module subscribes from its own thread, not through a cluster).
         options.use_native_build();
+    }
+    if gateway.is_native_probe() {
+        let dir = files
+            .native_probe
+            .as_ref()
+            .context("the native probe was not built")?;
+        options.env.push((
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH".into(),
+            dir.display().to_string(),
+        ));
     }
     options.template = template;
     options.concurrency = concurrency;
@@ -517,9 +559,7 @@ pub fn check_routing(
     let plain = plain_cell(doc.cells.len());
     for (i, token) in tokens.iter().enumerate() {
         let (want, headers): (&str, Vec<(&str, &str)>) = match gateway {
-            Gateway::ProbeEmpty | Gateway::ProbeCalls | Gateway::ProbeTable => {
-                ("cell-a", vec![("x-cell-id", "cell-a")])
-            }
+            g if g.is_probe() => ("cell-a", vec![("x-cell-id", "cell-a")]),
             Gateway::Plain => (plain.as_str(), vec![("x-cell-id", plain.as_str())]),
             // A spoofed header must make no difference.
             _ => (

@@ -37,7 +37,10 @@ pub const METHOD: &str = r#"
   cached token in the wasmtime host and runs the probe twice next to plain Envoy:
   with no calls (Envoy's cost for any Wasm filter: a context per request and the
   callbacks into V8) and with the router's calls; the router's own work is what
-  remains.
+  remains. For the native build, `envoy/bench/native-probe` is a dynamic module
+  (no dependencies, not shipped) run twice next to plain Envoy: its filter doing
+  nothing (Envoy's cost for any dynamic-module filter), and clearing the route
+  cache (Envoy matches the route a second time, as the router needs).
 - **What each host call costs.** A gateway with the probe reading the calls to make
   from the request's `x-probe-calls` header; each row of the table repeats one call
   1, 10 and 100 times per request, and the call's cost is the least-squares slope of
