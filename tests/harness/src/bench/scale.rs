@@ -231,10 +231,30 @@ impl LoadRun {
         }
     }
 
+    /// Each round's p99 with swaps over its p99 without: the two runs of a
+    /// round are back to back, so a machine that slows down or speeds up
+    /// between rounds moves both.
+    fn round_ratios(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|r| r.quiet.p99_us > 0)
+            .map(|r| r.swapping.p99_us as f64 / r.quiet.p99_us as f64)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// The median of the rounds' ratios.
     fn ratio(&self) -> Option<f64> {
-        let quiet = self.p99_ms(|r| &r.quiet)?;
-        let swapping = self.p99_ms(|r| &r.swapping)?;
-        (quiet > 0.0).then(|| swapping / quiet)
+        let v = self.round_ratios();
+        v.get(v.len() / 2).copied()
+    }
+
+    /// The lowest and highest round's ratio.
+    fn ratio_spread(&self) -> Option<(f64, f64)> {
+        let v = self.round_ratios();
+        Some((*v.first()?, *v.last()?))
     }
 }
 
@@ -835,10 +855,13 @@ impl ScaleReport {
         for load in &self.load {
             let _ = writeln!(
                 w,
-                "| p99 during {}-override swaps ≤ 1.5 × p99 without ({}) | {} (median p99 {:.2} ms vs {:.2} ms) | {} |",
+                "| p99 during {}-override swaps ≤ 1.5 × p99 without ({}) | {} (median of the rounds' ratios, lowest and highest round in brackets; median p99 {:.2} ms vs {:.2} ms) | {} |",
                 load.overrides,
                 load.pacing(),
-                load.ratio().map_or("–".into(), |r| format!("{r:.2} ×")),
+                match (load.ratio(), load.ratio_spread()) {
+                    (Some(r), Some((lo, hi))) => format!("{r:.2} × [{lo:.2}–{hi:.2}]"),
+                    _ => "–".into(),
+                },
                 load.p99_ms(|r| &r.swapping).unwrap_or(0.0),
                 load.p99_ms(|r| &r.quiet).unwrap_or(0.0),
                 verdict(load.ratio().map(|r| r <= 1.5))
@@ -954,13 +977,18 @@ impl ScaleReport {
             );
             let _ = writeln!(
                 w,
-                "| round | p99 quiet ms | p99 swapping ms | swaps in the run | requests/s quiet | requests/s swapping | errors |"
+                "| round | p99 quiet ms | p99 swapping ms | ratio | swaps in the run | requests/s quiet | requests/s swapping | errors |"
             );
-            let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|");
             for (i, r) in load.rounds.iter().enumerate() {
+                let ratio = if r.quiet.p99_us > 0 {
+                    format!("{:.2}", r.swapping.p99_us as f64 / r.quiet.p99_us as f64)
+                } else {
+                    "–".into()
+                };
                 let _ = writeln!(
                     w,
-                    "| {} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {} |",
+                    "| {} | {:.2} | {:.2} | {ratio} | {} | {:.0} | {:.0} | {} |",
                     i + 1,
                     r.quiet.p99_us as f64 / 1000.0,
                     r.swapping.p99_us as f64 / 1000.0,

@@ -48,7 +48,7 @@ struct ScaleArgs {
     #[arg(long, default_value_t = 1_000_000)]
     load_overrides: usize,
     /// Quiet/swapping pairs of wrk runs (0: no load case).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     load_rounds: usize,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 10)]
