@@ -10,16 +10,16 @@ fn module_buffer(bytes: &[u8]) -> ModuleBuffer {
     }
 }
 
-/// Copies an Envoy-owned (ptr, len) into an owned vector (empty for null).
+/// An Envoy-owned (ptr, len) as a slice (empty for null).
 ///
 /// # Safety
-/// `ptr` must be null or valid for `len` bytes.
-unsafe fn copy(ptr: *const u8, len: usize) -> Vec<u8> {
+/// `ptr` must be null or valid for `len` bytes for as long as `'a`.
+unsafe fn borrow<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     if ptr.is_null() || len == 0 {
-        return Vec::new();
+        return &[];
     }
     // SAFETY: the caller guarantees ptr is valid for len bytes.
-    unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 /// Writes a line to Envoy's log (component `dynamic_modules`).
@@ -41,8 +41,11 @@ impl Stream {
         Stream { ptr }
     }
 
-    /// Every request header (in order, repeated names repeated), copied.
-    pub fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Every request header (in order, repeated names repeated), borrowed
+    /// from Envoy's header map: no copy on the request path. The slices stay
+    /// valid until the map changes, so the caller drops them before it sets
+    /// or removes a header (the borrow of `self` only ties them to the hook).
+    pub fn request_headers(&self) -> Vec<(&[u8], &[u8])> {
         // SAFETY: self.ptr is the running hook's filter (see `new`).
         let count = unsafe {
             abi::envoy_dynamic_module_callback_http_get_headers_size(
@@ -73,11 +76,12 @@ impl Stream {
         }
         raw.iter()
             .map(|h| {
-                // SAFETY: Envoy filled each entry with buffers valid during this hook.
+                // SAFETY: Envoy filled each entry with buffers valid during
+                // this hook while the header map is unchanged (see above).
                 unsafe {
                     (
-                        copy(h.key_ptr, h.key_length),
-                        copy(h.value_ptr, h.value_length),
+                        borrow(h.key_ptr, h.key_length),
+                        borrow(h.value_ptr, h.value_length),
                     )
                 }
             })
@@ -161,10 +165,11 @@ impl Stream {
     /// Adds to a counter of this filter's config, labelled or not (a
     /// worker thread may ask for labelled stats).
     pub fn increment_counter(&self, id: usize, label: Option<&str>, delta: u64) {
-        let labels: Vec<ModuleBuffer> = label
-            .map(|l| module_buffer(l.as_bytes()))
-            .into_iter()
-            .collect();
+        // On the stack: this runs for every routed request.
+        let labels: &[ModuleBuffer] = match label {
+            Some(l) => &[module_buffer(l.as_bytes())],
+            None => &[],
+        };
         // SAFETY: self.ptr is the running hook's filter; the label buffers
         // live for the call.
         unsafe {

@@ -388,16 +388,17 @@ fn new_worker(config: &FilterConfig, settings: &Config) -> Worker {
 
 /// Decides and applies one request; true when it was answered locally.
 fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
-    let headers = stream.request_headers();
     let shared = &config.shared;
     let installed = shared.installed();
+    let installed = installed.as_deref();
     let settings = shared.config();
+    let settings: &Config = &settings;
     WORKERS.with(|workers| {
         let Ok(mut workers) = workers.try_borrow_mut() else {
             respond_503(stream, "cell_router_busy", "the cell router state is busy");
             return true;
         };
-        let Some(worker) = worker_for(&mut workers, config, &settings) else {
+        let Some(worker) = worker_for(&mut workers, config, settings) else {
             respond_503(
                 stream,
                 "cell_router_busy",
@@ -424,15 +425,17 @@ fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
             via: Via::Request(stream),
         };
         // Per-cell ids only for the cells in force, as Wasm's install does.
-        if let Some(installed) = &installed
+        if let Some(installed) = installed
             && *version != Some(installed.version())
         {
             let cells = installed.snapshot();
             metrics.retain_cells(|id| cells.cell_index(id).is_some());
             *version = Some(installed.version());
         }
+        // Borrowed from Envoy's map: dropped below, before any header changes.
+        let headers = stream.request_headers();
         let mut clock = subscriber::now_ms;
-        let decision = decide::decide(&settings, vm, &headers, &mut clock, installed.as_deref());
+        let decision = decide::decide(settings, vm, &headers, &mut clock, installed);
 
         if let Some(hit) = decision.cache_hit {
             metrics.cache(&mut sink, hit);
@@ -449,12 +452,11 @@ fn on_request_headers(stream: &Stream, config: &FilterConfig) -> bool {
         {
             key_subscription::note_unknown_kid(&mut subscriber::lock(&shared.unknown_kids), kid);
         }
+        drop(headers);
 
         // The decision, where access logs read it (`%FILTER_STATE(cell_router.cell:PLAIN)%`).
         if settings.filter_state {
-            for (key, value) in
-                decide::filter_state(&decision, installed.as_deref(), settings.log_tenant)
-            {
+            for (key, value) in decide::filter_state(&decision, installed, settings.log_tenant) {
                 let _ = stream.set_filter_state(key, value.as_bytes());
             }
         }
