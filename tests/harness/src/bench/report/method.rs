@@ -37,7 +37,8 @@ pub const METHOD: &str = r#"
   cached token in the wasmtime host and runs the probe twice next to plain Envoy:
   with no calls (Envoy's cost for any Wasm filter: a context per request and the
   callbacks into V8) and with the router's calls; the router's own work is what
-  remains. For the native build, `envoy/bench/native-probe` is a dynamic module
+  remains. The probes route by the client's `x-cell-id`, spread over the same
+  cells as plain Envoy's clients and the router's tenants. For the native build, `envoy/bench/native-probe` is a dynamic module
   (no dependencies, not shipped) run twice next to plain Envoy: its filter doing
   nothing (Envoy's cost for any dynamic-module filter), and clearing the route
   cache (Envoy matches the route a second time, as the router needs).
