@@ -42,6 +42,12 @@ const APPLY_SLICE_IDLE_NS: u64 = 20_000_000;
 /// requests, and a 20 ms slice in such a gap held the next ones (p99.9 of
 /// 10–17 ms during swaps, measured at a third of the bench's capacity).
 const IDLE_AFTER_NS: u64 = 100_000_000;
+/// A snapshot of several pieces arrives over at least this long
+/// (`Subscription::spread_downloads`): back to back, every VM's pieces of a
+/// 1 M-override swap (the main thread's too) took a 2-core gateway for
+/// 20-40 ms at once under saturating load; spread, they take a share of
+/// each millisecond, and the swap still reaches every worker within a second.
+const DOWNLOAD_SPREAD_MS: u64 = 400;
 /// Bytes checked between two looks at the clock.
 const APPLY_STEP_BYTES: usize = 32 * 1024;
 /// How often a VM applying a snapshot looks at the marks of the others.
@@ -136,6 +142,9 @@ pub(crate) struct Root {
     /// Host time the VM was last seen serving (a request in flight or
     /// started since the previous look).
     last_served_ns: u64,
+    /// Host time spent on the snapshot arriving now (its answers and apply
+    /// slices): the VM's own cost of a swap, however long it is spread.
+    swap_work_ns: u64,
     /// Sharing a binary snapshot's record checks with the other VMs.
     check_share: CheckShare,
     /// Keys fetched at run time (`jwks_remote`), see `key_subscription.rs`.
@@ -439,6 +448,7 @@ impl Root {
         let Some(subscription) = self.subscription.as_mut() else {
             return;
         };
+        subscription.spread_downloads(DOWNLOAD_SPREAD_MS);
         let read_from = hostcalls::now_nanos();
         let response = CallResponse::read(body_size, |status| {
             subscription.body_plan(status, body_size)
@@ -456,6 +466,7 @@ impl Root {
                 body,
             },
         );
+        self.add_swap_work(read_from);
         if matches!(outcome, FetchOutcome::Applying) {
             log(
                 LogLevel::Info,
@@ -473,6 +484,7 @@ impl Root {
         self.arm_tick();
         // Long-poll again at once, so the next change arrives in milliseconds.
         self.fetch_if_due(now);
+        self.sync_tick_speed();
         self.update_gauges(now);
     }
 
@@ -583,6 +595,19 @@ impl Root {
     /// What an answer (or the last step of a stepwise apply) means: install,
     /// count, log.
     fn on_snapshot_outcome(&mut self, outcome: FetchOutcome, now: u64, status: Option<u16>) {
+        let swap_over = matches!(
+            outcome,
+            FetchOutcome::Applied { .. }
+                | FetchOutcome::Refused { .. }
+                | FetchOutcome::Failed { .. }
+        );
+        self.handle_snapshot_outcome(outcome, now, status);
+        if swap_over {
+            self.swap_work_ns = 0;
+        }
+    }
+
+    fn handle_snapshot_outcome(&mut self, outcome: FetchOutcome, now: u64, status: Option<u16>) {
         match outcome {
             FetchOutcome::Applied { snapshot, source } => {
                 let version = snapshot.version();
@@ -592,7 +617,10 @@ impl Root {
                     if let Some(subscription) = self.subscription.as_mut() {
                         subscription.installed(version, now);
                         if let Some(r) = subscription.take_apply_report() {
-                            report = format!("; {r}");
+                            report = format!(
+                                "; {r}; {:.1} ms of work in this VM",
+                                self.swap_work_ns as f64 / 1e6
+                            );
                             if let (Some(fingerprint), false) = (r.fingerprint, r.records_trusted) {
                                 publish_checked_mark(fingerprint);
                             }
@@ -670,8 +698,7 @@ impl Root {
     /// answer's and the configured tick period comes back.
     fn apply_slice(&mut self, now: u64, load: Load) {
         self.note_load(load);
-        let serving = hostcalls::now_nanos().saturating_sub(self.last_served_ns) < IDLE_AFTER_NS;
-        let slice_ns = if serving {
+        let slice_ns = if self.serving() {
             APPLY_SLICE_BUSY_NS
         } else {
             APPLY_SLICE_IDLE_NS
@@ -688,6 +715,7 @@ impl Root {
             }
             let outcome = subscription.apply_step(now, APPLY_STEP_BYTES);
             if !matches!(outcome, FetchOutcome::Applying) {
+                self.add_swap_work(started);
                 self.check_share
                     .after_outcome(matches!(outcome, FetchOutcome::Applied { .. }));
                 self.on_snapshot_outcome(outcome, now_ms(), Some(200));
@@ -703,9 +731,39 @@ impl Root {
                 break;
             }
         }
+        self.add_swap_work(started);
         if !self.ticking_fast {
             self.ticking_fast = true;
             self.tick_pending = Some(1);
+            self.arm_tick();
+        }
+    }
+
+    /// Adds the host time since `started_ns` to the swap's work.
+    fn add_swap_work(&mut self, started_ns: u64) {
+        let spent = hostcalls::now_nanos().saturating_sub(started_ns);
+        self.swap_work_ns = self.swap_work_ns.saturating_add(spent);
+    }
+
+    /// Whether the VM served a request within [`IDLE_AFTER_NS`], or never
+    /// served one: Envoy's main-thread VM never does, and its long slices
+    /// took a core from the workers on a small gateway.
+    fn serving(&self) -> bool {
+        self.last_served_ns == 0
+            || hostcalls::now_nanos().saturating_sub(self.last_served_ns) < IDLE_AFTER_NS
+    }
+
+    /// Millisecond ticks while a snapshot arrives or is applied (paced
+    /// pieces and apply slices are due on them), the configured period
+    /// otherwise.
+    fn sync_tick_speed(&mut self) {
+        let fast = self
+            .subscription
+            .as_ref()
+            .is_some_and(|s| s.is_applying() || s.is_downloading());
+        if fast != self.ticking_fast {
+            self.ticking_fast = fast;
+            self.tick_pending = Some(if fast { 1 } else { self.tick_ms });
             self.arm_tick();
         }
     }
@@ -743,6 +801,7 @@ impl Root {
             self.note_load(load);
         }
         self.fetch_if_due(now);
+        self.sync_tick_speed();
         self.update_gauges(now);
     }
 }

@@ -236,6 +236,21 @@ struct Download {
     started_ms: u64,
 }
 
+impl Download {
+    /// When the next piece is due if the download is spread over
+    /// `spread_ms` (None: at once).
+    fn next_piece_due(&self, spread_ms: u64) -> Option<u64> {
+        if spread_ms == 0 || self.total == 0 {
+            return None;
+        }
+        let share = u128::from(spread_ms) * self.bytes.len() as u128 / self.total as u128;
+        Some(
+            self.started_ms
+                .saturating_add(u64::try_from(share).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
 /// How the last binary snapshot was received and checked, for the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -342,6 +357,9 @@ pub struct Subscription {
     applying: Option<Applying>,
     /// The binary snapshot arriving in pieces, if any.
     download: Option<Download>,
+    /// The least time a download of several pieces takes
+    /// ([`Subscription::spread_downloads`]); 0: pieces back to back.
+    download_spread_ms: u64,
     /// The last apply's report, until taken.
     report: Option<ApplyReport>,
     clock: Clock,
@@ -377,6 +395,7 @@ impl Subscription {
             config,
             applying: None,
             download: None,
+            download_spread_ms: 0,
             report: None,
             clock: Clock::new(now_ms),
             state: State::Idle {
@@ -433,6 +452,21 @@ impl Subscription {
     /// A binary snapshot is being applied ([`Subscription::apply_step`]).
     pub fn is_applying(&self) -> bool {
         self.applying.is_some()
+    }
+
+    /// Whether a binary snapshot is arriving in pieces.
+    pub fn is_downloading(&self) -> bool {
+        self.download.is_some()
+    }
+
+    /// Spreads the pieces of the downloads that follow over at least
+    /// `spread_ms` (0: back to back): the piece that starts at byte `b` of
+    /// `total` is not asked for before `spread_ms × b / total` after the
+    /// first arrived. A host whose requests share a thread with the
+    /// download sets it while serving, so a big swap takes a little of each
+    /// millisecond instead of all of a few (see `root_context.rs`).
+    pub fn spread_downloads(&mut self, spread_ms: u64) {
+        self.download_spread_ms = spread_ms;
     }
 
     /// Consecutive failures of `source`.
@@ -869,6 +903,13 @@ impl Subscription {
                 self.start_apply(now_ms, download.bytes, version, received)
             }
             download => {
+                if let Some(due) = download
+                    .as_ref()
+                    .and_then(|d| d.next_piece_due(self.download_spread_ms))
+                    .filter(|due| *due > now_ms)
+                {
+                    self.state = State::Idle { not_before_ms: due };
+                }
                 self.download = download;
                 FetchOutcome::Downloading
             }

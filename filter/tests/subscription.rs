@@ -1107,6 +1107,75 @@ fn a_binary_snapshot_arrives_in_pieces() {
     assert_eq!(next.header("range"), None);
 }
 
+/// Spread over 400 ms (a VM that serves requests), the piece starting at
+/// byte `b` of `total` is not asked for before 400 × b / total ms after the
+/// first arrived, and is asked for at once from then on; the whole snapshot
+/// still arrives and is applied. Spread 0 keeps pieces back to back.
+#[test]
+fn a_spread_download_asks_for_each_piece_on_its_share_of_the_time() {
+    use cell_router_mapping::binary;
+    let mut config = sidecar();
+    config.chunk_bytes = 100;
+    let mut sub = Subscription::new(config, T0, 1);
+    sub.spread_downloads(400);
+    start(&mut sub, T0, 1);
+    let bytes = binary::encode(&snapshot(5));
+    let total = bytes.len() as u64;
+    assert!(total > 300, "{total}");
+    let etag: &[u8] = b"\"5-bin\"";
+    let mut range = String::new();
+    let first_at = T0 + 1;
+    let mut outcome = sub.on_response(1, first_at, piece(&bytes, 0, 100, etag, &mut range));
+    let mut token = 1;
+    let mut at = 100u64;
+    let mut now = first_at;
+    while matches!(outcome, FetchOutcome::Downloading) {
+        let due = first_at + 400 * at / total;
+        assert!(due > now, "piece at {at}: due {due}, now {now}");
+        assert_eq!(sub.poll(due - 1), None, "piece at {at} asked for early");
+        now = due;
+        let next = sub.poll(now).expect("the next piece once due");
+        let last = (at + 100).min(total) - 1;
+        assert_eq!(
+            next.header("range"),
+            Some(format!("bytes={at}-{last}").as_str())
+        );
+        token += 1;
+        sub.dispatched(Source::Sidecar, token, now);
+        outcome = sub.on_response(
+            token,
+            now,
+            piece(&bytes, at as usize, 100, etag, &mut range),
+        );
+        at = last + 1;
+    }
+    assert!(now - first_at >= 400 * (total - 100) / total, "{now}");
+    assert!(!sub.is_downloading());
+    while matches!(outcome, FetchOutcome::Applying) {
+        now += 1;
+        outcome = sub.apply_step(now, 64);
+    }
+    assert!(
+        matches!(outcome, FetchOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+
+    // Spread 0: the next piece is due at once.
+    let mut sub = Subscription::new(sidecar_with_chunk(100), T0, 1);
+    sub.spread_downloads(0);
+    start(&mut sub, T0, 1);
+    let outcome = sub.on_response(1, T0 + 1, piece(&bytes, 0, 100, etag, &mut range));
+    assert!(matches!(outcome, FetchOutcome::Downloading));
+    assert!(sub.is_downloading());
+    assert!(sub.poll(T0 + 1).is_some());
+}
+
+fn sidecar_with_chunk(chunk_bytes: usize) -> SidecarConfig {
+    let mut config = sidecar();
+    config.chunk_bytes = chunk_bytes;
+    config
+}
+
 /// A download that goes wrong starts over: a newer version meanwhile (412)
 /// at once; a piece out of order, a wrong ETag, a failed call or a total
 /// over the limit with the failure's backoff, and the limit's refusal asks

@@ -254,6 +254,28 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Now, as the reports write it.
+pub fn date_utc() -> String {
+    command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+}
+
+/// The commit measured, with "+ uncommitted changes" when the tree differs.
+pub fn source_commit() -> String {
+    let root = e2e::repo_root();
+    let root = root.display().to_string();
+    let commit = command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    let dirty = !command_output(
+        "git",
+        &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+    )
+    .is_empty();
+    if dirty {
+        format!("{commit} + uncommitted changes")
+    } else {
+        commit
+    }
+}
+
 fn run_info(options: &Options) -> RunInfo {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
@@ -267,14 +289,6 @@ fn run_info(options: &Options) -> RunInfo {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
-    let root = e2e::repo_root();
-    let root = root.display().to_string();
-    let commit = command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
-    let dirty = !command_output(
-        "git",
-        &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
-    )
-    .is_empty();
     let envoy_version = e2e::envoy_bin()
         .map(|bin| command_output(&bin.display().to_string(), &["--version"]))
         .unwrap_or_default();
@@ -285,12 +299,8 @@ fn run_info(options: &Options) -> RunInfo {
         .unwrap_or(envoy_version);
     let wrk = command_output("wrk", &["--version"]);
     RunInfo {
-        date_utc: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        commit: if dirty {
-            format!("{commit} + uncommitted changes")
-        } else {
-            commit
-        },
+        date_utc: date_utc(),
+        commit: source_commit(),
         cpu,
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
