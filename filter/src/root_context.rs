@@ -42,12 +42,23 @@ const APPLY_SLICE_IDLE_NS: u64 = 20_000_000;
 /// requests, and a 20 ms slice in such a gap held the next ones (p99.9 of
 /// 10–17 ms during swaps, measured at a third of the bench's capacity).
 const IDLE_AFTER_NS: u64 = 100_000_000;
-/// A snapshot of several pieces arrives over at least this long
-/// (`Subscription::spread_downloads`): back to back, every VM's pieces of a
-/// 1 M-override swap (the main thread's too) took a 2-core gateway for
-/// 20-40 ms at once under saturating load; spread, they take a share of
-/// each millisecond, and the swap still reaches every worker within a second.
+/// While the gateway serves, a snapshot of several pieces arrives over at
+/// least this long (`Subscription::spread_downloads`): back to back, every
+/// VM's pieces of a 1 M-override swap (the main thread's too) took a 2-core
+/// gateway for 20-40 ms at once under saturating load; spread, they take a
+/// share of each millisecond, and the swap still reaches every worker
+/// within a second. An idle gateway takes its pieces back to back.
 const DOWNLOAD_SPREAD_MS: u64 = 400;
+/// Shared data: when a VM of this Envoy last served a request (decimal
+/// host nanoseconds), so that a VM that serves nothing itself (Envoy's
+/// main-thread VM) knows whether the workers beside it do.
+const SERVING_KEY: &str = "cell_router.serving_ns";
+/// A serving VM says so at most this often...
+const SERVING_SAY_NS: u64 = 50_000_000;
+/// ...and the gateway counts as serving this long after the last time one
+/// did (longer than [`IDLE_AFTER_NS`]: a worker may only say so on its
+/// next tick).
+const GATEWAY_IDLE_AFTER_NS: u64 = 2_000_000_000;
 /// Bytes checked between two looks at the clock.
 const APPLY_STEP_BYTES: usize = 32 * 1024;
 /// How often a VM applying a snapshot looks at the marks of the others.
@@ -142,6 +153,8 @@ pub(crate) struct Root {
     /// Host time the VM was last seen serving (a request in flight or
     /// started since the previous look).
     last_served_ns: u64,
+    /// When this VM last told the others it serves ([`SERVING_KEY`]).
+    serving_said_ns: u64,
     /// Host time spent on the snapshot arriving now (its answers and apply
     /// slices): the VM's own cost of a swap, however long it is spread.
     swap_work_ns: u64,
@@ -445,10 +458,16 @@ impl Root {
             self.on_keys_response(slot, token, now, body_size);
             return;
         }
+        self.note_load(load);
+        let spread_ms = if self.serving() {
+            DOWNLOAD_SPREAD_MS
+        } else {
+            0
+        };
         let Some(subscription) = self.subscription.as_mut() else {
             return;
         };
-        subscription.spread_downloads(DOWNLOAD_SPREAD_MS);
+        subscription.spread_downloads(spread_ms);
         let read_from = hostcalls::now_nanos();
         let response = CallResponse::read(body_size, |status| {
             subscription.body_plan(status, body_size)
@@ -745,12 +764,20 @@ impl Root {
         self.swap_work_ns = self.swap_work_ns.saturating_add(spent);
     }
 
-    /// Whether the VM served a request within [`IDLE_AFTER_NS`], or never
-    /// served one: Envoy's main-thread VM never does, and its long slices
-    /// took a core from the workers on a small gateway.
+    /// Whether this VM served a request within [`IDLE_AFTER_NS`], or
+    /// another VM of this Envoy within [`GATEWAY_IDLE_AFTER_NS`]: Envoy's
+    /// main-thread VM serves nothing, and its long slices took a core from
+    /// the workers of a small, busy gateway.
     fn serving(&self) -> bool {
-        self.last_served_ns == 0
-            || hostcalls::now_nanos().saturating_sub(self.last_served_ns) < IDLE_AFTER_NS
+        let now = hostcalls::now_nanos();
+        if now.saturating_sub(self.last_served_ns) < IDLE_AFTER_NS {
+            return true;
+        }
+        hostcalls::shared_data(SERVING_KEY)
+            .ok()
+            .flatten()
+            .and_then(|(value, _)| std::str::from_utf8(&value).ok()?.parse::<u64>().ok())
+            .is_some_and(|said| now.saturating_sub(said) < GATEWAY_IDLE_AFTER_NS)
     }
 
     /// Millisecond ticks while a snapshot arrives or is applied (paced
@@ -771,7 +798,13 @@ impl Root {
     /// Notes whether the VM served requests since the last look.
     fn note_load(&mut self, load: Load) {
         if load.in_flight > 0 || load.started != self.requests_seen {
-            self.last_served_ns = hostcalls::now_nanos();
+            let now = hostcalls::now_nanos();
+            self.last_served_ns = now;
+            if now.saturating_sub(self.serving_said_ns) >= SERVING_SAY_NS {
+                self.serving_said_ns = now;
+                // Best effort: a VM that misses it only applies faster.
+                let _ = hostcalls::set_shared_data(SERVING_KEY, now.to_string().as_bytes(), 0);
+            }
         }
         self.requests_seen = load.started;
     }
