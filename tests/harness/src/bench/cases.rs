@@ -166,6 +166,11 @@ pub struct Case {
     /// Cells in the snapshot and the gateway's clusters (3 but for the
     /// cost-vs-cells rows, group 6).
     pub cells: usize,
+    /// How many of them the traffic reaches: every one, or the first 3 for
+    /// the rows that keep the traffic the same and change only the number
+    /// of cells (the others get no tenants, and the plain clients name only
+    /// those three).
+    pub busy_cells: usize,
     /// The per-call table's rows (group 7): the host call the probe
     /// repeats and how many times per request.
     pub probe: Option<(&'static str, u32)>,
@@ -210,6 +215,7 @@ impl Case {
             gateway,
             tokens,
             cells: DEFAULT_CELLS,
+            busy_cells: DEFAULT_CELLS,
             probe: None,
         }
     }
@@ -234,32 +240,62 @@ impl Case {
         !matches!(self.group, 6 | 7) || all.first() == Some(&connections)
     }
 
-    /// The same case with `cells` cells (group 6, id suffix `-c<cells>`).
-    pub fn with_cells(mut self, cells: usize) -> Case {
-        if cells != DEFAULT_CELLS {
-            self.id = format!("{}-c{cells}", self.id);
+    /// The same case with `cells` cells, traffic on every one (group 6, id
+    /// suffix `-c<cells>`).
+    pub fn with_cells(self, cells: usize) -> Case {
+        self.with_cells_busy(cells, cells)
+    }
+
+    /// The same case with `cells` cells of which the traffic reaches the
+    /// first `busy` (group 6, id suffix `-c<cells>`, then `-on<busy>` when
+    /// not every cell is busy).
+    pub fn with_cells_busy(mut self, cells: usize, busy: usize) -> Case {
+        let busy = busy.clamp(1, cells.max(1));
+        if cells != DEFAULT_CELLS || busy != DEFAULT_CELLS {
+            self.id = format!("{}{}", self.id, cells_suffix(cells, busy));
             self.group = 6;
             self.cells = cells;
+            self.busy_cells = busy;
         }
         self
     }
 
     /// The 3-cell case a cost-vs-cells row is compared with.
     pub fn at_default_cells(&self) -> Option<String> {
-        (self.cells != DEFAULT_CELLS).then(|| {
+        (self.group == 6).then(|| {
             self.id
-                .trim_end_matches(&format!("-c{}", self.cells))
+                .trim_end_matches(&cells_suffix(self.cells, self.busy_cells))
                 .to_string()
         })
+    }
+
+    /// The plain case with the same cells and traffic.
+    pub fn plain_twin(&self) -> String {
+        if self.group == 6 {
+            format!("plain{}", cells_suffix(self.cells, self.busy_cells))
+        } else {
+            "plain".into()
+        }
+    }
+
+    /// The cells and busy cells, the key of a case's gateway and snapshot.
+    pub fn cell_key(&self) -> (usize, usize) {
+        (self.cells, self.busy_cells)
     }
 
     /// A readable label for tables.
     pub fn label(&self) -> String {
         let label = self.base_label();
-        if self.cells == DEFAULT_CELLS {
+        if self.group != 6 {
             label
-        } else {
+        } else if self.busy_cells == self.cells {
             format!("{label}, {} cells", thousands(self.cells))
+        } else {
+            format!(
+                "{label}, {} cells, traffic on {}",
+                thousands(self.cells),
+                self.busy_cells
+            )
         }
     }
 
@@ -316,7 +352,7 @@ impl Case {
             // as many cells as the router's tenants reach: more upstream
             // clusters cost Envoy more (about 1 µs a request from 1 to 3
             // here), which is not the router's work.
-            vec![format!("x-cell-id: {{cells:{}}}", self.cells)]
+            vec![format!("x-cell-id: {{cells:{}}}", self.busy_cells)]
         } else {
             Vec::new()
         }
@@ -333,10 +369,10 @@ impl Case {
         } else {
             "cached"
         };
-        let cells = if self.cells == DEFAULT_CELLS {
-            String::new()
+        let cells = if self.group == 6 {
+            cells_suffix(self.cells, self.busy_cells)
         } else {
-            format!("-c{}", self.cells)
+            String::new()
         };
         Some(format!(
             "jwtlua-{kind}-{}{cells}",
@@ -359,12 +395,22 @@ pub fn cell_id(index: usize) -> String {
     }
 }
 
+/// The id suffix of a cost-vs-cells row: `-c<cells>`, and `-on<busy>` when
+/// the traffic reaches only `busy` of them.
+fn cells_suffix(cells: usize, busy: usize) -> String {
+    if busy == cells {
+        format!("-c{cells}")
+    } else {
+        format!("-c{cells}-on{busy}")
+    }
+}
+
 /// The cell the plain gateway's client names: the last one.
 pub fn plain_cell(cells: usize) -> String {
     cell_id(cells.max(1) - 1)
 }
 
-fn thousands(n: usize) -> String {
+pub fn thousands(n: usize) -> String {
     if n >= 1000 {
         format!("{},{:03}", n / 1000, n % 1000)
     } else {
@@ -374,19 +420,31 @@ fn thousands(n: usize) -> String {
 
 /// The cost-vs-cells rows (group 6): plain, the router (cached HS256; Wasm
 /// and native) and jwt_authn + Lua (cached HS256), each in its best routing style (one
-/// `cluster_header` route), at each of `cells`; `router_only` for the
-/// smoke run.
+/// `cluster_header` route), at each of `cells` with traffic on every cell,
+/// and at the largest also with traffic on 3 of them (the number of cells
+/// alone changes); `router_only` for the smoke run.
 pub fn cell_cases(cells: &[usize], router_only: bool) -> Vec<Case> {
     use Alg::HS256;
+    let largest = cells.iter().copied().filter(|n| *n > DEFAULT_CELLS).max();
     let mut out = Vec::new();
-    for &n in cells.iter().filter(|n| **n != DEFAULT_CELLS) {
+    let mut keys: Vec<(usize, usize)> = cells
+        .iter()
+        .filter(|n| **n != DEFAULT_CELLS)
+        .map(|&n| (n, n))
+        .collect();
+    keys.extend(largest.map(|n| (n, DEFAULT_CELLS)));
+    for (n, busy) in keys {
         if !router_only {
-            out.push(Case::new(1, Gateway::Plain, Tokens::Cached(Alg::RS256)).with_cells(n));
+            out.push(
+                Case::new(1, Gateway::Plain, Tokens::Cached(Alg::RS256)).with_cells_busy(n, busy),
+            );
         }
-        out.push(Case::new(2, Gateway::Router, Tokens::Cached(HS256)).with_cells(n));
+        out.push(Case::new(2, Gateway::Router, Tokens::Cached(HS256)).with_cells_busy(n, busy));
         if !router_only {
-            out.push(Case::new(2, Gateway::RouterNative, Tokens::Cached(HS256)).with_cells(n));
-            out.push(Case::new(4, Gateway::JwtLua, Tokens::Cached(HS256)).with_cells(n));
+            out.push(
+                Case::new(2, Gateway::RouterNative, Tokens::Cached(HS256)).with_cells_busy(n, busy),
+            );
+            out.push(Case::new(4, Gateway::JwtLua, Tokens::Cached(HS256)).with_cells_busy(n, busy));
         }
     }
     out
@@ -478,7 +536,11 @@ mod tests {
                 "plain-c1000",
                 "router-cached-hs256-c1000",
                 "native-cached-hs256-c1000",
-                "jwtlua-cached-hs256-c1000"
+                "jwtlua-cached-hs256-c1000",
+                "plain-c1000-on3",
+                "router-cached-hs256-c1000-on3",
+                "native-cached-hs256-c1000-on3",
+                "jwtlua-cached-hs256-c1000-on3"
             ]
         );
         let all: Vec<String> = all_cases().into_iter().map(|c| c.id).collect();
@@ -504,7 +566,25 @@ mod tests {
             "{}",
             cases[5].label()
         );
-        assert_eq!(cell_cases(&[1000], true).len(), 1);
+        // The same traffic as at 3 cells: the plain clients name 3 cells.
+        assert_eq!(cases[8].headers(), ["x-cell-id: {cells:3}"]);
+        assert_eq!(cases[8].cell_key(), (1000, 3));
+        assert_eq!(
+            cases[9].at_default_cells().as_deref(),
+            Some("router-cached-hs256")
+        );
+        assert_eq!(
+            cases[9].baseline_jwt_lua().as_deref(),
+            Some("jwtlua-cached-hs256-c1000-on3")
+        );
+        assert!(
+            cases[9].label().ends_with(", 1,000 cells, traffic on 3"),
+            "{}",
+            cases[9].label()
+        );
+        assert_eq!(cases[9].plain_twin(), "plain-c1000-on3");
+        assert_eq!(cases[5].plain_twin(), "plain-c1000");
+        assert_eq!(cell_cases(&[1000], true).len(), 2);
         assert_eq!(all_cases()[0].headers(), ["x-cell-id: {cells:3}"]);
         // The probes reach as many cells as plain Envoy's clients.
         for probe in all_cases().iter().filter(|c| c.gateway.is_probe()) {

@@ -172,7 +172,8 @@ struct CellSet {
 
 struct Bench<'a> {
     options: &'a Options,
-    gateways: BTreeMap<(Gateway, usize), Envoy>,
+    /// By gateway and [`Case::cell_key`].
+    gateways: BTreeMap<(Gateway, (usize, usize)), Envoy>,
     backend_pid: u32,
     script: PathBuf,
 }
@@ -189,7 +190,7 @@ impl Bench<'_> {
     ) -> Result<Sample> {
         let envoy = self
             .gateways
-            .get(&(case.gateway, case.cells))
+            .get(&(case.gateway, case.cell_key()))
             .with_context(|| {
                 format!("no gateway {} ({} cells)", case.gateway.name(), case.cells)
             })?;
@@ -424,18 +425,24 @@ pub fn run(options: &Options) -> Result<Outcome> {
     pin_other(&sidecar.process)?;
     // The cost-vs-cells rows: a snapshot of that many cells, its sidecar,
     // its Lua table, and gateways with that many cell clusters.
-    let mut cell_sets: BTreeMap<usize, CellSet> = BTreeMap::new();
-    for n in cases
+    let default_key = (DEFAULT_CELLS, DEFAULT_CELLS);
+    let mut cell_sets: BTreeMap<(usize, usize), CellSet> = BTreeMap::new();
+    for key in cases
         .iter()
-        .map(|c| c.cells)
-        .filter(|n| *n != DEFAULT_CELLS)
+        .map(Case::cell_key)
+        .filter(|k| *k != default_key)
     {
-        if cell_sets.contains_key(&n) {
+        if cell_sets.contains_key(&key) {
             continue;
         }
-        let cell_dir = dir.join(format!("cells-{n}"));
+        let (n, busy) = key;
+        let cell_dir = if busy == n {
+            dir.join(format!("cells-{n}"))
+        } else {
+            dir.join(format!("cells-{n}-on{busy}"))
+        };
         std::fs::create_dir_all(&cell_dir)?;
-        let doc = stack::bench_snapshot_cells(1, options.tenants, 0, n)?;
+        let doc = stack::bench_snapshot_cells(1, options.tenants, 0, n, busy)?;
         let expected = stack::expected_cells(&doc, options.tenants)?;
         let files = Files::write(&cell_dir, &doc)?;
         let source = cell_dir.join("snapshot.json");
@@ -443,7 +450,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
         let sidecar = Sidecar::start(&cell_dir, &source)?;
         pin_other(&sidecar.process)?;
         cell_sets.insert(
-            n,
+            key,
             CellSet {
                 dir: cell_dir,
                 doc,
@@ -455,15 +462,16 @@ pub fn run(options: &Options) -> Result<Outcome> {
     }
     let mut gateways = BTreeMap::new();
     for gateway in Gateway::ALL {
-        let mut counts: Vec<usize> = cases
+        let mut keys: Vec<(usize, usize)> = cases
             .iter()
             .filter(|c| c.gateway == gateway)
-            .map(|c| c.cells)
+            .map(Case::cell_key)
             .collect();
-        counts.sort_unstable();
-        counts.dedup();
-        for n in counts {
-            let (gw_dir, port, gw_files) = match cell_sets.get(&n) {
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let n = key.0;
+            let (gw_dir, port, gw_files) = match cell_sets.get(&key) {
                 Some(set) => (&set.dir, set.sidecar.port, &set.files),
                 None => (&dir, sidecar.port, &files),
             };
@@ -480,13 +488,14 @@ pub fn run(options: &Options) -> Result<Outcome> {
             if let (Some(pinning), Some(pid)) = (&options.pinning, envoy.process.pid()) {
                 stack::pin(pid, &pinning.gateway_cpus)?;
             }
-            gateways.insert((gateway, n), envoy);
+            gateways.insert((gateway, key), envoy);
         }
     }
-    for ((gateway, n), envoy) in &gateways {
+    for ((gateway, key), envoy) in &gateways {
+        let n = key.0;
         if gateway.routes_by_snapshot() {
             let log_tail = cell_sets
-                .get(n)
+                .get(key)
                 .map_or(&sidecar, |s| &s.sidecar)
                 .process
                 .log_tail(10);
@@ -501,12 +510,14 @@ pub fn run(options: &Options) -> Result<Outcome> {
         }
     }
     let rs256 = cached.get("RS256").context("no RS256 pool")?.tokens()?;
-    for ((gateway, n), envoy) in &gateways {
+    for ((gateway, key), envoy) in &gateways {
         log(format!(
-            "checking the routing of gateway {} ({n} cells)",
-            gateway.name()
+            "checking the routing of gateway {} ({} cells, traffic on {})",
+            gateway.name(),
+            key.0,
+            key.1
         ));
-        let (cell_doc, cell_expected) = match cell_sets.get(n) {
+        let (cell_doc, cell_expected) = match cell_sets.get(key) {
             Some(set) => (&set.doc, &set.expected),
             None => (&doc, &expected),
         };
@@ -605,16 +616,18 @@ pub fn run(options: &Options) -> Result<Outcome> {
 
     // Memory after the load.
     let mut memory = Vec::new();
-    for ((gateway, n), envoy) in &bench.gateways {
+    for ((gateway, (n, busy)), envoy) in &bench.gateways {
         let stats = envoy.stats("wasm").unwrap_or_default();
         let vms = sum_matching(&stats, |k| {
             k.starts_with("wasm.envoy.wasm.runtime.") && k.ends_with(".active")
         });
         memory.push(Memory {
-            gateway: if *n == DEFAULT_CELLS {
+            gateway: if (*n, *busy) == (DEFAULT_CELLS, DEFAULT_CELLS) {
                 gateway.name().to_string()
-            } else {
+            } else if n == busy {
                 format!("{} ({n} cells)", gateway.name())
+            } else {
+                format!("{} ({n} cells, traffic on {busy})", gateway.name())
             },
             rss_bytes: envoy.process.pid().and_then(stack::rss_bytes).unwrap_or(0),
             wasm_vms: vms.filter(|_| gateway.has_filter()),

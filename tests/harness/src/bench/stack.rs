@@ -41,23 +41,35 @@ pub fn bench_dir() -> PathBuf {
 /// override and the hash path are measured), plus `extra_overrides` more
 /// overrides for other tenants (the 1 M-override case).
 pub fn bench_snapshot(version: u64, tenants: usize, extra_overrides: usize) -> Result<SnapshotDoc> {
-    bench_snapshot_cells(version, tenants, extra_overrides, DEFAULT_CELLS)
+    bench_snapshot_cells(
+        version,
+        tenants,
+        extra_overrides,
+        DEFAULT_CELLS,
+        DEFAULT_CELLS,
+    )
 }
 
-/// [`bench_snapshot`] with `cells` equal cells ([`cell_id`]).
+/// [`bench_snapshot`] with `cells` cells ([`cell_id`]), of which the first
+/// `busy` take every tenant (equal weights); the others weigh 0, so they
+/// are in the snapshot and take no tenant.
 pub fn bench_snapshot_cells(
     version: u64,
     tenants: usize,
     extra_overrides: usize,
     cells: usize,
+    busy: usize,
 ) -> Result<SnapshotDoc> {
     let ids: Vec<String> = (0..cells.max(1)).map(cell_id).collect();
+    let busy = busy.clamp(1, ids.len());
+    let busy_ids = ids.get(..busy).context("busy cells")?;
     let cells: Vec<CellDoc> = ids
         .iter()
-        .map(|id| CellDoc {
+        .enumerate()
+        .map(|(i, id)| CellDoc {
             id: id.to_string(),
             state: CellState::Active,
-            weight: 1.0,
+            weight: if i < busy { 1.0 } else { 0.0 },
             shed_ratio: 0.0,
             retry_after_s: 5,
             failover: None,
@@ -69,11 +81,11 @@ pub fn bench_snapshot_cells(
     for i in (0..tenants).step_by(10) {
         overrides.insert(
             tenant(i),
-            ids[(i / 10 + version as usize) % ids.len()].clone(),
+            busy_ids[(i / 10 + version as usize) % busy_ids.len()].clone(),
         );
     }
     for i in 0..extra_overrides {
-        overrides.insert(format!("bulk-{i:07}"), ids[i % ids.len()].clone());
+        overrides.insert(format!("bulk-{i:07}"), busy_ids[i % busy_ids.len()].clone());
     }
     Ok(SnapshotDoc {
         version,
@@ -780,5 +792,27 @@ mod tests {
             let n = cells.iter().filter(|c| c.as_str() == cell).count();
             assert!((250..=420).contains(&n), "{cell}: {n}");
         }
+    }
+
+    #[test]
+    fn idle_cells_are_in_the_snapshot_and_take_no_tenant() {
+        let doc = bench_snapshot_cells(1, 1000, 0, 1000, 3).unwrap();
+        assert_eq!(doc.cells.len(), 1000);
+        let cells = expected_cells(&doc, 1000).unwrap();
+        for cell in CELLS {
+            let n = cells.iter().filter(|c| c.as_str() == cell).count();
+            assert!((250..=420).contains(&n), "{cell}: {n}");
+        }
+        assert!(cells.iter().all(|c| CELLS.contains(&c.as_str())));
+        // Every cell busy: tenants land far beyond the first three.
+        let spread =
+            expected_cells(&bench_snapshot_cells(1, 1000, 0, 1000, 1000).unwrap(), 1000).unwrap();
+        assert!(
+            spread
+                .iter()
+                .filter(|c| !CELLS.contains(&c.as_str()))
+                .count()
+                > 900
+        );
     }
 }

@@ -154,15 +154,21 @@ pub fn goals(summaries: &[Summary], connections: &[u32]) -> Vec<Goal> {
                 Base::JwtLua,
             ));
         }
-        if let Some(s) = find("router-cached-hs256-c1000", conns) {
-            out.push(throughput(
-                Some(s),
-                "router-cached-hs256, 1,000 cells: throughput ≥ 1.00 × jwt_authn+Lua (cached, 1,000 cells)"
-                    .into(),
-                conns,
-                1.00,
-                Base::JwtLua,
-            ));
+        for (case, traffic) in [
+            ("router-cached-hs256-c1000", "every cell"),
+            ("router-cached-hs256-c1000-on3", "traffic on 3"),
+        ] {
+            if let Some(s) = find(case, conns) {
+                out.push(throughput(
+                    Some(s),
+                    format!(
+                        "router-cached-hs256, 1,000 cells ({traffic}): throughput ≥ 1.00 × jwt_authn+Lua (cached, the same cells)"
+                    ),
+                    conns,
+                    1.00,
+                    Base::JwtLua,
+                ));
+            }
         }
         for case in ["native-cached-hs256", "native-cached-rs256"] {
             let s = find(case, conns);
@@ -185,14 +191,38 @@ pub fn goals(summaries: &[Summary], connections: &[u32]) -> Vec<Goal> {
             ));
             out.push(p99(s, format!("{case}: p99 ≤ 1.10 × plain"), conns));
         }
-        // Issue 14: the router's cost does not grow with the number of cells.
-        for (case, name) in [
-            ("router-cached-hs256-c1000", "router-cached-hs256"),
-            ("native-cached-hs256-c1000", "native-cached-hs256"),
+        // Issue 14: the router's cost does not grow with the number of
+        // cells: judged on the same traffic (3 busy cells of 1,000), and
+        // shown with traffic on every cell next to what plain Envoy itself
+        // pays for that spread.
+        let plain_spread = find("plain-c1000", conns)
+            .and_then(|p| p.cpu_vs_default_cells)
+            .map_or(String::new(), |r| format!("; plain Envoy itself {r:.2} ×"));
+        for (case, name, traffic) in [
+            (
+                "router-cached-hs256-c1000-on3",
+                "router-cached-hs256",
+                "the same traffic: 3 busy cells".to_string(),
+            ),
+            (
+                "native-cached-hs256-c1000-on3",
+                "native-cached-hs256",
+                "the same traffic: 3 busy cells".to_string(),
+            ),
+            (
+                "router-cached-hs256-c1000",
+                "router-cached-hs256",
+                format!("traffic on every cell{plain_spread}"),
+            ),
+            (
+                "native-cached-hs256-c1000",
+                "native-cached-hs256",
+                format!("traffic on every cell{plain_spread}"),
+            ),
         ] {
             let Some(s) = find(case, conns) else { continue };
             out.push(Goal {
-                goal: format!("{name}: cost at 1,000 cells ≤ 1.05 × at 3 cells"),
+                goal: format!("{name}: cost at 1,000 cells ≤ 1.05 × at 3 cells ({traffic})"),
                 connections: conns,
                 measured: s.vs_default_cells,
                 spread: s.spreads.vs_default_cells,
