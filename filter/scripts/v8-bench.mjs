@@ -161,7 +161,8 @@ async function plugin(config) {
     requestHeaders = headers;
     exports.proxy_on_context_create(id, 1);
     const action = exports.proxy_on_request_headers(id, headers.length, 1);
-    exports.proxy_on_done(id);
+    // As in Envoy: a callback the module does not export is not called.
+    exports.proxy_on_done?.(id);
     exports.proxy_on_delete(id);
     return action;
   };

@@ -167,38 +167,11 @@ pub extern "C" fn proxy_on_request_headers(
     }
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_request_body(_context_id: u32, _size: usize, _end: u32) -> u32 {
-    CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_request_trailers(_context_id: u32, _trailers: usize) -> u32 {
-    CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_response_headers(_context_id: u32, _headers: usize, _end: u32) -> u32 {
-    CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_response_body(_context_id: u32, _size: usize, _end: u32) -> u32 {
-    CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_response_trailers(_context_id: u32, _trailers: usize) -> u32 {
-    CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
-    true
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_log(_context_id: u32) {}
+// No proxy_on_request_body, _trailers, proxy_on_response_*, proxy_on_done
+// or proxy_on_log: the router only reads request headers, and the host
+// (proxy-wasm-cpp-host, so Envoy and Istio) skips an event whose callback a
+// module does not export; each one exported would cost every request a
+// call into the VM that only answers "continue" (or "done").
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
