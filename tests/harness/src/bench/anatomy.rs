@@ -4,7 +4,9 @@
 //! as counted by the wasmtime host (`cell_router_wasm_host`), so
 //!
 //! - plain → probe doing nothing: what Envoy spends on any Wasm filter
-//!   (a VM context per request and the callbacks into V8);
+//!   (a VM context per request and the callbacks into V8; the probe keeps
+//!   only the `proxy_on_*` exports the router has, so both get the same
+//!   callbacks);
 //! - → probe making the router's host calls: what those calls cost;
 //! - → the router: the router's own work in the VM (token cache, claims,
 //!   resolve), which the wasmtime host also times directly.
@@ -168,14 +170,141 @@ pub fn build_probe(target_dir: &Path) -> Result<PathBuf> {
         "building the probe filter failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let wasm = target_dir.join("wasm32-wasip1/release/cell_router_bench_probe.wasm");
-    anyhow::ensure!(wasm.is_file(), "no {}", wasm.display());
+    let built = target_dir.join("wasm32-wasip1/release/cell_router_bench_probe.wasm");
+    let probe = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    let router_path = crate::e2e::wasm_path()?;
+    let router = std::fs::read(&router_path)
+        .with_context(|| format!("reading {}", router_path.display()))?;
+    let wasm = target_dir.join("wasm32-wasip1/release/cell_router_bench_probe.callbacks.wasm");
+    std::fs::write(&wasm, with_callbacks_of(&probe, &router)?)
+        .with_context(|| format!("writing {}", wasm.display()))?;
     Ok(wasm)
+}
+
+/// `probe` without the `proxy_on_*` exports `router` lacks. Envoy calls into
+/// a VM only for the events its module exports (the SDK the probe is built
+/// with exports every one), so this way the probe doing nothing costs what
+/// any filter with the router's callbacks costs.
+pub fn with_callbacks_of(probe: &[u8], router: &[u8]) -> Result<Vec<u8>> {
+    let keep = export_names(router)?;
+    let mut module = wasm_encoder::Module::new();
+    for payload in wasmparser::Parser::new(0).parse_all(probe) {
+        let payload = payload.context("parsing the probe")?;
+        if let wasmparser::Payload::ExportSection(reader) = &payload {
+            let mut exports = wasm_encoder::ExportSection::new();
+            for export in reader.clone() {
+                let export = export.context("parsing the probe's exports")?;
+                if export.name.starts_with("proxy_on_") && !keep.contains(export.name) {
+                    continue;
+                }
+                let kind = match export.kind {
+                    wasmparser::ExternalKind::Func => wasm_encoder::ExportKind::Func,
+                    wasmparser::ExternalKind::Table => wasm_encoder::ExportKind::Table,
+                    wasmparser::ExternalKind::Memory => wasm_encoder::ExportKind::Memory,
+                    wasmparser::ExternalKind::Global => wasm_encoder::ExportKind::Global,
+                    wasmparser::ExternalKind::Tag => wasm_encoder::ExportKind::Tag,
+                };
+                exports.export(export.name, kind, export.index);
+            }
+            module.section(&exports);
+        } else if let Some((id, range)) = payload.as_section() {
+            let data = probe.get(range).context("a section past the probe's end")?;
+            module.section(&wasm_encoder::RawSection { id, data });
+        }
+    }
+    Ok(module.finish())
+}
+
+/// The names a module exports.
+pub fn export_names(wasm: &[u8]) -> Result<std::collections::BTreeSet<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::ExportSection(reader) = payload.context("parsing a module")? {
+            for export in reader {
+                names.insert(export.context("parsing exports")?.name.to_string());
+            }
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A module exporting `names` (functions), a memory and a custom section.
+    fn module(names: &[&str]) -> Vec<u8> {
+        let mut m = wasm_encoder::Module::new();
+        let mut types = wasm_encoder::TypeSection::new();
+        types.ty().function([], []);
+        m.section(&types);
+        let mut funcs = wasm_encoder::FunctionSection::new();
+        funcs.function(0);
+        m.section(&funcs);
+        let mut memory = wasm_encoder::MemorySection::new();
+        memory.memory(wasm_encoder::MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        m.section(&memory);
+        let mut exports = wasm_encoder::ExportSection::new();
+        exports.export("memory", wasm_encoder::ExportKind::Memory, 0);
+        for name in names {
+            exports.export(name, wasm_encoder::ExportKind::Func, 0);
+        }
+        m.section(&exports);
+        let mut code = wasm_encoder::CodeSection::new();
+        let mut body = wasm_encoder::Function::new([]);
+        body.instructions().end();
+        code.function(&body);
+        m.section(&code);
+        m.section(&wasm_encoder::CustomSection {
+            name: "note".into(),
+            data: b"kept".as_slice().into(),
+        });
+        m.finish()
+    }
+
+    #[test]
+    fn the_probe_keeps_only_the_routers_callbacks() {
+        let probe = module(&[
+            "proxy_on_request_headers",
+            "proxy_on_response_headers",
+            "proxy_on_log",
+            "proxy_on_delete",
+            "malloc",
+        ]);
+        let router = module(&["proxy_on_request_headers", "proxy_on_delete", "other"]);
+        let trimmed = with_callbacks_of(&probe, &router).unwrap();
+        let names: Vec<String> = export_names(&trimmed).unwrap().into_iter().collect();
+        assert_eq!(
+            names,
+            [
+                "malloc",
+                "memory",
+                "proxy_on_delete",
+                "proxy_on_request_headers"
+            ]
+        );
+        // Every other section is carried over byte for byte.
+        let sections = |wasm: &[u8]| -> Vec<(u8, Vec<u8>)> {
+            wasmparser::Parser::new(0)
+                .parse_all(wasm)
+                .filter_map(|p| {
+                    let p = p.unwrap();
+                    if matches!(p, wasmparser::Payload::ExportSection(_)) {
+                        return None;
+                    }
+                    p.as_section().map(|(id, r)| (id, wasm[r].to_vec()))
+                })
+                .collect()
+        };
+        assert_eq!(sections(&trimmed), sections(&probe));
+        assert_eq!(sections(&probe).len(), 5);
+    }
 
     #[test]
     fn probe_config_repeats_calls_in_a_fixed_order() {

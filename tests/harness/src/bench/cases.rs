@@ -171,6 +171,10 @@ pub struct Case {
     /// of cells (the others get no tenants, and the plain clients name only
     /// those three).
     pub busy_cells: usize,
+    /// Milliseconds each connection waits before each request: 0 saturates
+    /// the gateway; the paced rows (group 8) keep it well below capacity, so
+    /// their p99 is the latency a filter adds, not a queue.
+    pub think_ms: u32,
     /// The per-call table's rows (group 7): the host call the probe
     /// repeats and how many times per request.
     pub probe: Option<(&'static str, u32)>,
@@ -216,6 +220,7 @@ impl Case {
             tokens,
             cells: DEFAULT_CELLS,
             busy_cells: DEFAULT_CELLS,
+            think_ms: 0,
             probe: None,
         }
     }
@@ -237,7 +242,16 @@ impl Case {
     /// first count; the cost-vs-cells rows and the per-call table only
     /// there, to keep the run short).
     pub fn runs_at(&self, connections: u32, all: &[u32]) -> bool {
-        !matches!(self.group, 6 | 7) || all.first() == Some(&connections)
+        !matches!(self.group, 6..=8) || all.first() == Some(&connections)
+    }
+
+    /// The same case with each connection waiting `think_ms` before each
+    /// request (group 8, id suffix `-paced`).
+    pub fn paced(mut self, think_ms: u32) -> Case {
+        self.id = format!("{}-paced", self.id);
+        self.group = 8;
+        self.think_ms = think_ms;
+        self
     }
 
     /// The same case with `cells` cells, traffic on every one (group 6, id
@@ -271,7 +285,9 @@ impl Case {
 
     /// The plain case with the same cells and traffic.
     pub fn plain_twin(&self) -> String {
-        if self.group == 6 {
+        if self.think_ms > 0 {
+            "plain-paced".into()
+        } else if self.group == 6 {
             format!("plain{}", cells_suffix(self.cells, self.busy_cells))
         } else {
             "plain".into()
@@ -286,7 +302,12 @@ impl Case {
     /// A readable label for tables.
     pub fn label(&self) -> String {
         let label = self.base_label();
-        if self.group != 6 {
+        if self.think_ms > 0 {
+            format!(
+                "{label}, paced (each connection waits {} ms before each request)",
+                self.think_ms
+            )
+        } else if self.group != 6 {
             label
         } else if self.busy_cells == self.cells {
             format!("{label}, {} cells", thousands(self.cells))
@@ -371,6 +392,8 @@ impl Case {
         };
         let cells = if self.group == 6 {
             cells_suffix(self.cells, self.busy_cells)
+        } else if self.think_ms > 0 {
+            "-paced".into()
         } else {
             String::new()
         };
@@ -448,6 +471,25 @@ pub fn cell_cases(cells: &[usize], router_only: bool) -> Vec<Case> {
         }
     }
     out
+}
+
+/// How long each connection of the paced rows waits before each request:
+/// with about 1 ms a request at 16 connections, a third of what a gateway
+/// serves saturated.
+pub const PACED_THINK_MS: u32 = 2;
+
+/// The paced rows (group 8): plain, the router (Wasm and native) and
+/// jwt_authn + Lua with cached HS256 tokens, each connection waiting
+/// [`PACED_THINK_MS`] before each request; their p99 is compared with plain
+/// Envoy's at the same pace.
+pub fn paced_cases() -> Vec<Case> {
+    use Alg::{HS256, RS256};
+    vec![
+        Case::new(1, Gateway::Plain, Tokens::Cached(RS256)).paced(PACED_THINK_MS),
+        Case::new(2, Gateway::Router, Tokens::Cached(HS256)).paced(PACED_THINK_MS),
+        Case::new(2, Gateway::RouterNative, Tokens::Cached(HS256)).paced(PACED_THINK_MS),
+        Case::new(4, Gateway::JwtLua, Tokens::Cached(HS256)).paced(PACED_THINK_MS),
+    ]
 }
 
 /// The host calls of the per-call table, by the probe's names, and what
@@ -591,6 +633,38 @@ mod tests {
             assert_eq!(probe.headers(), ["x-cell-id: {cells:3}"], "{}", probe.id);
         }
         assert_eq!(plain_cell(3), "cell-c");
+    }
+
+    #[test]
+    fn paced_cases_compare_with_their_paced_twins() {
+        let cases = paced_cases();
+        let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "plain-paced",
+                "router-cached-hs256-paced",
+                "native-cached-hs256-paced",
+                "jwtlua-cached-hs256-paced"
+            ]
+        );
+        for case in &cases {
+            assert_eq!(case.group, 8);
+            assert_eq!(case.think_ms, PACED_THINK_MS);
+            assert_eq!(case.plain_twin(), "plain-paced");
+            assert!(case.runs_at(16, &[16, 64]) && !case.runs_at(64, &[16, 64]));
+        }
+        assert_eq!(
+            cases[2].baseline_jwt_lua().as_deref(),
+            Some("jwtlua-cached-hs256-paced")
+        );
+        assert_eq!(cases[0].headers(), ["x-cell-id: {cells:3}"]);
+        assert!(
+            cases[1]
+                .label()
+                .ends_with("waits 2 ms before each request)")
+        );
+        assert_eq!(all_cases()[1].plain_twin(), "plain");
     }
 
     #[test]

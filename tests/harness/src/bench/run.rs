@@ -2,7 +2,9 @@
 //! interleaved rounds, memory, propagation, and the report.
 
 use super::anatomy;
-use super::cases::{Case, DEFAULT_CELLS, Gateway, Tokens, all_cases, cell_cases, table_cases};
+use super::cases::{
+    Case, DEFAULT_CELLS, Gateway, Tokens, all_cases, cell_cases, paced_cases, table_cases,
+};
 use super::inner::InnerBenches;
 use super::pools::{PoolStore, TokenFile};
 use super::propagation::{self, PropagationOptions, PropagationReport};
@@ -79,6 +81,7 @@ fn log(message: impl AsRef<str>) {
 fn selected_cases(options: &Options) -> Vec<Case> {
     let mut all = all_cases();
     all.extend(cell_cases(&options.cells, options.cells_router_only));
+    all.extend(paced_cases());
     if options.probe_table {
         all.extend(table_cases());
     }
@@ -110,6 +113,7 @@ fn selected_cases(options: &Options) -> Vec<Case> {
     for case in all.iter().filter(|c| only.contains(&c.id)) {
         keep.extend(case.baseline_jwt_lua());
         keep.extend(case.at_default_cells());
+        keep.push(case.plain_twin());
     }
     all.into_iter().filter(|c| keep.contains(&c.id)).collect()
 }
@@ -211,7 +215,7 @@ impl Bench<'_> {
             start,
             headers: &case.headers(),
             cpus: self.options.pinning.as_ref().map(|p| p.other_cpus.as_str()),
-            think_ms: 0,
+            think_ms: case.think_ms,
         }
         .run()
         .with_context(|| format!("{} at {connections} connections", case.id))?;
@@ -265,9 +269,21 @@ pub fn source_commit() -> String {
     let root = e2e::repo_root();
     let root = root.display().to_string();
     let commit = command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    // The report files are what a bench run writes (the scale section runs
+    // after the main one has rewritten them): not a change to the source.
     let dirty = !command_output(
         "git",
-        &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+        &[
+            "-C",
+            &root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!BENCHMARKS.md",
+            ":!BENCHMARKS.svg",
+        ],
     )
     .is_empty();
     if dirty {

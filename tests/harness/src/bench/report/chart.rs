@@ -76,7 +76,7 @@ impl Report<'_> {
         let rows: Vec<(&Case, Vec<String>)> = self
             .cases
             .iter()
-            .filter(|c| c.gateway != Gateway::Plain && c.group != 6 && c.group != 7)
+            .filter(|c| c.gateway != Gateway::Plain && !matches!(c.group, 6..=8))
             .map(|c| {
                 (
                     c,
@@ -95,7 +95,7 @@ impl Report<'_> {
         let max_ratio = self
             .summaries
             .iter()
-            .filter(|s| s.group != 6 && s.group != 7)
+            .filter(|s| !matches!(s.group, 6..=8))
             // Medians only: a stalled round's whisker is cut at the panel's
             // edge rather than shrinking every bar.
             .flat_map(|s| [s.vs_plain, s.vs_jwt_lua])

@@ -30,13 +30,21 @@ pub const METHOD: &str = r#"
   Envoy ignores it), so request sizes match. (6) (1), (2) with cached HS256 (Wasm
   and native) and (4) with cached HS256 again with 100 and 1,000 cells: a snapshot, a Lua table and
   gateway clusters of that many cells (cell `i`'s cluster points at backend
-  listener `i mod 3`), each with its own sidecar.
+  listener `i mod 3`), each with its own sidecar; at 1,000 cells also with the
+  traffic on 3 of them (the others weigh 0 in the snapshot and the Lua table,
+  and plain Envoy's clients name only those three). (8) (1), (2) with cached
+  HS256 (Wasm and native) and (4) with cached HS256 again, paced: each
+  connection waits 2 ms before each request (a third of what a gateway serves
+  saturated), so p99 is the latency a filter adds, not a queue; compared with
+  plain Envoy at the same pace.
 - **Where the time goes.** `envoy/bench/probe` is a tiny proxy-wasm filter (a
   measuring instrument, not shipped) that makes exactly the host calls its
   configuration lists. The benchmark counts the real `.wasm`'s host calls for a
   cached token in the wasmtime host and runs the probe twice next to plain Envoy:
   with no calls (Envoy's cost for any Wasm filter: a context per request and the
-  callbacks into V8) and with the router's calls; the router's own work is what
+  callbacks into V8; the probe keeps only the `proxy_on_*` exports the router
+  has, as Envoy calls a VM only for events it exports) and with the router's
+  calls; the router's own work is what
   remains. The probes route by the client's `x-cell-id`, spread over the same
   cells as plain Envoy's clients and the router's tenants. For the native build, `envoy/bench/native-probe` is a dynamic module
   (no dependencies, not shipped) run twice next to plain Envoy: its filter doing
@@ -49,7 +57,8 @@ pub const METHOD: &str = r#"
   drops out of a slope).
 - **Client.** wrk with `tests/harness/src/bench/wrk.lua`: requests are formatted once
   in `init()` and rotated, so the client costs the same in every case. Latency is
-  wrk's (closed loop: at a fixed connection count, p99 is mostly queueing).
+  wrk's (closed loop: at a fixed connection count, p99 is mostly queueing, except
+  in the paced rows).
 - **Pinning and CPU.** On two cores or more every gateway Envoy runs on CPU 0
   (`taskset`, one worker: `--concurrency 1`) and wrk, the backend Envoy, the
   sidecars and the benchmark itself on CPU 1, so the gateway under test has a core
@@ -61,7 +70,8 @@ pub const METHOD: &str = r#"
   rotated each round, all runs of a round within a few minutes; a ratio pairs the
   two cases' runs of the same round (slow drifts of the machine cancel) and is the
   median over the rounds, shown with the lowest and highest round. The
-  cost-vs-cells rows and the per-call table run at the first connection count only.
+  cost-vs-cells rows, the paced rows and the per-call table run at the first
+  connection count only.
   *Other CPU* is the machine's busy time not spent by the processes under test
   (other builds or tests on the box) — the noise; with pinning it still takes CPU 0
   from the gateway now and then, which the spreads show.

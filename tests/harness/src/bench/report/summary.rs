@@ -218,11 +218,17 @@ pub fn summarize(cases: &[Case], samples: &[Sample], connections: &[u32]) -> Vec
             let ratio = |base: Option<&str>, value: &dyn Fn(&Sample) -> f64| {
                 split(base.and_then(|b| per_round_ratio(samples, &case.id, b, conns, value)))
             };
-            let (vs_plain, vs_plain_spread) = ratio(Some("plain"), &Sample::rps);
-            let (p99_vs_plain, p99_spread) =
-                ratio(Some("plain"), &|s: &Sample| s.wrk.p99_us as f64);
+            // The paced rows are compared with plain Envoy at the same pace.
+            let plain = if case.think_ms > 0 {
+                case.plain_twin()
+            } else {
+                "plain".to_string()
+            };
+            let plain = Some(plain.as_str());
+            let (vs_plain, vs_plain_spread) = ratio(plain, &Sample::rps);
+            let (p99_vs_plain, p99_spread) = ratio(plain, &|s: &Sample| s.wrk.p99_us as f64);
             let (vs_jwt_lua, vs_jwt_lua_spread) = ratio(base4.as_deref(), &Sample::rps);
-            let (cpu_vs_plain, cpu_vs_plain_spread) = ratio(Some("plain"), &inverse_cpu);
+            let (cpu_vs_plain, cpu_vs_plain_spread) = ratio(plain, &inverse_cpu);
             let (cpu_vs_jwt_lua, cpu_vs_jwt_lua_spread) = ratio(base4.as_deref(), &inverse_cpu);
             let (vs_default_cells, vs_default_cells_spread) = split(
                 base3
